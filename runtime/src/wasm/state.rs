@@ -1,0 +1,172 @@
+//! Keyed state of one processor, transactional per call.
+//!
+//! Writes made during a call go to a journal; a call that returns `ok`
+//! commits them, a call that fails or traps rolls them back. A retried batch
+//! therefore sees exactly the state it saw the first time, and a poisoned
+//! instance cannot leave half-written state behind.
+
+use std::collections::BTreeMap;
+
+/// Keyed state with a byte quota (keys plus values).
+#[derive(Debug, Clone, Default)]
+pub struct KeyedState {
+    committed: BTreeMap<String, Vec<u8>>,
+    /// Uncommitted writes of the current call (`None` deletes).
+    journal: BTreeMap<String, Option<Vec<u8>>>,
+    /// Keys written since the last [`KeyedState::take_changes`].
+    dirty: BTreeMap<String, ()>,
+    /// Bytes the committed state would take with the journal applied.
+    size: usize,
+    committed_size: usize,
+    quota: usize,
+}
+
+/// The state write exceeded the quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    pub quota: usize,
+}
+
+impl KeyedState {
+    pub fn new(quota: usize) -> Self {
+        KeyedState {
+            quota,
+            ..KeyedState::default()
+        }
+    }
+
+    /// Starts from state persisted elsewhere (e.g. the broker's KV).
+    pub fn restore(entries: impl IntoIterator<Item = (String, Vec<u8>)>, quota: usize) -> Self {
+        let committed: BTreeMap<_, _> = entries.into_iter().collect();
+        let size = committed.iter().map(|(k, v)| k.len() + v.len()).sum();
+        KeyedState {
+            committed,
+            size,
+            committed_size: size,
+            quota,
+            ..KeyedState::default()
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        match self.journal.get(key) {
+            Some(pending) => pending.as_deref(),
+            None => self.committed.get(key).map(Vec::as_slice),
+        }
+    }
+
+    fn current_len(&self, key: &str) -> usize {
+        self.get(key).map(|v| key.len() + v.len()).unwrap_or(0)
+    }
+
+    pub fn set(&mut self, key: &str, value: Vec<u8>) -> Result<(), QuotaExceeded> {
+        let new_size = self.size - self.current_len(key) + key.len() + value.len();
+        if new_size > self.quota {
+            return Err(QuotaExceeded { quota: self.quota });
+        }
+        self.size = new_size;
+        self.journal.insert(key.to_owned(), Some(value));
+        Ok(())
+    }
+
+    pub fn delete(&mut self, key: &str) {
+        self.size -= self.current_len(key);
+        self.journal.insert(key.to_owned(), None);
+    }
+
+    /// Keys starting with `prefix`, in byte order.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let committed = self
+            .committed
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k);
+        let journaled = self
+            .journal
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k);
+        let mut keys: Vec<String> = committed
+            .chain(journaled)
+            .filter(|k| self.get(k).is_some())
+            .cloned()
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// Makes the writes of the current call permanent.
+    pub fn commit(&mut self) {
+        for (key, value) in std::mem::take(&mut self.journal) {
+            self.dirty.insert(key.clone(), ());
+            match value {
+                Some(v) => {
+                    self.committed.insert(key, v);
+                }
+                None => {
+                    self.committed.remove(&key);
+                }
+            }
+        }
+        self.committed_size = self.size;
+    }
+
+    /// Forgets the writes of the current call.
+    pub fn rollback(&mut self) {
+        self.journal.clear();
+        self.size = self.committed_size;
+    }
+
+    /// Committed keys changed since the last call to this method, with their
+    /// values (`None`: deleted). For persisting state incrementally.
+    pub fn take_changes(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
+        std::mem::take(&mut self.dirty)
+            .into_keys()
+            .map(|k| {
+                let v = self.committed.get(&k).cloned();
+                (k, v)
+            })
+            .collect()
+    }
+
+    /// Bytes held (keys plus values), including uncommitted writes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_rollback_and_keys() {
+        let mut s = KeyedState::new(1024);
+        s.set("w/a", b"1".to_vec()).expect("fits");
+        s.set("w/b", b"2".to_vec()).expect("fits");
+        s.commit();
+        s.set("w/c", b"3".to_vec()).expect("fits");
+        s.delete("w/a");
+        assert_eq!(s.keys("w/"), vec!["w/b", "w/c"]);
+        s.rollback();
+        assert_eq!(s.keys("w/"), vec!["w/a", "w/b"]);
+        assert_eq!(s.get("w/a"), Some(&b"1"[..]));
+        assert_eq!(s.size(), 8);
+        let mut changes = s.take_changes();
+        changes.sort();
+        assert_eq!(changes.len(), 2);
+        assert!(s.take_changes().is_empty());
+    }
+
+    #[test]
+    fn quota_is_enforced_and_released() {
+        let mut s = KeyedState::new(10);
+        s.set("k", vec![0; 9]).expect("exactly the quota");
+        assert_eq!(s.set("j", vec![0; 1]), Err(QuotaExceeded { quota: 10 }));
+        s.set("k", vec![0; 2]).expect("overwriting shrinks");
+        s.delete("k");
+        s.set("j", vec![0; 9])
+            .expect("deleted bytes are free again");
+    }
+}

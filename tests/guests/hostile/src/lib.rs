@@ -1,0 +1,64 @@
+//! A bridge that misbehaves on command, to test the host's isolation.
+//!
+//! By event `type`: `test.spin` loops forever, `test.hog` allocates without
+//! bound, `test.trap` panics (a trap), `test.fail` returns an event error,
+//! `test.count` increments keyed state `count` and emits its value in the
+//! `count` extension. Anything else is forwarded. Config `init=spin|trap|fail`
+//! misbehaves in `init` instead.
+
+use flow_sdk::host::state;
+use flow_sdk::{Batch, Bridge, Error, ExtensionValue, Output, Processor, Setup};
+
+pub struct Hostile;
+
+#[inline(never)]
+fn spin() -> ! {
+    let mut n: u64 = 0;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+fn hog() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(vec![1u8; 1 << 20]);
+        std::hint::black_box(&hoard);
+    }
+}
+
+impl Processor for Hostile {
+    fn init(setup: &Setup) -> Result<Self, Error> {
+        match setup.config.get("init") {
+            Some("spin") => spin(),
+            Some("trap") => panic!("hostile guest traps in init"),
+            Some("fail") => Err(Error::config("`init=fail` asks init to fail")),
+            _ => Ok(Hostile),
+        }
+    }
+}
+
+impl Bridge for Hostile {
+    fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<(), Error> {
+        for event in batch.iter() {
+            match event.ty() {
+                "test.spin" => spin(),
+                "test.hog" => hog(),
+                "test.trap" => panic!("hostile guest traps on event {}", event.id()),
+                "test.fail" => return Err(Error::event(event.index(), "refused by test guest")),
+                "test.count" => {
+                    let count = state::get_json::<i64>("count").unwrap_or(0) + 1;
+                    state::set_json("count", &count);
+                    let mut new = event.to_new();
+                    new.set_extension("count", ExtensionValue::Integer(count));
+                    out.emit(&new);
+                }
+                _ => out.forward(&event),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+flow_sdk::bridge!(Hostile);

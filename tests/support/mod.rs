@@ -1,0 +1,114 @@
+//! Helpers shared by the end-to-end tests: where the built components are,
+//! one shared Wasm host, and CloudEvents to feed processors.
+
+use cloudevents::{Event, EventBuilder, EventBuilderV10};
+use flowd::event::packed;
+use flowd::wasm::{CallError, Host, HostConfig, Limits, Processor, ProcessorSetup};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// Directory of the components built by `scripts/build-processors`.
+pub fn components_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FLOWD_COMPONENTS_DIR") {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("wasm32-wasip2/processor")
+}
+
+/// Path of a built component, e.g. `component("flow_filter")`.
+pub fn component(name: &str) -> PathBuf {
+    let path = components_dir().join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-processors first",
+        path.display()
+    );
+    path
+}
+
+/// One host for the whole test binary (an engine is heavy; processors are not).
+pub fn host() -> &'static Host {
+    static HOST: OnceLock<Host> = OnceLock::new();
+    HOST.get_or_init(|| {
+        Host::new(HostConfig {
+            max_instances: 64,
+            ..HostConfig::default()
+        })
+        .expect("host starts")
+    })
+}
+
+/// A processor of the named component with `inputs`/`outputs` ports.
+pub fn processor(
+    name: &str,
+    config: &[(&str, &str)],
+    inputs: &[&str],
+    outputs: &[&str],
+    limits: Limits,
+) -> Result<Processor, flowd::wasm::CreateError> {
+    let component = host().load_file(&component(name)).expect("component loads");
+    host().create(component, setup(name, config, inputs, outputs), limits)
+}
+
+pub fn setup(
+    name: &str,
+    config: &[(&str, &str)],
+    inputs: &[&str],
+    outputs: &[&str],
+) -> ProcessorSetup {
+    let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    ProcessorSetup {
+        name: name.into(),
+        config: config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        inputs: owned(inputs),
+        outputs: owned(outputs),
+    }
+}
+
+/// A CloudEvent with JSON data.
+pub fn event(id: &str, ty: &str, data: serde_json::Value) -> Event {
+    EventBuilderV10::new()
+        .id(id)
+        .source("urn:test:source")
+        .ty(ty)
+        .time("2026-11-25T12:00:00Z")
+        .data("application/json", data)
+        .build()
+        .expect("valid test event")
+}
+
+/// Hands `events` to `processor` on port `input`; returns `(port, event)`s.
+pub fn call(
+    processor: &mut Processor,
+    input: u32,
+    events: &[Event],
+) -> Result<Vec<(u32, Event)>, CallError> {
+    let outcome = processor.process(input, &packed::pack(events))?;
+    outcome
+        .resolve(events, processor.outputs().len())
+        .map_err(CallError::from)
+}
+
+/// Like [`call`] for single-output kinds: just the events.
+pub fn call1(processor: &mut Processor, events: &[Event]) -> Result<Vec<Event>, CallError> {
+    Ok(call(processor, 0, events)?
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect())
+}
+
+/// The JSON data of an event.
+pub fn data(event: &Event) -> serde_json::Value {
+    match event.data() {
+        Some(cloudevents::Data::Json(v)) => v.clone(),
+        Some(cloudevents::Data::String(s)) => serde_json::from_str(s).unwrap_or_default(),
+        Some(cloudevents::Data::Binary(b)) => serde_json::from_slice(b).unwrap_or_default(),
+        None => serde_json::Value::Null,
+    }
+}
