@@ -1,11 +1,13 @@
 use crate::Error;
-use crate::bindings::types::{self, Span};
+use crate::bindings::types;
+use flow_abi::{EventSpans, ExtensionKind, Span, View};
 use serde::de::DeserializeOwned;
+use std::borrow::Cow;
 
 /// A batch of input events, as the host handed it over.
 ///
-/// Events are views into one packed buffer: reading an attribute borrows it,
-/// nothing is copied until the processor asks for an owned [`NewEvent`].
+/// Events are views into the packed batch: reading an attribute borrows it,
+/// nothing is copied until the processor asks for it.
 #[derive(Debug, Clone)]
 pub struct Batch {
     raw: types::Batch,
@@ -17,27 +19,34 @@ impl Batch {
         Batch { raw }
     }
 
+    fn view(&self) -> View<'_> {
+        View::new(&self.raw.bytes, &self.raw.events, &self.raw.extensions)
+    }
+
     pub fn len(&self) -> usize {
-        self.raw.events.len()
+        self.view().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.raw.events.is_empty()
+        self.len() == 0
     }
 
     /// The event at `index`, if any.
     pub fn get(&self, index: usize) -> Option<Event<'_>> {
-        self.raw.events.get(index).map(|raw| Event {
-            batch: &self.raw,
-            raw,
+        let view = self.view();
+        view.event(index).map(|spans| Event {
+            view,
+            spans,
             index: index as u32,
         })
     }
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Event<'_>> {
-        self.raw.events.iter().enumerate().map(|(i, raw)| Event {
-            batch: &self.raw,
-            raw,
+        let view = self.view();
+        (0..view.len()).map(move |i| Event {
+            view,
+            // `i < len`, so the entry exists.
+            spans: view.event(i).unwrap_or_default(),
             index: i as u32,
         })
     }
@@ -46,21 +55,9 @@ impl Batch {
 /// One input event: a CloudEvent whose attributes borrow from its batch.
 #[derive(Debug, Clone, Copy)]
 pub struct Event<'a> {
-    batch: &'a types::Batch,
-    raw: &'a types::Event,
+    view: View<'a>,
+    spans: EventSpans,
     index: u32,
-}
-
-fn slice(bytes: &[u8], span: Span) -> &[u8] {
-    let start = span.offset as usize;
-    start
-        .checked_add(span.len as usize)
-        .and_then(|end| bytes.get(start..end))
-        .unwrap_or_default()
-}
-
-fn text(bytes: &[u8], span: Span) -> &str {
-    std::str::from_utf8(slice(bytes, span)).unwrap_or_default()
 }
 
 fn optional(s: &str) -> Option<&str> {
@@ -74,41 +71,46 @@ impl<'a> Event<'a> {
     }
 
     fn text(&self, span: Span) -> &'a str {
-        text(&self.batch.bytes, span)
+        self.view
+            .slice(span)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default()
     }
 
     pub fn id(&self) -> &'a str {
-        self.text(self.raw.id)
+        self.text(self.spans.id)
     }
 
     pub fn source(&self) -> &'a str {
-        self.text(self.raw.source)
+        self.text(self.spans.source)
     }
 
     /// The CloudEvents `type` attribute.
     pub fn ty(&self) -> &'a str {
-        self.text(self.raw.type_)
+        self.text(self.spans.ty)
     }
 
     pub fn subject(&self) -> Option<&'a str> {
-        optional(self.text(self.raw.subject))
+        optional(self.text(self.spans.subject))
     }
 
     /// RFC 3339 timestamp.
     pub fn time(&self) -> Option<&'a str> {
-        optional(self.text(self.raw.time))
+        optional(self.text(self.spans.time))
     }
 
     pub fn datacontenttype(&self) -> Option<&'a str> {
-        optional(self.text(self.raw.datacontenttype))
+        optional(self.text(self.spans.datacontenttype))
     }
 
     pub fn dataschema(&self) -> Option<&'a str> {
-        optional(self.text(self.raw.dataschema))
+        optional(self.text(self.spans.dataschema))
     }
 
     pub fn data(&self) -> Option<&'a [u8]> {
-        self.raw.data.map(|span| slice(&self.batch.bytes, span))
+        self.spans
+            .data
+            .map(|span| self.view.slice(span).unwrap_or_default())
     }
 
     /// The data parsed as JSON into `T`.
@@ -157,35 +159,40 @@ impl<'a> Event<'a> {
 
     /// Every extension attribute, in the order the host gave them.
     pub fn extensions(&self) -> impl Iterator<Item = (&'a str, ExtensionValue)> + 'a {
-        let batch = self.batch;
-        let first = self.raw.extensions_first as usize;
-        let count = self.raw.extensions_count as usize;
-        batch
-            .extensions
-            .get(first..first.saturating_add(count))
-            .unwrap_or_default()
-            .iter()
-            .map(move |ext| {
-                let value = text(&batch.bytes, ext.value);
-                (
-                    text(&batch.bytes, ext.name),
-                    ExtensionValue::decode(ext.kind, value),
-                )
-            })
+        let view = self.view;
+        let first = self.spans.extensions_first as usize;
+        let count = self.spans.extensions_count as usize;
+        (first..first.saturating_add(count)).filter_map(move |i| {
+            let ext = view.extension(i)?;
+            let text = |span| {
+                view.slice(span)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .unwrap_or_default()
+            };
+            let kind = ExtensionKind::from_word(ext.kind).unwrap_or(ExtensionKind::String);
+            Some((
+                text(ext.name),
+                ExtensionValue::decode(kind, text(ext.value)),
+            ))
+        })
     }
 
-    /// An owned copy to modify and emit.
-    pub fn to_new(&self) -> NewEvent {
+    /// A copy to modify and emit; it borrows every attribute from the batch
+    /// until the processor replaces it.
+    pub fn to_new(&self) -> NewEvent<'a> {
         NewEvent {
-            id: self.id().to_owned(),
-            source: self.source().to_owned(),
-            ty: self.ty().to_owned(),
-            subject: self.subject().map(str::to_owned),
-            time: self.time().map(str::to_owned),
-            datacontenttype: self.datacontenttype().map(str::to_owned),
-            dataschema: self.dataschema().map(str::to_owned),
-            data: self.data().map(<[u8]>::to_vec),
-            extensions: self.extensions().map(|(n, v)| (n.to_owned(), v)).collect(),
+            id: Cow::Borrowed(self.id()),
+            source: Cow::Borrowed(self.source()),
+            ty: Cow::Borrowed(self.ty()),
+            subject: self.subject().map(Cow::Borrowed),
+            time: self.time().map(Cow::Borrowed),
+            datacontenttype: self.datacontenttype().map(Cow::Borrowed),
+            dataschema: self.dataschema().map(Cow::Borrowed),
+            data: self.data().map(Cow::Borrowed),
+            extensions: self
+                .extensions()
+                .map(|(n, v)| (Cow::Borrowed(n), v))
+                .collect(),
         }
     }
 }
@@ -199,22 +206,22 @@ pub enum ExtensionValue {
 }
 
 impl ExtensionValue {
-    fn decode(kind: types::ExtensionKind, value: &str) -> Self {
+    fn decode(kind: ExtensionKind, value: &str) -> Self {
         match kind {
-            types::ExtensionKind::Boolean => ExtensionValue::Boolean(value == "true"),
-            types::ExtensionKind::Integer => value
+            ExtensionKind::Boolean => ExtensionValue::Boolean(value == "true"),
+            ExtensionKind::Integer => value
                 .parse()
                 .map(ExtensionValue::Integer)
                 .unwrap_or_else(|_| ExtensionValue::String(value.to_owned())),
-            types::ExtensionKind::String => ExtensionValue::String(value.to_owned()),
+            ExtensionKind::String => ExtensionValue::String(value.to_owned()),
         }
     }
 
-    pub(crate) fn kind(&self) -> types::ExtensionKind {
+    pub(crate) fn kind(&self) -> ExtensionKind {
         match self {
-            ExtensionValue::String(_) => types::ExtensionKind::String,
-            ExtensionValue::Boolean(_) => types::ExtensionKind::Boolean,
-            ExtensionValue::Integer(_) => types::ExtensionKind::Integer,
+            ExtensionValue::String(_) => ExtensionKind::String,
+            ExtensionValue::Boolean(_) => ExtensionKind::Boolean,
+            ExtensionValue::Integer(_) => ExtensionKind::Integer,
         }
     }
 
@@ -238,23 +245,31 @@ impl std::fmt::Display for ExtensionValue {
     }
 }
 
-/// An event the processor creates (or an input event it modifies).
+/// An event the processor creates, or an input event it modifies.
+///
+/// Attributes are [`Cow`]s: a copy made with [`Event::to_new`] borrows every
+/// attribute from the input batch, and only what the processor changes is
+/// allocated. Emitting it copies the bytes straight into the output batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NewEvent {
-    pub id: String,
-    pub source: String,
-    pub ty: String,
-    pub subject: Option<String>,
-    pub time: Option<String>,
-    pub datacontenttype: Option<String>,
-    pub dataschema: Option<String>,
-    pub data: Option<Vec<u8>>,
-    pub extensions: Vec<(String, ExtensionValue)>,
+pub struct NewEvent<'a> {
+    pub id: Cow<'a, str>,
+    pub source: Cow<'a, str>,
+    pub ty: Cow<'a, str>,
+    pub subject: Option<Cow<'a, str>>,
+    pub time: Option<Cow<'a, str>>,
+    pub datacontenttype: Option<Cow<'a, str>>,
+    pub dataschema: Option<Cow<'a, str>>,
+    pub data: Option<Cow<'a, [u8]>>,
+    pub extensions: Vec<(Cow<'a, str>, ExtensionValue)>,
 }
 
-impl NewEvent {
+impl<'a> NewEvent<'a> {
     /// A new event with the three required attributes.
-    pub fn new(id: impl Into<String>, source: impl Into<String>, ty: impl Into<String>) -> Self {
+    pub fn new(
+        id: impl Into<Cow<'a, str>>,
+        source: impl Into<Cow<'a, str>>,
+        ty: impl Into<Cow<'a, str>>,
+    ) -> Self {
         NewEvent {
             id: id.into(),
             source: source.into(),
@@ -274,8 +289,10 @@ impl NewEvent {
     pub fn set_json<T: serde::Serialize>(&mut self, value: &T) -> Result<(), Error> {
         let bytes = serde_json::to_vec(value)
             .map_err(|e| Error::failed(format!("cannot serialise data: {e}")))?;
-        self.data = Some(bytes);
-        self.datacontenttype = Some("application/json".into());
+        self.data = Some(Cow::Owned(bytes));
+        if self.datacontenttype.as_deref() != Some("application/json") {
+            self.datacontenttype = Some(Cow::Borrowed("application/json"));
+        }
         Ok(())
     }
 
@@ -283,7 +300,7 @@ impl NewEvent {
     pub fn set_extension(&mut self, name: &str, value: ExtensionValue) {
         match self.extensions.iter_mut().find(|(n, _)| n == name) {
             Some(slot) => slot.1 = value,
-            None => self.extensions.push((name.to_owned(), value)),
+            None => self.extensions.push((Cow::Owned(name.to_owned()), value)),
         }
     }
 

@@ -1,65 +1,43 @@
-use crate::bindings::types::{self, Emit, Routed, Span};
-use crate::{Event, NewEvent};
+use crate::bindings::types;
+use crate::{Event, ExtensionValue, NewEvent};
+use flow_abi::{Emit, EventSpans, Packer};
+use std::borrow::Cow;
 
-/// Builds the packed `created` batch of an output.
-#[derive(Debug)]
-struct Packer {
-    batch: types::Batch,
-}
-
-impl Default for Packer {
-    fn default() -> Self {
-        Packer {
-            batch: types::Batch {
-                bytes: Vec::new(),
-                events: Vec::new(),
-                extensions: Vec::new(),
-            },
-        }
-    }
-}
-
-impl Packer {
-    fn span(&mut self, s: &[u8]) -> Span {
-        let offset = self.batch.bytes.len() as u32;
-        self.batch.bytes.extend_from_slice(s);
-        Span {
-            offset,
-            len: s.len() as u32,
-        }
-    }
-
-    fn opt(&mut self, s: &Option<String>) -> Span {
-        self.span(s.as_deref().unwrap_or_default().as_bytes())
-    }
-
-    fn push(&mut self, e: &NewEvent) -> u32 {
-        let extensions_first = self.batch.extensions.len() as u32;
-        for (name, value) in &e.extensions {
-            let name = self.span(name.as_bytes());
-            let kind = value.kind();
-            let value = match value {
-                crate::ExtensionValue::String(s) => self.span(s.as_bytes()),
-                other => self.span(other.to_string().as_bytes()),
-            };
-            self.batch
-                .extensions
-                .push(types::Extension { name, value, kind });
-        }
-        let event = types::Event {
-            id: self.span(e.id.as_bytes()),
-            source: self.span(e.source.as_bytes()),
-            type_: self.span(e.ty.as_bytes()),
-            subject: self.opt(&e.subject),
-            time: self.opt(&e.time),
-            datacontenttype: self.opt(&e.datacontenttype),
-            dataschema: self.opt(&e.dataschema),
-            data: e.data.as_deref().map(|d| self.span(d)),
-            extensions_first,
-            extensions_count: e.extensions.len() as u32,
+fn pack(packer: &mut Packer, e: &NewEvent<'_>) -> u32 {
+    let extensions_first = packer.next_extension();
+    for (name, value) in &e.extensions {
+        let text: Cow<'_, str> = match value {
+            ExtensionValue::String(s) => Cow::Borrowed(s),
+            other => Cow::Owned(other.to_string()),
         };
-        self.batch.events.push(event);
-        (self.batch.events.len() - 1) as u32
+        packer.extension(name.as_bytes(), text.as_bytes(), value.kind());
+    }
+    let mut opt =
+        |s: &Option<Cow<'_, str>>| packer.bytes(s.as_deref().unwrap_or_default().as_bytes());
+    let subject = opt(&e.subject);
+    let time = opt(&e.time);
+    let datacontenttype = opt(&e.datacontenttype);
+    let dataschema = opt(&e.dataschema);
+    let spans = EventSpans {
+        id: packer.bytes(e.id.as_bytes()),
+        source: packer.bytes(e.source.as_bytes()),
+        ty: packer.bytes(e.ty.as_bytes()),
+        subject,
+        time,
+        datacontenttype,
+        dataschema,
+        data: e.data.as_deref().map(|d| packer.bytes(d)),
+        extensions_first,
+        extensions_count: e.extensions.len() as u32,
+    };
+    packer.event(&spans)
+}
+
+fn batch(packer: Packer) -> types::Batch {
+    types::Batch {
+        bytes: packer.bytes,
+        events: packer.events,
+        extensions: packer.extensions,
     }
 }
 
@@ -67,7 +45,7 @@ impl Packer {
 #[derive(Debug, Default)]
 pub struct Output {
     packer: Packer,
-    emits: Vec<Emit>,
+    emits: Vec<u32>,
 }
 
 impl Output {
@@ -77,13 +55,13 @@ impl Output {
 
     /// Emits the input event unchanged. Cheap: only its index crosses back.
     pub fn forward(&mut self, event: &Event<'_>) {
-        self.emits.push(Emit::Forward(event.index()));
+        self.emits.push(Emit::Forward(event.index()).to_word());
     }
 
     /// Emits a new or modified event.
-    pub fn emit(&mut self, event: &NewEvent) {
-        let at = self.packer.push(event);
-        self.emits.push(Emit::Created(at));
+    pub fn emit(&mut self, event: &NewEvent<'_>) {
+        let at = pack(&mut self.packer, event);
+        self.emits.push(Emit::Created(at).to_word());
     }
 
     /// How many events have been emitted so far.
@@ -98,7 +76,7 @@ impl Output {
     /// The WIT value handed back to the host.
     pub fn into_raw(self) -> types::Output {
         types::Output {
-            created: self.packer.batch,
+            created: batch(self.packer),
             emits: self.emits,
         }
     }
@@ -108,7 +86,8 @@ impl Output {
 #[derive(Debug, Default)]
 pub struct RoutedOutput {
     packer: Packer,
-    emits: Vec<Routed>,
+    emits: Vec<u32>,
+    ports: Vec<u32>,
 }
 
 impl RoutedOutput {
@@ -118,19 +97,15 @@ impl RoutedOutput {
 
     /// Emits the input event unchanged to output `port`.
     pub fn forward_to(&mut self, port: u32, event: &Event<'_>) {
-        self.emits.push(Routed {
-            port,
-            emit: Emit::Forward(event.index()),
-        });
+        self.emits.push(Emit::Forward(event.index()).to_word());
+        self.ports.push(port);
     }
 
     /// Emits a new or modified event to output `port`.
-    pub fn emit_to(&mut self, port: u32, event: &NewEvent) {
-        let at = self.packer.push(event);
-        self.emits.push(Routed {
-            port,
-            emit: Emit::Created(at),
-        });
+    pub fn emit_to(&mut self, port: u32, event: &NewEvent<'_>) {
+        let at = pack(&mut self.packer, event);
+        self.emits.push(Emit::Created(at).to_word());
+        self.ports.push(port);
     }
 
     pub fn len(&self) -> usize {
@@ -144,8 +119,9 @@ impl RoutedOutput {
     /// The WIT value handed back to the host.
     pub fn into_raw(self) -> types::RoutedOutput {
         types::RoutedOutput {
-            created: self.packer.batch,
+            created: batch(self.packer),
             emits: self.emits,
+            ports: self.ports,
         }
     }
 }

@@ -162,8 +162,8 @@ impl Signal for Threshold {
                         "threshold": limit,
                         "event": event.id(),
                     }))?;
-                    alert.subject = (!key.is_empty()).then(|| key.clone());
-                    alert.time = event.time().map(str::to_owned);
+                    alert.subject = (!key.is_empty()).then(|| key.clone().into());
+                    alert.time = event.time().map(Into::into);
                     out.emit_to(self.alerts, &alert);
                 }
             }
@@ -209,7 +209,7 @@ impl Signal for Threshold {
                 "max": w.max,
                 "window_end_ms": now_ms,
             }))?;
-            event.subject = (!key.is_empty()).then(|| key.to_owned());
+            event.subject = (!key.is_empty()).then(|| key.into());
             out.emit_to(stats, &event);
         }
         Ok(())

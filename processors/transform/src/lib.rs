@@ -14,6 +14,7 @@ use flow_sdk::serde_json::{self, Value};
 use flow_sdk::{
     Batch, Bridge, Error, Event, ExtensionValue, NewEvent, Output, Processor, Selector, Setup, json,
 };
+use std::borrow::Cow;
 
 #[derive(Debug, Clone)]
 enum Rule {
@@ -86,7 +87,7 @@ impl Rules {
     }
 
     /// Applies every rule to `event`, returning the transformed copy.
-    pub fn apply(&self, event: &Event<'_>) -> Result<NewEvent, Error> {
+    pub fn apply<'a>(&self, event: &Event<'a>) -> Result<NewEvent<'a>, Error> {
         let mut new = event.to_new();
         let mut data = if self.needs_data {
             let bytes = new.data.as_deref().unwrap_or(b"null");
@@ -119,7 +120,10 @@ impl Rules {
     }
 }
 
-fn attribute_slot<'e>(event: &'e mut NewEvent, name: &str) -> Option<&'e mut Option<String>> {
+fn attribute_slot<'e, 'a>(
+    event: &'e mut NewEvent<'a>,
+    name: &str,
+) -> Option<&'e mut Option<Cow<'a, str>>> {
     Some(match name {
         "subject" => &mut event.subject,
         "time" => &mut event.time,
@@ -130,7 +134,7 @@ fn attribute_slot<'e>(event: &'e mut NewEvent, name: &str) -> Option<&'e mut Opt
 }
 
 fn put(
-    event: &mut NewEvent,
+    event: &mut NewEvent<'_>,
     data: Option<&mut Value>,
     target: &Selector,
     value: Value,
@@ -161,9 +165,9 @@ fn put(
                 if text.is_empty() {
                     return Err(format!("`{name}` cannot be empty"));
                 }
-                *slot = text;
+                *slot = Cow::Owned(text);
             } else if let Some(slot) = attribute_slot(event, name) {
-                *slot = (!text.is_empty()).then_some(text);
+                *slot = (!text.is_empty()).then_some(Cow::Owned(text));
             } else {
                 let ext = match value {
                     Value::Bool(b) => ExtensionValue::Boolean(b),
@@ -179,11 +183,11 @@ fn put(
     }
 }
 
-fn take(event: &mut NewEvent, data: Option<&mut Value>, target: &Selector) -> Option<Value> {
+fn take(event: &mut NewEvent<'_>, data: Option<&mut Value>, target: &Selector) -> Option<Value> {
     match target {
         Selector::Data(path) => data.and_then(|d| json::remove(d, path)),
         Selector::Attribute(name) => match attribute_slot(event, name) {
-            Some(slot) => slot.take().map(Value::String),
+            Some(slot) => slot.take().map(|v| Value::String(v.into_owned())),
             None => event.remove_extension(name).map(|v| v.to_json()),
         },
     }

@@ -1,14 +1,16 @@
 //! Packed batches: the form in which events cross into a processor.
 //!
-//! Every string and payload of a batch lives in one byte buffer and events
-//! refer to it by [`Span`]; see `docs/wit.md` for why. This module packs
+//! Every string and payload of a batch lives in one byte buffer and a table
+//! of integer words locates them (layout in the `flow-abi` crate and
+//! `docs/wit.md`). This module packs
 //! [`Event`]s into a [`Batch`], unpacks (and validates) what a processor
 //! created, and resolves a processor's emits into the events to store.
 
-use crate::wit::types::{self, Batch, Emit, ExtensionKind, Span};
+use crate::wit::types::Batch;
 use chrono::{DateTime, SecondsFormat, Utc};
 use cloudevents::Event;
 use cloudevents::event::{AttributesReader, AttributesWriter, Data, ExtensionValue};
+use flow_abi::{Emit, EventSpans, ExtensionKind, Packer, Span, View};
 
 /// Why a packed event or an emit is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,109 +56,94 @@ pub enum PackError {
     },
     #[error("emit addresses output port {port}, but the processor has {ports} outputs")]
     PortOutOfRange { port: u32, ports: usize },
+    #[error("{emits} emits but {ports} ports: the two lists must have the same length")]
+    PortsMismatch { emits: usize, ports: usize },
 }
 
 /// Builds a packed [`Batch`] from CloudEvents.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct BatchBuilder {
-    batch: Batch,
-}
-
-impl Default for BatchBuilder {
-    fn default() -> Self {
-        BatchBuilder::with_capacity(0, 0)
-    }
+    packer: Packer,
 }
 
 impl BatchBuilder {
     pub fn with_capacity(events: usize, bytes: usize) -> Self {
         BatchBuilder {
-            batch: Batch {
-                bytes: Vec::with_capacity(bytes),
-                events: Vec::with_capacity(events),
-                extensions: Vec::new(),
-            },
+            packer: Packer::with_capacity(events, bytes),
         }
-    }
-
-    fn span(&mut self, s: &[u8]) -> Span {
-        let offset = self.batch.bytes.len() as u32;
-        self.batch.bytes.extend_from_slice(s);
-        Span {
-            offset,
-            len: s.len() as u32,
-        }
-    }
-
-    fn text(&mut self, s: Option<&str>) -> Span {
-        self.span(s.unwrap_or_default().as_bytes())
     }
 
     /// Appends `event`; returns its index in the batch.
     pub fn push(&mut self, event: &Event) -> u32 {
-        let extensions_first = self.batch.extensions.len() as u32;
+        let p = &mut self.packer;
+        let extensions_first = p.next_extension();
         let mut extensions_count = 0;
         for (name, value) in event.iter_extensions() {
-            let name = self.span(name.as_bytes());
-            let (value, kind) = match value {
-                ExtensionValue::String(s) => (self.span(s.as_bytes()), ExtensionKind::String),
-                ExtensionValue::Boolean(b) => (
-                    self.span(if *b { b"true" } else { b"false" }),
+            match value {
+                ExtensionValue::String(s) => {
+                    p.extension(name.as_bytes(), s.as_bytes(), ExtensionKind::String)
+                }
+                ExtensionValue::Boolean(b) => p.extension(
+                    name.as_bytes(),
+                    if *b { b"true" } else { b"false" },
                     ExtensionKind::Boolean,
                 ),
-                ExtensionValue::Integer(i) => {
-                    (self.span(i.to_string().as_bytes()), ExtensionKind::Integer)
-                }
-            };
-            self.batch
-                .extensions
-                .push(types::Extension { name, value, kind });
+                ExtensionValue::Integer(i) => p.extension(
+                    name.as_bytes(),
+                    i.to_string().as_bytes(),
+                    ExtensionKind::Integer,
+                ),
+            }
             extensions_count += 1;
         }
+        let data = event.data().map(|data| {
+            p.write_with(|bytes| match data {
+                Data::Binary(b) => bytes.extend_from_slice(b),
+                Data::String(s) => bytes.extend_from_slice(s.as_bytes()),
+                Data::Json(v) => {
+                    // Writing a `Value` into a Vec cannot fail.
+                    let _ = serde_json::to_writer(bytes, v);
+                }
+            })
+        });
         let time = event
             .time()
             .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
-        let data = event.data().map(|data| {
-            let offset = self.batch.bytes.len() as u32;
-            match data {
-                Data::Binary(b) => self.batch.bytes.extend_from_slice(b),
-                Data::String(s) => self.batch.bytes.extend_from_slice(s.as_bytes()),
-                Data::Json(v) => {
-                    // Writing a `Value` into a Vec cannot fail.
-                    let _ = serde_json::to_writer(&mut self.batch.bytes, v);
-                }
-            }
-            Span {
-                offset,
-                len: self.batch.bytes.len() as u32 - offset,
-            }
-        });
-        let packed = types::Event {
-            id: self.span(event.id().as_bytes()),
-            source: self.span(event.source().as_bytes()),
-            type_: self.span(event.ty().as_bytes()),
-            subject: self.text(event.subject()),
-            time: self.text(time.as_deref()),
-            datacontenttype: self.text(event.datacontenttype()),
-            dataschema: self.text(event.dataschema().map(|u| u.as_str())),
+        let spans = EventSpans {
+            id: p.bytes(event.id().as_bytes()),
+            source: p.bytes(event.source().as_bytes()),
+            ty: p.bytes(event.ty().as_bytes()),
+            subject: p.bytes(event.subject().unwrap_or_default().as_bytes()),
+            time: p.bytes(time.as_deref().unwrap_or_default().as_bytes()),
+            datacontenttype: p.bytes(event.datacontenttype().unwrap_or_default().as_bytes()),
+            dataschema: p.bytes(
+                event
+                    .dataschema()
+                    .map(|u| u.as_str())
+                    .unwrap_or_default()
+                    .as_bytes(),
+            ),
             data,
             extensions_first,
             extensions_count,
         };
-        self.batch.events.push(packed);
-        (self.batch.events.len() - 1) as u32
+        p.event(&spans)
     }
 
     pub fn len(&self) -> usize {
-        self.batch.events.len()
+        self.packer.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.batch.events.is_empty()
+        self.packer.is_empty()
     }
 
     pub fn finish(self) -> Batch {
-        self.batch
+        Batch {
+            bytes: self.packer.bytes,
+            events: self.packer.events,
+            extensions: self.packer.extensions,
+        }
     }
 }
 
@@ -171,27 +158,22 @@ pub fn pack<'e>(events: impl IntoIterator<Item = &'e Event>) -> Batch {
 
 /// Reads packed event `index` of `batch` back into a validated CloudEvent.
 pub fn unpack(batch: &Batch, index: u32) -> Result<Event, PackError> {
-    let len = batch.events.len();
-    let packed = batch
-        .events
-        .get(index as usize)
+    let view = View::new(&batch.bytes, &batch.events, &batch.extensions);
+    let packed = view
+        .event(index as usize)
         .ok_or(PackError::EmitOutOfRange {
             what: "created",
             index,
-            len,
+            len: view.len(),
         })?;
     let bytes = |what: &'static str, span: Span| -> Result<&[u8], PackError> {
-        let start = span.offset as usize;
-        start
-            .checked_add(span.len as usize)
-            .and_then(|end| batch.bytes.get(start..end))
-            .ok_or(PackError::SpanOutOfBounds {
-                index,
-                what,
-                offset: span.offset,
-                len: span.len,
-                size: batch.bytes.len(),
-            })
+        view.slice(span).ok_or(PackError::SpanOutOfBounds {
+            index,
+            what,
+            offset: span.offset,
+            len: span.len,
+            size: batch.bytes.len(),
+        })
     };
     let text = |what: &'static str, span: Span| -> Result<&str, PackError> {
         std::str::from_utf8(bytes(what, span)?).map_err(|_| PackError::NotUtf8 { index, what })
@@ -210,7 +192,7 @@ pub fn unpack(batch: &Batch, index: u32) -> Result<Event, PackError> {
     let mut event = Event::default();
     event.set_id(required("id", packed.id)?);
     event.set_source(required("source", packed.source)?);
-    event.set_type(required("type", packed.type_)?);
+    event.set_type(required("type", packed.ty)?);
     event.set_subject(optional("subject", packed.subject)?);
     let time = optional("time", packed.time)?
         .map(|t| {
@@ -242,16 +224,18 @@ pub fn unpack(batch: &Batch, index: u32) -> Result<Event, PackError> {
 
     let first = packed.extensions_first;
     let count = packed.extensions_count;
-    let extensions = (first as usize)
+    let out_of_bounds = PackError::ExtensionsOutOfBounds {
+        index,
+        first,
+        count,
+        len: view.extensions_len(),
+    };
+    let end = (first as usize)
         .checked_add(count as usize)
-        .and_then(|end| batch.extensions.get(first as usize..end))
-        .ok_or(PackError::ExtensionsOutOfBounds {
-            index,
-            first,
-            count,
-            len: batch.extensions.len(),
-        })?;
-    for ext in extensions {
+        .filter(|end| *end <= view.extensions_len())
+        .ok_or(out_of_bounds.clone())?;
+    for i in first as usize..end {
+        let ext = view.extension(i).ok_or(out_of_bounds.clone())?;
         let name = text("extension name", ext.name)?;
         let valid = !name.is_empty()
             && name
@@ -264,10 +248,10 @@ pub fn unpack(batch: &Batch, index: u32) -> Result<Event, PackError> {
             });
         }
         let value = text("extension value", ext.value)?;
-        let value = match ext.kind {
-            ExtensionKind::Boolean if value == "true" => ExtensionValue::Boolean(true),
-            ExtensionKind::Boolean if value == "false" => ExtensionValue::Boolean(false),
-            ExtensionKind::Integer => match value.parse() {
+        let value = match ExtensionKind::from_word(ext.kind) {
+            Some(ExtensionKind::Boolean) if value == "true" => ExtensionValue::Boolean(true),
+            Some(ExtensionKind::Boolean) if value == "false" => ExtensionValue::Boolean(false),
+            Some(ExtensionKind::Integer) => match value.parse() {
                 Ok(i) => ExtensionValue::Integer(i),
                 Err(_) => ExtensionValue::String(value.to_owned()),
             },
@@ -316,20 +300,33 @@ pub fn data_from_bytes(content_type: Option<&str>, bytes: &[u8]) -> Data {
 
 /// Turns the emits of one processor call into the events to store, in order,
 /// each with its output port. `inputs` are the events of the call's batch (a
-/// `forward` clones one of them); `created` is the call's created batch.
+/// forward clones one of them); `created` is the call's created batch;
+/// `ports` is `None` for single-output kinds (every emit goes to port 0).
 pub fn resolve(
     inputs: &[Event],
     created: &Batch,
-    emits: impl IntoIterator<Item = (u32, Emit)>,
-    ports: usize,
+    emits: &[u32],
+    ports: Option<&[u32]>,
+    outputs: usize,
 ) -> Result<Vec<(u32, Event)>, PackError> {
-    let emits = emits.into_iter();
-    let mut out = Vec::with_capacity(emits.size_hint().0);
-    for (port, emit) in emits {
-        if port as usize >= ports {
-            return Err(PackError::PortOutOfRange { port, ports });
+    if let Some(ports) = ports
+        && ports.len() != emits.len()
+    {
+        return Err(PackError::PortsMismatch {
+            emits: emits.len(),
+            ports: ports.len(),
+        });
+    }
+    let mut out = Vec::with_capacity(emits.len());
+    for (i, word) in emits.iter().enumerate() {
+        let port = ports.map_or(0, |p| p[i]);
+        if port as usize >= outputs {
+            return Err(PackError::PortOutOfRange {
+                port,
+                ports: outputs,
+            });
         }
-        let event = match emit {
+        let event = match Emit::from_word(*word) {
             Emit::Forward(i) => {
                 inputs
                     .get(i as usize)
@@ -406,11 +403,10 @@ mod tests {
 
     #[test]
     fn unpack_rejects_hostile_spans() {
+        use flow_abi::word;
         let mut batch = pack(&[full_event()]);
-        batch.events[0].subject = Span {
-            offset: u32::MAX,
-            len: 10,
-        };
+        batch.events[word::SUBJECT] = u32::MAX;
+        batch.events[word::SUBJECT + 1] = 10;
         let err = unpack(&batch, 0).expect_err("span out of bounds");
         assert!(
             matches!(
@@ -424,7 +420,7 @@ mod tests {
         );
 
         let mut batch = pack(&[full_event()]);
-        batch.events[0].id = Span { offset: 0, len: 0 };
+        batch.events[word::ID + 1] = 0;
         assert_eq!(
             unpack(&batch, 0),
             Err(PackError::MissingRequired {
@@ -434,14 +430,14 @@ mod tests {
         );
 
         let mut batch = pack(&[full_event()]);
-        batch.events[0].extensions_count = 99;
+        batch.events[word::EXTENSIONS_COUNT] = 99;
         assert!(matches!(
             unpack(&batch, 0),
             Err(PackError::ExtensionsOutOfBounds { .. })
         ));
 
         let mut batch = pack(&[full_event()]);
-        let at = batch.events[0].time.offset as usize;
+        let at = batch.events[word::TIME] as usize;
         batch.bytes[at] = b'X';
         assert!(matches!(unpack(&batch, 0), Err(PackError::BadTime { .. })));
     }
@@ -450,18 +446,23 @@ mod tests {
     fn resolve_checks_ports_and_indexes() {
         let inputs = vec![full_event()];
         let created = pack(&[]);
-        let ok = resolve(&inputs, &created, [(0, Emit::Forward(0))], 1).expect("resolves");
+        let forward = Emit::Forward(0).to_word();
+        let ok = resolve(&inputs, &created, &[forward], None, 1).expect("resolves");
         assert_eq!(ok, vec![(0, inputs[0].clone())]);
         assert_eq!(
-            resolve(&inputs, &created, [(1, Emit::Forward(0))], 1),
+            resolve(&inputs, &created, &[forward], Some(&[1]), 1),
             Err(PackError::PortOutOfRange { port: 1, ports: 1 })
         );
+        assert_eq!(
+            resolve(&inputs, &created, &[forward, forward], Some(&[0]), 1),
+            Err(PackError::PortsMismatch { emits: 2, ports: 1 })
+        );
         assert!(matches!(
-            resolve(&inputs, &created, [(0, Emit::Forward(5))], 1),
+            resolve(&inputs, &created, &[Emit::Forward(5).to_word()], None, 1),
             Err(PackError::EmitOutOfRange { what: "input", .. })
         ));
         assert!(matches!(
-            resolve(&inputs, &created, [(0, Emit::Created(0))], 1),
+            resolve(&inputs, &created, &[Emit::Created(0).to_word()], None, 1),
             Err(PackError::EmitOutOfRange {
                 what: "created",
                 ..

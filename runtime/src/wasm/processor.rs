@@ -29,36 +29,48 @@ pub struct ProcessorSetup {
     pub outputs: Vec<String>,
 }
 
-/// The result of one call: events the processor created and what it emits,
-/// each with its output port (always 0 for bridge and collector).
+/// The result of one call: the events the processor created and what it
+/// emits, in order (see the `output` type of the contract).
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub created: types::Batch,
-    pub emits: Vec<(u32, types::Emit)>,
+    /// Emit words: a forwarded input index or a created index (bit 31).
+    pub emits: Vec<u32>,
+    /// The output port of each emit; `None` for bridge and collector (port 0).
+    pub ports: Option<Vec<u32>>,
 }
 
 impl Outcome {
     fn single(output: types::Output) -> Self {
         Outcome {
-            emits: output.emits.into_iter().map(|e| (0, e)).collect(),
             created: output.created,
+            emits: output.emits,
+            ports: None,
         }
     }
 
     fn routed(output: types::RoutedOutput) -> Self {
         Outcome {
-            emits: output.emits.into_iter().map(|r| (r.port, r.emit)).collect(),
             created: output.created,
+            emits: output.emits,
+            ports: Some(output.ports),
         }
     }
 
-    /// Resolves the emits into events, given the call's input events.
+    /// Resolves the emits into `(port, event)`s, given the call's input
+    /// events and the processor's number of outputs.
     pub fn resolve(
         &self,
         inputs: &[crate::event::Event],
-        ports: usize,
+        outputs: usize,
     ) -> Result<Vec<(u32, crate::event::Event)>, crate::event::packed::PackError> {
-        crate::event::packed::resolve(inputs, &self.created, self.emits.iter().cloned(), ports)
+        crate::event::packed::resolve(
+            inputs,
+            &self.created,
+            &self.emits,
+            self.ports.as_deref(),
+            outputs,
+        )
     }
 }
 
@@ -261,6 +273,7 @@ impl Processor {
             return Ok(Outcome {
                 created: crate::event::packed::BatchBuilder::default().finish(),
                 emits: Vec::new(),
+                ports: None,
             });
         }
         self.call(|store, exports| match exports {
