@@ -8,7 +8,17 @@
 //! - [`wasm`]: the Flow Processor host: compiles, caches, sandboxes and calls
 //!   WebAssembly processor components.
 //! - [`pipe`]: runs one processor over event files (`flowd run`).
+//! - [`broker`]: the Flow Events Broker on NATS JetStream, and the embedded
+//!   nats-server.
+//! - [`engine`]: runs processors continuously over durable flows.
+//! - [`daemon`]: `flowd serve`, the host as a daemon; [`config`]: its TOML.
+//! - [`agent`]: what the `flow` user agent does, over the broker.
 
+pub mod agent;
+pub mod broker;
+pub mod config;
+pub mod daemon;
+pub mod engine;
 pub mod event;
 pub mod pipe;
 pub mod wasm;

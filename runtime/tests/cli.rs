@@ -1,24 +1,13 @@
-//! The binaries, end to end: `flowd run` over JSON lines and `flow describe
+//! The binaries, end to end: `flowd run` over JSON lines, `flowd serve` with
+//! its embedded broker driven by the `flow` CLI, and `flow describe
 //! component`, with the real components built by `scripts/build-processors`.
+
+mod support;
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-
-fn component(name: &str) -> PathBuf {
-    let dir = std::env::var_os("FLOWD_COMPONENTS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/processor")
-        });
-    let path = dir.join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} missing: run scripts/build-processors",
-        path.display()
-    );
-    path
-}
+use support::component;
 
 fn tour_events() -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/tour/invoices.jsonl");
@@ -220,4 +209,128 @@ fn flow_describe_component_shows_kind_and_digest() {
             .unwrap_or_default()
             .starts_with("sha256:")
     );
+}
+
+/// The README's tour: `flowd serve` with no broker configured starts its own
+/// nats-server; the `flow` CLI finds the host, creates flows and a
+/// processor, writes and reads; `/metrics` reports the processor.
+#[test]
+fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let metrics_port = support::free_port();
+    let mut host = Command::new(FLOWD)
+        .args([
+            "serve",
+            "--metrics",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--state-dir",
+        ])
+        .arg(state.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("flowd serve starts");
+    let host_file = state.path().join("host.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !host_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flowd never became ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let flow = |args: &[&str], stdin: &str| {
+        let mut all = vec!["--state-dir", state.path().to_str().unwrap_or_default()];
+        all.extend_from_slice(args);
+        let out = run(env!("CARGO_BIN_EXE_flow"), &all, stdin);
+        assert!(
+            out.status.success(),
+            "flow {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    flow(&["create", "flow", "invoices.tour.example.com"], "");
+    flow(&["create", "flow", "large.tour.example.com"], "");
+    let filter = component("flow_filter");
+    let created = flow(
+        &[
+            "replicate",
+            "invoices.tour.example.com",
+            "large.tour.example.com",
+            "-c",
+            filter.to_str().unwrap_or_default(),
+            "-C",
+            "where=data.amount > 100",
+            "--id",
+            "large",
+        ],
+        "",
+    );
+    assert!(
+        created.contains("created bridge processor large"),
+        "{created}"
+    );
+    let wrote = flow(&["write", "invoices.tour.example.com"], &tour_events());
+    assert!(wrote.contains("wrote 5 event(s)"), "{wrote}");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let read = loop {
+        let read = flow(
+            &[
+                "read",
+                "large.tour.example.com",
+                "--from-start",
+                "--idle-ms",
+                "300",
+            ],
+            "",
+        );
+        if read.lines().count() >= 4 || std::time::Instant::now() > deadline {
+            break read;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let ids: Vec<String> = read
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")["id"].to_string())
+        .collect();
+    assert_eq!(ids.len(), 4, "{read}");
+    assert!(ids.contains(&"\"inv-1003\"".to_string()));
+
+    let processors = flow(&["get", "processors"], "");
+    assert!(
+        processors.contains("large") && processors.contains("running"),
+        "{processors}"
+    );
+    let described = flow(&["describe", "flow", "large.tour.example.com"], "");
+    assert!(described.contains("events=4"), "{described}");
+
+    let mut metrics = String::new();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).expect("metrics");
+    std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.0\r\n\r\n").expect("request");
+    std::io::Read::read_to_string(&mut stream, &mut metrics).expect("response");
+    assert!(
+        metrics.contains("flowd_processor_events_in_total{processor=\"large\"} 5"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("flowd_processor_events_out_total{processor=\"large\"} 4"));
+
+    let err = run(
+        env!("CARGO_BIN_EXE_flow"),
+        &[
+            "--state-dir",
+            state.path().to_str().unwrap_or_default(),
+            "describe",
+            "processor",
+            "nope",
+        ],
+        "",
+    );
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("no such processor: nope"));
+
+    let _ = host.kill();
+    let _ = host.wait();
 }

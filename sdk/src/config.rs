@@ -75,12 +75,22 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// The port number of the output called `name`.
+    /// The port number of the output called `name`. Outputs bound to flows
+    /// are named by the flow's FQDN; `name` may also be just its first label
+    /// (`eu` for `eu.orders.example.com`) when no other output shares it.
     pub fn output(&self, name: &str) -> Option<u32> {
-        self.outputs
+        if let Some(i) = self.outputs.iter().position(|o| o == name) {
+            return Some(i as u32);
+        }
+        let mut by_label = self
+            .outputs
             .iter()
-            .position(|o| o == name)
-            .map(|i| i as u32)
+            .enumerate()
+            .filter(|(_, o)| o.split('.').next() == Some(name));
+        match (by_label.next(), by_label.next()) {
+            (Some((i, _)), None) => Some(i as u32),
+            _ => None,
+        }
     }
 
     /// The port number of the output called `name`, or a configuration error

@@ -6,7 +6,8 @@
 //!   `data.<json path>`.
 //! - `route.<value>=<output>`, repeatable: events whose value is `<value>` go
 //!   to `<output>`. Without a `route` entry, a value equal to an output name
-//!   goes to that output.
+//!   (or to the first label of an output flow's name, when unique) goes to
+//!   that output.
 //! - `default=<output>`: where the other events go. Without it they are
 //!   dropped, or, with `unmatched=error`, reported as event errors (so the
 //!   host dead-letters them).
@@ -50,8 +51,17 @@ impl Processor for Router {
         let outputs = setup
             .outputs
             .iter()
-            .enumerate()
-            .map(|(i, name)| (name.clone(), i as u32))
+            .filter_map(|name| {
+                let short = name.split('.').next().unwrap_or(name);
+                Some((short.to_owned(), setup.output(short)?))
+            })
+            .chain(
+                setup
+                    .outputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| (name.clone(), i as u32)),
+            )
             .collect();
         Ok(Router {
             by,

@@ -17,9 +17,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the participant host: broker (embedded nats-server unless
+    /// configured), processor engine, metrics.
+    Serve(ServeArgs),
     /// Run one processor component over JSON-lines events (files or stdin)
     /// and print what it emits as JSON lines.
     Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Configuration file (TOML); every key has a default.
+    #[arg(long, short = 'c', env = "FLOWD_CONFIG")]
+    config: Option<PathBuf>,
+    /// State directory (overrides the file).
+    #[arg(long, env = "FLOWD_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// NATS URL(s) to use instead of an embedded server (overrides the file).
+    #[arg(long, value_delimiter = ',')]
+    nats: Vec<String>,
+    /// Address of the /metrics endpoint (overrides the file); `off` disables it.
+    #[arg(long)]
+    metrics: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -63,8 +82,33 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
+        Command::Serve(args) => serve(args),
         Command::Run(args) => run(args),
     }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => flowd::config::Config::load(path)?,
+        None => flowd::config::Config::default(),
+    };
+    if let Some(dir) = args.state_dir {
+        config.participant.state_dir = dir;
+    }
+    if !args.nats.is_empty() {
+        config.nats.urls = args.nats;
+    }
+    match args.metrics.as_deref() {
+        Some("off") => config.metrics.listen = None,
+        Some(addr) => {
+            config.metrics.listen = Some(addr.parse().with_context(|| format!("--metrics {addr}"))?)
+        }
+        None => {}
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(flowd::daemon::serve(config))
 }
 
 fn default_cache_dir() -> Option<PathBuf> {

@@ -75,59 +75,7 @@ impl BatchBuilder {
 
     /// Appends `event`; returns its index in the batch.
     pub fn push(&mut self, event: &Event) -> u32 {
-        let p = &mut self.packer;
-        let extensions_first = p.next_extension();
-        let mut extensions_count = 0;
-        for (name, value) in event.iter_extensions() {
-            match value {
-                ExtensionValue::String(s) => {
-                    p.extension(name.as_bytes(), s.as_bytes(), ExtensionKind::String)
-                }
-                ExtensionValue::Boolean(b) => p.extension(
-                    name.as_bytes(),
-                    if *b { b"true" } else { b"false" },
-                    ExtensionKind::Boolean,
-                ),
-                ExtensionValue::Integer(i) => p.extension(
-                    name.as_bytes(),
-                    i.to_string().as_bytes(),
-                    ExtensionKind::Integer,
-                ),
-            }
-            extensions_count += 1;
-        }
-        let data = event.data().map(|data| {
-            p.write_with(|bytes| match data {
-                Data::Binary(b) => bytes.extend_from_slice(b),
-                Data::String(s) => bytes.extend_from_slice(s.as_bytes()),
-                Data::Json(v) => {
-                    // Writing a `Value` into a Vec cannot fail.
-                    let _ = serde_json::to_writer(bytes, v);
-                }
-            })
-        });
-        let time = event
-            .time()
-            .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
-        let spans = EventSpans {
-            id: p.bytes(event.id().as_bytes()),
-            source: p.bytes(event.source().as_bytes()),
-            ty: p.bytes(event.ty().as_bytes()),
-            subject: p.bytes(event.subject().unwrap_or_default().as_bytes()),
-            time: p.bytes(time.as_deref().unwrap_or_default().as_bytes()),
-            datacontenttype: p.bytes(event.datacontenttype().unwrap_or_default().as_bytes()),
-            dataschema: p.bytes(
-                event
-                    .dataschema()
-                    .map(|u| u.as_str())
-                    .unwrap_or_default()
-                    .as_bytes(),
-            ),
-            data,
-            extensions_first,
-            extensions_count,
-        };
-        p.event(&spans)
+        push_event(&mut self.packer, event)
     }
 
     pub fn len(&self) -> usize {
@@ -147,6 +95,62 @@ impl BatchBuilder {
     }
 }
 
+/// Appends a CloudEvent to a batch being packed; returns its index.
+pub fn push_event(p: &mut Packer, event: &Event) -> u32 {
+    let extensions_first = p.next_extension();
+    let mut extensions_count = 0;
+    for (name, value) in event.iter_extensions() {
+        match value {
+            ExtensionValue::String(s) => {
+                p.extension(name.as_bytes(), s.as_bytes(), ExtensionKind::String)
+            }
+            ExtensionValue::Boolean(b) => p.extension(
+                name.as_bytes(),
+                if *b { b"true" } else { b"false" },
+                ExtensionKind::Boolean,
+            ),
+            ExtensionValue::Integer(i) => p.extension(
+                name.as_bytes(),
+                i.to_string().as_bytes(),
+                ExtensionKind::Integer,
+            ),
+        }
+        extensions_count += 1;
+    }
+    let data = event.data().map(|data| {
+        p.write_with(|bytes| match data {
+            Data::Binary(b) => bytes.extend_from_slice(b),
+            Data::String(s) => bytes.extend_from_slice(s.as_bytes()),
+            Data::Json(v) => {
+                // Writing a `Value` into a Vec cannot fail.
+                let _ = serde_json::to_writer(bytes, v);
+            }
+        })
+    });
+    let time = event
+        .time()
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+    let spans = EventSpans {
+        id: p.bytes(event.id().as_bytes()),
+        source: p.bytes(event.source().as_bytes()),
+        ty: p.bytes(event.ty().as_bytes()),
+        subject: p.bytes(event.subject().unwrap_or_default().as_bytes()),
+        time: p.bytes(time.as_deref().unwrap_or_default().as_bytes()),
+        datacontenttype: p.bytes(event.datacontenttype().unwrap_or_default().as_bytes()),
+        dataschema: p.bytes(
+            event
+                .dataschema()
+                .map(|u| u.as_str())
+                .unwrap_or_default()
+                .as_bytes(),
+        ),
+        data,
+        extensions_first,
+        extensions_count,
+    };
+    p.event(&spans)
+}
+
 /// Packs `events` into one batch.
 pub fn pack<'e>(events: impl IntoIterator<Item = &'e Event>) -> Batch {
     let mut builder = BatchBuilder::default();
@@ -158,7 +162,14 @@ pub fn pack<'e>(events: impl IntoIterator<Item = &'e Event>) -> Batch {
 
 /// Reads packed event `index` of `batch` back into a validated CloudEvent.
 pub fn unpack(batch: &Batch, index: u32) -> Result<Event, PackError> {
-    let view = View::new(&batch.bytes, &batch.events, &batch.extensions);
+    unpack_view(
+        &View::new(&batch.bytes, &batch.events, &batch.extensions),
+        index,
+    )
+}
+
+/// [`unpack`] over any packed lists.
+pub fn unpack_view(view: &View<'_>, index: u32) -> Result<Event, PackError> {
     let packed = view
         .event(index as usize)
         .ok_or(PackError::EmitOutOfRange {
@@ -172,7 +183,7 @@ pub fn unpack(batch: &Batch, index: u32) -> Result<Event, PackError> {
             what,
             offset: span.offset,
             len: span.len,
-            size: batch.bytes.len(),
+            size: view.bytes.len(),
         })
     };
     let text = |what: &'static str, span: Span| -> Result<&str, PackError> {

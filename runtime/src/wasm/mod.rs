@@ -332,7 +332,19 @@ impl Host {
         setup: ProcessorSetup,
         limits: Limits,
     ) -> Result<Processor, CreateError> {
-        Processor::create(self, component, setup, limits)
+        Processor::create(self, component, setup, limits, None)
+    }
+
+    /// [`Host::create`] with keyed state restored from elsewhere (the
+    /// broker), so a processor resumes with the windows it had.
+    pub fn create_with_state(
+        &self,
+        component: Arc<ProcessorComponent>,
+        setup: ProcessorSetup,
+        limits: Limits,
+        state: state::KeyedState,
+    ) -> Result<Processor, CreateError> {
+        Processor::create(self, component, setup, limits, Some(state))
     }
 
     /// Epoch ticks that make up `deadline`, rounded up.

@@ -175,6 +175,7 @@ impl Processor {
         component: Arc<ProcessorComponent>,
         setup: super::ProcessorSetup,
         limits: Limits,
+        state: Option<KeyedState>,
     ) -> Result<Processor, CreateError> {
         let kind = component.kind();
         kind.check_ports(setup.inputs.len(), setup.outputs.len())
@@ -196,7 +197,7 @@ impl Processor {
             },
             deadline_ticks: host.deadline_ticks(limits.deadline),
             fuel_enabled: host.config().fuel,
-            parked: Some(KeyedState::new(limits.state)),
+            parked: Some(state.unwrap_or_else(|| KeyedState::new(limits.state))),
             limits,
             component,
             live: None,

@@ -1,0 +1,363 @@
+//! What the `flow` user agent does. For now it talks to the host's broker
+//! directly (the host and its CLI share the JetStream buckets where flows and
+//! processors are declared); FNAP will carry the same operations.
+
+use crate::broker::codec::{self, Origin};
+use crate::broker::{Broker, FlowInfo, FlowName, FlowSettings, Outgoing, Published};
+use crate::config::HostFile;
+use crate::engine::Buckets;
+use crate::engine::spec::{self, ProcessorSpec, RunLimits, Status};
+use crate::event::Event;
+use crate::wasm::{Host, HostConfig, Kind};
+use anyhow::{Context, Result, anyhow, bail};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::time::Duration;
+
+/// A connection of the user agent to a host's broker.
+pub struct Agent {
+    broker: Broker,
+    buckets: Buckets,
+}
+
+/// The NATS URLs to use: given ones, `$FLOWD_NATS_URL`, or those the local
+/// host wrote in `<state_dir>/host.json`.
+pub fn discover_urls(given: &[String], state_dir: &Path) -> Result<Vec<String>> {
+    if !given.is_empty() {
+        return Ok(given.to_vec());
+    }
+    if let Ok(url) = std::env::var("FLOWD_NATS_URL") {
+        return Ok(url.split(',').map(str::to_owned).collect());
+    }
+    HostFile::read(state_dir)
+        .map(|h| h.nats_urls)
+        .ok_or_else(|| {
+            anyhow!(
+                "no host found: {} does not exist (is `flowd serve` running? or pass --nats)",
+                HostFile::path(state_dir).display()
+            )
+        })
+}
+
+/// What a new processor is made of.
+#[derive(Debug, Clone)]
+pub struct NewProcessor {
+    pub id: String,
+    /// The kind the command asks for (`flow replicate` is a bridge, ...).
+    pub kind: Kind,
+    pub component: Vec<u8>,
+    pub config: Vec<(String, String)>,
+    pub inputs: Vec<FlowName>,
+    pub outputs: Vec<FlowName>,
+    pub dead_letter: Option<FlowName>,
+    pub limits: RunLimits,
+}
+
+impl Agent {
+    pub async fn connect(urls: &[String]) -> Result<Agent> {
+        let broker = Broker::connect(urls, "flow").await?;
+        let buckets = Buckets::open(&broker).await?;
+        Ok(Agent { broker, buckets })
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    pub async fn create_flow(&self, flow: &FlowName, settings: &FlowSettings) -> Result<FlowInfo> {
+        Ok(self.broker.create_flow(flow, settings).await?)
+    }
+
+    pub async fn delete_flow(&self, flow: &FlowName) -> Result<()> {
+        Ok(self.broker.delete_flow(flow).await?)
+    }
+
+    pub async fn describe_flow(&self, flow: &FlowName) -> Result<FlowInfo> {
+        Ok(self.broker.flow_info(flow).await?)
+    }
+
+    pub async fn flows(&self) -> Result<Vec<FlowInfo>> {
+        let mut infos = Vec::new();
+        for flow in self.broker.flows().await? {
+            infos.push(self.broker.flow_info(&flow).await?);
+        }
+        Ok(infos)
+    }
+
+    /// Writes events to a flow; acknowledged when stored. Writing the same
+    /// event (same `source` and `id`) again within the flow's duplicate
+    /// window stores it once.
+    pub async fn write(&self, flow: &FlowName, events: &[Event]) -> Result<Published> {
+        self.broker.flow_info(flow).await?;
+        let messages = events.iter().map(|event| {
+            let (headers, payload) = codec::message_for_event(event);
+            Outgoing {
+                subject: flow.subject(),
+                message_id: codec::message_id(
+                    "write",
+                    0,
+                    cloudevents::AttributesReader::source(event).as_bytes(),
+                    cloudevents::AttributesReader::id(event).as_bytes(),
+                ),
+                headers,
+                payload,
+            }
+        });
+        Ok(self.broker.publish(messages).await?)
+    }
+
+    /// Reads a flow: from its first event (`from_start`) or only new ones,
+    /// until `count` events, or forever with `follow` (else until no event
+    /// arrives for `idle`).
+    pub async fn read(
+        &self,
+        flow: &FlowName,
+        from_start: bool,
+        count: Option<usize>,
+        follow: bool,
+        idle: Duration,
+        mut each: impl FnMut(Event) -> Result<()>,
+    ) -> Result<usize> {
+        let consumer = self.broker.reader(flow, from_start.then_some(1)).await?;
+        let stream_name = flow.stream();
+        let mut seen = 0;
+        loop {
+            let want = count.map_or(256, |c| (c - seen).min(256));
+            if want == 0 {
+                return Ok(seen);
+            }
+            let mut batch = consumer
+                .batch()
+                .max_messages(want)
+                .expires(idle)
+                .messages()
+                .await
+                .map_err(|e| anyhow!("reading {flow}: {e}"))?;
+            let mut got = 0;
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| anyhow!("reading {flow}: {e}"))?;
+                let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+                let event = codec::event_from_message(
+                    message.headers.as_ref(),
+                    &message.payload,
+                    Origin {
+                        stream: &stream_name,
+                        sequence,
+                        subject: &message.subject,
+                    },
+                )?;
+                each(event)?;
+                got += 1;
+                seen += 1;
+            }
+            if got == 0 && !follow {
+                return Ok(seen);
+            }
+        }
+    }
+
+    /// Stores a component in the broker's object store; returns its digest.
+    pub async fn upload_component(&self, bytes: &[u8]) -> Result<String> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        if self.buckets.components.info(&digest).await.is_err() {
+            let mut reader = bytes;
+            self.buckets
+                .components
+                .put(digest.as_str(), &mut reader)
+                .await
+                .map_err(|e| anyhow!("uploading component: {e}"))?;
+        }
+        Ok(digest)
+    }
+
+    /// Declares a processor; the host starts it. The component is checked
+    /// here first: it must be of the kind the command asked for and accept
+    /// its configuration.
+    pub async fn create_processor(&self, new: NewProcessor) -> Result<ProcessorSpec> {
+        spec::check_id(&new.id).map_err(|e| anyhow!(e))?;
+        if self
+            .buckets
+            .processors
+            .get(&new.id)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            bail!("processor `{}` already exists", new.id);
+        }
+        check_component(&new)?;
+        for flow in new.inputs.iter().chain(&new.outputs) {
+            self.broker
+                .flow_info(flow)
+                .await
+                .with_context(|| format!("flow {flow}"))?;
+        }
+        let digest = self.upload_component(&new.component).await?;
+        let dead_letter = match new.dead_letter {
+            Some(flow) => flow,
+            None => FlowName::parse(&format!("{}.deadletter.{}", new.id, new.outputs[0]))
+                .or_else(|_| FlowName::parse(&format!("{}.deadletter.flowd", new.id)))?,
+        };
+        let spec = ProcessorSpec {
+            id: new.id,
+            kind: new.kind,
+            component: digest,
+            config: new.config,
+            inputs: new.inputs,
+            outputs: new.outputs,
+            dead_letter,
+            paused: false,
+            generation: 1,
+            limits: new.limits,
+        };
+        self.put(&spec).await?;
+        Ok(spec)
+    }
+
+    async fn put(&self, spec: &ProcessorSpec) -> Result<()> {
+        let json = serde_json::to_vec(spec)?;
+        self.buckets
+            .processors
+            .put(&spec.id, json.into())
+            .await
+            .map_err(|e| anyhow!("storing processor {}: {e}", spec.id))?;
+        Ok(())
+    }
+
+    pub async fn processor(&self, id: &str) -> Result<(ProcessorSpec, Option<Status>)> {
+        let value = self
+            .buckets
+            .processors
+            .get(id)
+            .await
+            .map_err(|e| anyhow!("{e}"))?
+            .ok_or_else(|| anyhow!("no such processor: {id}"))?;
+        let spec: ProcessorSpec = serde_json::from_slice(&value)?;
+        let status = self
+            .buckets
+            .status
+            .get(id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice(&v).ok());
+        Ok((spec, status))
+    }
+
+    pub async fn processors(&self) -> Result<Vec<(ProcessorSpec, Option<Status>)>> {
+        let mut keys = self
+            .buckets
+            .processors
+            .keys()
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        let mut ids = Vec::new();
+        while let Some(key) = keys.next().await {
+            ids.push(key.map_err(|e| anyhow!("{e}"))?);
+        }
+        ids.sort();
+        let mut out = Vec::new();
+        for id in ids {
+            if let Ok(found) = self.processor(&id).await {
+                out.push(found);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pauses or resumes a processor (figure 6).
+    pub async fn set_paused(&self, id: &str, paused: bool) -> Result<ProcessorSpec> {
+        let (mut spec, _) = self.processor(id).await?;
+        spec.paused = paused;
+        self.put(&spec).await?;
+        Ok(spec)
+    }
+
+    /// Updates a processor in place (figure 6): a new configuration and/or
+    /// component version. The host switches between two batches: no event is
+    /// lost or processed twice.
+    pub async fn update_processor(
+        &self,
+        id: &str,
+        config: Option<Vec<(String, String)>>,
+        component: Option<Vec<u8>>,
+    ) -> Result<ProcessorSpec> {
+        let (mut spec, _) = self.processor(id).await?;
+        let check = NewProcessor {
+            id: spec.id.clone(),
+            kind: spec.kind,
+            component: match &component {
+                Some(bytes) => bytes.clone(),
+                None => self.component_bytes(&spec.component).await?,
+            },
+            config: config.clone().unwrap_or_else(|| spec.config.clone()),
+            inputs: spec.inputs.clone(),
+            outputs: spec.outputs.clone(),
+            dead_letter: Some(spec.dead_letter.clone()),
+            limits: spec.limits.clone(),
+        };
+        check_component(&check)?;
+        if let Some(bytes) = component {
+            spec.component = self.upload_component(&bytes).await?;
+        }
+        if let Some(config) = config {
+            spec.config = config;
+        }
+        spec.generation += 1;
+        self.put(&spec).await?;
+        Ok(spec)
+    }
+
+    async fn component_bytes(&self, digest: &str) -> Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut object = self
+            .buckets
+            .components
+            .get(digest)
+            .await
+            .map_err(|e| anyhow!("component {digest}: {e}"))?;
+        let mut bytes = Vec::new();
+        object.read_to_end(&mut bytes).await?;
+        Ok(bytes)
+    }
+
+    /// Destroys a processor (figure 6); the host stops it and removes its
+    /// consumers and state.
+    pub async fn delete_processor(&self, id: &str) -> Result<()> {
+        self.processor(id).await?;
+        self.buckets
+            .processors
+            .delete(id)
+            .await
+            .map_err(|e| anyhow!("deleting processor {id}: {e}"))?;
+        Ok(())
+    }
+}
+
+/// Loads the component in a local sandbox: right kind, ports that fit, and a
+/// configuration it accepts.
+fn check_component(new: &NewProcessor) -> Result<()> {
+    let host = Host::new(HostConfig {
+        max_instances: 2,
+        ..HostConfig::default()
+    })?;
+    let component = host.load(&new.component)?;
+    if component.kind() != new.kind {
+        bail!(
+            "the component is a {} processor, but this command creates a {}",
+            component.kind(),
+            new.kind
+        );
+    }
+    let setup = crate::wasm::ProcessorSetup {
+        name: new.id.clone(),
+        config: new.config.clone(),
+        inputs: new.inputs.iter().map(|f| f.to_string()).collect(),
+        outputs: new.outputs.iter().map(|f| f.to_string()).collect(),
+    };
+    let processor = host.create(component, setup, new.limits.wasm())?;
+    let _ = processor.teardown();
+    Ok(())
+}

@@ -1,0 +1,365 @@
+//! The Flow Events Broker (FEB): every flow is a durable NATS JetStream
+//! stream (see [`FlowName`] for the mapping), events travel in the
+//! CloudEvents NATS binding ([`codec`]), and the host's own records (flows,
+//! processors, keyed state) live in JetStream key-value buckets and an object
+//! store.
+
+pub mod codec;
+pub mod embedded;
+mod naming;
+
+pub use naming::{FlowName, MAX_FLOW_NAME, NameError};
+
+use async_nats::jetstream::{self, consumer, kv, object_store, stream};
+use async_nats::{HeaderMap, header::NATS_MESSAGE_ID};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::time::Duration;
+
+/// Why a broker operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot connect to NATS at {urls}: {reason}")]
+    Connect { urls: String, reason: String },
+    #[error("no such flow: {0}")]
+    NoSuchFlow(FlowName),
+    #[error("flow already exists: {0}")]
+    FlowExists(FlowName),
+    #[error("invalid flow settings: {0}")]
+    Settings(String),
+    #[error("broker request failed: {0}")]
+    Request(String),
+}
+
+fn request<E: std::fmt::Display>(e: E) -> BrokerError {
+    BrokerError::Request(e.to_string())
+}
+
+/// Per-flow settings (retention and de-duplication), with the defaults a
+/// flow gets when none are given.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct FlowSettings {
+    /// Events older than this are dropped; 0 keeps them forever.
+    pub max_age_secs: u64,
+    /// Oldest events are dropped beyond this size; -1 is unlimited.
+    pub max_bytes: i64,
+    /// How long a message id is remembered to drop replays.
+    pub duplicate_window_secs: u64,
+    /// Stream replicas (1 on a single server, 3 on a cluster).
+    pub replicas: usize,
+}
+
+impl Default for FlowSettings {
+    fn default() -> Self {
+        FlowSettings {
+            max_age_secs: 0,
+            max_bytes: -1,
+            duplicate_window_secs: 120,
+            replicas: 1,
+        }
+    }
+}
+
+impl FlowSettings {
+    fn stream_config(&self, flow: &FlowName) -> Result<stream::Config, BrokerError> {
+        if self.max_age_secs != 0 && self.duplicate_window_secs > self.max_age_secs {
+            return Err(BrokerError::Settings(format!(
+                "the duplicate window ({} s) cannot exceed the maximum age ({} s)",
+                self.duplicate_window_secs, self.max_age_secs
+            )));
+        }
+        Ok(stream::Config {
+            name: flow.stream(),
+            subjects: vec![flow.subject()],
+            max_age: Duration::from_secs(self.max_age_secs),
+            max_bytes: self.max_bytes,
+            duplicate_window: Duration::from_secs(self.duplicate_window_secs),
+            num_replicas: self.replicas.max(1),
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            description: Some(flow.uri()),
+            ..Default::default()
+        })
+    }
+}
+
+/// A flow as the broker sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FlowInfo {
+    pub name: FlowName,
+    pub uri: String,
+    pub stream: String,
+    pub subject: String,
+    pub events: u64,
+    pub bytes: u64,
+    pub first_sequence: u64,
+    pub last_sequence: u64,
+    pub settings: FlowSettings,
+}
+
+/// One event to store.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub subject: String,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+    /// De-duplication id (`Nats-Msg-Id`).
+    pub message_id: String,
+}
+
+/// What a publish stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Published {
+    pub stored: u64,
+    /// Events the stream had already stored under the same message id.
+    pub duplicates: u64,
+}
+
+/// A connection to the broker.
+#[derive(Clone)]
+pub struct Broker {
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+impl Broker {
+    /// Connects to one server or a cluster, and keeps reconnecting forever
+    /// when the connection drops (in-flight requests fail and are retried by
+    /// their callers).
+    pub async fn connect(urls: &[String], name: &str) -> Result<Broker, BrokerError> {
+        let connect_error = |reason: String| BrokerError::Connect {
+            urls: urls.join(","),
+            reason,
+        };
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Disconnected => tracing::warn!("broker: disconnected"),
+                    async_nats::Event::Connected => tracing::info!("broker: connected"),
+                    other => tracing::debug!("broker: {other}"),
+                }
+            })
+            .connect(urls.to_vec())
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .build(client.clone());
+        Ok(Broker { client, js })
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Creates a flow; fails if it exists.
+    pub async fn create_flow(
+        &self,
+        flow: &FlowName,
+        settings: &FlowSettings,
+    ) -> Result<FlowInfo, BrokerError> {
+        let config = settings.stream_config(flow)?;
+        if self.js.get_stream(flow.stream()).await.is_ok() {
+            return Err(BrokerError::FlowExists(flow.clone()));
+        }
+        self.js.create_stream(config).await.map_err(request)?;
+        self.flow_info(flow).await
+    }
+
+    /// Creates a flow if missing (leaving an existing one as it is).
+    pub async fn ensure_flow(
+        &self,
+        flow: &FlowName,
+        settings: &FlowSettings,
+    ) -> Result<(), BrokerError> {
+        let config = settings.stream_config(flow)?;
+        self.js
+            .get_or_create_stream(config)
+            .await
+            .map_err(request)?;
+        Ok(())
+    }
+
+    /// Changes a flow's settings.
+    pub async fn update_flow(
+        &self,
+        flow: &FlowName,
+        settings: &FlowSettings,
+    ) -> Result<FlowInfo, BrokerError> {
+        let config = settings.stream_config(flow)?;
+        self.stream(flow).await?;
+        self.js.update_stream(&config).await.map_err(request)?;
+        self.flow_info(flow).await
+    }
+
+    pub async fn delete_flow(&self, flow: &FlowName) -> Result<(), BrokerError> {
+        self.stream(flow).await?;
+        self.js
+            .delete_stream(flow.stream())
+            .await
+            .map_err(request)?;
+        Ok(())
+    }
+
+    async fn stream(&self, flow: &FlowName) -> Result<stream::Stream, BrokerError> {
+        self.js
+            .get_stream(flow.stream())
+            .await
+            .map_err(|_| BrokerError::NoSuchFlow(flow.clone()))
+    }
+
+    pub async fn flow_info(&self, flow: &FlowName) -> Result<FlowInfo, BrokerError> {
+        let mut stream = self.stream(flow).await?;
+        let info = stream.info().await.map_err(request)?;
+        Ok(FlowInfo {
+            name: flow.clone(),
+            uri: flow.uri(),
+            stream: flow.stream(),
+            subject: flow.subject(),
+            events: info.state.messages,
+            bytes: info.state.bytes,
+            first_sequence: info.state.first_sequence,
+            last_sequence: info.state.last_sequence,
+            settings: FlowSettings {
+                max_age_secs: info.config.max_age.as_secs(),
+                max_bytes: info.config.max_bytes,
+                duplicate_window_secs: info.config.duplicate_window.as_secs(),
+                replicas: info.config.num_replicas,
+            },
+        })
+    }
+
+    /// Every flow on the broker.
+    pub async fn flows(&self) -> Result<Vec<FlowName>, BrokerError> {
+        let mut names = self.js.stream_names();
+        let mut flows = Vec::new();
+        while let Some(name) = names.next().await {
+            if let Some(flow) = FlowName::from_stream(&name.map_err(request)?) {
+                flows.push(flow);
+            }
+        }
+        flows.sort();
+        Ok(flows)
+    }
+
+    /// Stores events, pipelined: sends them all, then waits for every ack.
+    /// Safe to retry as a whole: message ids make a replay a no-op.
+    pub async fn publish(
+        &self,
+        messages: impl IntoIterator<Item = Outgoing>,
+    ) -> Result<Published, BrokerError> {
+        let mut pending = Vec::new();
+        for m in messages {
+            let mut headers = m.headers;
+            headers.insert(NATS_MESSAGE_ID, m.message_id);
+            pending.push(
+                self.js
+                    .publish_with_headers(m.subject, headers, m.payload)
+                    .await
+                    .map_err(request)?,
+            );
+        }
+        let mut published = Published::default();
+        for ack in pending {
+            let ack = ack.await.map_err(request)?;
+            if ack.duplicate {
+                published.duplicates += 1;
+            } else {
+                published.stored += 1;
+            }
+        }
+        Ok(published)
+    }
+
+    /// A durable pull consumer on a flow, created if missing. Its position
+    /// survives restarts of the host and of the broker.
+    pub async fn durable_consumer(
+        &self,
+        flow: &FlowName,
+        durable: &str,
+        max_ack_pending: i64,
+    ) -> Result<consumer::PullConsumer, BrokerError> {
+        let stream = self.stream(flow).await?;
+        let config = consumer::pull::Config {
+            durable_name: Some(durable.to_owned()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            // Batches take milliseconds; an unacknowledged one (its host
+            // died, or its ack was lost with the connection) comes back
+            // after this, and output message ids make the replay harmless.
+            ack_wait: Duration::from_secs(10),
+            max_ack_pending,
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
+        stream
+            .get_or_create_consumer(durable, config)
+            .await
+            .map_err(request)
+    }
+
+    /// An ephemeral consumer for reading a flow from a sequence (1: start).
+    pub async fn reader(
+        &self,
+        flow: &FlowName,
+        from_sequence: Option<u64>,
+    ) -> Result<consumer::PullConsumer, BrokerError> {
+        let stream = self.stream(flow).await?;
+        let deliver_policy = match from_sequence {
+            Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence },
+            None => consumer::DeliverPolicy::New,
+        };
+        stream
+            .create_consumer(consumer::pull::Config {
+                ack_policy: consumer::AckPolicy::None,
+                deliver_policy,
+                inactive_threshold: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await
+            .map_err(request)
+    }
+
+    pub async fn delete_consumer(&self, flow: &FlowName, durable: &str) -> Result<(), BrokerError> {
+        let stream = self.stream(flow).await?;
+        stream.delete_consumer(durable).await.map_err(request)?;
+        Ok(())
+    }
+
+    /// A key-value bucket, created if missing.
+    pub async fn kv(&self, bucket: &str) -> Result<kv::Store, BrokerError> {
+        if let Ok(store) = self.js.get_key_value(bucket).await {
+            return Ok(store);
+        }
+        self.js
+            .create_key_value(kv::Config {
+                bucket: bucket.to_owned(),
+                history: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(request)
+    }
+
+    /// An object store bucket, created if missing.
+    pub async fn objects(&self, bucket: &str) -> Result<object_store::ObjectStore, BrokerError> {
+        if let Ok(store) = self.js.get_object_store(bucket).await {
+            return Ok(store);
+        }
+        self.js
+            .create_object_store(object_store::Config {
+                bucket: bucket.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map_err(request)
+    }
+}

@@ -1,0 +1,159 @@
+//! `flowd` configuration (TOML). Every key has a default, so `flowd serve`
+//! with no file starts a working host on loopback with its own NATS server.
+//!
+//! ```toml
+//! [participant]
+//! fqdn = "flows.example.com"          # this host's identity
+//! namespaces = ["finance.example.com"] # namespaces it serves
+//! state_dir = "/var/lib/flowd"
+//!
+//! [nats]
+//! urls = ["nats://127.0.0.1:4222"]     # empty: start an embedded nats-server
+//! server = "/usr/local/bin/nats-server"  # binary for the embedded server
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9464"
+//!
+//! [limits]                              # defaults for new processors
+//! memory_mib = 64
+//! deadline_ms = 100
+//! batch = 100
+//! max_attempts = 3
+//! tick_ms = 1000
+//! ```
+
+use crate::engine::RunLimits;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub participant: Participant,
+    pub nats: Nats,
+    pub metrics: MetricsConfig,
+    pub limits: RunLimits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Participant {
+    pub fqdn: String,
+    pub namespaces: Vec<String>,
+    pub state_dir: PathBuf,
+}
+
+impl Default for Participant {
+    fn default() -> Self {
+        Participant {
+            fqdn: "localhost".into(),
+            namespaces: vec!["localhost".into()],
+            state_dir: default_state_dir(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Nats {
+    pub urls: Vec<String>,
+    pub server: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus `/metrics` endpoint; `None` disables it.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+        }
+    }
+}
+
+/// `$FLOWD_STATE_DIR`, else `~/.local/share/flowd`, else `./.flowd`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FLOWD_STATE_DIR") {
+        return PathBuf::from(dir);
+    }
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".local/share/flowd"))
+        .unwrap_or_else(|| PathBuf::from(".flowd"))
+}
+
+/// Why a configuration file is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// What a running host tells local clients, in `<state_dir>/host.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFile {
+    pub fqdn: String,
+    pub nats_urls: Vec<String>,
+    pub metrics: Option<SocketAddr>,
+    pub pid: u32,
+}
+
+impl HostFile {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("host.json")
+    }
+
+    pub fn read(state_dir: &Path) -> Option<HostFile> {
+        let text = std::fs::read_to_string(Self::path(state_dir)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn write(&self, state_dir: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(Self::path(state_dir), json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_unknown_keys() {
+        let c: Config = toml::from_str("").expect("empty is valid");
+        assert!(c.nats.urls.is_empty(), "embedded NATS by default");
+        assert_eq!(c.limits.deadline_ms, 100);
+        let c: Config =
+            toml::from_str("[nats]\nurls = [\"nats://127.0.0.1:4222\"]\n[limits]\nbatch = 10")
+                .expect("valid");
+        assert_eq!(c.limits.batch, 10);
+        assert_eq!(c.limits.memory_mib, 64, "unspecified limits keep defaults");
+        let err = toml::from_str::<Config>("[nats]\nurl = \"x\"").expect_err("typo");
+        assert!(err.to_string().contains("unknown field `url`"), "{err}");
+    }
+}

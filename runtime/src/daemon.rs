@@ -1,0 +1,137 @@
+//! `flowd serve`: the participant host as a daemon. Starts (or connects to)
+//! the broker, the Wasm host and the processor engine, serves `/metrics`,
+//! and tells local clients where it is (`<state_dir>/host.json`).
+
+use crate::broker::Broker;
+use crate::broker::embedded::EmbeddedNats;
+use crate::config::{Config, HostFile};
+use crate::engine::{Engine, Metrics};
+use crate::wasm::{Host, HostConfig};
+use anyhow::{Context, Result};
+use std::sync::Arc;
+
+/// A running host.
+pub struct Daemon {
+    broker: Broker,
+    engine: Engine,
+    embedded: Option<EmbeddedNats>,
+    metrics_server: Option<tokio::task::JoinHandle<()>>,
+    nats_urls: Vec<String>,
+    metrics_addr: Option<std::net::SocketAddr>,
+}
+
+impl Daemon {
+    pub async fn start(config: Config) -> Result<Daemon> {
+        let state_dir = config.participant.state_dir.clone();
+        std::fs::create_dir_all(&state_dir)
+            .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+        let (embedded, nats_urls) = if config.nats.urls.is_empty() {
+            let embedded = EmbeddedNats::start(&state_dir, config.nats.server.as_deref()).await?;
+            let url = embedded.url().to_owned();
+            (Some(embedded), vec![url])
+        } else {
+            (None, config.nats.urls.clone())
+        };
+        let broker =
+            Broker::connect(&nats_urls, &format!("flowd {}", config.participant.fqdn)).await?;
+        let host = Arc::new(Host::new(HostConfig {
+            cache_dir: Some(state_dir.join("cache")),
+            ..HostConfig::default()
+        })?);
+        let metrics = Metrics::default();
+        let engine = Engine::start(broker.clone(), host, metrics.clone()).await?;
+
+        let (metrics_server, metrics_addr) = match config.metrics.listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("metrics endpoint {addr}"))?;
+                let bound = listener.local_addr()?;
+                let app = axum::Router::new().route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let metrics = metrics.clone();
+                        async move {
+                            (
+                                [(
+                                    axum::http::header::CONTENT_TYPE,
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )],
+                                metrics.render(),
+                            )
+                        }
+                    }),
+                );
+                let task = tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).await {
+                        tracing::error!("metrics endpoint stopped: {e}");
+                    }
+                });
+                (Some(task), Some(bound))
+            }
+            None => (None, None),
+        };
+        HostFile {
+            fqdn: config.participant.fqdn.clone(),
+            nats_urls: nats_urls.clone(),
+            metrics: metrics_addr,
+            pid: std::process::id(),
+        }
+        .write(&state_dir)
+        .with_context(|| format!("writing {}", HostFile::path(&state_dir).display()))?;
+        tracing::info!(
+            fqdn = config.participant.fqdn,
+            nats = nats_urls.join(","),
+            metrics = ?metrics_addr,
+            "flowd host ready"
+        );
+        Ok(Daemon {
+            broker,
+            engine,
+            embedded,
+            metrics_server,
+            nats_urls,
+            metrics_addr,
+        })
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn nats_urls(&self) -> &[String] {
+        &self.nats_urls
+    }
+
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Stops processors after their current batch, then the broker.
+    pub async fn shutdown(self) {
+        self.engine.shutdown().await;
+        if let Some(task) = self.metrics_server {
+            task.abort();
+        }
+        if let Some(embedded) = self.embedded {
+            embedded.shutdown().await;
+        }
+    }
+}
+
+/// Runs the host until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> Result<()> {
+    let daemon = Daemon::start(config).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    daemon.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! Prometheus metrics of the processor engine, per processor: events in and
+//! out, errors, dead-lettered events, batch latency.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProcessorLabel {
+    pub processor: String,
+}
+
+/// The engine's metrics; cheap to clone (shared counters).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub events_in: Family<ProcessorLabel, Counter>,
+    pub events_out: Family<ProcessorLabel, Counter>,
+    pub errors: Family<ProcessorLabel, Counter>,
+    pub dead_lettered: Family<ProcessorLabel, Counter>,
+    pub batch_seconds: Family<ProcessorLabel, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("flowd_processor");
+        let events_in = Family::<ProcessorLabel, Counter>::default();
+        let events_out = Family::<ProcessorLabel, Counter>::default();
+        let errors = Family::<ProcessorLabel, Counter>::default();
+        let dead_lettered = Family::<ProcessorLabel, Counter>::default();
+        let batch_seconds = Family::<ProcessorLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+        });
+        registry.register(
+            "events_in",
+            "Events read from input flows",
+            events_in.clone(),
+        );
+        registry.register(
+            "events_out",
+            "Events written to output flows",
+            events_out.clone(),
+        );
+        registry.register("errors", "Failed processor calls", errors.clone());
+        registry.register(
+            "dead_lettered",
+            "Events sent to the dead-letter flow",
+            dead_lettered.clone(),
+        );
+        registry.register(
+            "batch_seconds",
+            "Time to process one batch: call, store outputs, acknowledge",
+            batch_seconds.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            events_in,
+            events_out,
+            errors,
+            dead_lettered,
+            batch_seconds,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn label(processor: &str) -> ProcessorLabel {
+        ProcessorLabel {
+            processor: processor.to_owned(),
+        }
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

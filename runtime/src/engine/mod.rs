@@ -1,0 +1,240 @@
+//! The processor engine: runs every processor of the host continuously over
+//! its durable input flows.
+//!
+//! Processors are declared in the broker's `flowd-processors` bucket (by the
+//! `flow` CLI, or any client). The engine watches that bucket and keeps the
+//! running set equal to it: a new spec starts a runner, a changed spec
+//! (update, pause, resume) stops the runner after its current batch and, if
+//! not paused, starts a new one at the same consumer position; a deleted spec
+//! (destroy) stops it and removes its consumers and state. Because specs,
+//! consumer positions and keyed state all live in JetStream, a restarted
+//! host brings every processor back where it was.
+
+pub mod metrics;
+mod runner;
+pub mod spec;
+
+pub use metrics::Metrics;
+pub use spec::{Phase, ProcessorSpec, RunLimits, Status};
+
+use crate::broker::{Broker, BrokerError};
+use crate::wasm::Host;
+use anyhow::{Context as _, Result, anyhow};
+use async_nats::jetstream::{kv, object_store::ObjectStore};
+use futures::StreamExt;
+use runner::RunnerHandle;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+use tokio::sync::Mutex;
+
+/// What runners share.
+#[derive(Clone)]
+pub(crate) struct Context {
+    broker: Broker,
+    host: Arc<Host>,
+    metrics: Metrics,
+    status: kv::Store,
+    state: kv::Store,
+    components: ObjectStore,
+}
+
+impl Context {
+    async fn write_status(&self, id: &str, status: &Status) {
+        let mut status = status.clone();
+        status.updated_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        if let Ok(json) = serde_json::to_vec(&status)
+            && let Err(e) = self.status.put(id, json.into()).await
+        {
+            tracing::debug!(processor = id, "status not written: {e}");
+        }
+    }
+
+    async fn component_bytes(&self, digest: &str) -> Result<Vec<u8>> {
+        let mut object = self
+            .components
+            .get(digest)
+            .await
+            .map_err(|e| anyhow!("component {digest}: {e}"))?;
+        let mut bytes = Vec::new();
+        object
+            .read_to_end(&mut bytes)
+            .await
+            .context("reading component")?;
+        Ok(bytes)
+    }
+
+    async fn load_state(&self, id: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut keys = self
+            .state
+            .keys()
+            .await
+            .map_err(|e| anyhow!("state keys: {e}"))?;
+        let mut entries = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| anyhow!("state keys: {e}"))?;
+            let Some(state_key) = spec::decode_state_key(id, &key) else {
+                continue;
+            };
+            if let Some(value) = self
+                .state
+                .get(&key)
+                .await
+                .map_err(|e| anyhow!("state: {e}"))?
+            {
+                entries.push((state_key, value.to_vec()));
+            }
+        }
+        Ok(entries)
+    }
+}
+
+/// The running set of processors of this host.
+pub struct Engine {
+    ctx: Context,
+    runners: Arc<Mutex<Runners>>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+/// Every processor this host knows of: its last spec, and its runner when
+/// it is not paused.
+type Runners = HashMap<String, (ProcessorSpec, Option<RunnerHandle>)>;
+
+/// The broker buckets the engine (and the CLI) use.
+pub struct Buckets {
+    pub processors: kv::Store,
+    pub status: kv::Store,
+    pub state: kv::Store,
+    pub components: ObjectStore,
+}
+
+impl Buckets {
+    pub async fn open(broker: &Broker) -> Result<Buckets, BrokerError> {
+        Ok(Buckets {
+            processors: broker.kv(spec::PROCESSORS).await?,
+            status: broker.kv(spec::STATUS).await?,
+            state: broker.kv(spec::STATE).await?,
+            components: broker.objects(spec::COMPONENTS).await?,
+        })
+    }
+}
+
+impl Engine {
+    /// Starts every declared processor and follows changes to the set.
+    pub async fn start(broker: Broker, host: Arc<Host>, metrics: Metrics) -> Result<Engine> {
+        let buckets = Buckets::open(&broker).await?;
+        let ctx = Context {
+            broker,
+            host,
+            metrics,
+            status: buckets.status,
+            state: buckets.state,
+            components: buckets.components,
+        };
+        let runners = Arc::new(Mutex::new(HashMap::new()));
+        let mut watch = buckets
+            .processors
+            .watch_with_history(">")
+            .await
+            .map_err(|e| anyhow!("watching processors: {e}"))?;
+        let watcher = {
+            let ctx = ctx.clone();
+            let runners = runners.clone();
+            tokio::spawn(async move {
+                while let Some(entry) = watch.next().await {
+                    match entry {
+                        Ok(entry) => reconcile(&ctx, &runners, entry).await,
+                        Err(e) => tracing::warn!("processor watch: {e}"),
+                    }
+                }
+                tracing::warn!("processor watch ended");
+            })
+        };
+        Ok(Engine {
+            ctx,
+            runners,
+            watcher,
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.ctx.metrics
+    }
+
+    /// Ids of the processors running here.
+    pub async fn running(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .runners
+            .lock()
+            .await
+            .iter()
+            .filter(|(_, (_, r))| r.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Stops every processor after its current batch.
+    pub async fn shutdown(self) {
+        self.watcher.abort();
+        let runners: Vec<RunnerHandle> = self
+            .runners
+            .lock()
+            .await
+            .drain()
+            .filter_map(|(_, (_, r))| r)
+            .collect();
+        for runner in runners {
+            runner.stop().await;
+        }
+    }
+}
+
+async fn reconcile(ctx: &Context, runners: &Mutex<Runners>, entry: kv::Entry) {
+    let id = entry.key.clone();
+    let previous = runners.lock().await.remove(&id);
+    let previous_spec = match previous {
+        Some((spec, runner)) => {
+            if let Some(runner) = runner {
+                runner.stop().await;
+            }
+            Some(spec)
+        }
+        None => None,
+    };
+    match entry.operation {
+        kv::Operation::Put => match serde_json::from_slice::<ProcessorSpec>(&entry.value) {
+            Ok(spec) if spec.paused => {
+                ctx.write_status(&id, &Status::new(Phase::Paused, spec.generation))
+                    .await;
+                runners.lock().await.insert(id, (spec, None));
+            }
+            Ok(spec) => {
+                let handle = runner::spawn(ctx.clone(), spec.clone());
+                runners.lock().await.insert(id, (spec, Some(handle)));
+            }
+            Err(e) => tracing::error!(processor = id, "unreadable processor spec: {e}"),
+        },
+        kv::Operation::Delete | kv::Operation::Purge => destroy(ctx, &id, previous_spec).await,
+    }
+}
+
+/// Removes what a destroyed processor left in the broker: its consumers
+/// (their positions), its keyed state and its status.
+async fn destroy(ctx: &Context, id: &str, spec: Option<ProcessorSpec>) {
+    if let Some(spec) = spec {
+        for (port, flow) in spec.inputs.iter().enumerate() {
+            if let Err(e) = ctx.broker.delete_consumer(flow, &spec.consumer(port)).await {
+                tracing::debug!(processor = id, "consumer of {flow}: {e}");
+            }
+        }
+    }
+    if let Ok(entries) = ctx.load_state(id).await {
+        for (key, _) in entries {
+            let _ = ctx.state.delete(spec::state_key(id, &key)).await;
+        }
+    }
+    let _ = ctx.status.delete(id).await;
+    tracing::info!(processor = id, "processor destroyed");
+}

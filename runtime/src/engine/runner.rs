@@ -1,0 +1,581 @@
+//! One running processor: pulls batches from its durable consumers, calls
+//! the component, stores every output, persists keyed state, and only then
+//! acknowledges the inputs. A crash anywhere before the acknowledgement
+//! replays the batch; output message ids derived from each event's
+//! `source`+`id` make the replay a no-op in the output streams.
+
+use super::Context;
+use super::metrics::Metrics;
+use super::spec::{self, Phase, ProcessorSpec, Status};
+use crate::broker::codec::{self, Origin};
+use crate::broker::{FlowName, Outgoing};
+use crate::event::packed;
+use crate::wasm::state::KeyedState;
+use crate::wasm::{CallError, Kind, Outcome, Processor, ProcessorSetup};
+use anyhow::{Context as _, Result, anyhow};
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use flow_abi::{Emit, EventSpans, Packer, View};
+use futures::StreamExt;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// A running processor's task.
+pub(crate) struct RunnerHandle {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunnerHandle {
+    /// Asks the runner to stop after its current batch and waits for it.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+pub(crate) fn spawn(ctx: Context, spec: ProcessorSpec) -> RunnerHandle {
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(supervise(ctx, spec, stopped));
+    RunnerHandle { stop, task }
+}
+
+/// Runs the processor, restarting it (with back-off) after infrastructure
+/// failures such as a lost broker or a component that cannot be loaded.
+async fn supervise(ctx: Context, spec: ProcessorSpec, mut stopped: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(200);
+    let mut status = Status::new(Phase::Starting, spec.generation);
+    loop {
+        match Runner::start(&ctx, &spec, &mut status).await {
+            Ok(mut runner) => {
+                backoff = Duration::from_millis(200);
+                let result = runner.run(&mut stopped, &mut status).await;
+                runner.finish();
+                match result {
+                    Ok(()) => return,
+                    Err(e) => fail(&ctx, &spec, &mut status, &e).await,
+                }
+            }
+            Err(e) => fail(&ctx, &spec, &mut status, &e).await,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stopped.changed() => return,
+        }
+        if *stopped.borrow() {
+            return;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn fail(ctx: &Context, spec: &ProcessorSpec, status: &mut Status, e: &anyhow::Error) {
+    tracing::warn!(processor = spec.id, "processor failed, will restart: {e:#}");
+    status.phase = Phase::Failed;
+    status.last_error = Some(format!("{e:#}"));
+    ctx.write_status(&spec.id, status).await;
+}
+
+struct Runner {
+    ctx: Context,
+    spec: ProcessorSpec,
+    processor: Option<Processor>,
+    consumers: Vec<(FlowName, PullConsumer)>,
+    label: super::metrics::ProcessorLabel,
+    last_status: Instant,
+}
+
+/// One stored input message, with what is needed to pack and acknowledge it.
+struct Input {
+    message: jetstream::Message,
+    stream: String,
+    sequence: u64,
+}
+
+/// A failing input event, with why.
+struct DeadLetter {
+    index: usize,
+    error: String,
+}
+
+impl Runner {
+    async fn start(ctx: &Context, spec: &ProcessorSpec, status: &mut Status) -> Result<Runner> {
+        status.phase = Phase::Starting;
+        ctx.write_status(&spec.id, status).await;
+        let bytes = ctx.component_bytes(&spec.component).await?;
+        let host = ctx.host.clone();
+        let state = ctx.load_state(&spec.id).await?;
+        let setup = ProcessorSetup {
+            name: spec.id.clone(),
+            config: spec.config.clone(),
+            inputs: spec.inputs.iter().map(|f| f.to_string()).collect(),
+            outputs: spec.outputs.iter().map(|f| f.to_string()).collect(),
+        };
+        let limits = spec.limits.wasm();
+        let processor = tokio::task::spawn_blocking(move || -> Result<Processor> {
+            let component = host.load(&bytes)?;
+            let state = KeyedState::restore(state, limits.state);
+            Ok(host.create_with_state(component, setup, limits, state)?)
+        })
+        .await??;
+        ctx.broker
+            .ensure_flow(&spec.dead_letter, &Default::default())
+            .await?;
+        let mut consumers = Vec::new();
+        let pending = (spec.limits.batch.max(1) * 2) as i64;
+        for (port, flow) in spec.inputs.iter().enumerate() {
+            let consumer = ctx
+                .broker
+                .durable_consumer(flow, &spec.consumer(port), pending)
+                .await
+                .with_context(|| format!("input {flow}"))?;
+            consumers.push((flow.clone(), consumer));
+        }
+        status.phase = Phase::Running;
+        status.generation = spec.generation;
+        status.last_error = None;
+        ctx.write_status(&spec.id, status).await;
+        tracing::info!(processor = spec.id, kind = %spec.kind, "processor running");
+        Ok(Runner {
+            ctx: ctx.clone(),
+            spec: spec.clone(),
+            processor: Some(processor),
+            consumers,
+            label: Metrics::label(&spec.id),
+            last_status: Instant::now(),
+        })
+    }
+
+    /// Calls teardown and drops the instance.
+    fn finish(&mut self) {
+        if let Some(p) = self.processor.take()
+            && let Err(e) = p.teardown()
+        {
+            tracing::debug!(processor = self.spec.id, "teardown: {e}");
+        }
+    }
+
+    async fn run(
+        &mut self,
+        stopped: &mut watch::Receiver<bool>,
+        status: &mut Status,
+    ) -> Result<()> {
+        let tick = Duration::from_millis(self.spec.limits.tick_ms.max(10));
+        let mut next_tick = Instant::now() + tick;
+        while !*stopped.borrow() {
+            let mut idle = true;
+            for port in 0..self.consumers.len() {
+                let inputs = self.fetch(port).await?;
+                if inputs.is_empty() {
+                    continue;
+                }
+                idle = false;
+                self.handle(port as u32, inputs, status).await?;
+            }
+            if self.spec.kind == Kind::Signal && Instant::now() >= next_tick {
+                next_tick = Instant::now() + tick;
+                self.tick(status).await?;
+            }
+            if self.last_status.elapsed() > Duration::from_millis(500) {
+                self.last_status = Instant::now();
+                self.ctx.write_status(&self.spec.id, status).await;
+            }
+            if idle {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    _ = stopped.changed() => {}
+                }
+            }
+        }
+        status.phase = Phase::Paused;
+        self.ctx.write_status(&self.spec.id, status).await;
+        Ok(())
+    }
+
+    async fn fetch(&mut self, port: usize) -> Result<Vec<Input>> {
+        let (flow, consumer) = &self.consumers[port];
+        let mut batch = consumer
+            .fetch()
+            .max_messages(self.spec.limits.batch.max(1))
+            .messages()
+            .await
+            .map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
+        let mut inputs = Vec::new();
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
+            let info = message.info().map_err(|e| anyhow!("message info: {e}"))?;
+            let (stream, sequence) = (info.stream.to_owned(), info.stream_sequence);
+            inputs.push(Input {
+                message,
+                stream,
+                sequence,
+            });
+        }
+        Ok(inputs)
+    }
+
+    fn pack(inputs: &[Input], group: &[usize]) -> Packer {
+        let mut packer = Packer::with_capacity(group.len(), 256 * group.len());
+        for &i in group {
+            let input = &inputs[i];
+            codec::pack_message(
+                &mut packer,
+                input.message.headers.as_ref(),
+                &input.message.payload,
+                Origin {
+                    stream: &input.stream,
+                    sequence: input.sequence,
+                    subject: &input.message.subject,
+                },
+            );
+        }
+        packer
+    }
+
+    /// Calls the component on `packer` in a blocking thread.
+    async fn call(
+        &mut self,
+        port: Option<u32>,
+        packer: Packer,
+    ) -> Result<(Packer, Result<Outcome, CallError>)> {
+        let mut processor = self
+            .processor
+            .take()
+            .ok_or_else(|| anyhow!("processor instance lost"))?;
+        let (processor, packer, result) = tokio::task::spawn_blocking(move || {
+            let batch = crate::wit::types::Batch {
+                bytes: packer.bytes,
+                events: packer.events,
+                extensions: packer.extensions,
+            };
+            let result = match port {
+                Some(port) => processor.process(port, &batch),
+                None => processor.tick(chrono::Utc::now().timestamp_millis().max(0) as u64),
+            };
+            let packer = Packer {
+                bytes: batch.bytes,
+                events: batch.events,
+                extensions: batch.extensions,
+            };
+            (processor, packer, result)
+        })
+        .await
+        .map_err(|e| anyhow!("processor call panicked: {e}"))?;
+        self.processor = Some(processor);
+        Ok((packer, result))
+    }
+
+    /// Processes one fetched batch from input `port`: call (with retries
+    /// and isolation of failing events), store outputs and dead letters,
+    /// persist state, acknowledge.
+    async fn handle(&mut self, port: u32, inputs: Vec<Input>, status: &mut Status) -> Result<()> {
+        let started = Instant::now();
+        let n = inputs.len();
+        self.ctx
+            .metrics
+            .events_in
+            .get_or_create(&self.label)
+            .inc_by(n as u64);
+        status.events_in += n as u64;
+
+        let mut outgoing = Vec::new();
+        let mut dead = Vec::new();
+        let mut work: VecDeque<Vec<usize>> = VecDeque::from([(0..n).collect::<Vec<_>>()]);
+        while let Some(group) = work.pop_front() {
+            match self.attempt(port, &inputs, &group, status).await? {
+                Ok(out) => outgoing.extend(out),
+                Err(e) => match e.event_index().map(|k| k as usize) {
+                    Some(k) if k < group.len() && group.len() > 1 => {
+                        dead.push(DeadLetter {
+                            index: group[k],
+                            error: e.to_string(),
+                        });
+                        let rest: Vec<usize> = group
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| *i != k)
+                            .map(|(_, g)| *g)
+                            .collect();
+                        work.push_front(rest);
+                    }
+                    _ if group.len() > 1 => {
+                        for single in group.into_iter().rev() {
+                            work.push_front(vec![single]);
+                        }
+                    }
+                    _ => dead.push(DeadLetter {
+                        index: group[0],
+                        error: e.to_string(),
+                    }),
+                },
+            }
+        }
+        let dead_count = dead.len() as u64;
+        for letter in &dead {
+            outgoing.push(self.dead_letter(&inputs[letter.index], &letter.error));
+        }
+        let written = outgoing.len() as u64 - dead_count;
+        self.store(outgoing).await?;
+        self.persist_state().await?;
+        for input in &inputs {
+            // A lost ack only means a redelivery, which the output message
+            // ids turn into a no-op.
+            let _ = input.message.ack().await;
+        }
+        let m = &self.ctx.metrics;
+        m.events_out.get_or_create(&self.label).inc_by(written);
+        m.dead_lettered
+            .get_or_create(&self.label)
+            .inc_by(dead_count);
+        m.batch_seconds
+            .get_or_create(&self.label)
+            .observe(started.elapsed().as_secs_f64());
+        status.events_out += written;
+        status.dead_lettered += dead_count;
+        Ok(())
+    }
+
+    /// Calls the processor on `group` of `inputs`, retrying with back-off;
+    /// returns the outputs, or the last error after `max_attempts`.
+    async fn attempt(
+        &mut self,
+        port: u32,
+        inputs: &[Input],
+        group: &[usize],
+        status: &mut Status,
+    ) -> Result<Result<Vec<Outgoing>, CallError>> {
+        let attempts = self.spec.limits.max_attempts.max(1);
+        let mut last = None;
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(10 << attempt.min(8))).await;
+            }
+            let packer = Self::pack(inputs, group);
+            let (packer, result) = self.call(Some(port), packer).await?;
+            let failure = match result {
+                Ok(outcome) => match self.outgoing(&outcome, Some((inputs, group, &packer))) {
+                    Ok(out) => return Ok(Ok(out)),
+                    Err(e) => CallError::InvalidOutput(e),
+                },
+                Err(e) => e,
+            };
+            self.ctx.metrics.errors.get_or_create(&self.label).inc();
+            status.errors += 1;
+            status.last_error = Some(failure.to_string());
+            tracing::debug!(processor = self.spec.id, attempt, "call failed: {failure}");
+            last = Some(failure);
+        }
+        Ok(Err(last.unwrap_or(CallError::Instantiate {
+            reason: "no attempt made".into(),
+        })))
+    }
+
+    async fn tick(&mut self, status: &mut Status) -> Result<()> {
+        let (_, result) = self.call(None, Packer::default()).await?;
+        match result
+            .map_err(|e| e.to_string())
+            .and_then(|o| self.outgoing(&o, None).map_err(|e| e.to_string()))
+        {
+            Ok(out) => {
+                let n = out.len() as u64;
+                self.store(out).await?;
+                self.persist_state().await?;
+                status.events_out += n;
+                self.ctx
+                    .metrics
+                    .events_out
+                    .get_or_create(&self.label)
+                    .inc_by(n);
+            }
+            Err(e) => {
+                status.errors += 1;
+                status.last_error = Some(e);
+                self.ctx.metrics.errors.get_or_create(&self.label).inc();
+            }
+        }
+        Ok(())
+    }
+
+    /// The messages that store what a call emitted, in order.
+    fn outgoing(
+        &self,
+        outcome: &Outcome,
+        inputs: Option<(&[Input], &[usize], &Packer)>,
+    ) -> Result<Vec<Outgoing>, packed::PackError> {
+        let created = View::new(
+            &outcome.created.bytes,
+            &outcome.created.events,
+            &outcome.created.extensions,
+        );
+        let outputs = self.spec.outputs.len();
+        if let Some(ports) = &outcome.ports
+            && ports.len() != outcome.emits.len()
+        {
+            return Err(packed::PackError::PortsMismatch {
+                emits: outcome.emits.len(),
+                ports: ports.len(),
+            });
+        }
+        let mut out = Vec::with_capacity(outcome.emits.len());
+        for (i, word) in outcome.emits.iter().enumerate() {
+            let port = outcome.ports.as_ref().map_or(0, |p| p[i]);
+            if port as usize >= outputs {
+                return Err(packed::PackError::PortOutOfRange {
+                    port,
+                    ports: outputs,
+                });
+            }
+            let (headers, payload, view, spans) = match Emit::from_word(*word) {
+                Emit::Forward(j) => {
+                    let (inputs, group, packer) =
+                        inputs.ok_or(packed::PackError::EmitOutOfRange {
+                            what: "input",
+                            index: j,
+                            len: 0,
+                        })?;
+                    let view = View::new(&packer.bytes, &packer.events, &packer.extensions);
+                    let (spans, input) = view
+                        .event(j as usize)
+                        .zip(group.get(j as usize).map(|&g| &inputs[g]))
+                        .ok_or(packed::PackError::EmitOutOfRange {
+                            what: "input",
+                            index: j,
+                            len: group.len(),
+                        })?;
+                    let message = &input.message;
+                    let is_cloudevent = message.headers.as_ref().is_some_and(|h| {
+                        h.iter().any(|(n, _)| {
+                            AsRef::<str>::as_ref(n).eq_ignore_ascii_case("ce-specversion")
+                        })
+                    });
+                    let (headers, payload) = if is_cloudevent {
+                        // Fast path: the stored message as it is.
+                        (
+                            message.headers.clone().unwrap_or_default(),
+                            message.payload.clone(),
+                        )
+                    } else {
+                        codec::message_for(&view, &spans)
+                    };
+                    (headers, payload, view, spans)
+                }
+                Emit::Created(j) => {
+                    // Validates every attribute before anything is stored.
+                    packed::unpack_view(&created, j)?;
+                    let spans = created.event(j as usize).unwrap_or_default();
+                    let (headers, payload) = codec::message_for(&created, &spans);
+                    (headers, payload, created, spans)
+                }
+            };
+            out.push(Outgoing {
+                subject: self.spec.outputs[port as usize].subject(),
+                message_id: identity(&self.spec.id, port, &view, &spans),
+                headers,
+                payload,
+            });
+        }
+        Ok(out)
+    }
+
+    fn dead_letter(&self, input: &Input, error: &str) -> Outgoing {
+        let mut packer = Packer::default();
+        codec::pack_message(
+            &mut packer,
+            input.message.headers.as_ref(),
+            &input.message.payload,
+            Origin {
+                stream: &input.stream,
+                sequence: input.sequence,
+                subject: &input.message.subject,
+            },
+        );
+        let view = View::new(&packer.bytes, &packer.events, &packer.extensions);
+        let spans = view.event(0).unwrap_or_default();
+        let (mut headers, payload) = codec::message_for(&view, &spans);
+        let encode = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+        headers.insert("ce-deadlettererror", encode(error));
+        headers.insert("ce-deadletterprocessor", encode(&self.spec.id));
+        headers.insert(
+            "ce-deadletterflow",
+            encode(
+                self.consumers
+                    .first()
+                    .map(|c| c.0.as_str())
+                    .unwrap_or_default(),
+            ),
+        );
+        Outgoing {
+            subject: self.spec.dead_letter.subject(),
+            message_id: identity(&format!("dead-letter:{}", self.spec.id), 0, &view, &spans),
+            headers,
+            payload,
+        }
+    }
+
+    /// Publishes until stored; a broker outage makes this wait, not fail.
+    async fn store(&mut self, messages: Vec<Outgoing>) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.ctx.broker.publish(messages.iter().cloned()).await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(
+                        processor = self.spec.id,
+                        "storing outputs: {e}; retrying in {backoff:?}"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Writes the keyed-state changes of the last calls to the broker.
+    async fn persist_state(&mut self) -> Result<()> {
+        let Some(processor) = self.processor.as_mut() else {
+            return Ok(());
+        };
+        let changes = processor.state().take_changes();
+        for (key, value) in changes {
+            let kv_key = spec::state_key(&self.spec.id, &key);
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let result = match &value {
+                    Some(v) => self
+                        .ctx
+                        .state
+                        .put(&kv_key, bytes::Bytes::copy_from_slice(v))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    None => self
+                        .ctx
+                        .state
+                        .delete(&kv_key)
+                        .await
+                        .map_err(|e| e.to_string()),
+                };
+                match result {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(processor = self.spec.id, "persisting state: {e}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The output message id of an event: its CloudEvents identity, scoped.
+fn identity(scope: &str, port: u32, view: &View<'_>, spans: &EventSpans) -> String {
+    let source = view.slice(spans.source).unwrap_or_default();
+    let id = view.slice(spans.id).unwrap_or_default();
+    codec::message_id(scope, port, source, id)
+}

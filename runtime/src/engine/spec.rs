@@ -1,0 +1,149 @@
+//! What the host keeps about processors in the broker: their specs (desired
+//! state, written by users) and their status (written by the host), in
+//! JetStream key-value buckets, so that they survive restarts and every host
+//! on the same broker sees them.
+
+use crate::broker::FlowName;
+use crate::wasm::{Kind, Limits};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Bucket of processor specs, keyed by processor id.
+pub const PROCESSORS: &str = "flowd-processors";
+/// Bucket of processor status, keyed by processor id.
+pub const STATUS: &str = "flowd-status";
+/// Bucket of processors' keyed state, keyed `<id>.<hex of the state key>`.
+pub const STATE: &str = "flowd-state";
+/// Object store of components, named by digest.
+pub const COMPONENTS: &str = "flowd-components";
+
+/// Checks a processor id: it names KV keys and consumers.
+pub fn check_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "processor id `{id}`: use 1 to 64 lower-case letters, digits and `-`"
+        ))
+    }
+}
+
+/// Per-processor limits and batching, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunLimits {
+    pub memory_mib: usize,
+    pub deadline_ms: u64,
+    /// Events per call.
+    pub batch: usize,
+    /// Attempts of a failing event before it is dead-lettered.
+    pub max_attempts: u32,
+    /// Tick interval of signal processors.
+    pub tick_ms: u64,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        RunLimits {
+            memory_mib: 64,
+            deadline_ms: 100,
+            batch: 100,
+            max_attempts: 3,
+            tick_ms: 1000,
+        }
+    }
+}
+
+impl RunLimits {
+    pub fn wasm(&self) -> Limits {
+        Limits {
+            memory: self.memory_mib << 20,
+            deadline: Duration::from_millis(self.deadline_ms),
+            ..Limits::default()
+        }
+    }
+}
+
+/// A processor as users describe it (figure 6's create/update/pause).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessorSpec {
+    pub id: String,
+    pub kind: Kind,
+    /// `sha256:<hex>` of the component in the components object store.
+    pub component: String,
+    pub config: Vec<(String, String)>,
+    pub inputs: Vec<FlowName>,
+    pub outputs: Vec<FlowName>,
+    /// Where events that keep failing go.
+    pub dead_letter: FlowName,
+    #[serde(default)]
+    pub paused: bool,
+    /// Bumped by every update; the host restarts the processor between
+    /// batches when it changes.
+    #[serde(default)]
+    pub generation: u64,
+    #[serde(default)]
+    pub limits: RunLimits,
+}
+
+impl ProcessorSpec {
+    /// The durable consumer of input `port`.
+    pub fn consumer(&self, port: usize) -> String {
+        format!("proc-{}-in{port}", self.id)
+    }
+}
+
+/// Where a processor is, as the host reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Starting,
+    Running,
+    Paused,
+    Failed,
+}
+
+/// A processor's status, written by the host that runs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub phase: Phase,
+    pub generation: u64,
+    pub events_in: u64,
+    pub events_out: u64,
+    pub errors: u64,
+    pub dead_lettered: u64,
+    pub last_error: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub updated_ms: u64,
+}
+
+impl Status {
+    pub fn new(phase: Phase, generation: u64) -> Self {
+        Status {
+            phase,
+            generation,
+            events_in: 0,
+            events_out: 0,
+            errors: 0,
+            dead_lettered: 0,
+            last_error: None,
+            updated_ms: 0,
+        }
+    }
+}
+
+/// The KV key of a processor's state entry.
+pub fn state_key(id: &str, key: &str) -> String {
+    format!("{id}.{}", hex::encode(key.as_bytes()))
+}
+
+/// The state key of a KV key of processor `id`, if it is one.
+pub fn decode_state_key(id: &str, kv_key: &str) -> Option<String> {
+    let hexed = kv_key.strip_prefix(id)?.strip_prefix('.')?;
+    String::from_utf8(hex::decode(hexed).ok()?).ok()
+}
