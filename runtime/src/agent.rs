@@ -290,7 +290,9 @@ impl Agent {
             kind: spec.kind,
             component: match &component {
                 Some(bytes) => bytes.clone(),
-                None => self.component_bytes(&spec.component).await?,
+                None => {
+                    crate::engine::read_component(&self.buckets.components, &spec.component).await?
+                }
             },
             config: config.clone().unwrap_or_else(|| spec.config.clone()),
             inputs: spec.inputs.clone(),
@@ -308,19 +310,6 @@ impl Agent {
         spec.generation += 1;
         self.put(&spec).await?;
         Ok(spec)
-    }
-
-    async fn component_bytes(&self, digest: &str) -> Result<Vec<u8>> {
-        use tokio::io::AsyncReadExt;
-        let mut object = self
-            .buckets
-            .components
-            .get(digest)
-            .await
-            .map_err(|e| anyhow!("component {digest}: {e}"))?;
-        let mut bytes = Vec::new();
-        object.read_to_end(&mut bytes).await?;
-        Ok(bytes)
     }
 
     /// Destroys a processor (figure 6); the host stops it and removes its

@@ -244,18 +244,21 @@ async fn a_host_killed_with_sigkill_resumes_and_delivers_every_event_once() {
     let events: Vec<Event> = (0..total).map(invoice).collect();
     write(&agent, "in", &events).await;
 
-    eventually(Duration::from_secs(240), "processing under way", || async {
-        (count(&agent, "out").await > 20_000).then_some(())
-    })
-    .await;
-    first.kill9();
-    let at_kill = count(&agent, "out").await;
-    assert!(
-        at_kill < total as u64,
-        "killed mid-run ({at_kill} of {total})"
-    );
-
-    let _second = Flowd::start(&nats.url(), state.path());
+    // Kill it twice, at different points of the run.
+    let mut host = first;
+    for threshold in [20_000, 60_000] {
+        eventually(Duration::from_secs(240), "processing under way", || async {
+            (count(&agent, "out").await > threshold).then_some(())
+        })
+        .await;
+        host.kill9();
+        let at_kill = count(&agent, "out").await;
+        assert!(
+            at_kill < total as u64,
+            "killed mid-run ({at_kill} of {total})"
+        );
+        host = Flowd::start(&nats.url(), state.path());
+    }
     wait_count(&agent, "out", total as u64, Duration::from_secs(240)).await;
     let out = read_all(&agent, "out").await;
     let ids: BTreeSet<String> = out.iter().map(|e| e.id().to_owned()).collect();

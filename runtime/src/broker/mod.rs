@@ -280,8 +280,18 @@ impl Broker {
         Ok(published)
     }
 
-    /// A durable pull consumer on a flow, created if missing. Its position
-    /// survives restarts of the host and of the broker.
+    /// The durable pull consumer of a flow's single reader (a processor
+    /// input), created if missing. Its position survives restarts of the host
+    /// and of the broker.
+    ///
+    /// Acknowledgement is cumulative (`AckPolicy::All`): the reader processes
+    /// events in order, so acknowledging the last event of a batch
+    /// acknowledges the batch, one message instead of one per event. The
+    /// catch: events delivered to a reader that died are still pending, and
+    /// a later cumulative ack would cover them unprocessed. So a reader that
+    /// (re)starts calls this, which rewinds the consumer to just after its
+    /// acknowledgement floor whenever events are pending: they are delivered
+    /// again at once, in order.
     pub async fn durable_consumer(
         &self,
         flow: &FlowName,
@@ -289,19 +299,37 @@ impl Broker {
         max_ack_pending: i64,
     ) -> Result<consumer::PullConsumer, BrokerError> {
         let stream = self.stream(flow).await?;
-        let config = consumer::pull::Config {
+        let config = |deliver_policy| consumer::pull::Config {
             durable_name: Some(durable.to_owned()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            // Batches take milliseconds; an unacknowledged one (its host
-            // died, or its ack was lost with the connection) comes back
-            // after this, and output message ids make the replay harmless.
+            ack_policy: consumer::AckPolicy::All,
+            // Batches take milliseconds; one left unacknowledged while its
+            // reader lives (a lost ack) comes back after this, and output
+            // message ids make the replay harmless.
             ack_wait: Duration::from_secs(10),
             max_ack_pending,
-            deliver_policy: consumer::DeliverPolicy::All,
+            deliver_policy,
             ..Default::default()
         };
+        let mut consumer = stream
+            .get_or_create_consumer(durable, config(consumer::DeliverPolicy::All))
+            .await
+            .map_err(request)?;
+        let info = consumer.info().await.map_err(request)?;
+        if info.num_ack_pending == 0 {
+            return Ok(consumer);
+        }
+        let start_sequence = info.ack_floor.stream_sequence + 1;
+        tracing::info!(
+            consumer = durable,
+            pending = info.num_ack_pending,
+            start_sequence,
+            "rewinding consumer to its acknowledgement floor"
+        );
+        stream.delete_consumer(durable).await.map_err(request)?;
         stream
-            .get_or_create_consumer(durable, config)
+            .create_consumer(config(consumer::DeliverPolicy::ByStartSequence {
+                start_sequence,
+            }))
             .await
             .map_err(request)
     }

@@ -89,6 +89,20 @@ impl Context {
     }
 }
 
+/// The bytes of the component stored under `digest`.
+pub async fn read_component(store: &ObjectStore, digest: &str) -> Result<Vec<u8>> {
+    let mut object = store
+        .get(digest)
+        .await
+        .map_err(|e| anyhow!("component {digest}: {e}"))?;
+    let mut bytes = Vec::new();
+    object
+        .read_to_end(&mut bytes)
+        .await
+        .context("reading component")?;
+    Ok(bytes)
+}
+
 /// The running set of processors of this host.
 pub struct Engine {
     ctx: Context,

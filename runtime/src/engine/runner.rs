@@ -93,6 +93,21 @@ struct Input {
     sequence: u64,
 }
 
+impl Input {
+    fn pack_into(&self, packer: &mut Packer) -> u32 {
+        codec::pack_message(
+            packer,
+            self.message.headers.as_ref(),
+            &self.message.payload,
+            Origin {
+                stream: &self.stream,
+                sequence: self.sequence,
+                subject: &self.message.subject,
+            },
+        )
+    }
+}
+
 /// A failing input event, with why.
 struct DeadLetter {
     index: usize,
@@ -163,6 +178,9 @@ impl Runner {
     ) -> Result<()> {
         let tick = Duration::from_millis(self.spec.limits.tick_ms.max(10));
         let mut next_tick = Instant::now() + tick;
+        // Idle polling backs off from 1 ms to 50 ms, so a busy chain reacts
+        // fast and an idle processor costs a few requests per second.
+        let mut idle_wait = Duration::from_millis(1);
         while !*stopped.borrow() {
             let mut idle = true;
             for port in 0..self.consumers.len() {
@@ -183,9 +201,12 @@ impl Runner {
             }
             if idle {
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    _ = tokio::time::sleep(idle_wait) => {}
                     _ = stopped.changed() => {}
                 }
+                idle_wait = (idle_wait * 2).min(Duration::from_millis(50));
+            } else {
+                idle_wait = Duration::from_millis(1);
             }
         }
         status.phase = Phase::Paused;
@@ -218,17 +239,7 @@ impl Runner {
     fn pack(inputs: &[Input], group: &[usize]) -> Packer {
         let mut packer = Packer::with_capacity(group.len(), 256 * group.len());
         for &i in group {
-            let input = &inputs[i];
-            codec::pack_message(
-                &mut packer,
-                input.message.headers.as_ref(),
-                &input.message.payload,
-                Origin {
-                    stream: &input.stream,
-                    sequence: input.sequence,
-                    subject: &input.message.subject,
-                },
-            );
+            inputs[i].pack_into(&mut packer);
         }
         packer
     }
@@ -318,10 +329,11 @@ impl Runner {
         let written = outgoing.len() as u64 - dead_count;
         self.store(outgoing).await?;
         self.persist_state().await?;
-        for input in &inputs {
-            // A lost ack only means a redelivery, which the output message
-            // ids turn into a no-op.
-            let _ = input.message.ack().await;
+        // The consumer's acknowledgement is cumulative: acknowledging the
+        // last event acknowledges the batch. A lost ack only means a
+        // redelivery, which the output message ids turn into a no-op.
+        if let Some(last) = inputs.last() {
+            let _ = last.message.ack().await;
         }
         let m = &self.ctx.metrics;
         m.events_out.get_or_create(&self.label).inc_by(written);
@@ -480,16 +492,7 @@ impl Runner {
 
     fn dead_letter(&self, input: &Input, error: &str) -> Outgoing {
         let mut packer = Packer::default();
-        codec::pack_message(
-            &mut packer,
-            input.message.headers.as_ref(),
-            &input.message.payload,
-            Origin {
-                stream: &input.stream,
-                sequence: input.sequence,
-                subject: &input.message.subject,
-            },
-        );
+        input.pack_into(&mut packer);
         let view = View::new(&packer.bytes, &packer.events, &packer.extensions);
         let spans = view.event(0).unwrap_or_default();
         let (mut headers, payload) = codec::message_for(&view, &spans);
