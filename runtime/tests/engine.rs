@@ -466,6 +466,12 @@ async fn failing_events_go_to_the_dead_letter_flow_and_the_rest_flows_on() {
                 .as_deref(),
             Some("h")
         );
+        assert_eq!(
+            e.extension("deadletterflow")
+                .map(|v| v.to_string())
+                .as_deref(),
+            Some("in.test.example.com")
+        );
     }
     let (_, status) = agent.processor("h").await.expect("described");
     let status = status.expect("status");
@@ -504,9 +510,22 @@ async fn signal_state_survives_a_host_restart() {
     wait_count(&agent, "alerts", 1, Duration::from_secs(30)).await;
     host.shutdown().await;
 
+    let restarted_ms = chrono::Utc::now().timestamp_millis() as u64;
     let host = daemon(&nats, state.path()).await;
     write(&agent, "readings", &[reading(2, 40.0)]).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The restarted processor has read the reading (its status counts it)...
+    eventually(
+        Duration::from_secs(30),
+        "the second reading processed",
+        || async {
+            let (_, status) = agent.processor("th").await.ok()?;
+            let status = status?;
+            (status.updated_ms > restarted_ms && status.events_in >= 1).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...and did not alert again.
     assert_eq!(
         count(&agent, "alerts").await,
         1,

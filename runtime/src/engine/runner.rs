@@ -324,7 +324,7 @@ impl Runner {
         }
         let dead_count = dead.len() as u64;
         for letter in &dead {
-            outgoing.push(self.dead_letter(&inputs[letter.index], &letter.error));
+            outgoing.push(self.dead_letter(port, &inputs[letter.index], &letter.error));
         }
         let written = outgoing.len() as u64 - dead_count;
         self.store(outgoing).await?;
@@ -490,7 +490,7 @@ impl Runner {
         Ok(out)
     }
 
-    fn dead_letter(&self, input: &Input, error: &str) -> Outgoing {
+    fn dead_letter(&self, port: u32, input: &Input, error: &str) -> Outgoing {
         let mut packer = Packer::default();
         input.pack_into(&mut packer);
         let view = View::new(&packer.bytes, &packer.events, &packer.extensions);
@@ -499,15 +499,8 @@ impl Runner {
         let encode = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
         headers.insert("ce-deadlettererror", encode(error));
         headers.insert("ce-deadletterprocessor", encode(&self.spec.id));
-        headers.insert(
-            "ce-deadletterflow",
-            encode(
-                self.consumers
-                    .first()
-                    .map(|c| c.0.as_str())
-                    .unwrap_or_default(),
-            ),
-        );
+        let flow = self.spec.inputs.get(port as usize).map(FlowName::as_str);
+        headers.insert("ce-deadletterflow", encode(flow.unwrap_or_default()));
         Outgoing {
             subject: self.spec.dead_letter.subject(),
             message_id: identity(&format!("dead-letter:{}", self.spec.id), 0, &view, &spans),
