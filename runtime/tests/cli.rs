@@ -218,19 +218,21 @@ fn flow_describe_component_shows_kind_and_digest() {
 fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
     let state = tempfile::tempdir().expect("tempdir");
     let metrics_port = support::free_port();
-    let mut host = Command::new(FLOWD)
-        .args([
-            "serve",
-            "--metrics",
-            &format!("127.0.0.1:{metrics_port}"),
-            "--state-dir",
-        ])
-        .arg(state.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("flowd serve starts");
+    let _host = support::KillOnDrop(
+        Command::new(FLOWD)
+            .args([
+                "serve",
+                "--metrics",
+                &format!("127.0.0.1:{metrics_port}"),
+                "--state-dir",
+            ])
+            .arg(state.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("flowd serve starts"),
+    );
     let host_file = state.path().join("host.json");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !host_file.exists() {
@@ -317,20 +319,51 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
     );
     assert!(metrics.contains("flowd_processor_events_out_total{processor=\"large\"} 4"));
 
-    let err = run(
-        env!("CARGO_BIN_EXE_flow"),
-        &[
-            "--state-dir",
-            state.path().to_str().unwrap_or_default(),
-            "describe",
-            "processor",
-            "nope",
-        ],
-        "",
+    let fails = |args: &[&str], expected: &str| {
+        let mut all = vec!["--state-dir", state.path().to_str().unwrap_or_default()];
+        all.extend_from_slice(args);
+        let out = run(env!("CARGO_BIN_EXE_flow"), &all, "");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "flow {args:?} should fail");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.contains(expected),
+            "flow {args:?}: the first line says why: {stderr}"
+        );
+    };
+    fails(
+        &["describe", "processor", "nope"],
+        "no such processor: nope",
     );
-    assert!(!err.status.success());
-    assert!(String::from_utf8_lossy(&err.stderr).contains("no such processor: nope"));
-
-    let _ = host.kill();
-    let _ = host.wait();
+    fails(
+        &["create", "flow", "bad_name.tour.example.com"],
+        "label `bad_name`",
+    );
+    fails(
+        &["create", "flow", "large.tour.example.com"],
+        "flow already exists",
+    );
+    let router = component("flow_router");
+    fails(
+        &[
+            "replicate",
+            "invoices.tour.example.com",
+            "large.tour.example.com",
+            "-c",
+            router.to_str().unwrap_or_default(),
+        ],
+        "the component is a distributor processor, but this command creates a bridge",
+    );
+    fails(
+        &[
+            "replicate",
+            "invoices.tour.example.com",
+            "missing.tour.example.com",
+            "-c",
+            filter.to_str().unwrap_or_default(),
+            "-C",
+            "where=type exists",
+        ],
+        "no such flow: missing.tour.example.com",
+    );
 }

@@ -109,6 +109,17 @@ pub fn wait_for_port(port: u16) {
     panic!("port {port} never opened");
 }
 
+/// A child process killed when the test ends, even by a panic (a leftover
+/// child holding the test's output open would hang the test runner).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A `flowd serve` process.
 pub struct Flowd {
     child: Child,
