@@ -51,17 +51,7 @@ impl Context {
     }
 
     async fn component_bytes(&self, digest: &str) -> Result<Vec<u8>> {
-        let mut object = self
-            .components
-            .get(digest)
-            .await
-            .map_err(|e| anyhow!("component {digest}: {e}"))?;
-        let mut bytes = Vec::new();
-        object
-            .read_to_end(&mut bytes)
-            .await
-            .context("reading component")?;
-        Ok(bytes)
+        read_component(&self.components, digest).await
     }
 
     async fn load_state(&self, id: &str) -> Result<Vec<(String, Vec<u8>)>> {
