@@ -28,6 +28,26 @@ async fn daemon(nats: &Nats, state: &Path) -> Daemon {
     Daemon::start(config).await.expect("host starts")
 }
 
+/// A broker, a host on it, its state directory and a user agent, with
+/// `flows` created.
+async fn world(flows: &[&str]) -> (Nats, tempfile::TempDir, Daemon, Agent) {
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let host = daemon(&nats, state.path()).await;
+    let agent = agent(&nats).await;
+    create_flows(&agent, flows).await;
+    (nats, state, host, agent)
+}
+
+/// The ids of every event in a flow.
+async fn ids(agent: &Agent, name: &str) -> BTreeSet<String> {
+    read_all(agent, name)
+        .await
+        .iter()
+        .map(|e| e.id().to_owned())
+        .collect()
+}
+
 async fn agent(nats: &Nats) -> Agent {
     Agent::connect(&[nats.url()]).await.expect("agent connects")
 }
@@ -160,11 +180,7 @@ async fn processor(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_events_pass_a_three_stage_chain_exactly() {
-    let nats = Nats::start();
-    let state = tempfile::tempdir().expect("tempdir");
-    let host = daemon(&nats, state.path()).await;
-    let agent = agent(&nats).await;
-    create_flows(&agent, &["in", "big", "tagged", "eu", "us", "other"]).await;
+    let (_nats, _state, host, agent) = world(&["in", "big", "tagged", "eu", "us", "other"]).await;
     processor(
         &agent,
         "filter",
@@ -272,11 +288,7 @@ async fn a_host_killed_with_sigkill_resumes_and_delivers_every_event_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_run_loses_nothing() {
-    let mut nats = Nats::start();
-    let state = tempfile::tempdir().expect("tempdir");
-    let host = daemon(&nats, state.path()).await;
-    let agent = agent(&nats).await;
-    create_flows(&agent, &["in", "out"]).await;
+    let (mut nats, _state, host, agent) = world(&["in", "out"]).await;
     processor(
         &agent,
         "p",
@@ -298,22 +310,14 @@ async fn a_broker_restart_mid_run_loses_nothing() {
     nats.restart(Duration::from_millis(500));
 
     wait_count(&agent, "out", total as u64, Duration::from_secs(240)).await;
-    let ids: BTreeSet<String> = read_all(&agent, "out")
-        .await
-        .iter()
-        .map(|e| e.id().to_owned())
-        .collect();
+    let ids = ids(&agent, "out").await;
     assert_eq!(ids.len(), total);
     host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_to_a_new_component_mid_stream_neither_loses_nor_repeats() {
-    let nats = Nats::start();
-    let state = tempfile::tempdir().expect("tempdir");
-    let host = daemon(&nats, state.path()).await;
-    let agent = agent(&nats).await;
-    create_flows(&agent, &["in", "out"]).await;
+    let (_nats, _state, host, agent) = world(&["in", "out"]).await;
     let small_batches = RunLimits {
         batch: 20,
         ..limits()
@@ -369,11 +373,7 @@ async fn an_update_to_a_new_component_mid_stream_neither_loses_nor_repeats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_stops_consumption_and_resume_continues() {
-    let nats = Nats::start();
-    let state = tempfile::tempdir().expect("tempdir");
-    let host = daemon(&nats, state.path()).await;
-    let agent = agent(&nats).await;
-    create_flows(&agent, &["in", "out"]).await;
+    let (_nats, _state, host, agent) = world(&["in", "out"]).await;
     processor(
         &agent,
         "p",
@@ -408,22 +408,14 @@ async fn pause_stops_consumption_and_resume_continues() {
 
     agent.set_paused("p", false).await.expect("resumed");
     wait_count(&agent, "out", 200, Duration::from_secs(30)).await;
-    let ids: BTreeSet<String> = read_all(&agent, "out")
-        .await
-        .iter()
-        .map(|e| e.id().to_owned())
-        .collect();
+    let ids = ids(&agent, "out").await;
     assert_eq!(ids.len(), 200);
     host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_events_go_to_the_dead_letter_flow_and_the_rest_flows_on() {
-    let nats = Nats::start();
-    let state = tempfile::tempdir().expect("tempdir");
-    let host = daemon(&nats, state.path()).await;
-    let agent = agent(&nats).await;
-    create_flows(&agent, &["in", "out"]).await;
+    let (_nats, _state, host, agent) = world(&["in", "out"]).await;
     let retries = RunLimits {
         max_attempts: 2,
         ..limits()
