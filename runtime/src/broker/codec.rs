@@ -97,7 +97,16 @@ fn pack_binary(p: &mut Packer, h: &HeaderMap, payload: &[u8]) -> Option<u32> {
         let Some(attr) = name
             .get(..3)
             .filter(|prefix| prefix.eq_ignore_ascii_case("ce-"))
-            .map(|_| name[3..].to_ascii_lowercase())
+            .map(|_| {
+                // Header names are case-insensitive; ours are lower case
+                // already, so this rarely allocates.
+                let attr = &name[3..];
+                if attr.bytes().any(|b| b.is_ascii_uppercase()) {
+                    Cow::Owned(attr.to_ascii_lowercase())
+                } else {
+                    Cow::Borrowed(attr)
+                }
+            })
         else {
             continue;
         };
@@ -105,7 +114,7 @@ fn pack_binary(p: &mut Packer, h: &HeaderMap, payload: &[u8]) -> Option<u32> {
             continue;
         };
         let value = decode(value.as_str());
-        let slot = match attr.as_str() {
+        let slot = match attr.as_ref() {
             "id" => 0,
             "source" => 1,
             "type" => 2,

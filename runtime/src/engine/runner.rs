@@ -82,6 +82,8 @@ struct Runner {
     spec: ProcessorSpec,
     processor: Option<Processor>,
     consumers: Vec<(FlowName, PullConsumer)>,
+    /// The subject of each output flow.
+    subjects: Vec<String>,
     label: super::metrics::ProcessorLabel,
     last_status: Instant,
 }
@@ -157,6 +159,7 @@ impl Runner {
             spec: spec.clone(),
             processor: Some(processor),
             consumers,
+            subjects: spec.outputs.iter().map(FlowName::subject).collect(),
             label: Metrics::label(&spec.id),
             last_status: Instant::now(),
         })
@@ -481,7 +484,7 @@ impl Runner {
                 }
             };
             out.push(Outgoing {
-                subject: self.spec.outputs[port as usize].subject(),
+                subject: self.subjects[port as usize].clone(),
                 message_id: identity(&self.spec.id, port, &view, &spans),
                 headers,
                 payload,
