@@ -189,18 +189,6 @@ impl Broker {
         Ok(())
     }
 
-    /// Changes a flow's settings.
-    pub async fn update_flow(
-        &self,
-        flow: &FlowName,
-        settings: &FlowSettings,
-    ) -> Result<FlowInfo, BrokerError> {
-        let config = settings.stream_config(flow)?;
-        self.stream(flow).await?;
-        self.js.update_stream(&config).await.map_err(request)?;
-        self.flow_info(flow).await
-    }
-
     pub async fn delete_flow(&self, flow: &FlowName) -> Result<(), BrokerError> {
         self.stream(flow).await?;
         self.js

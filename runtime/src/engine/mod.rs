@@ -165,20 +165,6 @@ impl Engine {
         &self.ctx.metrics
     }
 
-    /// Ids of the processors running here.
-    pub async fn running(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .runners
-            .lock()
-            .await
-            .iter()
-            .filter(|(_, (_, r))| r.is_some())
-            .map(|(id, _)| id.clone())
-            .collect();
-        ids.sort();
-        ids
-    }
-
     /// Stops every processor after its current batch.
     pub async fn shutdown(self) {
         self.watcher.abort();

@@ -289,27 +289,18 @@ impl Processor {
     /// processor keeps its old configuration.
     pub fn update(&mut self, config: Vec<(String, String)>) -> Result<(), CallError> {
         self.ensure_live()?;
-        let result = match &mut self.live {
-            Some(live) => {
-                let update = live.update;
-                self.call_func(move |store| {
-                    let (r,) = update.call(&mut *store, (config.clone(),))?;
-                    Ok(r.map(|()| config))
-                })
-            }
-            None => unreachable_live(),
-        };
-        let config = result?;
-        self.setup.config = config;
+        self.setup.config = self.run(move |live| {
+            let (r,) = live.update.call(&mut live.store, (config.clone(),))?;
+            Ok(r.map(|()| config))
+        })?;
         Ok(())
     }
 
     /// Calls `teardown` (figure 6 "destroy") and drops the instance.
     pub fn teardown(mut self) -> Result<(), CallError> {
-        if let Some(live) = &self.live {
-            let teardown = live.teardown;
-            self.call_func(move |store| {
-                teardown.call(&mut *store, ())?;
+        if self.live.is_some() {
+            self.run(|live| {
+                live.teardown.call(&mut live.store, ())?;
                 Ok(Ok(()))
             })?;
         }
@@ -325,13 +316,6 @@ impl Processor {
             let Live { store, exports, .. } = live;
             f(store, exports)
         })
-    }
-
-    fn call_func<R>(
-        &mut self,
-        f: impl FnOnce(&mut Store<Sandbox>) -> wasmtime::Result<Result<R, types::Error>>,
-    ) -> Result<R, CallError> {
-        self.run(|live| f(&mut live.store))
     }
 
     /// Runs one call on the live instance under the limits; commits or rolls
