@@ -182,6 +182,7 @@ async fn stage(
             outputs: to.iter().map(|t| flow(t)).collect(),
             dead_letter: None,
             limits: RunLimits::default(),
+            owner: None,
         })
         .await?;
     Ok(())

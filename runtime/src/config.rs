@@ -14,6 +14,17 @@
 //! [metrics]
 //! listen = "127.0.0.1:9464"
 //!
+//! [fnap]                                # the FNAA server (docs/fnap.md)
+//! listen = "127.0.0.1:61000"            # plain text + STARTTLS
+//! tls_listen = "127.0.0.1:61001"        # implicit TLS
+//! plain_auth_from = ["127.0.0.0/8", "::1/128"]  # PLAIN in clear only from here
+//! anonymous = true                      # AUTHENTICATE ANONYMOUS (public flows)
+//! idle_timeout_secs = 300
+//!
+//! [fnap.tls]                            # no cert/key: a self-signed one in
+//! cert = "/etc/flowd/cert.pem"          # <state_dir>/tls/
+//! key = "/etc/flowd/key.pem"
+//!
 //! [limits]                              # defaults for new processors
 //! memory_mib = 64
 //! deadline_ms = 100
@@ -33,7 +44,75 @@ pub struct Config {
     pub participant: Participant,
     pub nats: Nats,
     pub metrics: MetricsConfig,
+    pub fnap: FnapConfig,
     pub limits: RunLimits,
+}
+
+/// The FNAP server: addresses, TLS and the limits that keep one client
+/// from hurting the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FnapConfig {
+    /// Plain-text port (STARTTLS upgrades it); `None` disables it.
+    pub listen: Option<SocketAddr>,
+    /// Implicit-TLS port; `None` disables it.
+    pub tls_listen: Option<SocketAddr>,
+    pub tls: TlsConfig,
+    /// Networks from which `AUTHENTICATE PLAIN` is accepted without TLS.
+    pub plain_auth_from: Vec<ipnet::IpNet>,
+    /// Whether `AUTHENTICATE ANONYMOUS` is offered (public flows, read only).
+    pub anonymous: bool,
+    /// Longest line accepted (commands and data lines), in bytes.
+    pub max_line: usize,
+    /// Commands a client may send before authenticating.
+    pub max_commands_before_auth: u32,
+    /// Failed authentications before the connection is closed.
+    pub max_auth_failures: u32,
+    /// First delay before answering a failed authentication; it doubles
+    /// with each failure of the session.
+    pub auth_failure_delay_ms: u64,
+    /// Consecutive erroneous lines before the connection is closed.
+    pub max_errors: u32,
+    /// A session silent for this long is closed.
+    pub idle_timeout_secs: u64,
+    pub max_sessions: usize,
+    pub max_sessions_per_address: usize,
+    /// Largest component `PUT COMPONENT` accepts.
+    pub max_component_bytes: usize,
+}
+
+impl Default for FnapConfig {
+    fn default() -> Self {
+        FnapConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 61000))),
+            tls_listen: Some(SocketAddr::from(([127, 0, 0, 1], 61001))),
+            tls: TlsConfig::default(),
+            plain_auth_from: vec![
+                ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(127, 0, 0, 0), 8).into(),
+                ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::LOCALHOST, 128).into(),
+            ],
+            anonymous: true,
+            max_line: 1 << 20,
+            max_commands_before_auth: 20,
+            max_auth_failures: 5,
+            auth_failure_delay_ms: 500,
+            max_errors: 20,
+            idle_timeout_secs: 300,
+            max_sessions: 10_000,
+            max_sessions_per_address: 2_000,
+            max_component_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Certificate and key (PEM). Without them the host generates a
+/// self-signed certificate for its FQDN, `localhost` and the loopback
+/// addresses, kept in `<state_dir>/tls/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +199,14 @@ pub struct HostFile {
     pub fqdn: String,
     pub nats_urls: Vec<String>,
     pub metrics: Option<SocketAddr>,
+    /// FNAP plain-text and implicit-TLS addresses.
+    #[serde(default)]
+    pub fnap: Option<SocketAddr>,
+    #[serde(default)]
+    pub fnap_tls: Option<SocketAddr>,
+    /// The certificate the FNAP server presents (PEM file).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
     pub pid: u32,
 }
 

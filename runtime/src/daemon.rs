@@ -2,10 +2,12 @@
 //! the broker, the Wasm host and the processor engine, serves `/metrics`,
 //! and tells local clients where it is (`<state_dir>/host.json`).
 
+use crate::agent::Agent;
 use crate::broker::Broker;
 use crate::broker::embedded::EmbeddedNats;
 use crate::config::{Config, HostFile};
 use crate::engine::{Engine, Metrics};
+use crate::fnap::{Server, ServerContext};
 use crate::wasm::{Host, HostConfig};
 use anyhow::{Context, Result};
 use std::sync::Arc;
@@ -18,6 +20,7 @@ pub struct Daemon {
     metrics_server: Option<tokio::task::JoinHandle<()>>,
     nats_urls: Vec<String>,
     metrics_addr: Option<std::net::SocketAddr>,
+    fnap: Server,
 }
 
 impl Daemon {
@@ -40,6 +43,33 @@ impl Daemon {
         })?);
         let metrics = Metrics::default();
         let engine = Engine::start(broker.clone(), host, metrics.clone()).await?;
+        crate::user_agent::ensure_local_token(&state_dir)
+            .context("writing the local administrator token")?;
+        let agent = Agent::new(broker.clone()).await?;
+        agent
+            .serve_namespaces(&config.participant.namespaces)
+            .await?;
+        let tls = if config.fnap.tls_listen.is_some() || config.fnap.listen.is_some() {
+            let (server, cert) = crate::fnap::tls::server_config(
+                &config.fnap.tls,
+                &state_dir,
+                &config.participant.fqdn,
+            )?;
+            Some((server, cert))
+        } else {
+            None
+        };
+        let fnap = Server::start(ServerContext {
+            agent,
+            config: config.fnap.clone(),
+            fqdn: config.participant.fqdn.clone(),
+            state_dir: state_dir.clone(),
+            tls: tls.as_ref().map(|(server, _)| server.clone()),
+            broker_urls: nats_urls.clone(),
+            limits: config.limits.clone(),
+        })
+        .await
+        .context("starting the FNAP server")?;
 
         let (metrics_server, metrics_addr) = match config.metrics.listen {
             Some(addr) => {
@@ -75,6 +105,9 @@ impl Daemon {
             fqdn: config.participant.fqdn.clone(),
             nats_urls: nats_urls.clone(),
             metrics: metrics_addr,
+            fnap: fnap.plain,
+            fnap_tls: fnap.tls,
+            tls_cert: tls.map(|(_, cert)| cert),
             pid: std::process::id(),
         }
         .write(&state_dir)
@@ -83,6 +116,8 @@ impl Daemon {
             fqdn = config.participant.fqdn,
             nats = nats_urls.join(","),
             metrics = ?metrics_addr,
+            fnap = ?fnap.plain,
+            fnap_tls = ?fnap.tls,
             "flowd host ready"
         );
         Ok(Daemon {
@@ -92,6 +127,7 @@ impl Daemon {
             metrics_server,
             nats_urls,
             metrics_addr,
+            fnap,
         })
     }
 
@@ -111,8 +147,19 @@ impl Daemon {
         self.metrics_addr
     }
 
+    /// The FNAP plain-text address, if enabled.
+    pub fn fnap_addr(&self) -> Option<std::net::SocketAddr> {
+        self.fnap.plain
+    }
+
+    /// The FNAP implicit-TLS address, if enabled.
+    pub fn fnap_tls_addr(&self) -> Option<std::net::SocketAddr> {
+        self.fnap.tls
+    }
+
     /// Stops processors after their current batch, then the broker.
     pub async fn shutdown(self) {
+        self.fnap.shutdown();
         self.engine.shutdown().await;
         if let Some(task) = self.metrics_server {
             task.abort();

@@ -11,15 +11,21 @@
 //! - [`broker`]: the Flow Events Broker on NATS JetStream, and the embedded
 //!   nats-server.
 //! - [`engine`]: runs processors continuously over durable flows.
+//! - [`agent`]: the FNAA's operations on namespaces, flows, subscriptions
+//!   and processors, with access control; [`accounts`]: who may log in.
+//! - [`fnap`]: the Flow Namespace Accessing Protocol, server and client.
+//! - [`user_agent`]: the `flow` user agent's configuration and log-in.
 //! - [`daemon`]: `flowd serve`, the host as a daemon; [`config`]: its TOML.
-//! - [`agent`]: what the `flow` user agent does, over the broker.
 
+pub mod accounts;
 pub mod agent;
 pub mod broker;
 pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod event;
+pub mod fnap;
 pub mod pipe;
+pub mod user_agent;
 pub mod wasm;
 pub mod wit;

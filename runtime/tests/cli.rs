@@ -224,6 +224,10 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
                 "serve",
                 "--metrics",
                 &format!("127.0.0.1:{metrics_port}"),
+                "--fnap",
+                "127.0.0.1:0",
+                "--fnap-tls",
+                "127.0.0.1:0",
                 "--state-dir",
             ])
             .arg(state.path())
@@ -253,6 +257,7 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    flow(&["create", "namespace", "tour.example.com"], "");
     flow(&["create", "flow", "invoices.tour.example.com"], "");
     flow(&["create", "flow", "large.tour.example.com"], "");
     let filter = component("flow_filter");
@@ -279,16 +284,7 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let read = loop {
-        let read = flow(
-            &[
-                "read",
-                "large.tour.example.com",
-                "--from-start",
-                "--idle-ms",
-                "300",
-            ],
-            "",
-        );
+        let read = flow(&["read", "large.tour.example.com", "--from-start"], "");
         if read.lines().count() >= 4 || std::time::Instant::now() > deadline {
             break read;
         }
@@ -333,7 +329,7 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
     };
     fails(
         &["describe", "processor", "nope"],
-        "no such processor: nope",
+        "550 no such processor: nope",
     );
     fails(
         &["create", "flow", "bad_name.tour.example.com"],
@@ -341,7 +337,15 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
     );
     fails(
         &["create", "flow", "large.tour.example.com"],
-        "flow already exists",
+        "553 flow already exists",
+    );
+    fails(
+        &["--anonymous", "write", "large.tour.example.com", "{}"],
+        "554 anonymous sessions cannot write",
+    );
+    fails(
+        &["create", "flow", "orders.elsewhere.example.org"],
+        "550 no such namespace",
     );
     let router = component("flow_router");
     fails(

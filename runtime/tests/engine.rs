@@ -25,6 +25,8 @@ async fn daemon(nats: &Nats, state: &Path) -> Daemon {
     config.participant.state_dir = state.to_owned();
     config.nats.urls = vec![nats.url()];
     config.metrics.listen = None;
+    config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
+    config.fnap.tls_listen = None;
     Daemon::start(config).await.expect("host starts")
 }
 
@@ -173,6 +175,7 @@ async fn processor(
             outputs: outputs.iter().map(|n| flow(n)).collect(),
             dead_letter: Some(flow(&format!("{id}-dead"))),
             limits,
+            owner: None,
         })
         .await
         .expect("processor created");

@@ -1,24 +1,45 @@
-//! `flow`: the ESON user agent (FNUA), after figure 15 of the draft.
+//! `flow`: the ESON user agent (FNUA), after figure 15 of the draft. Every
+//! command is one FNAP exchange with an FNAA (see `flowd::user_agent` for
+//! which one and how it logs in).
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use flowd::agent::{self, Agent, NewProcessor};
-use flowd::broker::{FlowName, FlowSettings};
+use flowd::broker::{FlowName, NamespaceName};
 use flowd::config::default_state_dir;
-use flowd::engine::RunLimits;
-use flowd::event::jsonl;
+use flowd::fnap::Client;
+use flowd::user_agent::{self, Overrides, TlsMode, UserAgentConfig};
 use flowd::wasm::{Host, HostConfig, Kind};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "flow", version, about = "The ESON command-line user agent")]
 struct Cli {
-    /// NATS URL(s) of the host's broker (default: $FLOWD_NATS_URL, or the local host's).
-    #[arg(long, global = true, value_delimiter = ',')]
-    nats: Vec<String>,
-    /// State directory of the local host (to find it).
+    /// User agent configuration (default: $FLOW_CONFIG or ~/.config/flow/config.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Agent (FNAA) of the configuration to use.
+    #[arg(long, global = true)]
+    agent: Option<String>,
+    /// FNAP address `host:port` (overrides the agent's).
+    #[arg(long, global = true, env = "FLOW_ADDRESS")]
+    address: Option<String>,
+    /// Account name (overrides the agent's).
+    #[arg(long, short = 'u', global = true, env = "FLOW_USER")]
+    user: Option<String>,
+    /// Password (better: $FLOW_PASSWORD).
+    #[arg(long, global = true, env = "FLOW_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Log in anonymously (public flows, read only).
+    #[arg(long, global = true)]
+    anonymous: bool,
+    /// TLS: none, starttls or implicit.
+    #[arg(long, global = true, value_enum)]
+    tls: Option<Tls>,
+    /// Certificate(s) to trust for TLS (PEM).
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// State directory of the local host (to find it when no agent is configured).
     #[arg(long, global = true, env = "FLOWD_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// Output format.
@@ -34,24 +55,31 @@ enum Format {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Tls {
+    None,
+    Starttls,
+    Implicit,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Create a flow.
+    /// Create a namespace or a flow.
     Create {
         #[command(subcommand)]
         what: Create,
     },
-    /// Delete a flow or a processor.
+    /// Delete a namespace, a flow or a processor.
     Delete {
         #[command(subcommand)]
         what: Target,
     },
-    /// List flows or processors.
+    /// List flows, namespaces, processors, subscriptions, agents or brokers.
     Get {
         #[command(subcommand)]
         what: Get,
     },
-    /// Show one flow, processor or component.
+    /// Show one flow, namespace, processor, agent, broker or component.
     Describe {
         #[command(subcommand)]
         what: Describe,
@@ -70,15 +98,34 @@ enum Command {
         /// From the first stored event (default: only new ones).
         #[arg(long)]
         from_start: bool,
+        /// From this stream sequence.
+        #[arg(long, conflicts_with = "from_start")]
+        from: Option<u64>,
         /// Stop after this many events.
         #[arg(long, short = 'n')]
-        count: Option<usize>,
+        count: Option<u64>,
         /// Keep waiting for new events.
         #[arg(long)]
         follow: bool,
-        /// Without --follow, stop after this long without events (ms).
-        #[arg(long, default_value_t = 1000)]
-        idle_ms: u64,
+    },
+    /// Subscribe to a flow; with --local, also feed the subscription into a local flow.
+    Subscribe {
+        remote: FlowName,
+        #[arg(long)]
+        local: Option<FlowName>,
+    },
+    /// Cancel a subscription copy (the flow SUBSCRIBE returned).
+    Unsubscribe { copy: FlowName },
+    /// Grant an account a right (read, write, admin) on a namespace.
+    Grant {
+        user: String,
+        right: String,
+        namespace: NamespaceName,
+    },
+    /// Take an account's right on a namespace away.
+    Revoke {
+        user: String,
+        namespace: NamespaceName,
     },
     /// Bridge processor: SRC -> DST.
     Replicate {
@@ -110,15 +157,20 @@ enum Command {
         #[command(flatten)]
         processor: ProcessorArgs,
     },
-    /// Pause a processor: it stops consuming; its flows keep accepting events.
+    /// Pause a processor or subscription: it stops consuming; flows keep accepting events.
     Pause {
         #[command(subcommand)]
-        what: ProcessorRef,
+        what: Pausable,
     },
-    /// Resume a paused processor where it stopped.
+    /// Resume a paused processor or subscription where it stopped.
     Resume {
         #[command(subcommand)]
-        what: ProcessorRef,
+        what: Pausable,
+    },
+    /// Stop a subscription for good.
+    Stop {
+        #[command(subcommand)]
+        what: Stoppable,
     },
     /// Update a processor in place: new configuration and/or component.
     Update {
@@ -129,29 +181,51 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Create {
+    Namespace {
+        namespace: NamespaceName,
+        /// Owner (default: you).
+        #[arg(long)]
+        owner: Option<String>,
+        /// New flows in it are readable by anyone.
+        #[arg(long)]
+        public: bool,
+    },
     Flow {
         flow: FlowName,
+        /// Readable by anyone, also anonymously.
+        #[arg(long)]
+        public: bool,
+        /// Only for accounts with a right (default: as its namespace).
+        #[arg(long, conflicts_with = "public")]
+        private: bool,
         /// Drop events older than this (seconds; 0 keeps them).
-        #[arg(long, default_value_t = 0)]
-        max_age: u64,
+        #[arg(long)]
+        max_age: Option<u64>,
         /// Drop the oldest events beyond this size (bytes; -1 unlimited).
-        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
-        max_bytes: i64,
+        #[arg(long, allow_negative_numbers = true)]
+        max_bytes: Option<i64>,
         /// De-duplication window (seconds).
-        #[arg(long, default_value_t = 120)]
-        duplicate_window: u64,
+        #[arg(long)]
+        duplicate_window: Option<u64>,
     },
 }
 
 #[derive(Subcommand)]
 enum Target {
+    Namespace { namespace: NamespaceName },
     Flow { flow: FlowName },
     Processor { id: String },
 }
 
 #[derive(Subcommand)]
-enum ProcessorRef {
+enum Pausable {
     Processor { id: String },
+    Subscription { local: FlowName },
+}
+
+#[derive(Subcommand)]
+enum Stoppable {
+    Subscription { local: FlowName },
 }
 
 #[derive(Subcommand)]
@@ -160,16 +234,30 @@ enum UpdateTarget {
         id: String,
         #[arg(long, short = 'c')]
         component: Option<PathBuf>,
-        /// Replaces the whole configuration when given.
-        #[arg(long = "config", short = 'C', value_name = "KEY=VALUE")]
-        config: Vec<String>,
+        /// Replaces the whole processor configuration when given.
+        #[arg(long = "set", short = 'C', value_name = "KEY=VALUE")]
+        settings: Vec<String>,
     },
 }
 
 #[derive(Subcommand)]
 enum Get {
-    Flows,
+    Flows {
+        namespace: Option<NamespaceName>,
+    },
+    Namespaces {
+        parent: Option<NamespaceName>,
+    },
     Processors,
+    Subscriptions,
+    /// Subscribers of one of your flows.
+    Subscribers {
+        flow: FlowName,
+    },
+    /// The agents of the user agent's configuration.
+    Agents,
+    /// The broker of the agent.
+    Brokers,
 }
 
 #[derive(Subcommand)]
@@ -177,8 +265,19 @@ enum Describe {
     Flow {
         flow: FlowName,
     },
+    Namespace {
+        namespace: NamespaceName,
+    },
     Processor {
         id: String,
+    },
+    /// The agent: its greeting and capabilities.
+    Agent,
+    /// The agent's flow events broker.
+    Broker,
+    /// The Flow Name Service of a namespace.
+    Nameserver {
+        namespace: NamespaceName,
     },
     /// A processor component file: kind, world, digest, imports.
     Component {
@@ -188,12 +287,12 @@ enum Describe {
 
 #[derive(Args)]
 struct ProcessorArgs {
-    /// The processor component (.wasm).
+    /// The processor component (.wasm); uploaded to the host.
     #[arg(long, short = 'c')]
     component: PathBuf,
-    /// Configuration entry (repeatable, order kept).
-    #[arg(long = "config", short = 'C', value_name = "KEY=VALUE")]
-    config: Vec<String>,
+    /// Processor configuration entry (repeatable, order kept).
+    #[arg(long = "set", short = 'C', value_name = "KEY=VALUE")]
+    settings: Vec<String>,
     /// Processor id (default: the kind and a random suffix).
     #[arg(long)]
     id: Option<String>,
@@ -201,18 +300,18 @@ struct ProcessorArgs {
     #[arg(long)]
     dead_letter: Option<FlowName>,
     /// Events per call.
-    #[arg(long, default_value_t = 100)]
-    batch: usize,
-    #[arg(long, default_value_t = 64)]
-    memory_mib: usize,
-    #[arg(long, default_value_t = 100)]
-    deadline_ms: u64,
+    #[arg(long)]
+    batch: Option<u64>,
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    #[arg(long)]
+    deadline_ms: Option<u64>,
     /// Attempts before an event is dead-lettered.
-    #[arg(long, default_value_t = 3)]
-    max_attempts: u32,
+    #[arg(long)]
+    max_attempts: Option<u64>,
     /// Tick interval of signal processors (ms).
-    #[arg(long, default_value_t = 1000)]
-    tick_ms: u64,
+    #[arg(long)]
+    tick_ms: Option<u64>,
 }
 
 fn parse_config(pairs: &[String]) -> Result<Vec<(String, String)>> {
@@ -221,7 +320,7 @@ fn parse_config(pairs: &[String]) -> Result<Vec<(String, String)>> {
         .map(|kv| {
             kv.split_once('=')
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .with_context(|| format!("--config `{kv}`: expected KEY=VALUE"))
+                .with_context(|| format!("--set `{kv}`: expected KEY=VALUE"))
         })
         .collect()
 }
@@ -231,281 +330,511 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// `key=value` lines as a JSON object (repeated keys become arrays).
+fn pairs_json(lines: &[String]) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for line in lines {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let v = serde_json::Value::String(v.to_owned());
+        match map.get_mut(k) {
+            Some(serde_json::Value::Array(a)) => a.push(v),
+            Some(old) => *old = serde_json::Value::Array(vec![old.take(), v]),
+            None => {
+                map.insert(k.to_owned(), v);
+            }
+        }
+    }
+    serde_json::Value::Object(map)
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     if let Err(e) = run(Cli::parse()).await {
-        eprintln!("flow: {e:#}");
+        let text = format!("{e:#}");
+        eprintln!("flow: {}", text.lines().next().unwrap_or_default());
         std::process::exit(1);
     }
 }
 
+/// The flow or namespace a command is about (to pick the agent).
+fn subject(command: &Command) -> Option<String> {
+    let s = match command {
+        Command::Create {
+            what: Create::Namespace { namespace, .. },
+        } => namespace.to_string(),
+        Command::Create {
+            what: Create::Flow { flow, .. },
+        } => flow.to_string(),
+        Command::Delete {
+            what: Target::Namespace { namespace },
+        } => namespace.to_string(),
+        Command::Delete {
+            what: Target::Flow { flow },
+        } => flow.to_string(),
+        Command::Describe {
+            what: Describe::Flow { flow },
+        } => flow.to_string(),
+        Command::Describe {
+            what: Describe::Namespace { namespace },
+        } => namespace.to_string(),
+        Command::Get {
+            what: Get::Flows {
+                namespace: Some(ns),
+            },
+        } => ns.to_string(),
+        Command::Write { flow, .. } | Command::Read { flow, .. } => flow.to_string(),
+        Command::Subscribe {
+            local: Some(local), ..
+        } => local.to_string(),
+        Command::Subscribe { remote, .. } => remote.to_string(),
+        Command::Grant { namespace, .. } | Command::Revoke { namespace, .. } => {
+            namespace.to_string()
+        }
+        Command::Replicate { dst, .. } => dst.to_string(),
+        Command::Collect { flows, .. } | Command::Distribute { flows, .. } => {
+            flows.last()?.to_string()
+        }
+        Command::Signal { to, .. } => to.first()?.to_string(),
+        _ => return None,
+    };
+    Some(s)
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let json = cli.output == Format::Json;
-    if let Command::Describe {
-        what: Describe::Component { file },
-    } = &cli.command
-    {
-        return describe_component(file, json);
+    let config_path = cli.config.clone().or_else(UserAgentConfig::default_path);
+    let config = match &config_path {
+        Some(path) => UserAgentConfig::load(path)?,
+        None => UserAgentConfig::default(),
+    };
+    match &cli.command {
+        Command::Describe {
+            what: Describe::Component { file },
+        } => {
+            return describe_component(file, json);
+        }
+        Command::Get { what: Get::Agents } => {
+            if json {
+                return print_json(&config.agents);
+            }
+            for a in &config.agents {
+                println!(
+                    "{:<20} {:<30} {}",
+                    a.name,
+                    a.address,
+                    a.username.as_deref().unwrap_or("(anonymous)")
+                );
+            }
+            return Ok(());
+        }
+        Command::Describe {
+            what: Describe::Nameserver { namespace },
+        } => {
+            bail!(
+                "describing the Flow Name Service of {namespace} needs the FNS, which this version does not run yet"
+            );
+        }
+        _ => {}
     }
+    let entry = config.pick(cli.agent.as_deref(), subject(&cli.command).as_deref())?;
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
-    let urls = agent::discover_urls(&cli.nats, &state_dir)?;
-    let agent = Agent::connect(&urls).await?;
-    match cli.command {
+    let overrides = Overrides {
+        address: cli.address.clone(),
+        username: cli.user.clone(),
+        password: cli.password.clone(),
+        tls: cli.tls.map(|t| match t {
+            Tls::None => TlsMode::None,
+            Tls::Starttls => TlsMode::StartTls,
+            Tls::Implicit => TlsMode::Implicit,
+        }),
+        ca: cli.ca.clone(),
+        anonymous: cli.anonymous,
+    };
+    let mut client = user_agent::connect(entry, &state_dir, &overrides).await?;
+    execute(&mut client, cli.command, json).await?;
+    let _ = client.quit().await;
+    Ok(())
+}
+
+/// Sends a command and prints its one-line reply text (after `OK`).
+async fn simple(client: &mut Client, line: &str, json: bool) -> Result<()> {
+    let reply = client.command(line).await?;
+    let text = reply.text.strip_prefix("OK").unwrap_or(&reply.text).trim();
+    if json {
+        print_json(&serde_json::json!({"ok": true, "reply": text}))
+    } else {
+        println!("{text}");
+        Ok(())
+    }
+}
+
+/// Sends a command answered with `key=value` lines and prints them.
+async fn described(client: &mut Client, line: &str, json: bool) -> Result<()> {
+    let (lines, _) = client.data(line).await?;
+    if json {
+        print_json(&pairs_json(&lines))
+    } else {
+        for line in lines {
+            println!("{line}");
+        }
+        Ok(())
+    }
+}
+
+/// Sends a command answered with one item per line and prints them.
+async fn listed(client: &mut Client, line: &str, json: bool, header: Option<&str>) -> Result<()> {
+    let (lines, _) = client.data(line).await?;
+    if json {
+        print_json(&lines)
+    } else {
+        if let Some(h) = header
+            && !lines.is_empty()
+        {
+            println!("{h}");
+        }
+        for line in lines {
+            println!("{line}");
+        }
+        Ok(())
+    }
+}
+
+async fn execute(client: &mut Client, command: Command, json: bool) -> Result<()> {
+    match command {
+        Command::Create {
+            what:
+                Create::Namespace {
+                    namespace,
+                    owner,
+                    public,
+                },
+        } => {
+            let mut line = format!("CREATE NAMESPACE {namespace}");
+            if let Some(owner) = owner {
+                line.push_str(&format!(" OWNER {owner}"));
+            }
+            if public {
+                line.push_str(" PUBLIC");
+            }
+            client.command(&line).await?;
+            if json {
+                print_json(&serde_json::json!({"namespace": namespace}))?;
+            } else {
+                println!("created namespace {namespace}");
+            }
+        }
         Command::Create {
             what:
                 Create::Flow {
                     flow,
+                    public,
+                    private,
                     max_age,
                     max_bytes,
                     duplicate_window,
                 },
         } => {
-            let settings = FlowSettings {
-                max_age_secs: max_age,
-                max_bytes,
-                duplicate_window_secs: duplicate_window,
-                ..FlowSettings::default()
-            };
-            let info = agent.create_flow(&flow, &settings).await?;
-            if json {
-                print_json(&info)?;
-            } else {
-                println!("created {}", info.uri);
+            let mut line = format!("CREATE FLOW {flow}");
+            if public {
+                line.push_str(" PUBLIC");
             }
+            if private {
+                line.push_str(" PRIVATE");
+            }
+            if let Some(v) = max_age {
+                line.push_str(&format!(" MAX-AGE {v}"));
+            }
+            if let Some(v) = max_bytes {
+                line.push_str(&format!(" MAX-BYTES {v}"));
+            }
+            if let Some(v) = duplicate_window {
+                line.push_str(&format!(" DUPLICATE-WINDOW {v}"));
+            }
+            client.command(&line).await?;
+            if json {
+                print_json(&serde_json::json!({"flow": flow, "uri": flow.uri()}))?;
+            } else {
+                println!("created {}", flow.uri());
+            }
+        }
+        Command::Delete {
+            what: Target::Namespace { namespace },
+        } => {
+            client
+                .command(&format!("DELETE NAMESPACE {namespace}"))
+                .await?;
+            println!("deleted namespace {namespace}");
         }
         Command::Delete {
             what: Target::Flow { flow },
         } => {
-            agent.delete_flow(&flow).await?;
+            client.command(&format!("DELETE FLOW {flow}")).await?;
             println!("deleted {}", flow.uri());
         }
         Command::Delete {
             what: Target::Processor { id },
         } => {
-            agent.delete_processor(&id).await?;
+            client.command(&format!("DELETE PROCESSOR {id}")).await?;
             println!("deleted processor {id}");
         }
-        Command::Get { what: Get::Flows } => {
-            let flows = agent.flows().await?;
-            if json {
-                print_json(&flows)?;
-            } else {
-                println!("{:<50} {:>10} {:>12}", "FLOW", "EVENTS", "BYTES");
-                for f in flows {
-                    println!("{:<50} {:>10} {:>12}", f.name, f.events, f.bytes);
-                }
+        Command::Get { what } => match what {
+            Get::Flows { namespace } => {
+                let line = match namespace {
+                    Some(ns) => format!("LIST FLOWS {ns}"),
+                    None => "LIST FLOWS".into(),
+                };
+                listed(client, &line, json, None).await?
             }
-        }
-        Command::Get {
-            what: Get::Processors,
-        } => {
-            let processors = agent.processors().await?;
-            if json {
-                let list: Vec<_> = processors
+            Get::Namespaces { parent } => {
+                let line = match parent {
+                    Some(ns) => format!("LIST NAMESPACES {ns}"),
+                    None => "LIST NAMESPACES".into(),
+                };
+                listed(client, &line, json, None).await?
+            }
+            Get::Processors => {
+                listed(client, "LIST PROCESSORS", json, Some("ID KIND PHASE")).await?
+            }
+            Get::Subscriptions => {
+                listed(
+                    client,
+                    "LIST SUBSCRIPTIONS",
+                    json,
+                    Some("LOCAL REMOTE COPY BRIDGE"),
+                )
+                .await?
+            }
+            Get::Subscribers { flow } => {
+                listed(
+                    client,
+                    &format!("LIST SUBSCRIBERS {flow}"),
+                    json,
+                    Some("COPY ACCOUNT"),
+                )
+                .await?
+            }
+            Get::Brokers => {
+                let (lines, _) = client.data("CAPABILITIES").await?;
+                let brokers: Vec<&str> = lines
                     .iter()
-                    .map(|(spec, status)| serde_json::json!({"spec": spec, "status": status}))
+                    .filter_map(|l| l.strip_prefix("BROKER "))
                     .collect();
-                print_json(&list)?;
-            } else {
-                println!(
-                    "{:<24} {:<12} {:<9} {:>10} {:>10} {:>6}",
-                    "ID", "KIND", "PHASE", "IN", "OUT", "DEAD"
-                );
-                for (spec, status) in processors {
-                    let (phase, input, output, dead) = status
-                        .map(|s| {
-                            (
-                                format!("{:?}", s.phase).to_lowercase(),
-                                s.events_in,
-                                s.events_out,
-                                s.dead_lettered,
-                            )
-                        })
-                        .unwrap_or(("unknown".into(), 0, 0, 0));
-                    println!(
-                        "{:<24} {:<12} {:<9} {:>10} {:>10} {:>6}",
-                        spec.id, spec.kind, phase, input, output, dead
-                    );
-                }
-            }
-        }
-        Command::Describe {
-            what: Describe::Flow { flow },
-        } => {
-            let info = agent.describe_flow(&flow).await?;
-            if json {
-                print_json(&info)?;
-            } else {
-                println!("uri={}", info.uri);
-                println!("stream={}", info.stream);
-                println!("subject={}", info.subject);
-                println!("events={}", info.events);
-                println!("bytes={}", info.bytes);
-                println!("first_sequence={}", info.first_sequence);
-                println!("last_sequence={}", info.last_sequence);
-                println!("max_age_secs={}", info.settings.max_age_secs);
-                println!("max_bytes={}", info.settings.max_bytes);
-                println!(
-                    "duplicate_window_secs={}",
-                    info.settings.duplicate_window_secs
-                );
-            }
-        }
-        Command::Describe {
-            what: Describe::Processor { id },
-        } => {
-            let (spec, status) = agent.processor(&id).await?;
-            if json {
-                print_json(&serde_json::json!({"spec": spec, "status": status}))?;
-            } else {
-                println!("id={}", spec.id);
-                println!("kind={}", spec.kind);
-                println!("component={}", spec.component);
-                println!("inputs={}", join(&spec.inputs));
-                println!("outputs={}", join(&spec.outputs));
-                println!("dead_letter={}", spec.dead_letter);
-                println!("paused={}", spec.paused);
-                println!("generation={}", spec.generation);
-                for (k, v) in &spec.config {
-                    println!("config.{k}={v}");
-                }
-                if let Some(s) = status {
-                    println!("phase={}", format!("{:?}", s.phase).to_lowercase());
-                    println!("events_in={}", s.events_in);
-                    println!("events_out={}", s.events_out);
-                    println!("errors={}", s.errors);
-                    println!("dead_lettered={}", s.dead_lettered);
-                    if let Some(e) = s.last_error {
-                        println!("last_error={e}");
+                if json {
+                    print_json(&brokers)?;
+                } else {
+                    for b in brokers {
+                        println!("{b}");
                     }
                 }
             }
-        }
-        Command::Describe {
-            what: Describe::Component { .. },
-        } => unreachable!("handled before connecting"),
-        Command::Write { flow, events, file } => {
-            let text = if !events.is_empty() {
-                events.join("\n")
-            } else if let Some(file) = file {
-                std::fs::read_to_string(&file).with_context(|| file.display().to_string())?
-            } else {
-                let mut text = String::new();
-                for line in std::io::stdin().lock().lines() {
-                    text.push_str(&line?);
-                    text.push('\n');
+            Get::Agents => unreachable!("answered without a connection"),
+        },
+        Command::Describe { what } => match what {
+            Describe::Flow { flow } => {
+                described(client, &format!("DESCRIBE FLOW {flow}"), json).await?
+            }
+            Describe::Namespace { namespace } => {
+                described(client, &format!("DESCRIBE NAMESPACE {namespace}"), json).await?
+            }
+            Describe::Processor { id } => {
+                described(client, &format!("DESCRIBE PROCESSOR {id}"), json).await?
+            }
+            Describe::Agent => {
+                let greeting = client.greeting().text.clone();
+                let (lines, _) = client.data("CAPABILITIES").await?;
+                if json {
+                    print_json(&serde_json::json!({"greeting": greeting, "capabilities": lines}))?;
+                } else {
+                    println!("greeting={greeting}");
+                    for l in lines {
+                        println!("capability={l}");
+                    }
                 }
-                text
+            }
+            Describe::Broker => {
+                let (lines, _) = client.data("CAPABILITIES").await?;
+                for l in lines.iter().filter_map(|l| l.strip_prefix("BROKER ")) {
+                    let (kind, urls) = l.split_once(' ').unwrap_or((l, ""));
+                    println!("type={kind}");
+                    println!("server={urls}");
+                }
+            }
+            Describe::Nameserver { .. } | Describe::Component { .. } => {
+                unreachable!("answered without a connection")
+            }
+        },
+        Command::Write { flow, events, file } => {
+            let lines: Vec<String> = if !events.is_empty() {
+                events
+            } else if let Some(path) = file {
+                let text =
+                    std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+                text.lines().map(str::to_owned).collect()
+            } else {
+                std::io::stdin().lock().lines().collect::<Result<_, _>>()?
             };
-            let events = jsonl::read(text.as_bytes(), jsonl::Wrap::default())
-                .collect::<Result<Vec<_>, _>>()?;
-            let published = agent.write(&flow, &events).await?;
+            let lines: Vec<String> = lines.into_iter().filter(|l| !l.trim().is_empty()).collect();
+            let reply = client.block(&format!("WRITE FLOW {flow}"), &lines).await?;
+            // "OK <stored> events written, <duplicates> duplicates"
+            let numbers: Vec<u64> = reply
+                .text
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            let (stored, duplicates) = (
+                numbers.first().copied().unwrap_or(0),
+                numbers.get(1).copied().unwrap_or(0),
+            );
             if json {
-                print_json(
-                    &serde_json::json!({"stored": published.stored, "duplicates": published.duplicates}),
-                )?;
+                print_json(&serde_json::json!({"stored": stored, "duplicates": duplicates}))?;
             } else {
                 println!(
-                    "wrote {} event(s) to {} ({} duplicate(s) ignored)",
-                    published.stored,
-                    flow.uri(),
-                    published.duplicates
+                    "wrote {} event(s) to {flow} ({stored} stored, {duplicates} duplicate(s))",
+                    lines.len()
                 );
             }
         }
         Command::Read {
             flow,
             from_start,
+            from,
             count,
             follow,
-            idle_ms,
         } => {
+            let mut line = format!("READ FLOW {flow}");
+            if from_start {
+                line.push_str(" FROM START");
+            } else if let Some(n) = from {
+                line.push_str(&format!(" FROM {n}"));
+            }
+            if let Some(n) = count {
+                line.push_str(&format!(" COUNT {n}"));
+            }
+            if follow {
+                line.push_str(" FOLLOW");
+            }
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            agent
-                .read(
-                    &flow,
-                    from_start,
-                    count,
-                    follow,
-                    Duration::from_millis(idle_ms),
-                    |e| {
-                        writeln!(out, "{}", jsonl::to_line(&e))?;
-                        Ok(())
-                    },
-                )
+            let mut broken = false;
+            client
+                .read(&line, |event| {
+                    broken = writeln!(out, "{event}").and_then(|()| out.flush()).is_err();
+                    !broken
+                })
                 .await?;
+        }
+        Command::Subscribe { remote, local } => {
+            let line = match &local {
+                Some(local) => format!("SUBSCRIBE {remote} LOCAL {local}"),
+                None => format!("SUBSCRIBE {remote}"),
+            };
+            let (lines, _) = client.data(&line).await?;
+            let copy = lines.first().cloned().unwrap_or_default();
+            if json {
+                print_json(&serde_json::json!({"remote": remote, "local": local, "copy": copy}))?;
+            } else {
+                match local {
+                    Some(local) => println!("{local} SUBSCRIBED TO {copy}"),
+                    None => println!("SUBSCRIBED TO {copy}"),
+                }
+            }
+        }
+        Command::Unsubscribe { copy } => {
+            simple(client, &format!("UNSUBSCRIBE {copy}"), json).await?
+        }
+        Command::Grant {
+            user,
+            right,
+            namespace,
+        } => {
+            simple(
+                client,
+                &format!("GRANT {user} {right} ON {namespace}"),
+                json,
+            )
+            .await?
+        }
+        Command::Revoke { user, namespace } => {
+            simple(client, &format!("REVOKE {user} ON {namespace}"), json).await?
         }
         Command::Replicate {
             src,
             dst,
             processor,
-        } => create(&agent, Kind::Bridge, vec![src], vec![dst], processor, json).await?,
+        } => create(client, Kind::Bridge, vec![src], vec![dst], processor, json).await?,
         Command::Collect {
             mut flows,
             processor,
         } => {
             let dst = flows.pop().into_iter().collect();
-            create(&agent, Kind::Collector, flows, dst, processor, json).await?
+            create(client, Kind::Collector, flows, dst, processor, json).await?
         }
         Command::Distribute {
             mut flows,
             processor,
         } => {
             let src = vec![flows.remove(0)];
-            create(&agent, Kind::Distributor, src, flows, processor, json).await?
+            create(client, Kind::Distributor, src, flows, processor, json).await?
         }
         Command::Signal {
             from,
             to,
             processor,
-        } => create(&agent, Kind::Signal, from, to, processor, json).await?,
+        } => create(client, Kind::Signal, from, to, processor, json).await?,
         Command::Pause {
-            what: ProcessorRef::Processor { id },
+            what: Pausable::Processor { id },
         } => {
-            agent.set_paused(&id, true).await?;
+            client.command(&format!("PAUSE PROCESSOR {id}")).await?;
             println!("paused processor {id}");
         }
         Command::Resume {
-            what: ProcessorRef::Processor { id },
+            what: Pausable::Processor { id },
         } => {
-            agent.set_paused(&id, false).await?;
+            client.command(&format!("RESUME PROCESSOR {id}")).await?;
             println!("resumed processor {id}");
         }
+        Command::Pause {
+            what: Pausable::Subscription { local },
+        } => simple(client, &format!("PAUSE SUBSCRIPTION {local}"), json).await?,
+        Command::Resume {
+            what: Pausable::Subscription { local },
+        } => simple(client, &format!("RESUME SUBSCRIPTION {local}"), json).await?,
+        Command::Stop {
+            what: Stoppable::Subscription { local },
+        } => simple(client, &format!("STOP SUBSCRIPTION {local}"), json).await?,
         Command::Update {
             what:
                 UpdateTarget::Processor {
                     id,
                     component,
-                    config,
+                    settings,
                 },
         } => {
-            let bytes = component
-                .map(|f| std::fs::read(&f).with_context(|| f.display().to_string()))
-                .transpose()?;
-            let config = (!config.is_empty())
-                .then(|| parse_config(&config))
-                .transpose()?;
-            if bytes.is_none() && config.is_none() {
+            let mut body = Vec::new();
+            if let Some(path) = component {
+                let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
+                body.push(format!("component={}", client.put_component(&bytes).await?));
+            }
+            for (k, v) in parse_config(&settings)? {
+                body.push(format!("config.{k}={v}"));
+            }
+            if body.is_empty() {
                 bail!("nothing to update: give --component and/or --config");
             }
-            let spec = agent.update_processor(&id, config, bytes).await?;
-            println!("updated processor {id} (generation {})", spec.generation);
+            let reply = client
+                .block(&format!("UPDATE PROCESSOR {id}"), &body)
+                .await?;
+            let generation = reply.text.rsplit(' ').next().unwrap_or_default();
+            println!("updated processor {id} (generation {generation})");
         }
     }
     Ok(())
 }
 
-fn join(flows: &[FlowName]) -> String {
-    flows
-        .iter()
-        .map(|f| f.as_str())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 async fn create(
-    agent: &Agent,
+    client: &mut Client,
     kind: Kind,
     inputs: Vec<FlowName>,
     outputs: Vec<FlowName>,
@@ -517,28 +846,34 @@ async fn create(
     let id = args
         .id
         .unwrap_or_else(|| format!("{kind}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-    let spec = agent
-        .create_processor(NewProcessor {
-            id,
-            kind,
-            component,
-            config: parse_config(&args.config)?,
-            inputs,
-            outputs,
-            dead_letter: args.dead_letter,
-            limits: RunLimits {
-                memory_mib: args.memory_mib,
-                deadline_ms: args.deadline_ms,
-                batch: args.batch,
-                max_attempts: args.max_attempts,
-                tick_ms: args.tick_ms,
-            },
-        })
+    let digest = client.put_component(&component).await?;
+    let mut body = vec![format!("kind={kind}"), format!("component={digest}")];
+    body.extend(inputs.iter().map(|f| format!("input={f}")));
+    body.extend(outputs.iter().map(|f| format!("output={f}")));
+    if let Some(dl) = &args.dead_letter {
+        body.push(format!("dead-letter={dl}"));
+    }
+    for (k, v) in parse_config(&args.settings)? {
+        body.push(format!("config.{k}={v}"));
+    }
+    for (name, value) in [
+        ("batch", args.batch),
+        ("memory-mib", args.memory_mib),
+        ("deadline-ms", args.deadline_ms),
+        ("max-attempts", args.max_attempts),
+        ("tick-ms", args.tick_ms),
+    ] {
+        if let Some(v) = value {
+            body.push(format!("limit.{name}={v}"));
+        }
+    }
+    client
+        .block(&format!("CREATE PROCESSOR {id}"), &body)
         .await?;
     if json {
-        print_json(&spec)?;
+        print_json(&serde_json::json!({"id": id, "kind": kind, "component": digest}))?;
     } else {
-        println!("created {} processor {}", spec.kind, spec.id);
+        println!("created {kind} processor {id}");
     }
     Ok(())
 }

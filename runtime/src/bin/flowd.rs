@@ -23,6 +23,29 @@ enum Command {
     /// Run one processor component over JSON-lines events (files or stdin)
     /// and print what it emits as JSON lines.
     Run(RunArgs),
+    /// Manage the accounts FNAP clients log in with.
+    Account {
+        /// State directory of the host.
+        #[arg(long, global = true, env = "FLOWD_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: AccountAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountAction {
+    /// Add an account; the password is read from the first line of stdin.
+    Add {
+        name: String,
+        /// A host administrator (all namespaces, flows and processors).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Remove an account.
+    Remove { name: String },
+    /// List the accounts.
+    List,
 }
 
 #[derive(clap::Args)]
@@ -39,6 +62,23 @@ struct ServeArgs {
     /// Address of the /metrics endpoint (overrides the file); `off` disables it.
     #[arg(long)]
     metrics: Option<String>,
+    /// FNAP plain-text address (overrides the file); `off` disables it.
+    #[arg(long)]
+    fnap: Option<String>,
+    /// FNAP implicit-TLS address (overrides the file); `off` disables it.
+    #[arg(long)]
+    fnap_tls: Option<String>,
+}
+
+/// `off`, or a socket address.
+fn address(flag: &str, value: &str) -> Result<Option<std::net::SocketAddr>> {
+    if value == "off" {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .with_context(|| format!("--{flag} {value}: expected host:port or `off`"))
 }
 
 #[derive(clap::Args)]
@@ -84,7 +124,42 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
         Command::Run(args) => run(args),
+        Command::Account { state_dir, action } => account(
+            state_dir.unwrap_or_else(flowd::config::default_state_dir),
+            action,
+        ),
     }
+}
+
+fn account(state_dir: PathBuf, action: AccountAction) -> Result<()> {
+    use flowd::accounts::Accounts;
+    let mut accounts = Accounts::load(&state_dir)?;
+    match action {
+        AccountAction::Add { name, admin } => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("reading the password from stdin")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            accounts.add(&name, password, admin)?;
+            accounts.save(&state_dir)?;
+            eprintln!(
+                "account {name} added{}",
+                if admin { " (admin)" } else { "" }
+            );
+        }
+        AccountAction::Remove { name } => {
+            accounts.remove(&name)?;
+            accounts.save(&state_dir)?;
+            eprintln!("account {name} removed");
+        }
+        AccountAction::List => {
+            for (name, account) in &accounts.accounts {
+                println!("{name}{}", if account.admin { " admin" } else { "" });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
@@ -98,12 +173,14 @@ fn serve(args: ServeArgs) -> Result<()> {
     if !args.nats.is_empty() {
         config.nats.urls = args.nats;
     }
-    match args.metrics.as_deref() {
-        Some("off") => config.metrics.listen = None,
-        Some(addr) => {
-            config.metrics.listen = Some(addr.parse().with_context(|| format!("--metrics {addr}"))?)
-        }
-        None => {}
+    if let Some(value) = &args.metrics {
+        config.metrics.listen = address("metrics", value)?;
+    }
+    if let Some(value) = &args.fnap {
+        config.fnap.listen = address("fnap", value)?;
+    }
+    if let Some(value) = &args.fnap_tls {
+        config.fnap.tls_listen = address("fnap-tls", value)?;
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -8,7 +8,7 @@ pub mod codec;
 pub mod embedded;
 mod naming;
 
-pub use naming::{FlowName, MAX_FLOW_NAME, NameError};
+pub use naming::{FlowName, MAX_FLOW_NAME, NameError, NamespaceName};
 
 use async_nats::jetstream::{self, consumer, kv, object_store, stream};
 use async_nats::{HeaderMap, header::NATS_MESSAGE_ID};
@@ -48,7 +48,13 @@ pub struct FlowSettings {
     pub duplicate_window_secs: u64,
     /// Stream replicas (1 on a single server, 3 on a cluster).
     pub replicas: usize,
+    /// Readable by anyone, also anonymously (kept in the stream's
+    /// metadata as `flowd.public`).
+    pub public: bool,
 }
+
+/// Stream metadata key of [`FlowSettings::public`].
+const PUBLIC_KEY: &str = "flowd.public";
 
 impl Default for FlowSettings {
     fn default() -> Self {
@@ -57,6 +63,7 @@ impl Default for FlowSettings {
             max_bytes: -1,
             duplicate_window_secs: 120,
             replicas: 1,
+            public: false,
         }
     }
 }
@@ -80,6 +87,11 @@ impl FlowSettings {
             retention: stream::RetentionPolicy::Limits,
             discard: stream::DiscardPolicy::Old,
             description: Some(flow.uri()),
+            metadata: if self.public {
+                [(PUBLIC_KEY.to_owned(), "true".to_owned())].into()
+            } else {
+                Default::default()
+            },
             ..Default::default()
         })
     }
@@ -189,6 +201,18 @@ impl Broker {
         Ok(())
     }
 
+    /// Changes a flow's retention and access settings in place.
+    pub async fn update_flow(
+        &self,
+        flow: &FlowName,
+        settings: &FlowSettings,
+    ) -> Result<FlowInfo, BrokerError> {
+        let config = settings.stream_config(flow)?;
+        self.stream(flow).await?;
+        self.js.update_stream(config).await.map_err(request)?;
+        self.flow_info(flow).await
+    }
+
     pub async fn delete_flow(&self, flow: &FlowName) -> Result<(), BrokerError> {
         self.stream(flow).await?;
         self.js
@@ -222,6 +246,7 @@ impl Broker {
                 max_bytes: info.config.max_bytes,
                 duplicate_window_secs: info.config.duplicate_window.as_secs(),
                 replicas: info.config.num_replicas,
+                public: info.config.metadata.get(PUBLIC_KEY).map(String::as_str) == Some("true"),
             },
         })
     }

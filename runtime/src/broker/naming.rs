@@ -24,15 +24,13 @@ pub struct FlowName(String);
 /// Why a flow name is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
-    #[error("empty flow name")]
+    #[error("empty name")]
     Empty,
-    #[error("flow name `{0}` is longer than {MAX_FLOW_NAME} bytes")]
+    #[error("name `{0}` is longer than {MAX_FLOW_NAME} bytes")]
     TooLong(String),
-    #[error(
-        "flow name `{0}` needs at least two labels (flow and namespace), like `orders.example.com`"
-    )]
+    #[error("`{0}` needs at least two labels (flow and namespace), like `orders.example.com`")]
     TooFewLabels(String),
-    #[error("flow name `{name}`: label `{label}` {reason}")]
+    #[error("name `{name}`: label `{label}` {reason}")]
     BadLabel {
         name: String,
         label: String,
@@ -45,43 +43,15 @@ impl FlowName {
     /// `flow://created.invoice.finance.example.com` (case-insensitive, a
     /// trailing dot is ignored).
     pub fn parse(text: &str) -> Result<FlowName, NameError> {
-        let trimmed = text.trim();
-        let bare = trimmed.strip_prefix("flow://").unwrap_or(trimmed);
-        let name = bare.trim_end_matches('.').to_ascii_lowercase();
-        if name.is_empty() {
-            return Err(NameError::Empty);
-        }
-        if name.len() > MAX_FLOW_NAME {
-            return Err(NameError::TooLong(name));
-        }
-        let labels: Vec<&str> = name.split('.').collect();
-        if labels.len() < 2 {
-            return Err(NameError::TooFewLabels(name));
-        }
-        for label in &labels {
-            let reason = if label.is_empty() {
-                Some("is empty")
-            } else if label.len() > 63 {
-                Some("is longer than 63 characters")
-            } else if !label
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            {
-                Some("may hold only letters, digits and `-`")
-            } else if label.starts_with('-') || label.ends_with('-') {
-                Some("may not start or end with `-`")
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                return Err(NameError::BadLabel {
-                    name: name.clone(),
-                    label: (*label).to_owned(),
-                    reason,
-                });
-            }
-        }
-        Ok(FlowName(name))
+        dns_name(text, 2).map(FlowName)
+    }
+
+    /// The namespaces this flow could belong to, nearest first: for
+    /// `a.b.example.com`, `b.example.com`, then `example.com`, then `com`.
+    pub fn parents(&self) -> impl Iterator<Item = NamespaceName> + '_ {
+        self.0
+            .match_indices('.')
+            .map(|(i, _)| NamespaceName(self.0[i + 1..].to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -107,6 +77,109 @@ impl FlowName {
     pub fn from_stream(stream: &str) -> Option<FlowName> {
         let rest = stream.strip_prefix("FLOW_")?;
         FlowName::parse(&rest.replace('_', ".")).ok()
+    }
+}
+
+/// Validates a DNS name of at least `min_labels` labels; returns it in lower
+/// case without a `flow://` prefix or trailing dot.
+fn dns_name(text: &str, min_labels: usize) -> Result<String, NameError> {
+    let trimmed = text.trim();
+    let bare = trimmed.strip_prefix("flow://").unwrap_or(trimmed);
+    let name = bare.trim_end_matches('.').to_ascii_lowercase();
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_FLOW_NAME {
+        return Err(NameError::TooLong(name));
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    if labels.len() < min_labels {
+        return Err(NameError::TooFewLabels(name));
+    }
+    for label in &labels {
+        let reason = if label.is_empty() {
+            Some("is empty")
+        } else if label.len() > 63 {
+            Some("is longer than 63 characters")
+        } else if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            Some("may hold only letters, digits and `-`")
+        } else if label.starts_with('-') || label.ends_with('-') {
+            Some("may not start or end with `-`")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(NameError::BadLabel {
+                name: name.clone(),
+                label: (*label).to_owned(),
+                reason,
+            });
+        }
+    }
+    Ok(name)
+}
+
+/// A flow namespace (`finance.example.com`): a DNS name under which flows
+/// are named. Namespaces nest like DNS zones.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct NamespaceName(String);
+
+impl NamespaceName {
+    pub fn parse(text: &str) -> Result<NamespaceName, NameError> {
+        dns_name(text, 1).map(NamespaceName)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `name` (a flow or namespace FQDN) lies strictly below this
+    /// namespace.
+    pub fn is_above(&self, name: &str) -> bool {
+        name.len() > self.0.len() + 1
+            && name.ends_with(self.0.as_str())
+            && name.as_bytes()[name.len() - self.0.len() - 1] == b'.'
+    }
+
+    /// The enclosing namespaces, nearest first.
+    pub fn parents(&self) -> impl Iterator<Item = NamespaceName> + '_ {
+        self.0
+            .match_indices('.')
+            .map(|(i, _)| NamespaceName(self.0[i + 1..].to_owned()))
+    }
+}
+
+impl fmt::Display for NamespaceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+impl std::str::FromStr for NamespaceName {
+    type Err = NameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NamespaceName::parse(s)
+    }
+}
+
+impl TryFrom<String> for NamespaceName {
+    type Error = NameError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        NamespaceName::parse(&s)
+    }
+}
+
+impl From<NamespaceName> for String {
+    fn from(n: NamespaceName) -> String {
+        n.0
     }
 }
 
@@ -150,6 +223,20 @@ mod tests {
         assert_eq!(f.subject(), "flow.created.invoice.finance.example.com");
         assert_eq!(FlowName::from_stream(&f.stream()), Some(f));
         assert_eq!(FlowName::from_stream("KV_flowd"), None);
+    }
+
+    #[test]
+    fn namespaces_nest() {
+        let ns = NamespaceName::parse("Example.COM").expect("valid");
+        assert_eq!(ns.as_str(), "example.com");
+        assert!(ns.is_above("a.example.com"));
+        assert!(!ns.is_above("example.com"));
+        assert!(!ns.is_above("aexample.com"));
+        let f = FlowName::parse("a.b.example.com").expect("valid");
+        let parents: Vec<String> = f.parents().map(String::from).collect();
+        assert_eq!(parents, ["b.example.com", "example.com", "com"]);
+        assert!(NamespaceName::parse("localhost").is_ok());
+        assert!(NamespaceName::parse("bad_ns").is_err());
     }
 
     #[test]

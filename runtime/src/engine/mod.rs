@@ -105,6 +105,7 @@ pub struct Engine {
 type Runners = HashMap<String, (ProcessorSpec, Option<RunnerHandle>)>;
 
 /// The broker buckets the engine (and the CLI) use.
+#[derive(Clone)]
 pub struct Buckets {
     pub processors: kv::Store,
     pub status: kv::Store,

@@ -120,22 +120,27 @@ impl Runner {
     async fn start(ctx: &Context, spec: &ProcessorSpec, status: &mut Status) -> Result<Runner> {
         status.phase = Phase::Starting;
         ctx.write_status(&spec.id, status).await;
-        let bytes = ctx.component_bytes(&spec.component).await?;
-        let host = ctx.host.clone();
-        let state = ctx.load_state(&spec.id).await?;
-        let setup = ProcessorSetup {
-            name: spec.id.clone(),
-            config: spec.config.clone(),
-            inputs: spec.inputs.iter().map(|f| f.to_string()).collect(),
-            outputs: spec.outputs.iter().map(|f| f.to_string()).collect(),
+        let processor = if spec.is_relay() {
+            None
+        } else {
+            let bytes = ctx.component_bytes(&spec.component).await?;
+            let host = ctx.host.clone();
+            let state = ctx.load_state(&spec.id).await?;
+            let setup = ProcessorSetup {
+                name: spec.id.clone(),
+                config: spec.config.clone(),
+                inputs: spec.inputs.iter().map(|f| f.to_string()).collect(),
+                outputs: spec.outputs.iter().map(|f| f.to_string()).collect(),
+            };
+            let limits = spec.limits.wasm();
+            let processor = tokio::task::spawn_blocking(move || -> Result<Processor> {
+                let component = host.load(&bytes)?;
+                let state = KeyedState::restore(state, limits.state);
+                Ok(host.create_with_state(component, setup, limits, state)?)
+            })
+            .await??;
+            Some(processor)
         };
-        let limits = spec.limits.wasm();
-        let processor = tokio::task::spawn_blocking(move || -> Result<Processor> {
-            let component = host.load(&bytes)?;
-            let state = KeyedState::restore(state, limits.state);
-            Ok(host.create_with_state(component, setup, limits, state)?)
-        })
-        .await??;
         ctx.broker
             .ensure_flow(&spec.dead_letter, &Default::default())
             .await?;
@@ -157,7 +162,7 @@ impl Runner {
         Ok(Runner {
             ctx: ctx.clone(),
             spec: spec.clone(),
-            processor: Some(processor),
+            processor,
             consumers,
             subjects: spec.outputs.iter().map(FlowName::subject).collect(),
             label: Metrics::label(&spec.id),
@@ -253,6 +258,20 @@ impl Runner {
         port: Option<u32>,
         packer: Packer,
     ) -> Result<(Packer, Result<Outcome, CallError>)> {
+        if self.spec.is_relay() {
+            // The relay forwards every input unchanged, natively.
+            let n = packer.events.len() / flow_abi::EVENT_WORDS;
+            let outcome = Outcome {
+                created: crate::wit::types::Batch {
+                    bytes: Vec::new(),
+                    events: Vec::new(),
+                    extensions: Vec::new(),
+                },
+                emits: (0..n as u32).map(|i| Emit::Forward(i).to_word()).collect(),
+                ports: None,
+            };
+            return Ok((packer, Ok(outcome)));
+        }
         let mut processor = self
             .processor
             .take()

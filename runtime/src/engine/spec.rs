@@ -14,6 +14,12 @@ pub const PROCESSORS: &str = "flowd-processors";
 pub const STATUS: &str = "flowd-status";
 /// Bucket of processors' keyed state, keyed `<id>.<hex of the state key>`.
 pub const STATE: &str = "flowd-state";
+/// Bucket of namespaces (owner, grants), keyed by namespace name.
+pub const NAMESPACES: &str = "flowd-namespaces";
+/// Bucket of subscriptions, on both sides: `subscriber.<token>` (a copy
+/// of a flow of ours for a subscriber) and `subscription.<token>` (a local
+/// flow fed from a copy).
+pub const SUBSCRIPTIONS: &str = "flowd-subscriptions";
 /// Object store of components, named by digest.
 pub const COMPONENTS: &str = "flowd-components";
 
@@ -89,9 +95,22 @@ pub struct ProcessorSpec {
     pub generation: u64,
     #[serde(default)]
     pub limits: RunLimits,
+    /// The account that created it (`None`: the host itself, e.g. for
+    /// subscription bridges).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
+/// The component name of the host's built-in relay: a bridge that copies
+/// every event unchanged, run natively (subscriptions use it).
+pub const RELAY: &str = "builtin:relay";
+
 impl ProcessorSpec {
+    /// Whether the processor is the built-in relay rather than a component.
+    pub fn is_relay(&self) -> bool {
+        self.component == RELAY
+    }
+
     /// The durable consumer of input `port`.
     pub fn consumer(&self, port: usize) -> String {
         format!("proc-{}-in{port}", self.id)

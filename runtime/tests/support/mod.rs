@@ -134,6 +134,10 @@ impl Flowd {
                 nats_url,
                 "--metrics",
                 "off",
+                "--fnap",
+                "127.0.0.1:0",
+                "--fnap-tls",
+                "off",
                 "--state-dir",
             ])
             .arg(state_dir)

@@ -1,10 +1,21 @@
-//! What the `flow` user agent does. For now it talks to the host's broker
-//! directly (the host and its CLI share the JetStream buckets where flows and
-//! processors are declared); FNAP will carry the same operations.
+//! The Flow Namespace Accessing Agent's operations: what FNAP commands do to
+//! namespaces, flows, subscriptions and processors, over the broker.
+//!
+//! The methods of [`Agent`] in this file act as the host itself (no access
+//! checks); the FNAP server calls the `*_as` methods of [`namespaces`],
+//! [`flows`], [`subscriptions`] and [`processors`], which check what the
+//! session's [`Principal`] may do first.
+
+pub mod access;
+pub mod flows;
+pub mod namespaces;
+pub mod processors;
+pub mod subscriptions;
+
+pub use access::{NamespaceRecord, Principal};
 
 use crate::broker::codec::{self, Origin};
-use crate::broker::{Broker, FlowInfo, FlowName, FlowSettings, Outgoing, Published};
-use crate::config::HostFile;
+use crate::broker::{Broker, BrokerError, FlowInfo, FlowName, FlowSettings, Outgoing, Published};
 use crate::engine::Buckets;
 use crate::engine::spec::{self, ProcessorSpec, RunLimits, Status};
 use crate::event::Event;
@@ -12,32 +23,110 @@ use crate::wasm::{Host, HostConfig, Kind};
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use std::path::Path;
 use std::time::Duration;
 
-/// A connection of the user agent to a host's broker.
+/// Why an agent operation failed; each variant has its FNAP reply code.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("no such {what}: {name}")]
+    NotFound { what: &'static str, name: String },
+    #[error("{what} already exists: {name}")]
+    Exists { what: &'static str, name: String },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<BrokerError> for AgentError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::NoSuchFlow(flow) => AgentError::NotFound {
+                what: "flow",
+                name: flow.to_string(),
+            },
+            BrokerError::FlowExists(flow) => AgentError::Exists {
+                what: "flow",
+                name: flow.to_string(),
+            },
+            BrokerError::Settings(s) => AgentError::Invalid(s),
+            e @ (BrokerError::Connect { .. } | BrokerError::Request(_)) => {
+                AgentError::Unavailable(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<anyhow::Error> for AgentError {
+    fn from(e: anyhow::Error) -> Self {
+        match e.downcast::<BrokerError>() {
+            Ok(broker) => broker.into(),
+            Err(e) => match e.downcast::<AgentError>() {
+                Ok(agent) => agent,
+                Err(e) => AgentError::Invalid(format!("{e:#}")),
+            },
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> AgentError {
+    AgentError::Unavailable(e.to_string())
+}
+
+/// The host's records in the broker, and the operations on them.
+#[derive(Clone)]
 pub struct Agent {
     broker: Broker,
     buckets: Buckets,
+    namespaces: async_nats::jetstream::kv::Store,
+    subscriptions: async_nats::jetstream::kv::Store,
 }
 
-/// The NATS URLs to use: given ones, `$FLOWD_NATS_URL`, or those the local
-/// host wrote in `<state_dir>/host.json`.
-pub fn discover_urls(given: &[String], state_dir: &Path) -> Result<Vec<String>> {
-    if !given.is_empty() {
-        return Ok(given.to_vec());
-    }
-    if let Ok(url) = std::env::var("FLOWD_NATS_URL") {
-        return Ok(url.split(',').map(str::to_owned).collect());
-    }
-    HostFile::read(state_dir)
-        .map(|h| h.nats_urls)
-        .ok_or_else(|| {
-            anyhow!(
-                "no host found: {} does not exist (is `flowd serve` running? or pass --nats)",
-                HostFile::path(state_dir).display()
+/// Reads a flow batch by batch (FNAP `READ FLOW`).
+pub struct FlowReader {
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    stream: String,
+    flow: FlowName,
+}
+
+impl FlowReader {
+    /// Up to `max` next events with their stream sequences, waiting at most
+    /// `wait` when none is there yet.
+    pub async fn next(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<(u64, Event)>, AgentError> {
+        let flow = &self.flow;
+        let mut batch = self
+            .consumer
+            .batch()
+            .max_messages(max.max(1))
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|e| AgentError::Unavailable(format!("reading {flow}: {e}")))?;
+        let mut events = Vec::new();
+        while let Some(message) = batch.next().await {
+            let message =
+                message.map_err(|e| AgentError::Unavailable(format!("reading {flow}: {e}")))?;
+            let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+            let event = codec::event_from_message(
+                message.headers.as_ref(),
+                &message.payload,
+                Origin {
+                    stream: &self.stream,
+                    sequence,
+                    subject: &message.subject,
+                },
             )
-        })
+            .map_err(|e| AgentError::Invalid(format!("event {sequence} of {flow}: {e}")))?;
+            events.push((sequence, event));
+        }
+        Ok(events)
+    }
 }
 
 /// What a new processor is made of.
@@ -52,13 +141,25 @@ pub struct NewProcessor {
     pub outputs: Vec<FlowName>,
     pub dead_letter: Option<FlowName>,
     pub limits: RunLimits,
+    pub owner: Option<String>,
 }
 
 impl Agent {
     pub async fn connect(urls: &[String]) -> Result<Agent> {
         let broker = Broker::connect(urls, "flow").await?;
+        Agent::new(broker).await
+    }
+
+    pub async fn new(broker: Broker) -> Result<Agent> {
         let buckets = Buckets::open(&broker).await?;
-        Ok(Agent { broker, buckets })
+        let namespaces = broker.kv(spec::NAMESPACES).await?;
+        let subscriptions = broker.kv(spec::SUBSCRIPTIONS).await?;
+        Ok(Agent {
+            broker,
+            buckets,
+            namespaces,
+            subscriptions,
+        })
     }
 
     pub fn broker(&self) -> &Broker {
@@ -90,20 +191,25 @@ impl Agent {
     /// window stores it once.
     pub async fn write(&self, flow: &FlowName, events: &[Event]) -> Result<Published> {
         self.broker.flow_info(flow).await?;
-        let messages = events.iter().map(|event| {
-            let (headers, payload) = codec::message_for_event(event);
-            Outgoing {
-                subject: flow.subject(),
-                message_id: codec::message_id(
-                    "write",
-                    0,
-                    cloudevents::AttributesReader::source(event).as_bytes(),
-                    cloudevents::AttributesReader::id(event).as_bytes(),
-                ),
-                headers,
-                payload,
-            }
-        });
+        // Collected first: a borrowing iterator held across the publish
+        // would make this future not `Send`.
+        let messages: Vec<Outgoing> = events
+            .iter()
+            .map(|event| {
+                let (headers, payload) = codec::message_for_event(event);
+                Outgoing {
+                    subject: flow.subject(),
+                    message_id: codec::message_id(
+                        "write",
+                        0,
+                        cloudevents::AttributesReader::source(event).as_bytes(),
+                        cloudevents::AttributesReader::id(event).as_bytes(),
+                    ),
+                    headers,
+                    payload,
+                }
+            })
+            .collect();
         Ok(self.broker.publish(messages).await?)
     }
 
@@ -157,6 +263,20 @@ impl Agent {
         }
     }
 
+    /// A reader of a flow from `start` (a stream sequence; `None`: only
+    /// events written from now on).
+    pub async fn reader(
+        &self,
+        flow: &FlowName,
+        start: Option<u64>,
+    ) -> Result<FlowReader, AgentError> {
+        Ok(FlowReader {
+            consumer: self.broker.reader(flow, start).await?,
+            stream: flow.stream(),
+            flow: flow.clone(),
+        })
+    }
+
     /// Stores a component in the broker's object store; returns its digest.
     pub async fn upload_component(&self, bytes: &[u8]) -> Result<String> {
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
@@ -176,6 +296,9 @@ impl Agent {
     /// its configuration.
     pub async fn create_processor(&self, new: NewProcessor) -> Result<ProcessorSpec> {
         spec::check_id(&new.id).map_err(|e| anyhow!(e))?;
+        if new.inputs.is_empty() || new.outputs.is_empty() {
+            bail!("a processor needs at least one input and one output flow");
+        }
         if self
             .buckets
             .processors
@@ -187,14 +310,20 @@ impl Agent {
         {
             bail!("processor `{}` already exists", new.id);
         }
-        check_component(&new)?;
+        if new.component != spec::RELAY.as_bytes() {
+            check_component(&new)?;
+        }
         for flow in new.inputs.iter().chain(&new.outputs) {
             self.broker
                 .flow_info(flow)
                 .await
                 .with_context(|| format!("flow {flow}"))?;
         }
-        let digest = self.upload_component(&new.component).await?;
+        let digest = if new.component == spec::RELAY.as_bytes() {
+            spec::RELAY.to_owned()
+        } else {
+            self.upload_component(&new.component).await?
+        };
         let dead_letter = match new.dead_letter {
             Some(flow) => flow,
             None => FlowName::parse(&format!("{}.deadletter.{}", new.id, new.outputs[0]))
@@ -211,6 +340,7 @@ impl Agent {
             paused: false,
             generation: 1,
             limits: new.limits,
+            owner: new.owner,
         };
         self.put(&spec).await?;
         Ok(spec)
@@ -299,6 +429,7 @@ impl Agent {
             outputs: spec.outputs.clone(),
             dead_letter: Some(spec.dead_letter.clone()),
             limits: spec.limits.clone(),
+            owner: spec.owner.clone(),
         };
         check_component(&check)?;
         if let Some(bytes) = component {

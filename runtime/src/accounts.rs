@@ -1,0 +1,212 @@
+//! The host's user accounts: names with argon2 password hashes, kept in
+//! `<state_dir>/accounts.json` (written atomically, mode 0600) and managed
+//! with `flowd account add|remove|list`. The FNAP server reads the file at
+//! each authentication, so changes apply without a restart.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Why an account operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid accounts file: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("account `{0}` already exists")]
+    Exists(String),
+    #[error("no such account: {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// PHC string of the argon2id hash.
+    pub hash: String,
+    /// Host administrators may create top-level namespaces and act on
+    /// every namespace, flow and processor.
+    #[serde(default)]
+    pub admin: bool,
+    #[serde(default)]
+    pub created: String,
+}
+
+/// The accounts file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accounts {
+    pub accounts: BTreeMap<String, Account>,
+}
+
+/// Who a successful authentication says the client is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub admin: bool,
+}
+
+impl Accounts {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("accounts.json")
+    }
+
+    /// Reads the file; a missing file means no accounts.
+    pub fn load(state_dir: &Path) -> Result<Accounts, AccountError> {
+        let path = Self::path(state_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| AccountError::Parse { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Accounts::default()),
+            Err(source) => Err(AccountError::Read { path, source }),
+        }
+    }
+
+    /// Writes the file atomically (temporary file + rename), readable by
+    /// the owner only.
+    pub fn save(&self, state_dir: &Path) -> Result<(), AccountError> {
+        let path = Self::path(state_dir);
+        let write = |source| AccountError::Write {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(state_dir).map_err(write)?;
+        let tmp = path.with_extension("json.tmp");
+        let json = serde_json::to_vec_pretty(self).map_err(|e| write(std::io::Error::other(e)))?;
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(write)?;
+            file.write_all(&json).map_err(write)?;
+            file.sync_all().map_err(write)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(write)
+    }
+
+    pub fn add(&mut self, user: &str, password: &str, admin: bool) -> Result<(), AccountError> {
+        crate::fnap::command::check_user(user).map_err(|e| AccountError::Invalid(e.to_string()))?;
+        if user == crate::user_agent::LOCAL_ADMIN {
+            return Err(AccountError::Invalid(format!(
+                "`{user}` is reserved for the host's local administrator"
+            )));
+        }
+        if password.is_empty() {
+            return Err(AccountError::Invalid("empty password".into()));
+        }
+        if self.accounts.contains_key(user) {
+            return Err(AccountError::Exists(user.to_owned()));
+        }
+        let salt = SaltString::encode_b64(uuid::Uuid::new_v4().as_bytes())
+            .map_err(|e| AccountError::Invalid(e.to_string()))?;
+        let hash = argon2::Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map_err(|e| AccountError::Invalid(e.to_string()))?
+            .to_string();
+        self.accounts.insert(
+            user.to_owned(),
+            Account {
+                hash,
+                admin,
+                created: chrono::Utc::now().to_rfc3339(),
+            },
+        );
+        Ok(())
+    }
+
+    pub fn remove(&mut self, user: &str) -> Result<(), AccountError> {
+        self.accounts
+            .remove(user)
+            .map(|_| ())
+            .ok_or_else(|| AccountError::NotFound(user.to_owned()))
+    }
+
+    /// Checks a password. Unknown users cost the same hashing work as known
+    /// ones, so timing does not tell which names exist.
+    pub fn verify(&self, user: &str, password: &str) -> Option<Identity> {
+        static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let dummy = DUMMY.get_or_init(|| {
+            SaltString::encode_b64(b"flowd-dummy-salt")
+                .ok()
+                .and_then(|salt| {
+                    argon2::Argon2::default()
+                        .hash_password(b"-", &salt)
+                        .ok()
+                        .map(|h| h.to_string())
+                })
+                .unwrap_or_default()
+        });
+        let account = self.accounts.get(user);
+        let hash = account.map_or(dummy.as_str(), |a| a.hash.as_str());
+        let parsed = PasswordHash::new(hash).ok()?;
+        let ok = argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok();
+        match account {
+            Some(a) if ok => Some(Identity {
+                user: user.to_owned(),
+                admin: a.admin,
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_verify_remove_persist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut accounts = Accounts::load(dir.path()).expect("missing file is empty");
+        assert!(accounts.accounts.is_empty());
+        accounts.add("alice", "s3cret", true).expect("added");
+        assert!(matches!(
+            accounts.add("alice", "x", false),
+            Err(AccountError::Exists(_))
+        ));
+        assert!(matches!(
+            accounts.add("bad name", "x", false),
+            Err(AccountError::Invalid(_))
+        ));
+        accounts.save(dir.path()).expect("saved");
+        let text = std::fs::read_to_string(Accounts::path(dir.path())).expect("read");
+        assert!(!text.contains("s3cret"), "only the hash is stored");
+        let loaded = Accounts::load(dir.path()).expect("load");
+        assert_eq!(
+            loaded.verify("alice", "s3cret"),
+            Some(Identity {
+                user: "alice".into(),
+                admin: true
+            })
+        );
+        assert_eq!(loaded.verify("alice", "wrong"), None);
+        assert_eq!(loaded.verify("bob", "s3cret"), None);
+        let mut loaded = loaded;
+        loaded.remove("alice").expect("removed");
+        assert!(matches!(
+            loaded.remove("alice"),
+            Err(AccountError::NotFound(_))
+        ));
+    }
+}

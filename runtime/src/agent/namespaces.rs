@@ -1,0 +1,293 @@
+//! Namespaces: create, describe, delete, list, grant and revoke (figure 5's
+//! "CRUD Namespace" and "List Namespace").
+
+use super::access::{self, NamespaceRecord, Principal};
+use super::{Agent, AgentError, unavailable};
+use crate::broker::{FlowName, NamespaceName};
+use crate::fnap::command::Right;
+use futures::StreamExt;
+
+impl Agent {
+    /// The stored record of a namespace, if any.
+    pub async fn namespace(
+        &self,
+        ns: &NamespaceName,
+    ) -> Result<Option<NamespaceRecord>, AgentError> {
+        let Some(value) = self
+            .namespaces
+            .get(ns.as_str())
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&value)
+            .map(Some)
+            .map_err(|e| AgentError::Invalid(format!("namespace record {ns}: {e}")))
+    }
+
+    async fn put_namespace(&self, record: &NamespaceRecord) -> Result<(), AgentError> {
+        let json = serde_json::to_vec(record).map_err(|e| AgentError::Invalid(e.to_string()))?;
+        self.namespaces
+            .put(record.name.as_str(), json.into())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// The records of `names` that exist, in the same order.
+    pub(crate) async fn chain(
+        &self,
+        names: Vec<NamespaceName>,
+    ) -> Result<Vec<NamespaceRecord>, AgentError> {
+        let mut chain = Vec::new();
+        for name in names {
+            if let Some(record) = self.namespace(&name).await? {
+                chain.push(record);
+            }
+        }
+        Ok(chain)
+    }
+
+    /// A namespace's record and those enclosing it, nearest first.
+    async fn namespace_chain(
+        &self,
+        ns: &NamespaceName,
+    ) -> Result<Vec<NamespaceRecord>, AgentError> {
+        let names = std::iter::once(ns.clone()).chain(ns.parents()).collect();
+        self.chain(names).await
+    }
+
+    /// Every namespace record.
+    pub async fn namespace_records(&self) -> Result<Vec<NamespaceRecord>, AgentError> {
+        let mut keys = self.namespaces.keys().await.map_err(unavailable)?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            if let Ok(name) = NamespaceName::parse(&key.map_err(unavailable)?) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        self.chain(names).await
+    }
+
+    /// Declares the namespaces the host serves (from its configuration),
+    /// held by the host; existing records are left as they are.
+    pub async fn serve_namespaces(&self, names: &[String]) -> Result<(), AgentError> {
+        for name in names {
+            let name = NamespaceName::parse(name)
+                .map_err(|e| AgentError::Invalid(format!("served namespace: {e}")))?;
+            if self.namespace(&name).await?.is_none() {
+                self.put_namespace(&NamespaceRecord {
+                    name,
+                    owner: None,
+                    public: false,
+                    grants: Default::default(),
+                    created: chrono::Utc::now().to_rfc3339(),
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a namespace inside one this host serves; needs `admin` on
+    /// the enclosing namespace (host administrators may create any).
+    pub async fn create_namespace_as(
+        &self,
+        principal: &Principal,
+        ns: &NamespaceName,
+        owner: Option<String>,
+        public: bool,
+    ) -> Result<NamespaceRecord, AgentError> {
+        if self.namespace(ns).await?.is_some() {
+            return Err(AgentError::Exists {
+                what: "namespace",
+                name: ns.to_string(),
+            });
+        }
+        let parents = self.chain(ns.parents().collect()).await?;
+        if parents.is_empty() && !principal.is_admin() {
+            return Err(AgentError::Forbidden(format!(
+                "{ns} is not inside a namespace this host serves"
+            )));
+        }
+        access::require(
+            principal,
+            access::right_through(principal, &parents),
+            Right::Admin,
+            &format!("create namespaces under {ns}"),
+        )?;
+        let owner = owner.or_else(|| principal.user().map(str::to_owned));
+        let record = NamespaceRecord {
+            name: ns.clone(),
+            owner,
+            public,
+            grants: Default::default(),
+            created: chrono::Utc::now().to_rfc3339(),
+        };
+        self.put_namespace(&record).await?;
+        Ok(record)
+    }
+
+    /// A namespace, its flows and child namespaces; needs `read` on it
+    /// (public namespaces are readable by all).
+    pub async fn describe_namespace_as(
+        &self,
+        principal: &Principal,
+        ns: &NamespaceName,
+    ) -> Result<(NamespaceRecord, Vec<FlowName>, Vec<NamespaceName>), AgentError> {
+        let chain = self.namespace_chain(ns).await?;
+        let record = chain
+            .first()
+            .filter(|r| &r.name == ns)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound {
+                what: "namespace",
+                name: ns.to_string(),
+            })?;
+        let right = access::right_through(principal, &chain);
+        if !record.public {
+            access::require(principal, right, Right::Read, &format!("describe {ns}"))?;
+        }
+        let (mut flows, children) = self.contents(ns).await?;
+        if right.is_none() {
+            // A public namespace shows strangers its public flows only.
+            let mut public = Vec::new();
+            for flow in flows {
+                if self
+                    .broker
+                    .flow_info(&flow)
+                    .await
+                    .is_ok_and(|i| i.settings.public)
+                {
+                    public.push(flow);
+                }
+            }
+            flows = public;
+        }
+        Ok((record, flows, children))
+    }
+
+    /// The flows whose nearest namespace is `ns`, and the namespaces below it.
+    async fn contents(
+        &self,
+        ns: &NamespaceName,
+    ) -> Result<(Vec<FlowName>, Vec<NamespaceName>), AgentError> {
+        let records = self.namespace_records().await?;
+        let children: Vec<NamespaceName> = records
+            .iter()
+            .filter(|r| ns.is_above(r.name.as_str()))
+            .map(|r| r.name.clone())
+            .collect();
+        let flows = self
+            .broker
+            .flows()
+            .await?
+            .into_iter()
+            .filter(|f| ns.is_above(f.as_str()))
+            .filter(|f| !children.iter().any(|c| c.is_above(f.as_str())))
+            .collect();
+        Ok((flows, children))
+    }
+
+    /// Deletes an empty namespace; needs `admin` on it.
+    pub async fn delete_namespace_as(
+        &self,
+        principal: &Principal,
+        ns: &NamespaceName,
+    ) -> Result<(), AgentError> {
+        let chain = self.namespace_chain(ns).await?;
+        if chain.first().is_none_or(|r| &r.name != ns) {
+            return Err(AgentError::NotFound {
+                what: "namespace",
+                name: ns.to_string(),
+            });
+        }
+        access::require(
+            principal,
+            access::right_through(principal, &chain),
+            Right::Admin,
+            &format!("delete {ns}"),
+        )?;
+        let (flows, children) = self.contents(ns).await?;
+        if !flows.is_empty() || !children.is_empty() {
+            return Err(AgentError::Invalid(format!(
+                "namespace {ns} is not empty: {} flows, {} namespaces",
+                flows.len(),
+                children.len()
+            )));
+        }
+        self.namespaces
+            .purge(ns.as_str())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// The namespaces (below `parent`, if given) the principal may see:
+    /// public ones and those it holds a right on.
+    pub async fn list_namespaces_as(
+        &self,
+        principal: &Principal,
+        parent: Option<&NamespaceName>,
+    ) -> Result<Vec<NamespaceRecord>, AgentError> {
+        let records = self.namespace_records().await?;
+        let mut visible = Vec::new();
+        for record in &records {
+            if parent.is_some_and(|p| !p.is_above(record.name.as_str())) {
+                continue;
+            }
+            let chain: Vec<NamespaceRecord> = records
+                .iter()
+                .filter(|r| r.name == record.name || r.name.is_above(record.name.as_str()))
+                .cloned()
+                .collect();
+            if record.public || access::right_through(principal, &chain).is_some() {
+                visible.push(record.clone());
+            }
+        }
+        Ok(visible)
+    }
+
+    /// Grants `right` on a namespace to `user` (replacing any former
+    /// grant); needs `admin` on it.
+    pub async fn grant_as(
+        &self,
+        principal: &Principal,
+        user: &str,
+        right: Option<Right>,
+        ns: &NamespaceName,
+    ) -> Result<NamespaceRecord, AgentError> {
+        let chain = self.namespace_chain(ns).await?;
+        let mut record = chain
+            .first()
+            .filter(|r| &r.name == ns)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound {
+                what: "namespace",
+                name: ns.to_string(),
+            })?;
+        access::require(
+            principal,
+            access::right_through(principal, &chain),
+            Right::Admin,
+            &format!("grant rights on {ns}"),
+        )?;
+        match right {
+            Some(right) => {
+                record.grants.insert(user.to_owned(), right);
+            }
+            None => {
+                if record.grants.remove(user).is_none() {
+                    return Err(AgentError::NotFound {
+                        what: "grant",
+                        name: format!("{user} on {ns}"),
+                    });
+                }
+            }
+        }
+        self.put_namespace(&record).await?;
+        Ok(record)
+    }
+}

@@ -1,0 +1,345 @@
+//! Subscriptions (figure 5's subscribe, unsubscribe, list subscriptions and
+//! subscribers, remove subscriber, pause/resume/stop subscription; section 7's
+//! use case 4).
+//!
+//! As in the draft, subscribing to a flow gives the subscriber its own copy:
+//! `<token>.<flow>`, fed by a bridge (the built-in relay) from the flow. The
+//! flow's owner controls every copy and can revoke it by removing the
+//! subscriber. `SUBSCRIBE <remote> LOCAL <local>` also bridges the copy into a
+//! local flow of the subscriber; that bridge is the *subscription*, which the
+//! subscriber pauses, resumes or stops.
+//!
+//! Both ends are on this host for now: a remote flow served by another host
+//! needs the Flow Name Service to be found, which is not built yet.
+
+use super::access::{self, Principal};
+use super::{Agent, AgentError, NewProcessor, unavailable};
+use crate::broker::FlowName;
+use crate::engine::spec::{self, RunLimits};
+use crate::fnap::command::{FlowOptions, Right};
+use crate::wasm::Kind;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+/// A copy of one of our flows held for a subscriber.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscriber {
+    pub token: String,
+    pub source: FlowName,
+    pub copy: FlowName,
+    /// The subscribing account (`None`: anonymous).
+    pub user: Option<String>,
+    pub processor: String,
+    pub created: String,
+}
+
+/// A local flow fed from a subscription copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub token: String,
+    pub local: FlowName,
+    pub remote: FlowName,
+    pub copy: FlowName,
+    pub user: Option<String>,
+    pub processor: String,
+    pub created: String,
+}
+
+fn token() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    let mut t = String::with_capacity(7);
+    t.push((b'a' + bytes[0] % 26) as char);
+    for b in &bytes[1..7] {
+        t.push(ALPHABET[*b as usize % ALPHABET.len()] as char);
+    }
+    t
+}
+
+fn owns(principal: &Principal, user: Option<&str>) -> bool {
+    principal.is_admin() || (principal.user().is_some() && principal.user() == user)
+}
+
+impl Agent {
+    async fn records<T: for<'de> Deserialize<'de>>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<T>, AgentError> {
+        let mut keys = self.subscriptions.keys().await.map_err(unavailable)?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(unavailable)?;
+            if key.starts_with(prefix) {
+                names.push(key);
+            }
+        }
+        names.sort();
+        let mut out = Vec::new();
+        for key in names {
+            if let Some(value) = self.subscriptions.get(&key).await.map_err(unavailable)?
+                && let Ok(record) = serde_json::from_slice(&value)
+            {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put_record<T: Serialize>(&self, key: &str, record: &T) -> Result<(), AgentError> {
+        let json = serde_json::to_vec(record).map_err(|e| AgentError::Invalid(e.to_string()))?;
+        self.subscriptions
+            .put(key, json.into())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn relay(
+        &self,
+        id: String,
+        from: &FlowName,
+        to: &FlowName,
+        owner: Option<String>,
+    ) -> Result<(), AgentError> {
+        self.create_processor(NewProcessor {
+            id,
+            kind: Kind::Bridge,
+            component: spec::RELAY.as_bytes().to_vec(),
+            config: Vec::new(),
+            inputs: vec![from.clone()],
+            outputs: vec![to.clone()],
+            dead_letter: None,
+            limits: RunLimits::default(),
+            owner,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Subscribes to `remote` (a flow of this host): creates the
+    /// subscriber's copy and, with `local`, a bridge from the copy into that
+    /// local flow (created if missing). Returns the copy's name.
+    pub async fn subscribe_as(
+        &self,
+        principal: &Principal,
+        remote: &FlowName,
+        local: Option<&FlowName>,
+    ) -> Result<FlowName, AgentError> {
+        if self.flow_chain(remote).await?.is_empty() && self.broker.flow_info(remote).await.is_err()
+        {
+            return Err(AgentError::Unavailable(format!(
+                "{remote} is not served by this host; reaching other hosts needs the Flow Name Service, which this host does not run yet"
+            )));
+        }
+        let source = self.check_read(principal, remote).await?;
+        if let Some(local) = local {
+            match self.broker.flow_info(local).await {
+                Ok(_) => {
+                    self.check_write(principal, local).await?;
+                }
+                Err(crate::broker::BrokerError::NoSuchFlow(_)) => {
+                    self.create_flow_as(principal, local, &FlowOptions::default())
+                        .await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let token = token();
+        let copy = FlowName::parse(&format!("{token}.{remote}"))
+            .map_err(|e| AgentError::Invalid(format!("subscription flow: {e}")))?;
+        // The copy is as readable as its source: a public flow's copy can be
+        // read by an anonymous subscriber.
+        let settings = crate::broker::FlowSettings {
+            public: source.settings.public,
+            ..Default::default()
+        };
+        self.broker.create_flow(&copy, &settings).await?;
+        let user = principal.user().map(str::to_owned);
+        let processor = format!("sub-{token}");
+        self.relay(processor.clone(), remote, &copy, None).await?;
+        self.put_record(
+            &format!("subscriber.{token}"),
+            &Subscriber {
+                token: token.clone(),
+                source: remote.clone(),
+                copy: copy.clone(),
+                user: user.clone(),
+                processor,
+                created: chrono::Utc::now().to_rfc3339(),
+            },
+        )
+        .await?;
+        if let Some(local) = local {
+            let processor = format!("local-{token}");
+            self.relay(processor.clone(), &copy, local, user.clone())
+                .await?;
+            self.put_record(
+                &format!("subscription.{token}"),
+                &Subscription {
+                    token: token.clone(),
+                    local: local.clone(),
+                    remote: remote.clone(),
+                    copy: copy.clone(),
+                    user,
+                    processor,
+                    created: chrono::Utc::now().to_rfc3339(),
+                },
+            )
+            .await?;
+        }
+        Ok(copy)
+    }
+
+    async fn subscriber_of_copy(&self, copy: &FlowName) -> Result<Subscriber, AgentError> {
+        let token = copy.as_str().split('.').next().unwrap_or_default();
+        let found = self
+            .subscriptions
+            .get(format!("subscriber.{token}"))
+            .await
+            .map_err(unavailable)?
+            .and_then(|v| serde_json::from_slice::<Subscriber>(&v).ok())
+            .filter(|s| &s.copy == copy);
+        found.ok_or_else(|| AgentError::NotFound {
+            what: "subscription",
+            name: copy.to_string(),
+        })
+    }
+
+    /// Removes a copy: its relay, its flow, its record, and any local
+    /// subscription fed from it.
+    async fn drop_subscriber(&self, sub: &Subscriber) -> Result<(), AgentError> {
+        for local in self.records::<Subscription>("subscription.").await? {
+            if local.copy == sub.copy {
+                self.drop_subscription(&local).await?;
+            }
+        }
+        if self.processor(&sub.processor).await.is_ok() {
+            self.delete_processor(&sub.processor).await?;
+        }
+        match self.broker.delete_flow(&sub.copy).await {
+            Ok(()) | Err(crate::broker::BrokerError::NoSuchFlow(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.subscriptions
+            .purge(format!("subscriber.{}", sub.token))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn drop_subscription(&self, sub: &Subscription) -> Result<(), AgentError> {
+        if self.processor(&sub.processor).await.is_ok() {
+            self.delete_processor(&sub.processor).await?;
+        }
+        self.subscriptions
+            .purge(format!("subscription.{}", sub.token))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Cancels a copy the principal subscribed to.
+    pub async fn unsubscribe_as(
+        &self,
+        principal: &Principal,
+        copy: &FlowName,
+    ) -> Result<(), AgentError> {
+        let sub = self.subscriber_of_copy(copy).await?;
+        if !owns(principal, sub.user.as_deref()) {
+            return Err(AgentError::Forbidden(format!(
+                "{copy} is not a subscription of {}",
+                principal.name()
+            )));
+        }
+        self.drop_subscriber(&sub).await
+    }
+
+    /// The flow's owner revokes a subscriber's copy; needs `write` on the
+    /// subscribed flow.
+    pub async fn remove_subscriber_as(
+        &self,
+        principal: &Principal,
+        copy: &FlowName,
+    ) -> Result<(), AgentError> {
+        let sub = self.subscriber_of_copy(copy).await?;
+        let (right, _) = self.flow_right(principal, &sub.source).await?;
+        access::require(
+            principal,
+            right,
+            Right::Write,
+            &format!("remove subscribers of {}", sub.source),
+        )?;
+        self.drop_subscriber(&sub).await
+    }
+
+    /// The subscribers of one of our flows; needs `write` on it.
+    pub async fn list_subscribers_as(
+        &self,
+        principal: &Principal,
+        flow: &FlowName,
+    ) -> Result<Vec<Subscriber>, AgentError> {
+        self.check_write(principal, flow).await?;
+        Ok(self
+            .records::<Subscriber>("subscriber.")
+            .await?
+            .into_iter()
+            .filter(|s| &s.source == flow)
+            .collect())
+    }
+
+    /// The principal's subscriptions (local flows fed from copies).
+    pub async fn list_subscriptions_as(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<Subscription>, AgentError> {
+        Ok(self
+            .records::<Subscription>("subscription.")
+            .await?
+            .into_iter()
+            .filter(|s| owns(principal, s.user.as_deref()))
+            .collect())
+    }
+
+    async fn subscription_into(
+        &self,
+        principal: &Principal,
+        local: &FlowName,
+    ) -> Result<Subscription, AgentError> {
+        self.list_subscriptions_as(principal)
+            .await?
+            .into_iter()
+            .find(|s| &s.local == local)
+            .ok_or_else(|| AgentError::NotFound {
+                what: "subscription into",
+                name: local.to_string(),
+            })
+    }
+
+    /// Pauses (or resumes) the bridge feeding `local`; events keep
+    /// accumulating in the copy meanwhile.
+    pub async fn pause_subscription_as(
+        &self,
+        principal: &Principal,
+        local: &FlowName,
+        paused: bool,
+    ) -> Result<Subscription, AgentError> {
+        let sub = self.subscription_into(principal, local).await?;
+        self.set_paused(&sub.processor, paused).await?;
+        Ok(sub)
+    }
+
+    /// Stops a subscription for good: its bridge, and the copy at the
+    /// source.
+    pub async fn stop_subscription_as(
+        &self,
+        principal: &Principal,
+        local: &FlowName,
+    ) -> Result<Subscription, AgentError> {
+        let sub = self.subscription_into(principal, local).await?;
+        self.drop_subscription(&sub).await?;
+        if let Ok(copy) = self.subscriber_of_copy(&sub.copy).await {
+            self.drop_subscriber(&copy).await?;
+        }
+        Ok(sub)
+    }
+}

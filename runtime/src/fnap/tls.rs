@@ -1,0 +1,109 @@
+//! TLS for FNAP (rustls with the ring provider): the server's certificate
+//! from PEM files, or a self-signed one generated once for development, and
+//! client configurations that trust a given CA file or the system roots.
+
+use crate::config::TlsConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("generating a self-signed certificate: {0}")]
+    Generate(String),
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("set both [fnap.tls] cert and key, or neither")]
+    Incomplete,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn file_error(path: &Path, reason: impl ToString) -> TlsError {
+    TlsError::File {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The server's TLS configuration, and the certificate file it presents.
+pub fn server_config(
+    config: &TlsConfig,
+    state_dir: &Path,
+    fqdn: &str,
+) -> Result<(Arc<rustls::ServerConfig>, PathBuf), TlsError> {
+    let (cert_path, key_path) = match (&config.cert, &config.key) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        (None, None) => self_signed(state_dir, fqdn)?,
+        _ => return Err(TlsError::Incomplete),
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .map_err(|e| file_error(&cert_path, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_error(&cert_path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(&cert_path, "no certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| file_error(&key_path, e))?;
+    let server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok((Arc::new(server), cert_path))
+}
+
+/// `<state_dir>/tls/{cert,key}.pem`, generated on first use.
+fn self_signed(state_dir: &Path, fqdn: &str) -> Result<(PathBuf, PathBuf), TlsError> {
+    let dir = state_dir.join("tls");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    let names = vec![
+        fqdn.to_owned(),
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let generated =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    std::fs::create_dir_all(&dir).map_err(|e| file_error(&dir, e))?;
+    std::fs::write(&cert, generated.cert.pem()).map_err(|e| file_error(&cert, e))?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&key)
+            .map_err(|e| file_error(&key, e))?;
+        file.write_all(generated.signing_key.serialize_pem().as_bytes())
+            .map_err(|e| file_error(&key, e))?;
+    }
+    Ok((cert, key))
+}
+
+/// A client configuration trusting the certificates in `ca` (PEM): the
+/// host's self-signed certificate, or the CA that issued the host's.
+pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| file_error(ca, e))? {
+        roots
+            .add(cert.map_err(|e| file_error(ca, e))?)
+            .map_err(|e| file_error(ca, e))?;
+    }
+    let client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(client))
+}
