@@ -204,6 +204,8 @@ async fn main() -> Result<()> {
     config.participant.state_dir = state.path().to_owned();
     config.nats.urls = vec![url.clone()];
     config.metrics.listen = None;
+    config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
+    config.fnap.tls_listen = None;
     let daemon = Daemon::start(config).await?;
     let agent = Agent::connect(std::slice::from_ref(&url)).await?;
     for name in [

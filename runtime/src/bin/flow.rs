@@ -821,7 +821,7 @@ async fn execute(client: &mut Client, command: Command, json: bool) -> Result<()
                 body.push(format!("config.{k}={v}"));
             }
             if body.is_empty() {
-                bail!("nothing to update: give --component and/or --config");
+                bail!("nothing to update: give --component and/or --set");
             }
             let reply = client
                 .block(&format!("UPDATE PROCESSOR {id}"), &body)
