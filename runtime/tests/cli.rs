@@ -211,6 +211,43 @@ fn flow_describe_component_shows_kind_and_digest() {
     );
 }
 
+#[test]
+fn flowd_account_adds_lists_and_removes_accounts() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let dir = state.path().to_str().unwrap_or_default();
+    let account = |args: &[&str], stdin: &str| {
+        let mut all = vec!["account", "--state-dir", dir];
+        all.extend_from_slice(args);
+        run(FLOWD, &all, stdin)
+    };
+    assert!(account(&["add", "alice"], "s3cret\n").status.success());
+    assert!(
+        account(&["add", "root", "--admin"], "pw\n")
+            .status
+            .success()
+    );
+    let listed = account(&["list"], "");
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout),
+        "alice\nroot admin\n"
+    );
+    let again = account(&["add", "alice"], "x\n");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("account `alice` already exists"));
+    let reserved = account(&["add", "local"], "x\n");
+    assert!(String::from_utf8_lossy(&reserved.stderr).contains("reserved"));
+    let empty = account(&["add", "bob"], "\n");
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("empty password"));
+    assert!(account(&["remove", "alice"], "").status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&account(&["list"], "").stdout),
+        "root admin\n"
+    );
+    let stored = std::fs::read_to_string(state.path().join("accounts.json")).expect("file");
+    assert!(stored.contains("$argon2id$"), "argon2id hashes: {stored}");
+    assert!(!stored.contains("s3cret"), "no password in clear");
+}
+
 /// The README's tour: `flowd serve` with no broker configured starts its own
 /// nats-server; the `flow` CLI finds the host, creates flows and a
 /// processor, writes and reads; `/metrics` reports the processor.

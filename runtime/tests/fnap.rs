@@ -966,6 +966,73 @@ async fn tls_starttls_and_plain_refused_in_clear() {
     assert_eq!(code(last), 421, "the fifth failure closes the session");
 }
 
+/// A test CA, and a certificate it issued for `localhost` (only):
+/// (CA file, certificate file, key file).
+fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "flowd test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    let cert = params.signed_by(&key, &issuer).expect("issued");
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).expect("written");
+    std::fs::write(&paths.1, cert.pem()).expect("written");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("written");
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_certificate_issued_by_a_test_ca() {
+    let pki = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = test_ca(pki.path());
+    let host = host(|c| {
+        c.fnap.tls.cert = Some(cert.clone());
+        c.fnap.tls.key = Some(key.clone());
+        c.fnap.plain_auth_from = Vec::new();
+    })
+    .await;
+    assert!(
+        !host.cert().exists(),
+        "no self-signed certificate when one is configured"
+    );
+    let by_name = |addr: String| addr.replace("127.0.0.1", "localhost");
+    let mut starttls =
+        tls_session(&by_name(host.addr()), Security::StartTls { ca: ca.clone() }).await;
+    starttls
+        .authenticate_plain("test", "test")
+        .await
+        .expect("PLAIN over STARTTLS");
+    starttls
+        .command("CREATE FLOW ca.flows.unix.ar")
+        .await
+        .expect("served");
+    let mut implicit = tls_session(
+        &by_name(host.tls_addr()),
+        Security::Implicit { ca: ca.clone() },
+    )
+    .await;
+    implicit
+        .authenticate_plain("alice", "alice-password")
+        .await
+        .expect("PLAIN over TLS");
+    // The name must match: the certificate is for `localhost`, not 127.0.0.1.
+    let mismatch = Client::connect(&host.tls_addr(), &Security::Implicit { ca }).await;
+    assert!(
+        matches!(mismatch, Err(ClientError::Tls(_))),
+        "a name the certificate does not hold is refused"
+    );
+}
+
 /// A self-signed certificate of another host, as a CA file.
 fn rcgen_cert(dir: &Path) -> PathBuf {
     let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
