@@ -206,6 +206,7 @@ async fn main() -> Result<()> {
     config.metrics.listen = None;
     config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
     config.fnap.tls_listen = None;
+    config.fns.listen = None;
     let daemon = Daemon::start(config).await?;
     let agent = Agent::connect(std::slice::from_ref(&url)).await?;
     for name in [

@@ -68,6 +68,7 @@ async fn main() -> Result<()> {
     config.metrics.listen = None;
     config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
     config.fnap.tls_listen = None;
+    config.fns.listen = None;
     let daemon = Daemon::start(config).await?;
     let addr = daemon.fnap_addr().context("FNAP address")?.to_string();
 

@@ -25,6 +25,12 @@
 //! cert = "/etc/flowd/cert.pem"          # <state_dir>/tls/
 //! key = "/etc/flowd/key.pem"
 //!
+//! [fns]                                 # the Flow Name Service (DNS)
+//! listen = "127.0.0.1:8053"             # embedded authoritative server
+//! agent_host = "fnaa.example.com"       # SRV target (default: participant.fqdn)
+//! addresses = ["192.0.2.10"]            # its A/AAAA (default: the FNAP address)
+//! nameserver = "127.0.0.1:53"           # resolver for discovery (default: system)
+//!
 //! [limits]                              # defaults for new processors
 //! memory_mib = 64
 //! deadline_ms = 100
@@ -45,7 +51,41 @@ pub struct Config {
     pub nats: Nats,
     pub metrics: MetricsConfig,
     pub fnap: FnapConfig,
+    pub fns: FnsConfig,
     pub limits: RunLimits,
+}
+
+/// The Flow Name Service: the embedded authoritative DNS server that
+/// publishes this host's flows, and the resolver used to find others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FnsConfig {
+    /// UDP and TCP address of the embedded server; `None` disables it.
+    pub listen: Option<SocketAddr>,
+    /// The FNAA host name published as SRV target (default: the
+    /// participant's FQDN).
+    pub agent_host: Option<String>,
+    /// Addresses published for the FNAA host (default: the FNAP address).
+    pub addresses: Vec<std::net::IpAddr>,
+    /// FNAP port published (default: the FNAP listen port).
+    pub fnap_port: Option<u16>,
+    /// TTL of published records, in seconds.
+    pub ttl: u32,
+    /// Name server used for discovery (`host:port`); `None`: the system's.
+    pub nameserver: Option<SocketAddr>,
+}
+
+impl Default for FnsConfig {
+    fn default() -> Self {
+        FnsConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 8053))),
+            agent_host: None,
+            addresses: Vec::new(),
+            fnap_port: None,
+            ttl: 60,
+            nameserver: None,
+        }
+    }
 }
 
 /// The FNAP server: addresses, TLS and the limits that keep one client
@@ -204,6 +244,9 @@ pub struct HostFile {
     pub fnap: Option<SocketAddr>,
     #[serde(default)]
     pub fnap_tls: Option<SocketAddr>,
+    /// The embedded name service (UDP and TCP).
+    #[serde(default)]
+    pub fns: Option<SocketAddr>,
     /// The certificate the FNAP server presents (PEM file).
     #[serde(default)]
     pub tls_cert: Option<PathBuf>,

@@ -8,6 +8,7 @@ use crate::broker::embedded::EmbeddedNats;
 use crate::config::{Config, HostFile};
 use crate::engine::{Engine, Metrics};
 use crate::fnap::{Server, ServerContext};
+use crate::fns::{NameService, Publication};
 use crate::wasm::{Host, HostConfig};
 use anyhow::{Context, Result};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub struct Daemon {
     nats_urls: Vec<String>,
     metrics_addr: Option<std::net::SocketAddr>,
     fnap: Server,
+    fns: Option<NameService>,
 }
 
 impl Daemon {
@@ -60,7 +62,7 @@ impl Daemon {
             None
         };
         let fnap = Server::start(ServerContext {
-            agent,
+            agent: agent.clone(),
             config: config.fnap.clone(),
             fqdn: config.participant.fqdn.clone(),
             state_dir: state_dir.clone(),
@@ -70,6 +72,18 @@ impl Daemon {
         })
         .await
         .context("starting the FNAP server")?;
+        let fns = match config.fns.listen {
+            Some(addr) => Some(
+                NameService::start(
+                    addr,
+                    config.participant.namespaces.clone(),
+                    publication(&config, &nats_urls, fnap.plain, tls.is_some()),
+                    agent.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
 
         let (metrics_server, metrics_addr) = match config.metrics.listen {
             Some(addr) => {
@@ -107,6 +121,7 @@ impl Daemon {
             metrics: metrics_addr,
             fnap: fnap.plain,
             fnap_tls: fnap.tls,
+            fns: fns.as_ref().map(|f| f.addr),
             tls_cert: tls.map(|(_, cert)| cert),
             pid: std::process::id(),
         }
@@ -128,6 +143,7 @@ impl Daemon {
             nats_urls,
             metrics_addr,
             fnap,
+            fns,
         })
     }
 
@@ -152,6 +168,11 @@ impl Daemon {
         self.fnap.plain
     }
 
+    /// The embedded name service's address, if enabled.
+    pub fn fns_addr(&self) -> Option<std::net::SocketAddr> {
+        self.fns.as_ref().map(|f| f.addr)
+    }
+
     /// The FNAP implicit-TLS address, if enabled.
     pub fn fnap_tls_addr(&self) -> Option<std::net::SocketAddr> {
         self.fnap.tls
@@ -160,6 +181,9 @@ impl Daemon {
     /// Stops processors after their current batch, then the broker.
     pub async fn shutdown(self) {
         self.fnap.shutdown();
+        if let Some(fns) = self.fns {
+            fns.shutdown();
+        }
         self.engine.shutdown().await;
         if let Some(task) = self.metrics_server {
             task.abort();
@@ -167,6 +191,43 @@ impl Daemon {
         if let Some(embedded) = self.embedded {
             embedded.shutdown().await;
         }
+    }
+}
+
+/// What this host publishes in DNS: its FNAA (name, port, addresses, TLS)
+/// and its broker.
+fn publication(
+    config: &Config,
+    nats_urls: &[String],
+    fnap: Option<std::net::SocketAddr>,
+    tls: bool,
+) -> Publication {
+    let fns = &config.fns;
+    let agent_host = fns
+        .agent_host
+        .clone()
+        .unwrap_or_else(|| config.participant.fqdn.clone());
+    let addresses = if fns.addresses.is_empty() {
+        fnap.map(|a| vec![a.ip()]).unwrap_or_default()
+    } else {
+        fns.addresses.clone()
+    };
+    let broker_port = nats_urls
+        .first()
+        .and_then(|u| url::Url::parse(u).ok())
+        .and_then(|u| u.port())
+        .unwrap_or(4222);
+    Publication {
+        fnaa_host: agent_host.clone(),
+        fnap_port: fns
+            .fnap_port
+            .or(fnap.map(|a| a.port()))
+            .unwrap_or(crate::fnap::DEFAULT_PORT),
+        tls,
+        addresses,
+        broker_host: agent_host,
+        broker_port,
+        ttl: fns.ttl,
     }
 }
 

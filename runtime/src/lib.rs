@@ -14,6 +14,7 @@
 //! - [`agent`]: the FNAA's operations on namespaces, flows, subscriptions
 //!   and processors, with access control; [`accounts`]: who may log in.
 //! - [`fnap`]: the Flow Namespace Accessing Protocol, server and client.
+//! - [`fns`]: the Flow Name Service: flows published in DNS, and discovery.
 //! - [`user_agent`]: the `flow` user agent's configuration and log-in.
 //! - [`daemon`]: `flowd serve`, the host as a daemon; [`config`]: its TOML.
 
@@ -25,6 +26,7 @@ pub mod daemon;
 pub mod engine;
 pub mod event;
 pub mod fnap;
+pub mod fns;
 pub mod pipe;
 pub mod user_agent;
 pub mod wasm;

@@ -92,6 +92,7 @@ async fn host(tune: impl FnOnce(&mut Config)) -> Host {
     config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
     config.fnap.tls_listen = Some(([127, 0, 0, 1], 0).into());
     config.fnap.auth_failure_delay_ms = 10;
+    config.fns.listen = Some(([127, 0, 0, 1], 0).into());
     tune(&mut config);
     let daemon = Daemon::start(config).await.expect("host starts");
     Host {

@@ -84,7 +84,9 @@ impl Agent {
             ..FlowSettings::default()
         };
         apply(&mut settings, options);
-        Ok(self.broker.create_flow(flow, &settings).await?)
+        let info = self.broker.create_flow(flow, &settings).await?;
+        self.changed();
+        Ok(info)
     }
 
     pub async fn describe_flow_as(
@@ -115,7 +117,9 @@ impl Agent {
         flow: &FlowName,
     ) -> Result<(), AgentError> {
         self.check_write(principal, flow).await?;
-        Ok(self.broker.delete_flow(flow).await?)
+        self.broker.delete_flow(flow).await?;
+        self.changed();
+        Ok(())
     }
 
     /// The flows (of `namespace`, if given) the principal may read.

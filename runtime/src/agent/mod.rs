@@ -82,6 +82,8 @@ pub struct Agent {
     buckets: Buckets,
     namespaces: async_nats::jetstream::kv::Store,
     subscriptions: async_nats::jetstream::kv::Store,
+    /// Poked when flows are created or deleted (the name service listens).
+    changes: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// Reads a flow batch by batch (FNAP `READ FLOW`).
@@ -159,11 +161,21 @@ impl Agent {
             buckets,
             namespaces,
             subscriptions,
+            changes: Default::default(),
         })
     }
 
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// Notified after flows are created or deleted through this agent.
+    pub fn changes(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.changes.clone()
+    }
+
+    fn changed(&self) {
+        self.changes.notify_one();
     }
 
     pub async fn create_flow(&self, flow: &FlowName, settings: &FlowSettings) -> Result<FlowInfo> {

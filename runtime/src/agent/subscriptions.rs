@@ -154,6 +154,7 @@ impl Agent {
             ..Default::default()
         };
         self.broker.create_flow(&copy, &settings).await?;
+        self.changed();
         let user = principal.user().map(str::to_owned);
         let processor = format!("sub-{token}");
         self.relay(processor.clone(), remote, &copy, None).await?;
@@ -217,7 +218,7 @@ impl Agent {
             self.delete_processor(&sub.processor).await?;
         }
         match self.broker.delete_flow(&sub.copy).await {
-            Ok(()) | Err(crate::broker::BrokerError::NoSuchFlow(_)) => {}
+            Ok(()) | Err(crate::broker::BrokerError::NoSuchFlow(_)) => self.changed(),
             Err(e) => return Err(e.into()),
         }
         self.subscriptions

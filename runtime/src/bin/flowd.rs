@@ -68,6 +68,9 @@ struct ServeArgs {
     /// FNAP implicit-TLS address (overrides the file); `off` disables it.
     #[arg(long)]
     fnap_tls: Option<String>,
+    /// Embedded name service address, UDP and TCP (overrides the file); `off` disables it.
+    #[arg(long)]
+    fns: Option<String>,
 }
 
 /// `off`, or a socket address.
@@ -181,6 +184,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(value) = &args.fnap_tls {
         config.fnap.tls_listen = address("fnap-tls", value)?;
+    }
+    if let Some(value) = &args.fns {
+        config.fns.listen = address("fns", value)?;
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -138,6 +138,8 @@ impl Flowd {
                 "127.0.0.1:0",
                 "--fnap-tls",
                 "off",
+                "--fns",
+                "off",
                 "--state-dir",
             ])
             .arg(state_dir)
