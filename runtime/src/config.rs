@@ -31,6 +31,12 @@
 //! addresses = ["192.0.2.10"]            # its A/AAAA (default: the FNAP address)
 //! nameserver = "127.0.0.1:53"           # resolver for discovery (default: system)
 //!
+//! [[peers]]                             # remote namespaces we subscribe to
+//! namespace = "flows.unix.ar"
+//! username = "emiliano"
+//! password_env = "UNIX_AR_PASSWORD"
+//! ca = "/etc/flowd/unix-ar-ca.pem"      # STARTTLS when the peer offers TLS
+//!
 //! [limits]                              # defaults for new processors
 //! memory_mib = 64
 //! deadline_ms = 100
@@ -52,6 +58,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub fnap: FnapConfig,
     pub fns: FnsConfig,
+    /// Credentials for other participants' namespaces (remote
+    /// subscriptions); without an entry, sessions are anonymous.
+    pub peers: Vec<crate::federation::PeerConfig>,
     pub limits: RunLimits,
 }
 

@@ -7,6 +7,7 @@ use crate::broker::Broker;
 use crate::broker::embedded::EmbeddedNats;
 use crate::config::{Config, HostFile};
 use crate::engine::{Engine, Metrics};
+use crate::federation::{Federation, Relays};
 use crate::fnap::{Server, ServerContext};
 use crate::fns::{NameService, Publication};
 use crate::wasm::{Host, HostConfig};
@@ -23,6 +24,7 @@ pub struct Daemon {
     metrics_addr: Option<std::net::SocketAddr>,
     fnap: Server,
     fns: Option<NameService>,
+    relays: Relays,
 }
 
 impl Daemon {
@@ -47,7 +49,16 @@ impl Daemon {
         let engine = Engine::start(broker.clone(), host, metrics.clone()).await?;
         crate::user_agent::ensure_local_token(&state_dir)
             .context("writing the local administrator token")?;
-        let agent = Agent::new(broker.clone()).await?;
+        let federation = Arc::new(
+            Federation::new(config.fns.nameserver, config.peers.clone())
+                .context("setting up the resolver")?,
+        );
+        let agent = Agent::new(broker.clone())
+            .await?
+            .with_federation(federation.clone());
+        let relays = Relays::start(agent.clone(), federation)
+            .await
+            .context("starting the relays of remote subscriptions")?;
         agent
             .serve_namespaces(&config.participant.namespaces)
             .await?;
@@ -144,6 +155,7 @@ impl Daemon {
             metrics_addr,
             fnap,
             fns,
+            relays,
         })
     }
 
@@ -181,6 +193,7 @@ impl Daemon {
     /// Stops processors after their current batch, then the broker.
     pub async fn shutdown(self) {
         self.fnap.shutdown();
+        self.relays.shutdown();
         if let Some(fns) = self.fns {
             fns.shutdown();
         }

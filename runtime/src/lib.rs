@@ -15,6 +15,7 @@
 //!   and processors, with access control; [`accounts`]: who may log in.
 //! - [`fnap`]: the Flow Namespace Accessing Protocol, server and client.
 //! - [`fns`]: the Flow Name Service: flows published in DNS, and discovery.
+//! - [`federation`]: subscriptions to other participants' flows.
 //! - [`user_agent`]: the `flow` user agent's configuration and log-in.
 //! - [`daemon`]: `flowd serve`, the host as a daemon; [`config`]: its TOML.
 
@@ -25,6 +26,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod event;
+pub mod federation;
 pub mod fnap;
 pub mod fns;
 pub mod pipe;

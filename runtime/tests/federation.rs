@@ -3,21 +3,45 @@
 
 mod support;
 
+use flowd::accounts::Accounts;
 use flowd::broker::FlowName;
 use flowd::config::Config;
 use flowd::daemon::Daemon;
-use flowd::fnap::client::{Client, Security};
+use flowd::federation::PeerConfig;
+use flowd::fnap::client::{Client, ClientError, Security};
 use flowd::fns::{Discovery, DiscoveryError};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::Duration;
-use support::{Nats, eventually};
+use support::{Nats, eventually, free_port};
 
 struct Participant {
     _nats: Nats,
     state: tempfile::TempDir,
     daemon: Daemon,
+    config: Config,
 }
 
 impl Participant {
+    /// Stops the host and starts it again on the same broker and state
+    /// (its FNAP port changes; DNS tells peers the new one).
+    async fn restart(self) -> Participant {
+        let Participant {
+            _nats,
+            state,
+            daemon,
+            config,
+        } = self;
+        daemon.shutdown().await;
+        let daemon = Daemon::start(config.clone()).await.expect("host restarts");
+        Participant {
+            _nats,
+            state,
+            daemon,
+            config,
+        }
+    }
+
     async fn admin(&self) -> Client {
         let token = std::fs::read_to_string(self.state.path().join("admin.token")).expect("token");
         let addr = self.daemon.fnap_addr().expect("FNAP").to_string();
@@ -34,6 +58,14 @@ impl Participant {
 
 /// A participant serving `namespace`, its FNAA named `fqdn`.
 async fn participant(fqdn: &str, namespace: &str) -> Participant {
+    participant_with(fqdn, namespace, |_| {}).await
+}
+
+async fn participant_with(
+    fqdn: &str,
+    namespace: &str,
+    tune: impl FnOnce(&mut Config),
+) -> Participant {
     let nats = Nats::start();
     let state = tempfile::tempdir().expect("tempdir");
     let mut config = Config::default();
@@ -45,11 +77,14 @@ async fn participant(fqdn: &str, namespace: &str) -> Participant {
     config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
     config.fnap.tls_listen = None;
     config.fns.listen = Some(([127, 0, 0, 1], 0).into());
-    let daemon = Daemon::start(config).await.expect("host starts");
+    config.fns.ttl = 1;
+    tune(&mut config);
+    let daemon = Daemon::start(config.clone()).await.expect("host starts");
     Participant {
         _nats: nats,
         state,
         daemon,
+        config,
     }
 }
 
@@ -111,4 +146,327 @@ async fn flows_are_published_and_discovered_through_dns() {
     // A name outside every zone of this server is refused, not found.
     let outside = discovery.locate(&flow("x.other.example")).await;
     assert!(outside.is_err(), "{outside:?}");
+}
+
+fn dns(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn code(e: ClientError) -> u16 {
+    e.code()
+        .unwrap_or_else(|| panic!("expected an error reply, got {e}"))
+}
+
+/// The ids of the events in a flow, read over FNAP.
+async fn ids(client: &mut Client, flow: &str) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    client
+        .read(&format!("READ FLOW {flow} FROM START"), |line| {
+            let event: serde_json::Value = serde_json::from_str(line).expect("JSON");
+            ids.insert(event["id"].as_str().unwrap_or_default().to_owned());
+            true
+        })
+        .await
+        .expect("read");
+    ids
+}
+
+fn events(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range
+        .map(|i| {
+            format!(
+                r#"{{"specversion":"1.0","id":"{prefix}-{i}","source":"urn:test","type":"tick","data":{{"n":{i}}}}}"#
+            )
+        })
+        .collect()
+}
+
+/// Two participants, each with its own broker and name service, each
+/// resolving the other's names through the other's name service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_subscribe_to_each_other_through_dns() {
+    let (dns_a, dns_b) = (free_port(), free_port());
+    // B knows an account for A's host and grants it read on its namespace.
+    let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
+        c.fns.listen = Some(dns(dns_b));
+        c.fns.nameserver = Some(dns(dns_a));
+        let mut accounts = Accounts::default();
+        accounts
+            .add("emiliano", "peer-secret", false)
+            .expect("account");
+        accounts.save(&c.participant.state_dir).expect("saved");
+    })
+    .await;
+    let a = participant_with("fnaa.emiliano.ar", "flows.emiliano.ar", |c| {
+        c.fns.listen = Some(dns(dns_a));
+        c.fns.nameserver = Some(dns(dns_b));
+        c.peers = vec![PeerConfig {
+            namespace: "flows.unix.ar".into(),
+            username: Some("emiliano".into()),
+            password: Some("peer-secret".into()),
+            ..PeerConfig::default()
+        }];
+    })
+    .await;
+    let mut admin_b = b.admin().await;
+    let mut admin_a = a.admin().await;
+    admin_b
+        .command("CREATE FLOW time.flows.unix.ar")
+        .await
+        .expect("private flow on B");
+    admin_b
+        .command("GRANT emiliano READ ON flows.unix.ar")
+        .await
+        .expect("granted");
+    admin_a
+        .command("CREATE FLOW news.flows.emiliano.ar PUBLIC")
+        .await
+        .expect("public flow on A");
+
+    // Unknown flows and failed subscriptions leave nothing behind.
+    assert_eq!(
+        code(
+            admin_a
+                .data("SUBSCRIBE nope.flows.unix.ar LOCAL nope.flows.emiliano.ar")
+                .await
+                .expect_err("unknown")
+        ),
+        550
+    );
+    assert_eq!(
+        code(
+            admin_a
+                .command("DESCRIBE FLOW nope.flows.emiliano.ar")
+                .await
+                .expect_err("no half-created flow")
+        ),
+        550
+    );
+
+    // A subscribes to B's private flow (with its peer account), B to A's
+    // public flow (anonymously), at the same time.
+    let (a_to_b, b_to_a) = tokio::join!(
+        eventually(Duration::from_secs(20), "A subscribes to B", || async {
+            let mut c = a.admin().await;
+            c.data("SUBSCRIBE time.flows.unix.ar LOCAL unix-time.flows.emiliano.ar")
+                .await
+                .ok()
+        }),
+        eventually(Duration::from_secs(20), "B subscribes to A", || async {
+            let mut c = b.admin().await;
+            c.data("SUBSCRIBE news.flows.emiliano.ar LOCAL emiliano-news.flows.unix.ar")
+                .await
+                .ok()
+        }),
+    );
+    let copy_on_b = a_to_b.0[0].clone();
+    assert!(copy_on_b.ends_with(".time.flows.unix.ar"), "{copy_on_b}");
+    assert!(b_to_a.0[0].ends_with(".news.flows.emiliano.ar"));
+
+    admin_b
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 0..2000))
+        .await
+        .expect("written on B");
+    admin_a
+        .block("WRITE FLOW news.flows.emiliano.ar", events("n", 0..300))
+        .await
+        .expect("written on A");
+    let expected: BTreeSet<String> = (0..2000).map(|i| format!("t-{i}")).collect();
+    eventually(Duration::from_secs(60), "B's events reach A", || async {
+        let mut c = a.admin().await;
+        (ids(&mut c, "unix-time.flows.emiliano.ar").await == expected).then_some(())
+    })
+    .await;
+    let expected_news: BTreeSet<String> = (0..300).map(|i| format!("n-{i}")).collect();
+    eventually(Duration::from_secs(60), "A's events reach B", || async {
+        let mut c = b.admin().await;
+        (ids(&mut c, "emiliano-news.flows.unix.ar").await == expected_news).then_some(())
+    })
+    .await;
+
+    // Both sides list it.
+    let (subscribers, _) = admin_b
+        .data("LIST SUBSCRIBERS time.flows.unix.ar")
+        .await
+        .expect("listed");
+    assert_eq!(subscribers, [format!("{copy_on_b} emiliano")]);
+    let (subscriptions, _) = admin_a.data("LIST SUBSCRIPTIONS").await.expect("listed");
+    assert_eq!(subscriptions.len(), 1, "{subscriptions:?}");
+    assert!(
+        subscriptions[0].starts_with(&format!(
+            "unix-time.flows.emiliano.ar time.flows.unix.ar {copy_on_b} remote:"
+        )) && subscriptions[0].ends_with(" running"),
+        "{subscriptions:?}"
+    );
+
+    // Pause: B's new events wait; resume: they come, once.
+    admin_a
+        .command("PAUSE SUBSCRIPTION unix-time.flows.emiliano.ar")
+        .await
+        .expect("paused");
+    admin_b
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 2000..2100))
+        .await
+        .expect("written");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        ids(&mut admin_a, "unix-time.flows.emiliano.ar").await.len(),
+        2000,
+        "paused"
+    );
+    admin_a
+        .command("RESUME SUBSCRIPTION unix-time.flows.emiliano.ar")
+        .await
+        .expect("resumed");
+    eventually(
+        Duration::from_secs(30),
+        "the paused events arrive",
+        || async {
+            let mut c = a.admin().await;
+            (ids(&mut c, "unix-time.flows.emiliano.ar").await.len() == 2100).then_some(())
+        },
+    )
+    .await;
+
+    // B revokes A's subscription: nothing more arrives, A shows it revoked.
+    admin_b
+        .command(&format!("REMOVE SUBSCRIBER {copy_on_b}"))
+        .await
+        .expect("removed");
+    eventually(Duration::from_secs(15), "A sees the revocation", || async {
+        let mut c = a.admin().await;
+        let (subs, _) = c.data("LIST SUBSCRIPTIONS").await.ok()?;
+        subs.iter().any(|s| s.ends_with(" revoked")).then_some(())
+    })
+    .await;
+    admin_b
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 2100..2200))
+        .await
+        .expect("written after revocation");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        ids(&mut admin_a, "unix-time.flows.emiliano.ar").await.len(),
+        2100,
+        "nothing arrives after revocation"
+    );
+
+    // B stops its subscription to A: A's copy is gone.
+    let copy_on_a = b_to_a.0[0].clone();
+    admin_b
+        .command("STOP SUBSCRIPTION emiliano-news.flows.unix.ar")
+        .await
+        .expect("stopped");
+    assert_eq!(
+        code(
+            admin_a
+                .data(&format!("DESCRIBE FLOW {copy_on_a}"))
+                .await
+                .expect_err("copy removed at A")
+        ),
+        550
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_peer_password_is_a_clear_error() {
+    let dns_b = free_port();
+    let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
+        c.fns.listen = Some(dns(dns_b));
+        let mut accounts = Accounts::default();
+        accounts.add("emiliano", "right", false).expect("account");
+        accounts.save(&c.participant.state_dir).expect("saved");
+        c.fnap.auth_failure_delay_ms = 10;
+    })
+    .await;
+    let a = participant_with("fnaa.emiliano.ar", "flows.emiliano.ar", |c| {
+        c.fns.nameserver = Some(dns(dns_b));
+        c.peers = vec![PeerConfig {
+            namespace: "flows.unix.ar".into(),
+            username: Some("emiliano".into()),
+            password: Some("wrong".into()),
+            ..PeerConfig::default()
+        }];
+    })
+    .await;
+    let mut admin_b = b.admin().await;
+    admin_b
+        .command("CREATE FLOW time.flows.unix.ar")
+        .await
+        .expect("created");
+    let mut admin_a = a.admin().await;
+    let err = eventually(Duration::from_secs(20), "the flow is published", || async {
+        let mut c = a.admin().await;
+        match c
+            .data("SUBSCRIBE time.flows.unix.ar LOCAL t.flows.emiliano.ar")
+            .await
+        {
+            Err(ClientError::Refused(reply)) if reply.code != 550 => Some(reply),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(err.code, 554, "{err:?}");
+    assert!(err.text.contains("authentication failed"), "{err:?}");
+    assert_eq!(
+        code(
+            admin_a
+                .command("DESCRIBE FLOW t.flows.emiliano.ar")
+                .await
+                .expect_err("nothing created")
+        ),
+        550
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_survives_a_restart_of_the_remote_host() {
+    let dns_b = free_port();
+    let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
+        c.fns.listen = Some(dns(dns_b));
+    })
+    .await;
+    let a = participant_with("fnaa.emiliano.ar", "flows.emiliano.ar", |c| {
+        c.fns.nameserver = Some(dns(dns_b));
+    })
+    .await;
+    b.admin()
+        .await
+        .command("CREATE FLOW time.flows.unix.ar PUBLIC")
+        .await
+        .expect("created");
+    eventually(Duration::from_secs(20), "A subscribes", || async {
+        a.admin()
+            .await
+            .data("SUBSCRIBE time.flows.unix.ar LOCAL t.flows.emiliano.ar")
+            .await
+            .ok()
+    })
+    .await;
+    b.admin()
+        .await
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 0..1500))
+        .await
+        .expect("first half");
+    let b = b.restart().await;
+    b.admin()
+        .await
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 1500..3000))
+        .await
+        .expect("second half");
+    let expected: BTreeSet<String> = (0..3000).map(|i| format!("t-{i}")).collect();
+    eventually(Duration::from_secs(60), "every event reaches A", || async {
+        let mut c = a.admin().await;
+        (ids(&mut c, "t.flows.emiliano.ar").await == expected).then_some(())
+    })
+    .await;
+    let (described, _) = a
+        .admin()
+        .await
+        .data("DESCRIBE FLOW t.flows.emiliano.ar")
+        .await
+        .expect("described");
+    assert!(
+        described.contains(&"events=3000".to_owned()),
+        "each event once: {described:?}"
+    );
 }

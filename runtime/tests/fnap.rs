@@ -92,7 +92,10 @@ async fn host(tune: impl FnOnce(&mut Config)) -> Host {
     config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
     config.fnap.tls_listen = Some(([127, 0, 0, 1], 0).into());
     config.fnap.auth_failure_delay_ms = 10;
-    config.fns.listen = Some(([127, 0, 0, 1], 0).into());
+    // The host's own name service is also its resolver: lookups stay local.
+    let dns = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    config.fns.listen = Some(dns);
+    config.fns.nameserver = Some(dns);
     tune(&mut config);
     let daemon = Daemon::start(config).await.expect("host starts");
     Host {
@@ -628,8 +631,26 @@ async fn every_command_succeeds_and_fails_as_documented() {
                 .await
                 .expect_err("remote")
         ),
-        450,
-        "other hosts need the FNS"
+        555,
+        "another host's flow needs LOCAL"
+    );
+    assert_eq!(
+        code(
+            c.command("SUBSCRIBE time.other.example.net LOCAL here.flows.unix.ar")
+                .await
+                .expect_err("not in DNS")
+        ),
+        550,
+        "the name service knows no such flow"
+    );
+    assert_eq!(
+        code(
+            c.command("DESCRIBE FLOW here.flows.unix.ar")
+                .await
+                .expect_err("no")
+        ),
+        550,
+        "a failed subscription leaves no local flow behind"
     );
 
     // Deleting.

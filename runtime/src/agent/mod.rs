@@ -84,6 +84,8 @@ pub struct Agent {
     subscriptions: async_nats::jetstream::kv::Store,
     /// Poked when flows are created or deleted (the name service listens).
     changes: std::sync::Arc<tokio::sync::Notify>,
+    /// How to reach other participants (remote subscriptions).
+    federation: Option<std::sync::Arc<crate::federation::Federation>>,
 }
 
 /// Reads a flow batch by batch (FNAP `READ FLOW`).
@@ -162,11 +164,21 @@ impl Agent {
             namespaces,
             subscriptions,
             changes: Default::default(),
+            federation: None,
         })
     }
 
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// Lets `SUBSCRIBE` reach flows of other participants.
+    pub fn with_federation(
+        mut self,
+        federation: std::sync::Arc<crate::federation::Federation>,
+    ) -> Agent {
+        self.federation = Some(federation);
+        self
     }
 
     /// Notified after flows are created or deleted through this agent.
@@ -202,6 +214,17 @@ impl Agent {
     /// event (same `source` and `id`) again within the flow's duplicate
     /// window stores it once.
     pub async fn write(&self, flow: &FlowName, events: &[Event]) -> Result<Published> {
+        self.write_scoped(flow, events, "write").await
+    }
+
+    /// Writes events with message ids in `scope`: the same event written
+    /// twice in one scope (within the duplicate window) is stored once.
+    pub async fn write_scoped(
+        &self,
+        flow: &FlowName,
+        events: &[Event],
+        scope: &str,
+    ) -> Result<Published> {
         self.broker.flow_info(flow).await?;
         // Collected first: a borrowing iterator held across the publish
         // would make this future not `Send`.
@@ -212,7 +235,7 @@ impl Agent {
                 Outgoing {
                     subject: flow.subject(),
                     message_id: codec::message_id(
-                        "write",
+                        scope,
                         0,
                         cloudevents::AttributesReader::source(event).as_bytes(),
                         cloudevents::AttributesReader::id(event).as_bytes(),

@@ -41,8 +41,32 @@ pub struct Subscription {
     pub remote: FlowName,
     pub copy: FlowName,
     pub user: Option<String>,
+    /// The bridge feeding `local` (a relay processor on this host; empty
+    /// for a remote subscription, which the federation relays).
     pub processor: String,
     pub created: String,
+    /// The remote FNAA (`host:port` as discovered) for a subscription to
+    /// another host's flow.
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub paused: bool,
+    /// The remote host removed the copy: nothing more will come.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+impl Subscription {
+    /// `running`, `paused` or `revoked`.
+    pub fn state(&self) -> &'static str {
+        if self.revoked {
+            "revoked"
+        } else if self.paused {
+            "paused"
+        } else {
+            "running"
+        }
+    }
 }
 
 fn token() -> String {
@@ -127,9 +151,7 @@ impl Agent {
     ) -> Result<FlowName, AgentError> {
         if self.flow_chain(remote).await?.is_empty() && self.broker.flow_info(remote).await.is_err()
         {
-            return Err(AgentError::Unavailable(format!(
-                "{remote} is not served by this host; reaching other hosts needs the Flow Name Service, which this host does not run yet"
-            )));
+            return self.subscribe_remote(principal, remote, local).await;
         }
         let source = self.check_read(principal, remote).await?;
         if let Some(local) = local {
@@ -184,11 +206,137 @@ impl Agent {
                     user,
                     processor,
                     created: chrono::Utc::now().to_rfc3339(),
+                    agent: None,
+                    paused: false,
+                    revoked: false,
                 },
             )
             .await?;
         }
         Ok(copy)
+    }
+
+    /// Subscribes to a flow of another participant (see
+    /// [`crate::federation`]): the local flow is created only once the
+    /// remote host has accepted.
+    async fn subscribe_remote(
+        &self,
+        principal: &Principal,
+        remote: &FlowName,
+        local: Option<&FlowName>,
+    ) -> Result<FlowName, AgentError> {
+        let Some(federation) = self.federation.clone() else {
+            return Err(AgentError::Unavailable(format!(
+                "{remote} is not served by this host, and this host does not reach others"
+            )));
+        };
+        let local = local.ok_or_else(|| {
+            AgentError::Invalid(format!(
+                "{remote} is served by another host: give LOCAL <flow> to receive its events here"
+            ))
+        })?;
+        let exists = match self.broker.flow_info(local).await {
+            Ok(_) => {
+                self.check_write(principal, local).await?;
+                true
+            }
+            Err(crate::broker::BrokerError::NoSuchFlow(_)) => {
+                let chain = self.flow_chain(local).await?;
+                if chain.is_empty() {
+                    return Err(AgentError::NotFound {
+                        what: "namespace",
+                        name: format!("for {local} (this host serves none that encloses it)"),
+                    });
+                }
+                access::require(
+                    principal,
+                    access::right_through(principal, &chain),
+                    Right::Write,
+                    &format!("create {local}"),
+                )?;
+                false
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (copy, addr) = federation.subscribe(remote).await?;
+        if !exists
+            && let Err(e) = self
+                .create_flow_as(principal, local, &FlowOptions::default())
+                .await
+        {
+            let _ = federation.unsubscribe(remote, &copy).await;
+            return Err(e);
+        }
+        let token = token();
+        self.put_record(
+            &format!("subscription.{token}"),
+            &Subscription {
+                token: token.clone(),
+                local: local.clone(),
+                remote: remote.clone(),
+                copy: copy.clone(),
+                user: principal.user().map(str::to_owned),
+                processor: String::new(),
+                created: chrono::Utc::now().to_rfc3339(),
+                agent: Some(addr.to_string()),
+                paused: false,
+                revoked: false,
+            },
+        )
+        .await?;
+        Ok(copy)
+    }
+
+    /// Watches the records of this host's subscriptions (the relays of
+    /// remote ones follow them).
+    pub(crate) async fn watch_subscriptions(
+        &self,
+    ) -> Result<async_nats::jetstream::kv::Watch, AgentError> {
+        self.subscriptions
+            .watch_with_history("subscription.>")
+            .await
+            .map_err(unavailable)
+    }
+
+    /// The last remote sequence relayed into a remote subscription's flow.
+    pub(crate) async fn relay_position(&self, token: &str) -> Result<u64, AgentError> {
+        Ok(self
+            .subscriptions
+            .get(format!("position.{token}"))
+            .await
+            .map_err(unavailable)?
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Stores relayed events, then the position after them.
+    pub(crate) async fn relay_store(
+        &self,
+        sub: &Subscription,
+        scope: &str,
+        events: &[crate::event::Event],
+        last: u64,
+    ) -> Result<(), AgentError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.write_scoped(&sub.local, events, scope).await?;
+        self.subscriptions
+            .put(format!("position.{}", sub.token), last.to_string().into())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    pub(crate) async fn mark_revoked(&self, token: &str) -> Result<(), AgentError> {
+        let key = format!("subscription.{token}");
+        let Some(value) = self.subscriptions.get(&key).await.map_err(unavailable)? else {
+            return Ok(());
+        };
+        let mut sub: Subscription =
+            serde_json::from_slice(&value).map_err(|e| AgentError::Invalid(e.to_string()))?;
+        sub.revoked = true;
+        self.put_record(&key, &sub).await
     }
 
     async fn subscriber_of_copy(&self, copy: &FlowName) -> Result<Subscriber, AgentError> {
@@ -229,8 +377,20 @@ impl Agent {
     }
 
     async fn drop_subscription(&self, sub: &Subscription) -> Result<(), AgentError> {
-        if self.processor(&sub.processor).await.is_ok() {
+        if !sub.processor.is_empty() && self.processor(&sub.processor).await.is_ok() {
             self.delete_processor(&sub.processor).await?;
+        }
+        if sub.agent.is_some() {
+            if let Some(federation) = &self.federation
+                && !sub.revoked
+                && let Err(e) = federation.unsubscribe(&sub.remote, &sub.copy).await
+            {
+                tracing::warn!(copy = %sub.copy, "the remote host did not confirm UNSUBSCRIBE: {e}");
+            }
+            self.subscriptions
+                .purge(format!("position.{}", sub.token))
+                .await
+                .map_err(unavailable)?;
         }
         self.subscriptions
             .purge(format!("subscription.{}", sub.token))
@@ -246,7 +406,10 @@ impl Agent {
         copy: &FlowName,
     ) -> Result<(), AgentError> {
         let sub = self.subscriber_of_copy(copy).await?;
-        if !owns(principal, sub.user.as_deref()) {
+        // An anonymous subscription is cancelled by whoever holds its
+        // (unguessable) copy name: that is all an anonymous peer has.
+        let anonymous_own = principal == &Principal::Anonymous && sub.user.is_none();
+        if !anonymous_own && !owns(principal, sub.user.as_deref()) {
             return Err(AgentError::Forbidden(format!(
                 "{copy} is not a subscription of {}",
                 principal.name()
@@ -324,8 +487,14 @@ impl Agent {
         local: &FlowName,
         paused: bool,
     ) -> Result<Subscription, AgentError> {
-        let sub = self.subscription_into(principal, local).await?;
-        self.set_paused(&sub.processor, paused).await?;
+        let mut sub = self.subscription_into(principal, local).await?;
+        if sub.agent.is_some() {
+            sub.paused = paused;
+            self.put_record(&format!("subscription.{}", sub.token), &sub)
+                .await?;
+        } else {
+            self.set_paused(&sub.processor, paused).await?;
+        }
         Ok(sub)
     }
 
@@ -338,7 +507,9 @@ impl Agent {
     ) -> Result<Subscription, AgentError> {
         let sub = self.subscription_into(principal, local).await?;
         self.drop_subscription(&sub).await?;
-        if let Ok(copy) = self.subscriber_of_copy(&sub.copy).await {
+        if sub.agent.is_none()
+            && let Ok(copy) = self.subscriber_of_copy(&sub.copy).await
+        {
             self.drop_subscriber(&copy).await?;
         }
         Ok(sub)

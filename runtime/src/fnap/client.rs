@@ -280,6 +280,34 @@ impl Client {
         }
     }
 
+    /// Starts a `READ FLOW` whose lines the caller pulls with
+    /// [`Client::read_next`].
+    pub async fn read_start(&mut self, line: &str) -> Result<(), ClientError> {
+        let first = self.command(line).await?;
+        if first.text.starts_with("DATA") {
+            Ok(())
+        } else {
+            Err(ClientError::Protocol(first.to_string()))
+        }
+    }
+
+    /// The next data line of a read started with [`Client::read_start`],
+    /// or `None` when the server ended it successfully.
+    pub async fn read_next(&mut self) -> Result<Option<String>, ClientError> {
+        let line = self.line().await?;
+        match Reply::parse(&line) {
+            Some(reply) if reply.is_success() => Ok(None),
+            Some(reply) => Err(ClientError::Refused(reply)),
+            None => Ok(Some(framing::unstuff(&line).to_owned())),
+        }
+    }
+
+    /// Whether more received bytes wait in the buffer (a reader can batch
+    /// until it has drained what arrived).
+    pub fn has_buffered(&self) -> bool {
+        !self.reader.buffer().is_empty()
+    }
+
     /// `QUIT`, then close.
     pub async fn quit(mut self) -> Result<(), ClientError> {
         let reply = self.command("QUIT").await;

@@ -139,6 +139,9 @@ pub enum Command {
         start: Start,
         count: Option<u64>,
         follow: bool,
+        /// Each data line is `<stream-sequence> <event>` (for relays that
+        /// resume where they stopped).
+        sequences: bool,
     },
     WriteFlow(FlowName),
 
@@ -236,7 +239,7 @@ pub const USAGE: &[(&str, &str)] = &[
     ("LIST FLOWS", "LIST FLOWS [<namespace>]"),
     (
         "READ FLOW",
-        "READ FLOW <fqdn> [FROM START|NEW|<sequence>] [COUNT <n>] [FOLLOW]",
+        "READ FLOW <fqdn> [FROM START|NEW|<sequence>] [COUNT <n>] [FOLLOW] [SEQUENCES]",
     ),
     ("WRITE FLOW", "WRITE FLOW <fqdn>"),
     ("SUBSCRIBE", "SUBSCRIBE <remote-flow> [LOCAL <local-flow>]"),
@@ -384,6 +387,7 @@ pub fn parse(line: &str) -> Result<Command, SyntaxError> {
             let mut start = Start::New;
             let mut count = None;
             let mut follow = false;
+            let mut sequences = false;
             let mut it = options.iter();
             while let Some(word) = it.next() {
                 match word.to_ascii_uppercase().as_str() {
@@ -400,6 +404,7 @@ pub fn parse(line: &str) -> Result<Command, SyntaxError> {
                         count = Some(number(n, "count")?);
                     }
                     "FOLLOW" => follow = true,
+                    "SEQUENCES" => sequences = true,
                     _ => return Err(usage("READ FLOW")),
                 }
             }
@@ -408,6 +413,7 @@ pub fn parse(line: &str) -> Result<Command, SyntaxError> {
                 start,
                 count,
                 follow,
+                sequences,
             })
         }
         (_, Some("WRITE FLOW")) => one_flow(args2, "WRITE FLOW").map(Command::WriteFlow),
@@ -618,7 +624,8 @@ mod tests {
                 flow: flow("a.b"),
                 start: Start::Sequence(42),
                 count: Some(3),
-                follow: true
+                follow: true,
+                sequences: false
             })
         );
         assert_eq!(

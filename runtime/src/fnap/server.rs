@@ -223,6 +223,14 @@ struct Session {
     buf: Vec<u8>,
 }
 
+/// How `READ FLOW` reads.
+struct ReadOptions {
+    start: Start,
+    count: Option<u64>,
+    follow: bool,
+    sequences: bool,
+}
+
 /// What a command handler sends back.
 enum Response {
     One(Reply),
@@ -541,10 +549,15 @@ impl Session {
                 start,
                 count,
                 follow,
+                sequences,
             } => {
-                return self
-                    .read_flow(&p, flow, start, count, follow, reader, writer)
-                    .await;
+                let options = ReadOptions {
+                    start,
+                    count,
+                    follow,
+                    sequences,
+                };
+                return self.read_flow(&p, flow, options, reader, writer).await;
             }
             Command::WriteFlow(flow) => return self.write_flow(&p, flow, reader, writer).await,
             Command::Subscribe { remote, local } => agent
@@ -558,7 +571,13 @@ impl Session {
             Command::ListSubscriptions => agent.list_subscriptions_as(&p).await.map(|subs| {
                 let lines = subs
                     .iter()
-                    .map(|s| format!("{} {} {} {}", s.local, s.remote, s.copy, s.processor))
+                    .map(|s| {
+                        let bridge = match &s.agent {
+                            Some(agent) => format!("remote:{agent}"),
+                            None => s.processor.clone(),
+                        };
+                        format!("{} {} {} {bridge} {}", s.local, s.remote, s.copy, s.state())
+                    })
                     .collect();
                 Response::Data(lines, Reply::ok("OK"))
             }),
@@ -974,17 +993,20 @@ impl Session {
         }))
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn read_flow(
         &mut self,
         p: &Principal,
         flow: crate::broker::FlowName,
-        start: Start,
-        count: Option<u64>,
-        follow: bool,
+        options: ReadOptions,
         reader: &mut Reader,
         writer: &mut Writer,
     ) -> Result<Response, End> {
+        let ReadOptions {
+            start,
+            count,
+            follow,
+            sequences,
+        } = options;
         let agent = self.agent().clone();
         let info = match agent.check_read(p, &flow).await {
             Ok(info) => info,
@@ -1039,7 +1061,12 @@ impl Session {
                     reached_end = true;
                     break;
                 }
-                write_line(writer, &framing::stuff(&jsonl::to_line(&event))).await?;
+                let line = if sequences {
+                    format!("{sequence} {}", jsonl::to_line(&event))
+                } else {
+                    jsonl::to_line(&event)
+                };
+                write_line(writer, &framing::stuff(&line)).await?;
                 sent += 1;
                 if !follow && sequence >= last {
                     reached_end = true;

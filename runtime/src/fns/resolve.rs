@@ -5,10 +5,12 @@
 
 use super::records;
 use crate::broker::FlowName;
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
 use hickory_resolver::Resolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
 use std::net::{IpAddr, SocketAddr};
 
 /// Why a flow could not be located.
@@ -16,10 +18,14 @@ use std::net::{IpAddr, SocketAddr};
 pub enum DiscoveryError {
     #[error("no flow {0} in DNS (no PTR record for it)")]
     NoSuchFlow(FlowName),
+    #[error("no name server answers for {0}: the query was refused (is its namespace delegated?)")]
+    NotServed(FlowName),
     #[error("flow {flow} has no FNAA: no SRV record at {name}")]
     NoAgent { flow: FlowName, name: String },
     #[error("the FNAA host {host} of {flow} has no address")]
     NoAddress { flow: FlowName, host: String },
+    #[error("the name server refused the query for {0}")]
+    Refused(String),
     #[error("DNS lookup of {name} failed: {reason}")]
     Lookup { name: String, reason: String },
     #[error("resolver configuration: {0}")]
@@ -95,6 +101,9 @@ impl Discovery {
         match self.resolver.lookup(fqdn, ty).await {
             Ok(lookup) => Ok(lookup.answers().iter().map(|r| r.data.clone()).collect()),
             Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
+            Err(NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused))) => {
+                Err(DiscoveryError::Refused(name.to_owned()))
+            }
             Err(e) => Err(DiscoveryError::Lookup {
                 name: name.to_owned(),
                 reason: e.to_string(),
@@ -104,7 +113,10 @@ impl Discovery {
 
     /// Locates the FNAA serving `flow`.
     pub async fn locate(&self, flow: &FlowName) -> Result<Location, DiscoveryError> {
-        let ptr = self.records(flow.as_str(), RecordType::PTR).await?;
+        let ptr = match self.records(flow.as_str(), RecordType::PTR).await {
+            Err(DiscoveryError::Refused(_)) => return Err(DiscoveryError::NotServed(flow.clone())),
+            other => other?,
+        };
         let service = ptr
             .iter()
             .find_map(|r| match r {

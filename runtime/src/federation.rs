@@ -1,0 +1,296 @@
+//! Federation: subscriptions to flows of other participants (figures 9 and
+//! 10, use case 4 of the draft).
+//!
+//! `SUBSCRIBE <remote> LOCAL <local>` for a flow this host does not serve:
+//! the host finds the remote FNAA through the Flow Name Service, opens an
+//! FNAP session to it (STARTTLS when the peer offers TLS and a CA is
+//! configured for it), authenticates with the credentials configured for
+//! the remote namespace (else `ANONYMOUS`, enough for public flows) and sends
+//! `SUBSCRIBE <remote>`; the remote host answers with the subscription's
+//! copy `<token>.<remote>`, which only it controls.
+//!
+//! A relay task per subscription then carries the copy's events into the
+//! local flow: `READ FLOW <copy> FROM <next> FOLLOW SEQUENCES` over FNAP,
+//! each batch written to the local flow with message ids derived from the
+//! events (a replay after a crash or a reconnect is de-duplicated), and the
+//! position stored only after the batch is. The remote host revokes a
+//! subscription by removing the copy (`REMOVE SUBSCRIBER`); the relay sees
+//! the copy gone, marks the subscription revoked and stops.
+//!
+//! Events travel over FNAP rather than by a direct connection to the remote
+//! broker: the remote host's access control (accounts, grants, public flows)
+//! is the only gate, and no broker credentials leave it.
+
+use crate::agent::subscriptions::Subscription;
+use crate::agent::{Agent, AgentError};
+use crate::broker::FlowName;
+use crate::event::jsonl;
+use crate::fnap::client::{Client, ClientError, Security};
+use crate::fns::{Discovery, DiscoveryError};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Credentials for the FNAA of other participants' namespaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The remote namespace (its flows and those below).
+    pub namespace: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// Certificate(s) to trust for the peer's TLS; with it, sessions use
+    /// STARTTLS when the peer advertises TLS.
+    pub ca: Option<PathBuf>,
+}
+
+/// How this host reaches other hosts.
+pub struct Federation {
+    discovery: Discovery,
+    peers: Vec<PeerConfig>,
+}
+
+fn refused(e: ClientError, what: &str) -> AgentError {
+    match e {
+        ClientError::Refused(reply) => match reply.code {
+            550 => AgentError::NotFound {
+                what: "remote flow",
+                name: format!("{what} ({reply})"),
+            },
+            530 | 534 | 535 | 554 => {
+                AgentError::Forbidden(format!("the remote host refused {what}: {reply}"))
+            }
+            _ => AgentError::Unavailable(format!("the remote host failed {what}: {reply}")),
+        },
+        other => AgentError::Unavailable(format!("{what}: {other}")),
+    }
+}
+
+impl Federation {
+    pub fn new(
+        nameserver: Option<SocketAddr>,
+        peers: Vec<PeerConfig>,
+    ) -> Result<Federation, DiscoveryError> {
+        Ok(Federation {
+            discovery: Discovery::new(nameserver)?,
+            peers,
+        })
+    }
+
+    fn peer(&self, flow: &FlowName) -> Option<&PeerConfig> {
+        self.peers
+            .iter()
+            .filter(|p| flow.as_str().ends_with(&format!(".{}", p.namespace)))
+            .max_by_key(|p| p.namespace.len())
+    }
+
+    /// An authenticated session with the FNAA serving `flow`, and its
+    /// address.
+    pub async fn session(&self, flow: &FlowName) -> Result<(Client, SocketAddr), AgentError> {
+        let location = self.discovery.locate(flow).await.map_err(|e| match e {
+            DiscoveryError::NoSuchFlow(flow) | DiscoveryError::NotServed(flow) => {
+                AgentError::NotFound {
+                    what: "flow in DNS",
+                    name: flow.to_string(),
+                }
+            }
+            other => AgentError::Unavailable(other.to_string()),
+        })?;
+        let peer = self.peer(flow);
+        let security = match (location.tls, peer.and_then(|p| p.ca.clone())) {
+            (true, Some(ca)) => Security::StartTls { ca },
+            _ => Security::Plain,
+        };
+        let mut last = None;
+        for addr in location.agent_addrs() {
+            match Client::connect(&addr.to_string(), &security).await {
+                Ok(mut client) => {
+                    let password = peer.and_then(|p| {
+                        p.password.clone().or_else(|| {
+                            p.password_env
+                                .as_deref()
+                                .and_then(|v| std::env::var(v).ok())
+                        })
+                    });
+                    let auth = match (peer.and_then(|p| p.username.as_deref()), password) {
+                        (Some(user), Some(password)) => {
+                            client.authenticate_plain(user, &password).await
+                        }
+                        _ => client.authenticate_anonymous().await,
+                    };
+                    auth.map_err(|e| refused(e, &format!("authenticating at {addr}")))?;
+                    return Ok((client, addr));
+                }
+                Err(e) => last = Some(format!("{addr}: {e}")),
+            }
+        }
+        Err(AgentError::Unavailable(format!(
+            "the FNAA of {flow} ({}) is unreachable: {}",
+            location.host,
+            last.unwrap_or_else(|| "no address".into())
+        )))
+    }
+
+    /// `SUBSCRIBE <remote>` at the remote host: the copy it made, and the
+    /// address of the agent.
+    pub async fn subscribe(&self, remote: &FlowName) -> Result<(FlowName, SocketAddr), AgentError> {
+        let (mut client, addr) = self.session(remote).await?;
+        let (lines, _) = client
+            .data(&format!("SUBSCRIBE {remote}"))
+            .await
+            .map_err(|e| refused(e, &format!("SUBSCRIBE {remote}")))?;
+        let _ = client.quit().await;
+        let copy = lines
+            .first()
+            .and_then(|l| FlowName::parse(l).ok())
+            .ok_or_else(|| {
+                AgentError::Unavailable(format!(
+                    "the remote host sent no subscription flow: {lines:?}"
+                ))
+            })?;
+        Ok((copy, addr))
+    }
+
+    /// `UNSUBSCRIBE <copy>` at the remote host.
+    pub async fn unsubscribe(&self, remote: &FlowName, copy: &FlowName) -> Result<(), AgentError> {
+        let (mut client, _) = self.session(remote).await?;
+        client
+            .command(&format!("UNSUBSCRIBE {copy}"))
+            .await
+            .map_err(|e| refused(e, &format!("UNSUBSCRIBE {copy}")))?;
+        let _ = client.quit().await;
+        Ok(())
+    }
+}
+
+/// The relays of this host's remote subscriptions, kept in step with the
+/// subscription records.
+pub struct Relays {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relays {
+    pub async fn start(agent: Agent, federation: Arc<Federation>) -> Result<Relays, AgentError> {
+        let mut watch = agent.watch_subscriptions().await?;
+        let task = tokio::spawn(async move {
+            let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+            while let Some(change) = watch.next().await {
+                let Ok(entry) = change else {
+                    continue;
+                };
+                let key = entry.key.clone();
+                if let Some(old) = running.remove(&key) {
+                    old.abort();
+                }
+                if entry.operation != async_nats::jetstream::kv::Operation::Put {
+                    continue;
+                }
+                let Ok(sub) = serde_json::from_slice::<Subscription>(&entry.value) else {
+                    continue;
+                };
+                if sub.agent.is_none() || sub.paused || sub.revoked {
+                    continue;
+                }
+                let relay = tokio::spawn(relay(agent.clone(), federation.clone(), sub));
+                running.insert(key, relay);
+            }
+            for (_, task) in running {
+                task.abort();
+            }
+        });
+        Ok(Relays { task })
+    }
+
+    pub fn shutdown(self) {
+        self.task.abort();
+    }
+}
+
+/// Why a relay stopped for good.
+enum Ended {
+    Revoked,
+}
+
+async fn relay(agent: Agent, federation: Arc<Federation>, sub: Subscription) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match relay_once(&agent, &federation, &sub).await {
+            Ok(Ended::Revoked) => {
+                tracing::warn!(local = %sub.local, copy = %sub.copy, "subscription revoked by the remote host");
+                if let Err(e) = agent.mark_revoked(&sub.token).await {
+                    tracing::warn!("marking {} revoked: {e}", sub.token);
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::info!(local = %sub.local, "relay interrupted, reconnecting: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn relay_once(
+    agent: &Agent,
+    federation: &Federation,
+    sub: &Subscription,
+) -> Result<Ended, AgentError> {
+    let position = agent.relay_position(&sub.token).await?;
+    let (mut client, _) = federation.session(&sub.remote).await?;
+    let read = format!(
+        "READ FLOW {} FROM {} FOLLOW SEQUENCES",
+        sub.copy,
+        position + 1
+    );
+    match client.read_start(&read).await {
+        Ok(()) => {}
+        Err(ClientError::Refused(reply)) if reply.code == 550 || reply.code == 554 => {
+            return Ok(Ended::Revoked);
+        }
+        Err(e) => return Err(refused(e, &read)),
+    }
+    let scope = format!("remote:{}", sub.token);
+    let wrap = jsonl::Wrap::default();
+    let mut batch = Vec::new();
+    let mut last = position;
+    loop {
+        let next = client.read_next().await;
+        let line = match next {
+            Ok(Some(line)) => line,
+            other => {
+                agent.relay_store(sub, &scope, &batch, last).await?;
+                return match other {
+                    Err(ClientError::Refused(reply)) if reply.code == 550 || reply.code == 554 => {
+                        Ok(Ended::Revoked)
+                    }
+                    Err(e) => Err(refused(e, "reading the subscription")),
+                    // The copy's stream went away mid-read (removed).
+                    _ => Err(AgentError::Unavailable("the remote read ended".into())),
+                };
+            }
+        };
+        let Some((sequence, event)) = line.split_once(' ') else {
+            return Err(AgentError::Invalid(format!(
+                "relay: not `<sequence> <event>`: {line}"
+            )));
+        };
+        let sequence: u64 = sequence
+            .parse()
+            .map_err(|_| AgentError::Invalid(format!("relay: bad sequence in {line}")))?;
+        let event = jsonl::parse_line(event, sequence as usize, &wrap)
+            .map_err(|e| AgentError::Invalid(format!("relay: {e}")))?;
+        batch.push(event);
+        last = sequence;
+        if batch.len() >= 256 || !client.has_buffered() {
+            agent.relay_store(sub, &scope, &batch, last).await?;
+            batch.clear();
+        }
+    }
+}
