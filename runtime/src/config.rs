@@ -31,6 +31,11 @@
 //! addresses = ["192.0.2.10"]            # its A/AAAA (default: the FNAP address)
 //! nameserver = "127.0.0.1:53"           # resolver for discovery (default: system)
 //!
+//! [fns.update]                          # also publish to BIND9 & co. (RFC 2136)
+//! server = "127.0.0.1:53"
+//! zone = "example.com"
+//! key_file = "/etc/flowd/tsig.key"      # tsig-keygen output (hmac-sha256)
+//!
 //! [[peers]]                             # remote namespaces we subscribe to
 //! namespace = "flows.unix.ar"
 //! username = "emiliano"
@@ -82,6 +87,8 @@ pub struct FnsConfig {
     pub ttl: u32,
     /// Name server used for discovery (`host:port`); `None`: the system's.
     pub nameserver: Option<SocketAddr>,
+    /// Also publish to an external authoritative server (RFC 2136).
+    pub update: Option<crate::fns::update::UpdateConfig>,
 }
 
 impl Default for FnsConfig {
@@ -93,6 +100,7 @@ impl Default for FnsConfig {
             fnap_port: None,
             ttl: 60,
             nameserver: None,
+            update: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::config::{Config, HostFile};
 use crate::engine::{Engine, Metrics};
 use crate::federation::{Federation, Relays};
 use crate::fnap::{Server, ServerContext};
+use crate::fns::update::Updater;
 use crate::fns::{NameService, Publication};
 use crate::wasm::{Host, HostConfig};
 use anyhow::{Context, Result};
@@ -24,6 +25,7 @@ pub struct Daemon {
     metrics_addr: Option<std::net::SocketAddr>,
     fnap: Server,
     fns: Option<NameService>,
+    updater: Option<Updater>,
     relays: Relays,
 }
 
@@ -83,18 +85,27 @@ impl Daemon {
         })
         .await
         .context("starting the FNAP server")?;
+        let published = publication(&config, &nats_urls, fnap.plain, tls.is_some());
         let fns = match config.fns.listen {
             Some(addr) => Some(
                 NameService::start(
                     addr,
                     config.participant.namespaces.clone(),
-                    publication(&config, &nats_urls, fnap.plain, tls.is_some()),
+                    published.clone(),
                     agent.clone(),
                 )
                 .await?,
             ),
             None => None,
         };
+        let updater = config.fns.update.clone().map(|update| {
+            Updater::start(
+                update,
+                config.participant.namespaces.clone(),
+                published,
+                agent.clone(),
+            )
+        });
 
         let (metrics_server, metrics_addr) = match config.metrics.listen {
             Some(addr) => {
@@ -155,6 +166,7 @@ impl Daemon {
             metrics_addr,
             fnap,
             fns,
+            updater,
             relays,
         })
     }
@@ -194,6 +206,9 @@ impl Daemon {
     pub async fn shutdown(self) {
         self.fnap.shutdown();
         self.relays.shutdown();
+        if let Some(updater) = self.updater {
+            updater.shutdown();
+        }
         if let Some(fns) = self.fns {
             fns.shutdown();
         }

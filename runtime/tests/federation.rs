@@ -470,3 +470,98 @@ async fn a_subscription_survives_a_restart_of_the_remote_host() {
         "each event once: {described:?}"
     );
 }
+
+/// `dig +short` against a server.
+fn dig(port: u16, ty: &str, name: &str) -> String {
+    let out = std::process::Command::new("dig")
+        .args(["+short", "-p", &port.to_string(), "@127.0.0.1", ty, name])
+        .output()
+        .expect("dig (bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publication_through_bind9_with_tsig() {
+    let bind = support::Bind::start("unix.ar");
+    let bind_addr = dns(bind.port);
+    let key_file = bind.key_file.clone();
+    let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
+        c.fns.listen = None;
+        c.fns.update = Some(flowd::fns::update::UpdateConfig {
+            server: bind_addr,
+            zone: "unix.ar".into(),
+            key_name: None,
+            key_secret: None,
+            key_file: Some(key_file),
+        });
+    })
+    .await;
+    let fnap_port = b.daemon.fnap_addr().expect("FNAP").port();
+    b.admin()
+        .await
+        .command("CREATE FLOW time.flows.unix.ar PUBLIC")
+        .await
+        .expect("created");
+    eventually(Duration::from_secs(20), "BIND9 has the flow", || async {
+        (!dig(bind.port, "PTR", "time.flows.unix.ar").is_empty()).then_some(())
+    })
+    .await;
+    // The records of section 4.1.2, as dig shows them.
+    assert_eq!(
+        dig(bind.port, "PTR", "time.flows.unix.ar"),
+        "_flow._tcp.time.flows.unix.ar."
+    );
+    assert_eq!(
+        dig(bind.port, "SRV", "_flow._tcp.time.flows.unix.ar"),
+        format!("10 10 {fnap_port} fnaa.unix.ar.")
+    );
+    assert_eq!(
+        dig(bind.port, "TXT", "_flow._tcp.time.flows.unix.ar"),
+        "\"tls\""
+    );
+    assert!(dig(bind.port, "SRV", "_queue._flow._tcp.time.flows.unix.ar").starts_with("10 10 "));
+    assert_eq!(
+        dig(bind.port, "TXT", "_queue._flow._tcp.time.flows.unix.ar"),
+        "\"broker-type=nats\""
+    );
+    assert_eq!(dig(bind.port, "A", "fnaa.unix.ar"), "127.0.0.1");
+    assert_eq!(
+        dig(bind.port, "SRV", "_fnaa._tcp.flows.unix.ar"),
+        format!("10 10 {fnap_port} fnaa.unix.ar.")
+    );
+
+    // Another participant resolving through BIND9 subscribes.
+    let a = participant_with("fnaa.emiliano.ar", "flows.emiliano.ar", |c| {
+        c.fns.nameserver = Some(bind_addr);
+    })
+    .await;
+    a.admin()
+        .await
+        .data("SUBSCRIBE time.flows.unix.ar LOCAL t.flows.emiliano.ar")
+        .await
+        .expect("subscribed through BIND9");
+    b.admin()
+        .await
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 0..500))
+        .await
+        .expect("written");
+    let expected: BTreeSet<String> = (0..500).map(|i| format!("t-{i}")).collect();
+    eventually(Duration::from_secs(60), "the events reach A", || async {
+        let mut c = a.admin().await;
+        (ids(&mut c, "t.flows.emiliano.ar").await == expected).then_some(())
+    })
+    .await;
+
+    // Deleting the flow removes its records from BIND9.
+    b.admin()
+        .await
+        .command("DELETE FLOW time.flows.unix.ar")
+        .await
+        .expect("deleted");
+    eventually(Duration::from_secs(20), "BIND9 drops the flow", || async {
+        dig(bind.port, "PTR", "time.flows.unix.ar")
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}

@@ -82,8 +82,9 @@ pub struct Agent {
     buckets: Buckets,
     namespaces: async_nats::jetstream::kv::Store,
     subscriptions: async_nats::jetstream::kv::Store,
-    /// Poked when flows are created or deleted (the name service listens).
-    changes: std::sync::Arc<tokio::sync::Notify>,
+    /// Bumped when flows are created or deleted (name service publishers
+    /// follow it).
+    changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
     /// How to reach other participants (remote subscriptions).
     federation: Option<std::sync::Arc<crate::federation::Federation>>,
 }
@@ -163,7 +164,7 @@ impl Agent {
             buckets,
             namespaces,
             subscriptions,
-            changes: Default::default(),
+            changes: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             federation: None,
         })
     }
@@ -181,13 +182,13 @@ impl Agent {
         self
     }
 
-    /// Notified after flows are created or deleted through this agent.
-    pub fn changes(&self) -> std::sync::Arc<tokio::sync::Notify> {
-        self.changes.clone()
+    /// Changes after flows are created or deleted through this agent.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     fn changed(&self) {
-        self.changes.notify_one();
+        self.changes.send_modify(|n| *n += 1);
     }
 
     pub async fn create_flow(&self, flow: &FlowName, settings: &FlowSettings) -> Result<FlowInfo> {

@@ -4,11 +4,13 @@
 //!
 //! - [`records`]: the records a flow and a namespace publish;
 //! - [`server`]: the embedded authoritative server for this host's zones;
+//! - [`update`]: publication to an external server (RFC 2136 + TSIG);
 //! - [`resolve`]: discovery, PTR -> SRV/TXT -> A/AAAA.
 
 pub mod records;
 pub mod resolve;
 pub mod server;
+pub mod update;
 
 pub use records::Publication;
 pub use resolve::{Discovery, DiscoveryError, Location};

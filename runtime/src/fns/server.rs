@@ -102,13 +102,13 @@ impl NameService {
         let mut server = Server::new(zones.clone());
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(10), 64 * 1024);
-        let changes = agent.changes();
+        let mut changes = agent.changes();
         let task = tokio::spawn(async move {
             let _server = server;
             let mut serial = 1u32;
             loop {
                 tokio::select! {
-                    _ = changes.notified() => {}
+                    _ = changes.changed() => {}
                     _ = tokio::time::sleep(Duration::from_secs(30)) => {}
                 }
                 serial = serial.wrapping_add(1);

@@ -180,3 +180,113 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A real BIND9 (Debian's `named`) serving one zone on a loopback port,
+/// accepting RFC 2136 updates signed with a TSIG key made for this run.
+pub struct Bind {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub port: u16,
+    /// The `tsig-keygen` output (key `flowd-key`, hmac-sha256).
+    pub key_file: PathBuf,
+}
+
+impl Bind {
+    pub fn start(zone: &str) -> Bind {
+        let named = ["/usr/sbin/named", "/usr/bin/named"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("BIND9's named (scripts/setup installs Debian's bind9)");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path();
+        let port = free_port();
+        let key = Command::new("tsig-keygen")
+            .args(["-a", "hmac-sha256", "flowd-key"])
+            .output()
+            .expect("tsig-keygen (bind9-utils)");
+        assert!(key.status.success(), "tsig-keygen failed");
+        let key_file = path.join("tsig.key");
+        std::fs::write(&key_file, &key.stdout).expect("key written");
+        std::fs::write(
+            path.join("zone.db"),
+            format!(
+                "$TTL 60\n@ IN SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 60\n@ IN NS ns.{zone}.\nns IN A 127.0.0.1\n"
+            ),
+        )
+        .expect("zone written");
+        let dirname = path.display();
+        std::fs::write(
+            path.join("named.conf"),
+            format!(
+                "include \"{dirname}/tsig.key\";\n\
+                 options {{ directory \"{dirname}\"; pid-file \"{dirname}/named.pid\";\n\
+                   listen-on port {port} {{ 127.0.0.1; }}; listen-on-v6 {{ none; }};\n\
+                   recursion no; dnssec-validation no; allow-query {{ any; }}; }};\n\
+                 zone \"{zone}\" {{ type primary; file \"{dirname}/zone.db\";\n\
+                   update-policy {{ grant flowd-key zonesub ANY; }}; }};\n"
+            ),
+        )
+        .expect("named.conf written");
+        let conf = path.join("named.conf");
+        let is_root = running_as_root();
+        let mut command = if is_root {
+            // named refuses to run as root without -u; run it as `bind`.
+            let _ = Command::new("chown")
+                .args(["-R", "bind:bind"])
+                .arg(path)
+                .status();
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=bind", "--regid=bind", "--init-groups", named]);
+            c
+        } else {
+            Command::new(named)
+        };
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("named-{port}.log")))
+            .expect("log file");
+        let child = command
+            .args(["-g", "-c"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("named starts");
+        let mut bind = Bind {
+            child,
+            _dir: dir,
+            port,
+            key_file,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            let log = || {
+                std::fs::read_to_string(std::env::temp_dir().join(format!("named-{port}.log")))
+                    .unwrap_or_default()
+            };
+            if let Ok(Some(status)) = bind.child.try_wait() {
+                panic!("named exited ({status}):\n{}", log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "named never listened:\n{}",
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bind
+    }
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
