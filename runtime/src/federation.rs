@@ -109,7 +109,7 @@ impl Federation {
         };
         let mut last = None;
         for addr in location.agent_addrs() {
-            match Client::connect(&addr.to_string(), &security).await {
+            match Client::connect_named(&addr.to_string(), &location.host, &security).await {
                 Ok(mut client) => {
                     let password = peer.and_then(|p| {
                         p.password.clone().or_else(|| {

@@ -344,6 +344,32 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
     let described = flow(&["describe", "flow", "large.tour.example.com"], "");
     assert!(described.contains("events=4"), "{described}");
 
+    // The host's name service answers for the namespace it serves.
+    let host: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&host_file).expect("host.json"))
+            .expect("JSON");
+    let dns = host["fns"].as_str().expect("name service address");
+    let fnap = host["fnap"].as_str().expect("FNAP address");
+    let port = fnap.rsplit_once(':').map(|(_, p)| p).unwrap_or_default();
+    // (`tour.example.com` was created with `flow create namespace`; a
+    // top-level namespace gets its own zone.)
+    let nameserver = flow(
+        &[
+            "describe",
+            "nameserver",
+            "tour.example.com",
+            "--nameserver",
+            dns,
+        ],
+        "",
+    );
+    assert!(
+        nameserver.contains("agent=localhost")
+            && nameserver.contains(&format!("port={port}"))
+            && nameserver.contains("addresses=127.0.0.1"),
+        "{nameserver}"
+    );
+
     let mut metrics = String::new();
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).expect("metrics");
     std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.0\r\n\r\n").expect("request");

@@ -187,7 +187,7 @@ impl Agent {
         self.changes.subscribe()
     }
 
-    fn changed(&self) {
+    pub(crate) fn changed(&self) {
         self.changes.send_modify(|n| *n += 1);
     }
 

@@ -127,6 +127,7 @@ impl Agent {
             created: chrono::Utc::now().to_rfc3339(),
         };
         self.put_namespace(&record).await?;
+        self.changed();
         Ok(record)
     }
 
@@ -222,6 +223,7 @@ impl Agent {
             .purge(ns.as_str())
             .await
             .map_err(unavailable)?;
+        self.changed();
         Ok(())
     }
 

@@ -9,8 +9,8 @@
 //! local flow of the subscriber; that bridge is the *subscription*, which the
 //! subscriber pauses, resumes or stops.
 //!
-//! Both ends are on this host for now: a remote flow served by another host
-//! needs the Flow Name Service to be found, which is not built yet.
+//! When the subscribed flow is served by another participant, the copy is
+//! made there and [`crate::federation`] relays it into the local flow.
 
 use super::access::{self, Principal};
 use super::{Agent, AgentError, NewProcessor, unavailable};
@@ -488,13 +488,12 @@ impl Agent {
         paused: bool,
     ) -> Result<Subscription, AgentError> {
         let mut sub = self.subscription_into(principal, local).await?;
-        if sub.agent.is_some() {
-            sub.paused = paused;
-            self.put_record(&format!("subscription.{}", sub.token), &sub)
-                .await?;
-        } else {
+        if sub.agent.is_none() {
             self.set_paused(&sub.processor, paused).await?;
         }
+        sub.paused = paused;
+        self.put_record(&format!("subscription.{}", sub.token), &sub)
+            .await?;
         Ok(sub)
     }
 

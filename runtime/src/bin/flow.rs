@@ -275,9 +275,12 @@ enum Describe {
     Agent,
     /// The agent's flow events broker.
     Broker,
-    /// The Flow Name Service of a namespace.
+    /// What the Flow Name Service says of a namespace: its FNAA.
     Nameserver {
         namespace: NamespaceName,
+        /// DNS server to ask (`ip:port`; default: the system's resolver).
+        #[arg(long)]
+        nameserver: Option<std::net::SocketAddr>,
     },
     /// A processor component file: kind, world, digest, imports.
     Component {
@@ -430,11 +433,25 @@ async fn run(cli: Cli) -> Result<()> {
             return Ok(());
         }
         Command::Describe {
-            what: Describe::Nameserver { namespace },
+            what:
+                Describe::Nameserver {
+                    namespace,
+                    nameserver,
+                },
         } => {
-            bail!(
-                "describing the Flow Name Service of {namespace} needs the FNS, which this version does not run yet"
-            );
+            let discovery = flowd::fns::Discovery::new(*nameserver)?;
+            let (host, port, addresses) = discovery.namespace_agent(namespace.as_str()).await?;
+            let addresses: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+            if json {
+                return print_json(&serde_json::json!({
+                    "namespace": namespace, "agent": host, "port": port, "addresses": addresses,
+                }));
+            }
+            println!("namespace={namespace}");
+            println!("agent={host}");
+            println!("port={port}");
+            println!("addresses={}", addresses.join(","));
+            return Ok(());
         }
         _ => {}
     }

@@ -95,6 +95,22 @@ impl Client {
     /// Connects to `host:port`, secures the session as asked and reads the
     /// greeting.
     pub async fn connect(addr: &str, security: &Security) -> Result<Client, ClientError> {
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        Client::connect_named(addr, &host, security).await
+    }
+
+    /// Connects to `addr` (an address found through DNS, say) and checks
+    /// the server's certificate against `host`, the name it should hold.
+    pub async fn connect_named(
+        addr: &str,
+        host: &str,
+        security: &Security,
+    ) -> Result<Client, ClientError> {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|source| ClientError::Connect {
@@ -102,14 +118,8 @@ impl Client {
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
-        let host = addr
-            .rsplit_once(':')
-            .map_or(addr, |(h, _)| h)
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
         let stream: Stream = match security {
-            Security::Implicit { ca } => tls_wrap(Box::new(tcp), ca, &host).await?,
+            Security::Implicit { ca } => tls_wrap(Box::new(tcp), ca, host).await?,
             _ => Box::new(tcp),
         };
         let (reader, writer) = split(stream);
@@ -127,7 +137,7 @@ impl Client {
             client.command("STARTTLS").await?;
             let Client { reader, writer, .. } = client;
             let plain = reader.into_inner().unsplit(writer.into_inner());
-            let (reader, writer) = split(tls_wrap(plain, ca, &host).await?);
+            let (reader, writer) = split(tls_wrap(plain, ca, host).await?);
             client = Client {
                 reader,
                 writer,

@@ -111,6 +111,49 @@ impl Discovery {
         }
     }
 
+    /// The agent of a namespace, from `_fnaa._tcp.<namespace>` SRV and its
+    /// host's addresses: (host, port, addresses).
+    pub async fn namespace_agent(
+        &self,
+        namespace: &str,
+    ) -> Result<(String, u16, Vec<IpAddr>), DiscoveryError> {
+        let name = format!("_fnaa._tcp.{namespace}");
+        let mut srv: Vec<(u16, u16, u16, String)> = self
+            .records(&name, RecordType::SRV)
+            .await?
+            .iter()
+            .filter_map(|r| match r {
+                RData::SRV(s) => Some((s.priority, s.weight, s.port, s.target.to_utf8())),
+                _ => None,
+            })
+            .collect();
+        srv.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        let (_, _, port, host) = srv
+            .into_iter()
+            .next()
+            .ok_or_else(|| DiscoveryError::Lookup {
+                name: name.clone(),
+                reason: "no SRV record: the namespace publishes no FNAA".into(),
+            })?;
+        let host = host.trim_end_matches('.').to_owned();
+        let addresses = self.addresses(&host).await?;
+        Ok((host, port, addresses))
+    }
+
+    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DiscoveryError> {
+        let mut addresses = Vec::new();
+        for ty in [RecordType::A, RecordType::AAAA] {
+            for r in self.records(host, ty).await? {
+                match r {
+                    RData::A(a) => addresses.push(IpAddr::V4(a.0)),
+                    RData::AAAA(a) => addresses.push(IpAddr::V6(a.0)),
+                    _ => {}
+                }
+            }
+        }
+        Ok(addresses)
+    }
+
     /// Locates the FNAA serving `flow`.
     pub async fn locate(&self, flow: &FlowName) -> Result<Location, DiscoveryError> {
         let ptr = match self.records(flow.as_str(), RecordType::PTR).await {
@@ -147,16 +190,7 @@ impl Discovery {
             |r| matches!(r, RData::TXT(t) if t.to_string().split_whitespace().any(|w| w == "tls")),
         );
         let host = host.trim_end_matches('.').to_owned();
-        let mut addresses = Vec::new();
-        for ty in [RecordType::A, RecordType::AAAA] {
-            for r in self.records(&host, ty).await? {
-                match r {
-                    RData::A(a) => addresses.push(IpAddr::V4(a.0)),
-                    RData::AAAA(a) => addresses.push(IpAddr::V6(a.0)),
-                    _ => {}
-                }
-            }
-        }
+        let addresses = self.addresses(&host).await?;
         if addresses.is_empty() {
             return Err(DiscoveryError::NoAddress {
                 flow: flow.clone(),

@@ -127,13 +127,37 @@ impl NameService {
     }
 }
 
+/// The zones to serve: the configured namespaces and every top-level
+/// namespace created since (one not inside another the host knows).
+pub(crate) async fn zones(served: &[String], agent: &Agent) -> Vec<String> {
+    let mut zones: Vec<String> = served.to_vec();
+    match agent.namespace_records().await {
+        Ok(records) => {
+            let names: Vec<String> = records.iter().map(|r| r.name.to_string()).collect();
+            for name in &names {
+                let inside = names
+                    .iter()
+                    .chain(served)
+                    .any(|other| name.ends_with(&format!(".{other}")));
+                if !inside && !zones.contains(name) {
+                    zones.push(name.clone());
+                }
+            }
+        }
+        Err(e) => tracing::warn!("FNS: cannot list namespaces: {e}"),
+    }
+    zones
+}
+
 /// A catalog with one zone per served namespace, holding its flows.
 async fn build(
-    namespaces: &[String],
+    served: &[String],
     publication: &Publication,
     agent: &Agent,
     serial: u32,
 ) -> Result<Catalog, FnsServerError> {
+    let namespaces = zones(served, agent).await;
+    let namespaces = namespaces.as_slice();
     let flows: Vec<FlowName> = match agent.broker().flows().await {
         Ok(flows) => flows,
         Err(e) => {

@@ -119,26 +119,42 @@ impl Session {
         }
     }
 
+    /// Fails unless the server answered NOERROR.
+    fn accepted(
+        &self,
+        response: &hickory_proto::op::DnsResponse,
+        what: &str,
+    ) -> Result<(), UpdateError> {
+        match response.metadata.response_code {
+            hickory_proto::op::ResponseCode::NoError => Ok(()),
+            code => Err(self.failed(what, format!("the server answered {code}"))),
+        }
+    }
+
     /// Replaces every record at `names` with `records`.
     async fn replace(&mut self, names: &[Name], records: Vec<Record>) -> Result<(), UpdateError> {
         for name in names {
             if !self.zone.zone_of(name) {
                 continue;
             }
-            self.client
+            let response = self
+                .client
                 .delete_all(name.clone(), self.zone.clone(), DNSClass::IN)
                 .await
                 .map_err(|e| self.failed(&format!("deleting {name}"), e))?;
+            self.accepted(&response, &format!("deleting {name}"))?;
         }
         for record in records {
             if !self.zone.zone_of(&record.name) {
                 continue;
             }
             let name = record.name.clone();
-            self.client
+            let response = self
+                .client
                 .append(record, self.zone.clone(), false)
                 .await
                 .map_err(|e| self.failed(&format!("adding {name}"), e))?;
+            self.accepted(&response, &format!("adding {name}"))?;
         }
         Ok(())
     }
@@ -224,11 +240,12 @@ impl Updater {
             let mut published: BTreeSet<FlowName> = BTreeSet::new();
             let mut backoff = Duration::from_secs(1);
             loop {
+                let zones = super::server::zones(&namespaces, &agent).await;
                 let flows: BTreeSet<FlowName> = match agent.broker().flows().await {
                     Ok(flows) => flows
                         .into_iter()
                         .filter(|f| {
-                            namespaces
+                            zones
                                 .iter()
                                 .any(|ns| f.as_str().ends_with(&format!(".{ns}")))
                         })
@@ -240,7 +257,7 @@ impl Updater {
                     }
                 };
                 let gone: BTreeSet<FlowName> = published.difference(&flows).cloned().collect();
-                match publish(&config, &namespaces, &publication, &flows, &gone).await {
+                match publish(&config, &zones, &publication, &flows, &gone).await {
                     Ok(()) => {
                         published = flows;
                         backoff = Duration::from_secs(1);
