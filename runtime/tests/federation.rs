@@ -444,16 +444,16 @@ async fn a_subscription_survives_a_restart_of_the_remote_host() {
     .await;
     b.admin()
         .await
-        .block("WRITE FLOW time.flows.unix.ar", events("t", 0..1500))
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 0..5000))
         .await
         .expect("first half");
     let b = b.restart().await;
     b.admin()
         .await
-        .block("WRITE FLOW time.flows.unix.ar", events("t", 1500..3000))
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 5000..10_000))
         .await
         .expect("second half");
-    let expected: BTreeSet<String> = (0..3000).map(|i| format!("t-{i}")).collect();
+    let expected: BTreeSet<String> = (0..10_000).map(|i| format!("t-{i}")).collect();
     eventually(Duration::from_secs(60), "every event reaches A", || async {
         let mut c = a.admin().await;
         (ids(&mut c, "t.flows.emiliano.ar").await == expected).then_some(())
@@ -466,7 +466,7 @@ async fn a_subscription_survives_a_restart_of_the_remote_host() {
         .await
         .expect("described");
     assert!(
-        described.contains(&"events=3000".to_owned()),
+        described.contains(&"events=10000".to_owned()),
         "each event once: {described:?}"
     );
 }
@@ -552,6 +552,20 @@ async fn publication_through_bind9_with_tsig() {
     })
     .await;
 
+    // An FNAA that is down (its records still in DNS) is a clear error,
+    // and A creates nothing.
+    b.admin()
+        .await
+        .command("CREATE FLOW later.flows.unix.ar PUBLIC")
+        .await
+        .expect("created");
+    eventually(
+        Duration::from_secs(20),
+        "BIND9 has the second flow",
+        || async { (!dig(bind.port, "PTR", "later.flows.unix.ar").is_empty()).then_some(()) },
+    )
+    .await;
+
     // Deleting the flow removes its records from BIND9.
     b.admin()
         .await
@@ -564,4 +578,23 @@ async fn publication_through_bind9_with_tsig() {
             .then_some(())
     })
     .await;
+    let Participant { daemon, .. } = b;
+    daemon.shutdown().await;
+    let down = a
+        .admin()
+        .await
+        .data("SUBSCRIBE later.flows.unix.ar LOCAL later.flows.emiliano.ar")
+        .await
+        .expect_err("B is down");
+    assert_eq!(code(down), 450);
+    assert_eq!(
+        code(
+            a.admin()
+                .await
+                .command("DESCRIBE FLOW later.flows.emiliano.ar")
+                .await
+                .expect_err("nothing created")
+        ),
+        550
+    );
 }
