@@ -58,6 +58,22 @@ impl Agent {
         self.chain(names).await
     }
 
+    /// A namespace's record and its chain (itself and the enclosing ones,
+    /// nearest first); "no such namespace" when it does not exist.
+    async fn existing(
+        &self,
+        ns: &NamespaceName,
+    ) -> Result<(NamespaceRecord, Vec<NamespaceRecord>), AgentError> {
+        let chain = self.namespace_chain(ns).await?;
+        match chain.first() {
+            Some(record) if &record.name == ns => Ok((record.clone(), chain)),
+            _ => Err(AgentError::NotFound {
+                what: "namespace",
+                name: ns.to_string(),
+            }),
+        }
+    }
+
     /// Every namespace record.
     pub async fn namespace_records(&self) -> Result<Vec<NamespaceRecord>, AgentError> {
         let mut keys = self.namespaces.keys().await.map_err(unavailable)?;
@@ -138,15 +154,7 @@ impl Agent {
         principal: &Principal,
         ns: &NamespaceName,
     ) -> Result<(NamespaceRecord, Vec<FlowName>, Vec<NamespaceName>), AgentError> {
-        let chain = self.namespace_chain(ns).await?;
-        let record = chain
-            .first()
-            .filter(|r| &r.name == ns)
-            .cloned()
-            .ok_or_else(|| AgentError::NotFound {
-                what: "namespace",
-                name: ns.to_string(),
-            })?;
+        let (record, chain) = self.existing(ns).await?;
         let right = access::right_through(principal, &chain);
         if !record.public {
             access::require(principal, right, Right::Read, &format!("describe {ns}"))?;
@@ -198,13 +206,7 @@ impl Agent {
         principal: &Principal,
         ns: &NamespaceName,
     ) -> Result<(), AgentError> {
-        let chain = self.namespace_chain(ns).await?;
-        if chain.first().is_none_or(|r| &r.name != ns) {
-            return Err(AgentError::NotFound {
-                what: "namespace",
-                name: ns.to_string(),
-            });
-        }
+        let (_, chain) = self.existing(ns).await?;
         access::require(
             principal,
             access::right_through(principal, &chain),
@@ -261,15 +263,7 @@ impl Agent {
         right: Option<Right>,
         ns: &NamespaceName,
     ) -> Result<NamespaceRecord, AgentError> {
-        let chain = self.namespace_chain(ns).await?;
-        let mut record = chain
-            .first()
-            .filter(|r| &r.name == ns)
-            .cloned()
-            .ok_or_else(|| AgentError::NotFound {
-                what: "namespace",
-                name: ns.to_string(),
-            })?;
+        let (mut record, chain) = self.existing(ns).await?;
         access::require(
             principal,
             access::right_through(principal, &chain),

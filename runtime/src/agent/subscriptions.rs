@@ -57,6 +57,29 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    fn new(
+        token: &str,
+        local: &FlowName,
+        remote: &FlowName,
+        copy: &FlowName,
+        user: Option<String>,
+        processor: String,
+        agent: Option<String>,
+    ) -> Subscription {
+        Subscription {
+            token: token.to_owned(),
+            local: local.clone(),
+            remote: remote.clone(),
+            copy: copy.clone(),
+            user,
+            processor,
+            created: chrono::Utc::now().to_rfc3339(),
+            agent,
+            paused: false,
+            revoked: false,
+        }
+    }
+
     /// `running`, `paused` or `revoked`.
     pub fn state(&self) -> &'static str {
         if self.revoked {
@@ -198,18 +221,7 @@ impl Agent {
                 .await?;
             self.put_record(
                 &format!("subscription.{token}"),
-                &Subscription {
-                    token: token.clone(),
-                    local: local.clone(),
-                    remote: remote.clone(),
-                    copy: copy.clone(),
-                    user,
-                    processor,
-                    created: chrono::Utc::now().to_rfc3339(),
-                    agent: None,
-                    paused: false,
-                    revoked: false,
-                },
+                &Subscription::new(&token, local, remote, &copy, user, processor, None),
             )
             .await?;
         }
@@ -270,18 +282,15 @@ impl Agent {
         let token = token();
         self.put_record(
             &format!("subscription.{token}"),
-            &Subscription {
-                token: token.clone(),
-                local: local.clone(),
-                remote: remote.clone(),
-                copy: copy.clone(),
-                user: principal.user().map(str::to_owned),
-                processor: String::new(),
-                created: chrono::Utc::now().to_rfc3339(),
-                agent: Some(addr.to_string()),
-                paused: false,
-                revoked: false,
-            },
+            &Subscription::new(
+                &token,
+                local,
+                remote,
+                &copy,
+                principal.user().map(str::to_owned),
+                String::new(),
+                Some(addr.to_string()),
+            ),
         )
         .await?;
         Ok(copy)

@@ -178,6 +178,11 @@ impl Client {
     pub async fn command(&mut self, line: &str) -> Result<Reply, ClientError> {
         self.send_line(line).await?;
         self.writer.flush().await?;
+        self.outcome().await
+    }
+
+    /// The next reply, as success or [`ClientError::Refused`].
+    async fn outcome(&mut self) -> Result<Reply, ClientError> {
         let reply = self.reply().await?;
         if reply.is_success() {
             Ok(reply)
@@ -219,12 +224,7 @@ impl Client {
         }
         self.send_line(".").await?;
         self.writer.flush().await?;
-        let reply = self.reply().await?;
-        if reply.is_success() {
-            Ok(reply)
-        } else {
-            Err(ClientError::Refused(reply))
-        }
+        self.outcome().await
     }
 
     /// `AUTHENTICATE PLAIN`, as in the draft's transcripts (the token on its

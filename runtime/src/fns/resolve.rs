@@ -118,8 +118,24 @@ impl Discovery {
         namespace: &str,
     ) -> Result<(String, u16, Vec<IpAddr>), DiscoveryError> {
         let name = format!("_fnaa._tcp.{namespace}");
+        let (port, host) = self
+            .best_srv(&name)
+            .await?
+            .ok_or_else(|| DiscoveryError::Lookup {
+                name: name.clone(),
+                reason: "no SRV record: the namespace publishes no FNAA".into(),
+            })?;
+        let host = host.trim_end_matches('.').to_owned();
+        let addresses = self.addresses(&host).await?;
+        Ok((host, port, addresses))
+    }
+
+    /// The SRV target to use at `name`: the lowest priority, and among
+    /// equals the heaviest (a deterministic reading of RFC 2782's weighted
+    /// choice). `(port, target)`.
+    async fn best_srv(&self, name: &str) -> Result<Option<(u16, String)>, DiscoveryError> {
         let mut srv: Vec<(u16, u16, u16, String)> = self
-            .records(&name, RecordType::SRV)
+            .records(name, RecordType::SRV)
             .await?
             .iter()
             .filter_map(|r| match r {
@@ -128,16 +144,10 @@ impl Discovery {
             })
             .collect();
         srv.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        let (_, _, port, host) = srv
+        Ok(srv
             .into_iter()
             .next()
-            .ok_or_else(|| DiscoveryError::Lookup {
-                name: name.clone(),
-                reason: "no SRV record: the namespace publishes no FNAA".into(),
-            })?;
-        let host = host.trim_end_matches('.').to_owned();
-        let addresses = self.addresses(&host).await?;
-        Ok((host, port, addresses))
+            .map(|(_, _, port, host)| (port, host)))
     }
 
     async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DiscoveryError> {
@@ -167,25 +177,13 @@ impl Discovery {
                 _ => None,
             })
             .ok_or_else(|| DiscoveryError::NoSuchFlow(flow.clone()))?;
-        let mut srv: Vec<(u16, u16, u16, String)> = self
-            .records(&service, RecordType::SRV)
-            .await?
-            .iter()
-            .filter_map(|r| match r {
-                RData::SRV(s) => Some((s.priority, s.weight, s.port, s.target.to_utf8())),
-                _ => None,
-            })
-            .collect();
-        // Lowest priority first; among equals, the heaviest first (a
-        // deterministic reading of RFC 2782's weighted choice).
-        srv.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        let (_, _, port, host) = srv
-            .into_iter()
-            .next()
-            .ok_or_else(|| DiscoveryError::NoAgent {
-                flow: flow.clone(),
-                name: service.clone(),
-            })?;
+        let (port, host) =
+            self.best_srv(&service)
+                .await?
+                .ok_or_else(|| DiscoveryError::NoAgent {
+                    flow: flow.clone(),
+                    name: service.clone(),
+                })?;
         let tls = self.records(&service, RecordType::TXT).await?.iter().any(
             |r| matches!(r, RData::TXT(t) if t.to_string().split_whitespace().any(|w| w == "tls")),
         );
