@@ -186,10 +186,13 @@ fn events(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn participants_subscribe_to_each_other_through_dns() {
     let (dns_a, dns_b) = (free_port(), free_port());
+    // A lives on 127.0.0.2, B on 127.0.0.1: they share nothing but DNS and
+    // routed TCP (their brokers are their own).
+    let a_ip = std::net::Ipv4Addr::new(127, 0, 0, 2);
     // B knows an account for A's host and grants it read on its namespace.
     let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
         c.fns.listen = Some(dns(dns_b));
-        c.fns.nameserver = Some(dns(dns_a));
+        c.fns.nameserver = Some(SocketAddr::from((a_ip, dns_a)));
         let mut accounts = Accounts::default();
         accounts
             .add("emiliano", "peer-secret", false)
@@ -198,7 +201,8 @@ async fn participants_subscribe_to_each_other_through_dns() {
     })
     .await;
     let a = participant_with("fnaa.emiliano.ar", "flows.emiliano.ar", |c| {
-        c.fns.listen = Some(dns(dns_a));
+        c.fnap.listen = Some(SocketAddr::from((a_ip, 0)));
+        c.fns.listen = Some(SocketAddr::from((a_ip, dns_a)));
         c.fns.nameserver = Some(dns(dns_b));
         c.peers = vec![PeerConfig {
             namespace: "flows.unix.ar".into(),
@@ -208,6 +212,7 @@ async fn participants_subscribe_to_each_other_through_dns() {
         }];
     })
     .await;
+    assert_eq!(a.daemon.fnap_addr().map(|a| a.ip()), Some(a_ip.into()));
     let mut admin_b = b.admin().await;
     let mut admin_a = a.admin().await;
     admin_b
@@ -592,6 +597,86 @@ async fn publication_through_bind9_with_tsig() {
             a.admin()
                 .await
                 .command("DESCRIBE FLOW later.flows.emiliano.ar")
+                .await
+                .expect_err("nothing created")
+        ),
+        550
+    );
+}
+
+/// A CA file, and a certificate and key it issued for `name`.
+fn issued_for(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("issued");
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).expect("written");
+    std::fs::write(&paths.1, cert.pem()).expect("written");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("written");
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_check_the_tls_name_of_the_agent_they_found() {
+    let pki = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = issued_for(pki.path(), "someone-else.example");
+    let dns_b = free_port();
+    let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
+        c.fns.listen = Some(dns(dns_b));
+        c.fnap.tls.cert = Some(cert.clone());
+        c.fnap.tls.key = Some(key.clone());
+    })
+    .await;
+    let a = participant_with("fnaa.emiliano.ar", "flows.emiliano.ar", |c| {
+        c.fns.nameserver = Some(dns(dns_b));
+        c.peers = vec![PeerConfig {
+            namespace: "flows.unix.ar".into(),
+            ca: Some(ca.clone()),
+            ..PeerConfig::default()
+        }];
+    })
+    .await;
+    b.admin()
+        .await
+        .command("CREATE FLOW time.flows.unix.ar PUBLIC")
+        .await
+        .expect("created");
+    let refused = eventually(Duration::from_secs(20), "the flow is published", || async {
+        match a
+            .admin()
+            .await
+            .data("SUBSCRIBE time.flows.unix.ar LOCAL t.flows.emiliano.ar")
+            .await
+        {
+            Err(ClientError::Refused(reply)) if reply.code != 550 => Some(reply),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(refused.code, 450, "{refused:?}");
+    assert!(
+        refused.text.contains("TLS"),
+        "the reason is named: {refused:?}"
+    );
+    assert_eq!(
+        code(
+            a.admin()
+                .await
+                .command("DESCRIBE FLOW t.flows.emiliano.ar")
                 .await
                 .expect_err("nothing created")
         ),
