@@ -12,7 +12,7 @@
 //! server = "/usr/local/bin/nats-server"  # binary for the embedded server
 //!
 //! [metrics]
-//! listen = "127.0.0.1:9464"
+//! listen = "127.0.0.1:9464"             # every listen address may be "off"
 //!
 //! [fnap]                                # the FNAA server (docs/fnap.md)
 //! listen = "127.0.0.1:61000"            # plain text + STARTTLS
@@ -75,6 +75,7 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct FnsConfig {
     /// UDP and TCP address of the embedded server; `None` disables it.
+    #[serde(with = "address_or_off")]
     pub listen: Option<SocketAddr>,
     /// The FNAA host name published as SRV target (default: the
     /// participant's FQDN).
@@ -111,8 +112,10 @@ impl Default for FnsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct FnapConfig {
     /// Plain-text port (STARTTLS upgrades it); `None` disables it.
+    #[serde(with = "address_or_off")]
     pub listen: Option<SocketAddr>,
     /// Implicit-TLS port; `None` disables it.
+    #[serde(with = "address_or_off")]
     pub tls_listen: Option<SocketAddr>,
     pub tls: TlsConfig,
     /// Networks from which `AUTHENTICATE PLAIN` is accepted without TLS.
@@ -201,6 +204,7 @@ pub struct Nats {
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address of the Prometheus `/metrics` endpoint; `None` disables it.
+    #[serde(with = "address_or_off")]
     pub listen: Option<SocketAddr>,
 }
 
@@ -209,6 +213,30 @@ impl Default for MetricsConfig {
         MetricsConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
         }
+    }
+}
+
+/// A listening address in TOML: `"host:port"`, or `"off"` for none (TOML
+/// has no null, and every address has a default).
+mod address_or_off {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::net::SocketAddr;
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "off" {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("`{text}`: expected \"host:port\" or \"off\""))
+        })
     }
 }
 
@@ -300,6 +328,16 @@ mod tests {
                 .expect("valid");
         assert_eq!(c.limits.batch, 10);
         assert_eq!(c.limits.memory_mib, 64, "unspecified limits keep defaults");
+        let c: Config = toml::from_str(
+            "[fnap]\nlisten = \"off\"\ntls_listen = \"127.0.0.1:7000\"\n[fns]\nlisten = \"off\"\n[metrics]\nlisten = \"off\"",
+        )
+        .expect("valid");
+        assert_eq!(c.fnap.listen, None);
+        assert_eq!(c.fnap.tls_listen, Some(([127, 0, 0, 1], 7000).into()));
+        assert_eq!(c.fns.listen, None);
+        assert_eq!(c.metrics.listen, None);
+        let err = toml::from_str::<Config>("[fns]\nlisten = \"nowhere\"").expect_err("bad");
+        assert!(err.to_string().contains("expected \"host:port\" or \"off\""), "{err}");
         let err = toml::from_str::<Config>("[nats]\nurl = \"x\"").expect_err("typo");
         assert!(err.to_string().contains("unknown field `url`"), "{err}");
     }
