@@ -925,6 +925,7 @@ impl Session {
         .await?;
         let wrap = jsonl::Wrap::default();
         let mut pending = Vec::new();
+        let mut pending_bytes = 0usize;
         let (mut stored, mut duplicates, mut number) = (0u64, 0u64, 0usize);
         let mut failed: Option<Reply> = None;
         loop {
@@ -956,13 +957,19 @@ impl Session {
                 continue;
             }
             match jsonl::parse_line(text, number, &wrap) {
-                Ok(event) => pending.push(event),
+                Ok(event) => {
+                    pending_bytes += text.len();
+                    pending.push(event);
+                }
                 Err(e) => {
                     failed = Some(Reply::new(Code::Arguments, e.to_string()));
                     continue;
                 }
             }
-            if pending.len() >= 256 {
+            // Stored in batches of at most 256 events or 4 MiB, so a
+            // session's memory stays bounded whatever the client sends.
+            if pending.len() >= 256 || pending_bytes >= 4 << 20 {
+                pending_bytes = 0;
                 match agent.write(&flow, &pending).await {
                     Ok(published) => {
                         stored += published.stored;
