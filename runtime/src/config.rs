@@ -337,7 +337,11 @@ mod tests {
         assert_eq!(c.fns.listen, None);
         assert_eq!(c.metrics.listen, None);
         let err = toml::from_str::<Config>("[fns]\nlisten = \"nowhere\"").expect_err("bad");
-        assert!(err.to_string().contains("expected \"host:port\" or \"off\""), "{err}");
+        assert!(
+            err.to_string()
+                .contains("expected \"host:port\" or \"off\""),
+            "{err}"
+        );
         let err = toml::from_str::<Config>("[nats]\nurl = \"x\"").expect_err("typo");
         assert!(err.to_string().contains("unknown field `url`"), "{err}");
     }

@@ -789,7 +789,7 @@ impl Session {
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
                 match verified {
                     Ok(Some(identity)) => {
-                        tracing::info!(peer = %self.peer, user = identity.user, "FNAP user authenticated");
+                        tracing::debug!(peer = %self.peer, user = identity.user, "FNAP user authenticated");
                         self.principal = Some(Principal::User(identity));
                         self.auth_failures = 0;
                         Ok(ok("Authenticated"))
