@@ -85,6 +85,9 @@ pub struct Agent {
     /// Bumped when flows are created or deleted (name service publishers
     /// follow it).
     changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// The namespace records as last read (access checks read them all the
+    /// time).
+    namespace_cache: std::sync::Arc<std::sync::Mutex<namespaces::NamespaceCache>>,
     /// How to reach other participants (remote subscriptions).
     federation: Option<std::sync::Arc<crate::federation::Federation>>,
 }
@@ -166,6 +169,7 @@ impl Agent {
             subscriptions,
             changes: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             federation: None,
+            namespace_cache: Default::default(),
         })
     }
 

@@ -6,24 +6,67 @@ use super::{Agent, AgentError, unavailable};
 use crate::broker::{FlowName, NamespaceName};
 use crate::fnap::command::Right;
 use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long the namespace records read from the broker are trusted. Every
+/// access check reads them, so they are cached; this host's own changes
+/// clear the cache at once, other hosts' changes show within this delay.
+const NAMESPACES_FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// The namespace records as last read.
+#[derive(Default)]
+pub(crate) struct NamespaceCache {
+    read: Option<(Instant, Arc<BTreeMap<NamespaceName, NamespaceRecord>>)>,
+}
 
 impl Agent {
+    /// Every namespace record, from the cache when fresh.
+    async fn all_namespaces(
+        &self,
+    ) -> Result<Arc<BTreeMap<NamespaceName, NamespaceRecord>>, AgentError> {
+        if let Ok(cache) = self.namespace_cache.lock()
+            && let Some((read, records)) = &cache.read
+            && read.elapsed() < NAMESPACES_FRESH_FOR
+        {
+            return Ok(records.clone());
+        }
+        let mut keys = self.namespaces.keys().await.map_err(unavailable)?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            names.push(key.map_err(unavailable)?);
+        }
+        let mut records = BTreeMap::new();
+        for key in names {
+            let Ok(name) = NamespaceName::parse(&key) else {
+                continue;
+            };
+            if let Some(value) = self.namespaces.get(&key).await.map_err(unavailable)? {
+                let record: NamespaceRecord = serde_json::from_slice(&value)
+                    .map_err(|e| AgentError::Invalid(format!("namespace record {key}: {e}")))?;
+                records.insert(name, record);
+            }
+        }
+        let records = Arc::new(records);
+        if let Ok(mut cache) = self.namespace_cache.lock() {
+            cache.read = Some((Instant::now(), records.clone()));
+        }
+        Ok(records)
+    }
+
+    fn forget_namespaces(&self) {
+        if let Ok(mut cache) = self.namespace_cache.lock() {
+            cache.read = None;
+        }
+    }
+
     /// The stored record of a namespace, if any.
     pub async fn namespace(
         &self,
         ns: &NamespaceName,
     ) -> Result<Option<NamespaceRecord>, AgentError> {
-        let Some(value) = self
-            .namespaces
-            .get(ns.as_str())
-            .await
-            .map_err(unavailable)?
-        else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&value)
-            .map(Some)
-            .map_err(|e| AgentError::Invalid(format!("namespace record {ns}: {e}")))
+        Ok(self.all_namespaces().await?.get(ns).cloned())
     }
 
     async fn put_namespace(&self, record: &NamespaceRecord) -> Result<(), AgentError> {
@@ -32,6 +75,7 @@ impl Agent {
             .put(record.name.as_str(), json.into())
             .await
             .map_err(unavailable)?;
+        self.forget_namespaces();
         Ok(())
     }
 
@@ -76,15 +120,7 @@ impl Agent {
 
     /// Every namespace record.
     pub async fn namespace_records(&self) -> Result<Vec<NamespaceRecord>, AgentError> {
-        let mut keys = self.namespaces.keys().await.map_err(unavailable)?;
-        let mut names = Vec::new();
-        while let Some(key) = keys.next().await {
-            if let Ok(name) = NamespaceName::parse(&key.map_err(unavailable)?) {
-                names.push(name);
-            }
-        }
-        names.sort();
-        self.chain(names).await
+        Ok(self.all_namespaces().await?.values().cloned().collect())
     }
 
     /// Declares the namespaces the host serves (from its configuration),
@@ -225,6 +261,7 @@ impl Agent {
             .purge(ns.as_str())
             .await
             .map_err(unavailable)?;
+        self.forget_namespaces();
         self.changed();
         Ok(())
     }
