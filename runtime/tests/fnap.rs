@@ -926,6 +926,11 @@ async fn tls_starttls_and_plain_refused_in_clear() {
     let mut clear = Client::connect(&host.addr(), &Security::Plain)
         .await
         .expect("connects");
+    let (caps, _) = clear.data("CAPABILITIES").await.expect("caps");
+    assert!(
+        caps.contains(&"AUTH ANONYMOUS".to_owned()) && caps.contains(&"STARTTLS".to_owned()),
+        "PLAIN is not offered in clear here: {caps:?}"
+    );
     let refused = clear
         .authenticate_plain("test", "test")
         .await
@@ -940,7 +945,9 @@ async fn tls_starttls_and_plain_refused_in_clear() {
         .expect("PLAIN over STARTTLS");
     let (caps, _) = upgraded.data("CAPABILITIES").await.expect("caps");
     assert!(
-        caps.contains(&"TLS".to_owned()) && !caps.contains(&"STARTTLS".to_owned()),
+        caps.contains(&"TLS".to_owned())
+            && !caps.contains(&"STARTTLS".to_owned())
+            && caps.contains(&"AUTH PLAIN ANONYMOUS".to_owned()),
         "{caps:?}"
     );
     assert_eq!(

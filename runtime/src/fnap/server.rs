@@ -681,9 +681,22 @@ impl Session {
         Ok(result.unwrap_or_else(|e| Response::One(error_reply(&e))))
     }
 
+    /// Whether PLAIN is accepted in clear from this client's address.
+    fn plain_trusted(&self) -> bool {
+        self.config()
+            .plain_auth_from
+            .iter()
+            .any(|net| net.contains(&self.peer.ip()))
+    }
+
     fn capabilities(&self) -> Response {
         let mut lines = vec!["FNAP 1".to_owned()];
-        let mut auth = vec!["PLAIN"];
+        // PLAIN is offered where it would be accepted: over TLS, or from a
+        // trusted network.
+        let mut auth = Vec::new();
+        if self.tls || self.plain_trusted() {
+            auth.push("PLAIN");
+        }
         if self.config().anonymous {
             auth.push("ANONYMOUS");
         }
@@ -734,12 +747,7 @@ impl Session {
                 Ok(ok("Authenticated (anonymous: public flows, read only)"))
             }
             Mechanism::Plain => {
-                let trusted = self
-                    .config()
-                    .plain_auth_from
-                    .iter()
-                    .any(|net| net.contains(&self.peer.ip()));
-                if !self.tls && !trusted {
+                if !self.tls && !self.plain_trusted() {
                     return Ok(Response::One(Reply::new(
                         Code::EncryptionRequired,
                         "PLAIN needs TLS on this connection: STARTTLS first",
