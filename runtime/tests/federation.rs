@@ -604,36 +604,10 @@ async fn publication_through_bind9_with_tsig() {
     );
 }
 
-/// A CA file, and a certificate and key it issued for `name`.
-fn issued_for(
-    dir: &std::path::Path,
-    name: &str,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().expect("CA key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
-        .expect("params")
-        .signed_by(&key, &issuer)
-        .expect("issued");
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    std::fs::write(&paths.0, ca_cert.pem()).expect("written");
-    std::fs::write(&paths.1, cert.pem()).expect("written");
-    std::fs::write(&paths.2, key.serialize_pem()).expect("written");
-    paths
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_check_the_tls_name_of_the_agent_they_found() {
     let pki = tempfile::tempdir().expect("tempdir");
-    let (ca, cert, key) = issued_for(pki.path(), "someone-else.example");
+    let (ca, cert, key) = support::issue_certificate(pki.path(), &["someone-else.example"]);
     let dns_b = free_port();
     let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
         c.fns.listen = Some(dns(dns_b));

@@ -9,7 +9,7 @@ use flowd::config::Config;
 use flowd::daemon::Daemon;
 use flowd::fnap::client::{Client, ClientError, Security};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use support::{Nats, component, eventually};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -968,7 +968,7 @@ async fn tls_starttls_and_plain_refused_in_clear() {
 
     // A client that does not trust the certificate fails the handshake.
     let other = tempfile::tempdir().expect("tempdir");
-    let stranger = rcgen_cert(other.path());
+    let stranger = support::issue_certificate(other.path(), &["127.0.0.1"]).0;
     let untrusted = Client::connect(&host.tls_addr(), &Security::Implicit { ca: stranger }).await;
     assert!(
         matches!(untrusted, Err(ClientError::Tls(_))),
@@ -995,35 +995,11 @@ async fn tls_starttls_and_plain_refused_in_clear() {
     assert_eq!(code(last), 421, "the fifth failure closes the session");
 }
 
-/// A test CA, and a certificate it issued for `localhost` (only):
-/// (CA file, certificate file, key file).
-fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().expect("CA key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "flowd test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().expect("key");
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-    let cert = params.signed_by(&key, &issuer).expect("issued");
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    std::fs::write(&paths.0, ca_cert.pem()).expect("written");
-    std::fs::write(&paths.1, cert.pem()).expect("written");
-    std::fs::write(&paths.2, key.serialize_pem()).expect("written");
-    paths
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_certificate_issued_by_a_test_ca() {
     let pki = tempfile::tempdir().expect("tempdir");
-    let (ca, cert, key) = test_ca(pki.path());
+    // Issued for `localhost` only.
+    let (ca, cert, key) = support::issue_certificate(pki.path(), &["localhost"]);
     let host = host(|c| {
         c.fnap.tls.cert = Some(cert.clone());
         c.fnap.tls.key = Some(key.clone());
@@ -1060,14 +1036,6 @@ async fn tls_with_a_certificate_issued_by_a_test_ca() {
         matches!(mismatch, Err(ClientError::Tls(_))),
         "a name the certificate does not hold is refused"
     );
-}
-
-/// A self-signed certificate of another host, as a CA file.
-fn rcgen_cert(dir: &Path) -> PathBuf {
-    let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
-    let path = dir.join("other.pem");
-    std::fs::write(&path, generated.cert.pem()).expect("written");
-    path
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

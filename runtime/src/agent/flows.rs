@@ -58,14 +58,13 @@ impl Agent {
         Ok(self.broker.flow_info(flow).await?)
     }
 
-    /// Creates a flow in one of the host's namespaces; needs `write` there.
-    /// New flows are public when their namespace is, unless `PRIVATE`.
-    pub async fn create_flow_as(
+    /// Fails unless `flow` lies in a namespace of this host where the
+    /// principal may create flows; returns that namespace.
+    pub async fn check_create(
         &self,
         principal: &Principal,
         flow: &FlowName,
-        options: &FlowOptions,
-    ) -> Result<FlowInfo, AgentError> {
+    ) -> Result<NamespaceRecord, AgentError> {
         let chain = self.flow_chain(flow).await?;
         let Some(namespace) = chain.first() else {
             return Err(AgentError::NotFound {
@@ -79,6 +78,18 @@ impl Agent {
             Right::Write,
             &format!("create flows in {}", namespace.name),
         )?;
+        Ok(namespace.clone())
+    }
+
+    /// Creates a flow in one of the host's namespaces; needs `write` there.
+    /// New flows are public when their namespace is, unless `PRIVATE`.
+    pub async fn create_flow_as(
+        &self,
+        principal: &Principal,
+        flow: &FlowName,
+        options: &FlowOptions,
+    ) -> Result<FlowInfo, AgentError> {
+        let namespace = self.check_create(principal, flow).await?;
         let mut settings = FlowSettings {
             public: namespace.public,
             ..FlowSettings::default()

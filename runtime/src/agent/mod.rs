@@ -265,40 +265,20 @@ impl Agent {
         idle: Duration,
         mut each: impl FnMut(Event) -> Result<()>,
     ) -> Result<usize> {
-        let consumer = self.broker.reader(flow, from_start.then_some(1)).await?;
-        let stream_name = flow.stream();
+        let mut reader = self.reader(flow, from_start.then_some(1)).await?;
         let mut seen = 0;
         loop {
             let want = count.map_or(256, |c| (c - seen).min(256));
             if want == 0 {
                 return Ok(seen);
             }
-            let mut batch = consumer
-                .batch()
-                .max_messages(want)
-                .expires(idle)
-                .messages()
-                .await
-                .map_err(|e| anyhow!("reading {flow}: {e}"))?;
-            let mut got = 0;
-            while let Some(message) = batch.next().await {
-                let message = message.map_err(|e| anyhow!("reading {flow}: {e}"))?;
-                let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-                let event = codec::event_from_message(
-                    message.headers.as_ref(),
-                    &message.payload,
-                    Origin {
-                        stream: &stream_name,
-                        sequence,
-                        subject: &message.subject,
-                    },
-                )?;
-                each(event)?;
-                got += 1;
-                seen += 1;
-            }
-            if got == 0 && !follow {
+            let batch = reader.next(want, idle).await?;
+            if batch.is_empty() && !follow {
                 return Ok(seen);
+            }
+            for (_, event) in batch {
+                each(event)?;
+                seen += 1;
             }
         }
     }

@@ -253,19 +253,7 @@ impl Agent {
                 true
             }
             Err(crate::broker::BrokerError::NoSuchFlow(_)) => {
-                let chain = self.flow_chain(local).await?;
-                if chain.is_empty() {
-                    return Err(AgentError::NotFound {
-                        what: "namespace",
-                        name: format!("for {local} (this host serves none that encloses it)"),
-                    });
-                }
-                access::require(
-                    principal,
-                    access::right_through(principal, &chain),
-                    Right::Write,
-                    &format!("create {local}"),
-                )?;
+                self.check_create(principal, local).await?;
                 false
             }
             Err(e) => return Err(e.into()),

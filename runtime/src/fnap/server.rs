@@ -610,33 +610,25 @@ impl Session {
                 .map(|_| ok(format!("OK {local} stopped"))),
             Command::PutComponent => return self.put_component(&p, reader, writer).await,
             Command::CreateProcessor(id) => {
-                let pairs = match self.pairs(reader, writer).await? {
-                    Ok(pairs) => pairs,
+                let request = match self.processor_request(reader, writer).await? {
+                    Ok(request) => request,
                     Err(reply) => return Ok(Response::One(reply)),
                 };
                 let limits = self.shared.ctx.limits.clone();
-                let parsed = parse_request(&pairs);
-                match parsed {
-                    Ok(request) => agent
-                        .create_processor_as(&p, &id, request, &limits)
-                        .await
-                        .map(|spec| ok(format!("OK {}", spec.id))),
-                    Err(e) => Err(e),
-                }
+                agent
+                    .create_processor_as(&p, &id, request, &limits)
+                    .await
+                    .map(|spec| ok(format!("OK {}", spec.id)))
             }
             Command::UpdateProcessor(id) => {
-                let pairs = match self.pairs(reader, writer).await? {
-                    Ok(pairs) => pairs,
+                let request = match self.processor_request(reader, writer).await? {
+                    Ok(request) => request,
                     Err(reply) => return Ok(Response::One(reply)),
                 };
-                let parsed = parse_request(&pairs);
-                match parsed {
-                    Ok(request) => agent
-                        .update_processor_as(&p, &id, request)
-                        .await
-                        .map(|spec| ok(format!("OK {} generation {}", spec.id, spec.generation))),
-                    Err(e) => Err(e),
-                }
+                agent
+                    .update_processor_as(&p, &id, request)
+                    .await
+                    .map(|spec| ok(format!("OK {} generation {}", spec.id, spec.generation)))
             }
             Command::DescribeProcessor(id) => {
                 agent
@@ -869,11 +861,12 @@ impl Session {
         Ok(failed.map_or(Ok(lines), Err))
     }
 
-    async fn pairs(
+    /// Reads the `key=value` block of `CREATE`/`UPDATE PROCESSOR`.
+    async fn processor_request(
         &mut self,
         reader: &mut Reader,
         writer: &mut Writer,
-    ) -> Result<Result<Vec<(String, String)>, Reply>, End> {
+    ) -> Result<Result<ProcessorRequest, Reply>, End> {
         send(
             writer,
             &Reply::ok("OK send key=value lines, end with \".\""),
@@ -883,7 +876,10 @@ impl Session {
             Ok(lines) => lines,
             Err(reply) => return Ok(Err(reply)),
         };
-        Ok(key_values(&lines))
+        Ok(key_values(&lines).and_then(|pairs| {
+            ProcessorRequest::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .map_err(|e| error_reply(&e))
+        }))
     }
 
     async fn put_component(
@@ -1131,10 +1127,6 @@ fn key_values(lines: &[String]) -> Result<Vec<(String, String)>, Reply> {
         pairs.push((k.to_owned(), v.to_owned()));
     }
     Ok(pairs)
-}
-
-fn parse_request(pairs: &[(String, String)]) -> Result<ProcessorRequest, AgentError> {
-    ProcessorRequest::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
 
 fn describe_flow(

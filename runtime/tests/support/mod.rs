@@ -290,3 +290,31 @@ impl Drop for Bind {
         let _ = self.child.wait();
     }
 }
+
+/// A test CA and a certificate it issued for `names`, as PEM files in
+/// `dir`: (CA file, certificate file, key file).
+pub fn issue_certificate(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "flowd test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let cert = rcgen::CertificateParams::new(names)
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("issued");
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).expect("written");
+    std::fs::write(&paths.1, cert.pem()).expect("written");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("written");
+    paths
+}
