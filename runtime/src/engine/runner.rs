@@ -21,6 +21,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// Longest wait for the answer to one pull request.
+const FETCH_LIMIT: Duration = Duration::from_secs(10);
+
 /// A running processor's task.
 pub(crate) struct RunnerHandle {
     stop: watch::Sender<bool>,
@@ -222,26 +225,36 @@ impl Runner {
         Ok(())
     }
 
+    /// One batch from input `port`. A pull request whose answer never
+    /// comes (lost while the broker restarted) would wait forever: past
+    /// `FETCH_LIMIT` it fails, and the supervisor restarts the runner from
+    /// the acknowledgement floor.
     async fn fetch(&mut self, port: usize) -> Result<Vec<Input>> {
         let (flow, consumer) = &self.consumers[port];
-        let mut batch = consumer
-            .fetch()
-            .max_messages(self.spec.limits.batch.max(1))
-            .messages()
+        let max = self.spec.limits.batch.max(1);
+        let pull = async {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(max)
+                .messages()
+                .await
+                .map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
+            let mut inputs = Vec::new();
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
+                let info = message.info().map_err(|e| anyhow!("message info: {e}"))?;
+                let (stream, sequence) = (info.stream.to_owned(), info.stream_sequence);
+                inputs.push(Input {
+                    message,
+                    stream,
+                    sequence,
+                });
+            }
+            Ok(inputs)
+        };
+        tokio::time::timeout(FETCH_LIMIT, pull)
             .await
-            .map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
-        let mut inputs = Vec::new();
-        while let Some(message) = batch.next().await {
-            let message = message.map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
-            let info = message.info().map_err(|e| anyhow!("message info: {e}"))?;
-            let (stream, sequence) = (info.stream.to_owned(), info.stream_sequence);
-            inputs.push(Input {
-                message,
-                stream,
-                sequence,
-            });
-        }
-        Ok(inputs)
+            .map_err(|_| anyhow!("fetching from {flow}: no answer within {FETCH_LIMIT:?}"))?
     }
 
     fn pack(inputs: &[Input], group: &[usize]) -> Packer {

@@ -2,8 +2,9 @@
 //! implementation section: BIND9) by RFC 2136 dynamic updates signed with
 //! TSIG (HMAC-SHA256), instead of or besides the embedded server.
 //!
-//! Each flow's names are replaced whole (delete the names, add the records)
-//! so that a republication is idempotent; flows that disappear are removed.
+//! A flow's names are written when it appears (delete the names, add the
+//! records, so a republication is idempotent) and cleared when it
+//! disappears; flows already published are not touched again.
 //! The agent's SRV (`_fnaa._tcp.<namespace>`) and addresses are published
 //! when they lie inside the zone.
 
@@ -168,16 +169,41 @@ fn flow_names(flow: &FlowName) -> Result<Vec<Name>, UpdateError> {
     ])
 }
 
-/// Publishes the flows of `namespaces` and the agent's records once.
+/// Sends one round of changes: the agent's records when the zones changed
+/// (`namespaces`), the records of `new` flows, the removal of `gone` ones.
+/// Flows already published are left alone, so a round never empties a name
+/// that stays.
 async fn publish(
     config: &UpdateConfig,
-    namespaces: &[String],
+    namespaces: Option<&[String]>,
     publication: &Publication,
-    flows: &BTreeSet<FlowName>,
+    new: &BTreeSet<FlowName>,
     gone: &BTreeSet<FlowName>,
 ) -> Result<(), UpdateError> {
     let mut session = Session::open(config).await?;
-    // The agent: SRV per namespace, and its addresses.
+    if let Some(namespaces) = namespaces {
+        publish_agent(&mut session, namespaces, publication).await?;
+    }
+    for flow in gone {
+        session.replace(&flow_names(flow)?, Vec::new()).await?;
+    }
+    for flow in new {
+        session
+            .replace(
+                &flow_names(flow)?,
+                records::flow_records(flow, publication)?,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// The agent's SRV per namespace, and its addresses.
+async fn publish_agent(
+    session: &mut Session,
+    namespaces: &[String],
+    publication: &Publication,
+) -> Result<(), UpdateError> {
     let host = records::fqdn(&publication.fnaa_host)?;
     let mut agent = Vec::new();
     let mut names = vec![host.clone()];
@@ -208,19 +234,7 @@ async fn publish(
     names.sort();
     names.dedup();
     agent.dedup_by(|a, b| a == b);
-    session.replace(&names, agent).await?;
-    for flow in gone {
-        session.replace(&flow_names(flow)?, Vec::new()).await?;
-    }
-    for flow in flows {
-        session
-            .replace(
-                &flow_names(flow)?,
-                records::flow_records(flow, publication)?,
-            )
-            .await?;
-    }
-    Ok(())
+    session.replace(&names, agent).await
 }
 
 /// Keeps an external zone in step with the flows, like the embedded server.
@@ -238,6 +252,7 @@ impl Updater {
         let task = tokio::spawn(async move {
             let mut changes = agent.changes();
             let mut published: BTreeSet<FlowName> = BTreeSet::new();
+            let mut published_zones: Option<Vec<String>> = None;
             let mut backoff = Duration::from_secs(1);
             loop {
                 let zones = super::server::zones(&namespaces, &agent).await;
@@ -257,9 +272,13 @@ impl Updater {
                     }
                 };
                 let gone: BTreeSet<FlowName> = published.difference(&flows).cloned().collect();
-                match publish(&config, &zones, &publication, &flows, &gone).await {
+                let new: BTreeSet<FlowName> = flows.difference(&published).cloned().collect();
+                let zones_changed = published_zones.as_ref() != Some(&zones);
+                let agent_zones = zones_changed.then_some(zones.as_slice());
+                match publish(&config, agent_zones, &publication, &new, &gone).await {
                     Ok(()) => {
                         published = flows;
+                        published_zones = Some(zones);
                         backoff = Duration::from_secs(1);
                         tokio::select! {
                             _ = changes.changed() => {}
