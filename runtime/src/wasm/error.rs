@@ -29,6 +29,11 @@ pub enum LoadError {
     WrongSignature { kind: Kind, reason: String },
     #[error("the host does not grant what this component imports: {reason}")]
     UnsatisfiedImport { reason: String },
+    #[error(
+        "the component imports {imports}, which this host does not grant \
+         (processors have no network access; rebuild without it, or grant it in [wasm] granted)"
+    )]
+    NotGranted { imports: String },
     #[error("cannot compile the component: {reason}")]
     Compile { reason: String },
 }

@@ -49,7 +49,15 @@ pub struct HostConfig {
     /// Enables fuel metering, so [`Limits::fuel`] can be used. It slows
     /// guests down, so it is off by default.
     pub fuel: bool,
+    /// WASI interface families a component may import although they reach
+    /// outside the sandbox (`wasi:sockets`, `wasi:http`). Processors get no
+    /// network capability either way; refusing the import at load time
+    /// tells the author at upload rather than at the first failed call.
+    pub granted: Vec<String>,
 }
+
+/// WASI packages refused unless granted in [`HostConfig::granted`].
+pub const GUARDED_WASI: [&str; 2] = ["wasi:sockets", "wasi:http"];
 
 impl Default for HostConfig {
     fn default() -> Self {
@@ -59,6 +67,7 @@ impl Default for HostConfig {
             max_memory: 1 << 30,
             epoch_tick: Duration::from_millis(5),
             fuel: false,
+            granted: Vec::new(),
         }
     }
 }
@@ -165,11 +174,19 @@ impl Host {
         let engine_error = |e: wasmtime::Error| HostError::Engine(format!("{e:#}"));
         let mut pool = PoolingAllocationConfig::default();
         let n = config.max_instances;
+        // Components from other toolchains are made of many core modules
+        // (componentize-py: an interpreter, libc and adapters, each with its
+        // own memory and tables), so the per-component ceilings are well
+        // above what a Rust guest (one module) needs. Slots are virtual
+        // reservations; the memory cap is enforced per store.
         pool.total_component_instances(n)
-            .total_core_instances(n.saturating_mul(8))
-            .total_memories(n.saturating_mul(2))
-            .total_tables(n.saturating_mul(4))
+            .total_core_instances(n.saturating_mul(8).max(128))
+            .total_memories(n.saturating_mul(4).max(32))
+            .total_tables(n.saturating_mul(8).max(128))
             .total_stacks(n)
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(16)
+            .max_tables_per_component(64)
             .max_memory_size(config.max_memory);
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
@@ -265,6 +282,20 @@ impl Host {
                     "{} (a processor may import eson:flow/log, state and clock, and WASI)",
                     foreign.join(", ")
                 ),
+            });
+        }
+        let guarded: Vec<&str> = imports
+            .iter()
+            .map(String::as_str)
+            .filter(|i| {
+                GUARDED_WASI.iter().any(|g| {
+                    i.starts_with(&format!("{g}/")) && !self.config.granted.iter().any(|x| x == g)
+                })
+            })
+            .collect();
+        if !guarded.is_empty() {
+            return Err(LoadError::NotGranted {
+                imports: guarded.join(", "),
             });
         }
         let pre =

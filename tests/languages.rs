@@ -1,0 +1,307 @@
+//! Processors written in Python (componentize-py) and JavaScript
+//! (componentize-js), run for real in the flowd host: `processors/enrich-py`
+//! and `processors/filter-js`, built by `scripts/build-processors` into
+//! `flow_enrich_py.wasm` and `flow_filter_js.wasm`. They run under the
+//! default limits (64 MiB, 100 ms); see docs/python.md, docs/javascript.md.
+
+use cloudevents::event::ExtensionValue;
+use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
+use flowd::wasm::{CreateError, Limits};
+use flowd_tests::{call1, component, data, event, host, processor};
+use serde_json::json;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+const PY: &str = "flow_enrich_py";
+const JS: &str = "flow_filter_js";
+
+fn ids(events: &[Event]) -> Vec<&str> {
+    events.iter().map(|e| e.id()).collect()
+}
+
+fn config_error(result: Result<flowd::wasm::Processor, CreateError>) -> String {
+    match result {
+        Err(CreateError::Config(message)) => message,
+        Err(other) => panic!("expected a configuration error, got: {other}"),
+        Ok(_) => panic!("expected a configuration error, got a processor"),
+    }
+}
+
+fn bridge(name: &str, config: &[(&str, &str)]) -> Result<flowd::wasm::Processor, CreateError> {
+    processor(name, config, &["in"], &["out"], Limits::default())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64
+}
+
+#[test]
+fn python_enrich_adds_fields_and_extensions() {
+    let mut p = bridge(
+        PY,
+        &[
+            ("set", "region=eu"),
+            ("set", "meta.checked=true"),
+            ("set", "meta.n=42"),
+            ("extension", "team=blue"),
+            ("extension", "prio=3"),
+            ("extension", "vip=true"),
+            ("stamp", "enriched_at"),
+        ],
+    )
+    .expect("creates");
+    let tagged = EventBuilderV10::new()
+        .id("2")
+        .source("urn:billing")
+        .ty("paid.invoice")
+        .subject("inv-7")
+        .extension("tenant", "acme")
+        .extension("prio", 1i64)
+        .build()
+        .expect("valid");
+    let events = vec![
+        event(
+            "1",
+            "created.invoice",
+            json!({"amount": 5, "meta": {"a": 1}}),
+        ),
+        tagged,
+    ];
+    let before = now_ms();
+    let out = call1(&mut p, &events).expect("processes");
+    let after = now_ms();
+    assert_eq!(ids(&out), ["1", "2"]);
+
+    let first = data(&out[0]);
+    assert_eq!(first["amount"], 5);
+    assert_eq!(first["region"], "eu");
+    assert_eq!(first["meta"], json!({"a": 1, "checked": true, "n": 42}));
+    let at = first["enriched_at"].as_u64().expect("a clock stamp");
+    assert!(
+        (before..=after).contains(&at),
+        "{at} not in {before}..={after}"
+    );
+    assert_eq!(out[0].ty(), "created.invoice");
+    assert_eq!(out[0].source().as_str(), "urn:test:source");
+    assert_eq!(out[0].time(), events[0].time());
+    assert_eq!(out[0].datacontenttype(), Some("application/json"));
+
+    // Without data: an object with just the new fields; attributes kept.
+    let second = data(&out[1]);
+    assert_eq!(second["region"], "eu");
+    assert_eq!(second["meta"], json!({"checked": true, "n": 42}));
+    assert_eq!(out[1].subject(), Some("inv-7"));
+    assert_eq!(
+        out[1].extension("tenant"),
+        Some(&ExtensionValue::String("acme".into()))
+    );
+    for e in &out {
+        assert_eq!(
+            e.extension("team"),
+            Some(&ExtensionValue::String("blue".into()))
+        );
+        assert_eq!(e.extension("prio"), Some(&ExtensionValue::Integer(3)));
+        assert_eq!(e.extension("vip"), Some(&ExtensionValue::Boolean(true)));
+    }
+    assert!(call1(&mut p, &[]).expect("empty batch").is_empty());
+}
+
+#[test]
+fn python_enrich_fails_one_event_and_refuses_bad_configuration() {
+    let mut p = bridge(PY, &[("set", "region=eu")]).expect("creates");
+    let list = event("b", "t", json!([1, 2]));
+    let err = call1(&mut p, &[event("a", "t", json!({})), list]).expect_err("event 1 fails");
+    assert_eq!(err.event_index(), Some(1), "{err}");
+    assert!(err.to_string().contains("not a JSON object"), "{err}");
+    assert!(!err.poisoned(), "an error value keeps the instance");
+    // The instance is still good.
+    let out = call1(&mut p, &[event("c", "t", json!({}))]).expect("processes");
+    assert_eq!(data(&out[0])["region"], "eu");
+
+    let err = config_error(bridge(PY, &[("set", "region=eu"), ("colour", "red")]));
+    assert!(err.contains("unknown key `colour`"), "{err}");
+    let err = config_error(bridge(PY, &[]));
+    assert!(err.contains("no rules"), "{err}");
+    let err = config_error(bridge(PY, &[("extension", "Bad=1")]));
+    assert!(err.contains("`Bad`"), "{err}");
+
+    // update: a bad configuration is refused and the old one stays.
+    let err = p
+        .update(vec![("sett".into(), "x=1".into())])
+        .expect_err("refused");
+    assert!(err.to_string().contains("unknown key `sett`"), "{err}");
+    let out = call1(&mut p, &[event("d", "t", json!({}))]).expect("processes");
+    assert_eq!(data(&out[0]), json!({"region": "eu"}));
+    p.update(vec![("set".into(), "region=us".into())])
+        .expect("updated");
+    let out = call1(&mut p, &[event("e", "t", json!({}))]).expect("processes");
+    assert_eq!(data(&out[0]), json!({"region": "us"}));
+}
+
+fn filter_events() -> Vec<Event> {
+    let text = EventBuilderV10::new()
+        .id("4")
+        .source("urn:s")
+        .ty("created.invoice")
+        .data("text/plain", "not json".to_string())
+        .build()
+        .expect("valid");
+    let bare = EventBuilderV10::new()
+        .id("5")
+        .source("urn:s")
+        .ty("created.invoice")
+        .build()
+        .expect("valid");
+    vec![
+        event(
+            "1",
+            "created.invoice",
+            json!({"amount": 5, "status": "paid"}),
+        ),
+        event("2", "created.order", json!({"amount": 7, "status": "paid"})),
+        event("3", "deleted.invoice", json!({"amount": 5})),
+        text,
+        bare,
+        event(
+            "6",
+            "created.invoice",
+            json!({"amount": "5", "status": "open"}),
+        ),
+    ]
+}
+
+#[test]
+fn javascript_filter_keeps_exactly_the_matching_events() {
+    let events = filter_events();
+    let kept = |config: &[(&str, &str)]| -> Vec<String> {
+        let mut p = bridge(JS, config).expect("creates");
+        let out = call1(&mut p, &events).expect("processes");
+        // Kept events are forwarded unchanged.
+        for e in &out {
+            let original = events.iter().find(|o| o.id() == e.id()).expect("input");
+            assert_eq!(e, original);
+        }
+        out.iter().map(|e| e.id().to_string()).collect()
+    };
+    assert_eq!(kept(&[("type", "created.invoice")]), ["1", "4", "5", "6"]);
+    assert_eq!(
+        kept(&[("type", "created.invoice"), ("type", "deleted.invoice")]),
+        ["1", "3", "4", "5", "6"]
+    );
+    assert_eq!(kept(&[("type", "created.*")]), ["1", "2", "4", "5", "6"]);
+    // `5` is the number 5, not the string "5"; events without JSON data
+    // or without the field do not match.
+    assert_eq!(kept(&[("where", "amount=5")]), ["1", "3"]);
+    assert_eq!(kept(&[("where", "amount=\"5\"")]), ["6"]);
+    assert_eq!(
+        kept(&[("type", "created.*"), ("where", "status=paid")]),
+        ["1", "2"]
+    );
+    assert_eq!(kept(&[("type", "nothing")]), Vec::<String>::new());
+}
+
+#[test]
+fn javascript_filter_refuses_unknown_keys_and_updates_in_place() {
+    let err = config_error(bridge(JS, &[("type", "a"), ("tpye", "b")]));
+    assert!(err.contains("unknown key `tpye`"), "{err}");
+    let err = config_error(bridge(JS, &[]));
+    assert!(err.contains("no condition"), "{err}");
+    let err = config_error(bridge(JS, &[("where", "amount")]));
+    assert!(err.contains("`where=amount`"), "{err}");
+
+    let events = filter_events();
+    let mut p = bridge(JS, &[("type", "created.order")]).expect("creates");
+    let err = p
+        .update(vec![("color".into(), "red".into())])
+        .expect_err("refused");
+    assert!(err.to_string().contains("unknown key `color`"), "{err}");
+    assert_eq!(ids(&call1(&mut p, &events).expect("processes")), ["2"]);
+    p.update(vec![("type".into(), "deleted.invoice".into())])
+        .expect("updated");
+    assert_eq!(ids(&call1(&mut p, &events).expect("processes")), ["3"]);
+}
+
+#[test]
+fn python_and_javascript_components_import_only_wasi_without_sockets_or_http() {
+    for name in [PY, JS] {
+        let c = host().load_file(&component(name)).expect("loads");
+        let imports = c.imports();
+        for i in imports {
+            assert!(
+                i.starts_with("wasi:") || i.starts_with("eson:flow/"),
+                "{name} imports {i}"
+            );
+            assert!(
+                !i.starts_with("wasi:sockets/") && !i.starts_with("wasi:http/"),
+                "{name} imports {i}: {imports:?}"
+            );
+        }
+        for wanted in ["eson:flow/log", "eson:flow/state", "eson:flow/clock"] {
+            assert!(
+                imports.iter().any(|i| i.starts_with(wanted)),
+                "{name} lacks {wanted}: {imports:?}"
+            );
+        }
+    }
+}
+
+/// Instantiation plus `init` and the first call, then 10 000 events in
+/// batches of 100, with a quarter of the default memory: 16 MiB is enough
+/// for both (Python needs 13 MiB, JavaScript 10 MiB to instantiate). Prints
+/// the timings; run with `--nocapture` to see them next to the Rust
+/// filter's and transform's.
+#[test]
+fn python_and_javascript_run_under_tight_limits() {
+    let tight = Limits {
+        memory: 16 << 20,
+        ..Limits::default()
+    };
+    let events: Vec<Event> = (0..10_000)
+        .map(|i| {
+            let ty = if i % 2 == 0 {
+                "created.invoice"
+            } else {
+                "created.order"
+            };
+            event(&i.to_string(), ty, json!({"amount": i, "status": "paid"}))
+        })
+        .collect();
+    /// (component, configuration, events expected out).
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], usize);
+    let cases: [Case; 4] = [
+        (
+            "flow_filter",
+            &[("where", "type == created.invoice")],
+            5_000,
+        ),
+        (JS, &[("type", "created.invoice")], 5_000),
+        ("flow_transform", &[("set.data.region", "eu")], 10_000),
+        (PY, &[("set", "region=eu")], 10_000),
+    ];
+    for (name, config, expected) in cases {
+        host()
+            .load_file(&component(name))
+            .expect("loads (compiled once)");
+        let start = Instant::now();
+        let mut p = processor(name, config, &["in"], &["out"], tight.clone()).expect("creates");
+        let created = start.elapsed();
+        let start = Instant::now();
+        let first = call1(&mut p, &events[..1]).expect("first call");
+        let first_call = start.elapsed();
+        assert!(first.len() <= 1);
+        let start = Instant::now();
+        let mut written = 0;
+        for chunk in events.chunks(100) {
+            written += call1(&mut p, chunk).expect("processes").len();
+        }
+        let elapsed = start.elapsed();
+        assert_eq!(written, expected, "{name}");
+        eprintln!(
+            "{name}: instantiate+init {created:?}, first call {first_call:?}, \
+             {:.1} µs/event at batch 100 (host packing and unpacking included)",
+            elapsed.as_secs_f64() * 1e6 / events.len() as f64
+        );
+    }
+}
