@@ -171,6 +171,38 @@ impl Accounts {
     }
 }
 
+/// Checks a log-in against the host's accounts and its built-in `local`
+/// administrator, whose password is the token in the state directory (only
+/// the host's user can read it). FNAP and the management API both log in
+/// here. Blocking (argon2 and file reads).
+pub fn login(
+    state_dir: &Path,
+    user: &str,
+    password: &str,
+) -> Result<Option<Identity>, AccountError> {
+    if user == crate::user_agent::LOCAL_ADMIN {
+        return Ok(local_admin(state_dir, password));
+    }
+    Accounts::load(state_dir).map(|a| a.verify(user, password))
+}
+
+/// Whether `token` is the host's local administrator token.
+pub fn local_admin(state_dir: &Path, token: &str) -> Option<Identity> {
+    let stored = std::fs::read_to_string(crate::user_agent::local_token_path(state_dir)).ok()?;
+    let stored = stored.trim();
+    // Compare in constant time (length is not secret).
+    let same = stored.len() == token.len()
+        && stored
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    (same && !stored.is_empty()).then(|| Identity {
+        user: crate::user_agent::LOCAL_ADMIN.to_owned(),
+        admin: true,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

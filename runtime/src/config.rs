@@ -62,6 +62,7 @@ pub struct Config {
     pub nats: Nats,
     pub metrics: MetricsConfig,
     pub fnap: FnapConfig,
+    pub api: ApiConfig,
     pub fns: FnsConfig,
     /// Credentials for other participants' namespaces (remote
     /// subscriptions); without an entry, sessions are anonymous.
@@ -161,6 +162,26 @@ impl Default for FnapConfig {
             max_sessions: 10_000,
             max_sessions_per_address: 2_000,
             max_component_bytes: 32 << 20,
+        }
+    }
+}
+
+/// The gRPC management API (docs/api.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address of the API; `None` disables it.
+    #[serde(with = "address_or_off")]
+    pub listen: Option<SocketAddr>,
+    /// Serve TLS with the FNAP certificate ([fnap.tls]).
+    pub tls: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 61002))),
+            tls: false,
         }
     }
 }
@@ -292,6 +313,11 @@ pub struct HostFile {
     /// The embedded name service (UDP and TCP).
     #[serde(default)]
     pub fns: Option<SocketAddr>,
+    /// The gRPC management API, and whether it speaks TLS.
+    #[serde(default)]
+    pub api: Option<SocketAddr>,
+    #[serde(default)]
+    pub api_tls: bool,
     /// The certificate the FNAP server presents (PEM file).
     #[serde(default)]
     pub tls_cert: Option<PathBuf>,

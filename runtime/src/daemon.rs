@@ -3,6 +3,7 @@
 //! and tells local clients where it is (`<state_dir>/host.json`).
 
 use crate::agent::Agent;
+use crate::api::{ApiContext, ApiServer};
 use crate::broker::Broker;
 use crate::broker::embedded::EmbeddedNats;
 use crate::config::{Config, HostFile};
@@ -11,6 +12,8 @@ use crate::federation::{Federation, Relays};
 use crate::fnap::{Server, ServerContext};
 use crate::fns::update::Updater;
 use crate::fns::{NameService, Publication};
+use crate::pipeline::Pipelines;
+use crate::registry::Registry;
 use crate::wasm::{Host, HostConfig};
 use anyhow::{Context, Result};
 use std::sync::Arc;
@@ -27,6 +30,7 @@ pub struct Daemon {
     fns: Option<NameService>,
     updater: Option<Updater>,
     relays: Relays,
+    api: Option<ApiServer>,
 }
 
 impl Daemon {
@@ -48,7 +52,7 @@ impl Daemon {
             ..HostConfig::default()
         })?);
         let metrics = Metrics::default();
-        let engine = Engine::start(broker.clone(), host, metrics.clone()).await?;
+        let engine = Engine::start(broker.clone(), host.clone(), metrics.clone()).await?;
         crate::user_agent::ensure_local_token(&state_dir)
             .context("writing the local administrator token")?;
         let federation = Arc::new(
@@ -107,6 +111,38 @@ impl Daemon {
             )
         });
 
+        let api = match config.api.listen {
+            Some(addr) => {
+                let registry = Registry::open(&broker, host.clone()).await?;
+                let pipelines =
+                    Pipelines::open(agent.clone(), registry.clone(), config.limits.clone()).await?;
+                let tls = if config.api.tls {
+                    let (cert, key) = crate::fnap::tls::certificate_files(
+                        &config.fnap.tls,
+                        &state_dir,
+                        &config.participant.fqdn,
+                    )?;
+                    Some((
+                        std::fs::read(&cert)
+                            .with_context(|| format!("reading {}", cert.display()))?,
+                        std::fs::read(&key)
+                            .with_context(|| format!("reading {}", key.display()))?,
+                    ))
+                } else {
+                    None
+                };
+                let ctx = ApiContext {
+                    agent: agent.clone(),
+                    registry,
+                    pipelines,
+                    state_dir: state_dir.clone(),
+                    defaults: config.limits.clone(),
+                };
+                Some(ApiServer::start(addr, ctx, tls).await?)
+            }
+            None => None,
+        };
+
         let (metrics_server, metrics_addr) = match config.metrics.listen {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr)
@@ -144,6 +180,8 @@ impl Daemon {
             fnap: fnap.plain,
             fnap_tls: fnap.tls,
             fns: fns.as_ref().map(|f| f.addr),
+            api: api.as_ref().map(|a| a.addr),
+            api_tls: config.api.tls,
             tls_cert: tls.map(|(_, cert)| cert),
             pid: std::process::id(),
         }
@@ -155,6 +193,7 @@ impl Daemon {
             metrics = ?metrics_addr,
             fnap = ?fnap.plain,
             fnap_tls = ?fnap.tls,
+            api = ?api.as_ref().map(|a| a.addr),
             "flowd host ready"
         );
         Ok(Daemon {
@@ -168,6 +207,7 @@ impl Daemon {
             fns,
             updater,
             relays,
+            api,
         })
     }
 
@@ -202,9 +242,17 @@ impl Daemon {
         self.fnap.tls
     }
 
+    /// The management API's address, if enabled.
+    pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
+        self.api.as_ref().map(|a| a.addr)
+    }
+
     /// Stops processors after their current batch, then the broker.
     pub async fn shutdown(self) {
         self.fnap.shutdown();
+        if let Some(api) = self.api {
+            api.stop();
+        }
         self.relays.shutdown();
         if let Some(updater) = self.updater {
             updater.shutdown();

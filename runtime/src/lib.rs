@@ -11,9 +11,12 @@
 //! - [`broker`]: the Flow Events Broker on NATS JetStream, and the embedded
 //!   nats-server.
 //! - [`engine`]: runs processors continuously over durable flows.
+//! - [`registry`]: named, versioned components uploaded to a running host.
+//! - [`pipeline`]: chains of processors declared by YAML manifests.
 //! - [`agent`]: the FNAA's operations on namespaces, flows, subscriptions
 //!   and processors, with access control; [`accounts`]: who may log in.
 //! - [`fnap`]: the Flow Namespace Accessing Protocol, server and client.
+//! - [`api`]: the gRPC management API (registry, processors, pipelines).
 //! - [`fns`]: the Flow Name Service: flows published in DNS, and discovery.
 //! - [`federation`]: subscriptions to other participants' flows.
 //! - [`user_agent`]: the `flow` user agent's configuration and log-in.
@@ -21,6 +24,7 @@
 
 pub mod accounts;
 pub mod agent;
+pub mod api;
 pub mod broker;
 pub mod config;
 pub mod daemon;
@@ -30,6 +34,8 @@ pub mod federation;
 pub mod fnap;
 pub mod fns;
 pub mod pipe;
+pub mod pipeline;
+pub mod registry;
 pub mod user_agent;
 pub mod wasm;
 pub mod wit;

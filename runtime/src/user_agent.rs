@@ -85,6 +85,8 @@ pub struct AgentEntry {
     pub password_env: Option<String>,
     pub tls: TlsMode,
     pub ca: Option<PathBuf>,
+    /// The agent's management API, `http://host:port` or `https://...`.
+    pub api: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +248,68 @@ pub async fn connect(
         }
     }
     Ok(client)
+}
+
+/// Connects to a management API: `api` (or the entry's, or the local
+/// host's), logging in as `connect` does for FNAP.
+pub async fn api_client(
+    entry: Option<&AgentEntry>,
+    state_dir: &Path,
+    overrides: &Overrides,
+    api: Option<&str>,
+) -> anyhow::Result<crate::api::client::ApiClient> {
+    use crate::api::client::{ApiClient, Credentials};
+    use anyhow::Context as _;
+    let local = HostFile::read(state_dir);
+    let entry = entry.cloned().unwrap_or_default();
+    let url = match api.map(str::to_owned).or(entry.api.clone()) {
+        Some(url) => url,
+        None => {
+            let host = local
+                .as_ref()
+                .ok_or_else(|| UserAgentError::NoHost(HostFile::path(state_dir)))?;
+            let addr = host
+                .api
+                .context("the local host serves no management API ([api] listen)")?;
+            let scheme = if host.api_tls { "https" } else { "http" };
+            format!("{scheme}://{addr}")
+        }
+    };
+    let username = overrides.username.clone().or(entry.username.clone());
+    let password = overrides
+        .password
+        .clone()
+        .or(entry.password.clone())
+        .or_else(|| {
+            entry
+                .password_env
+                .as_deref()
+                .and_then(|v| std::env::var(v).ok())
+        });
+    let credentials = match (username, password) {
+        (Some(user), Some(password)) => Credentials::Password { user, password },
+        _ => {
+            let token = std::fs::read_to_string(local_token_path(state_dir)).with_context(|| {
+                format!(
+                    "no credentials given (--user/--password) and no local administrator token in {}",
+                    state_dir.display()
+                )
+            })?;
+            Credentials::Token(token.trim().to_owned())
+        }
+    };
+    let ca_path = overrides
+        .ca
+        .clone()
+        .or(entry.ca.clone())
+        .or_else(|| local.as_ref().and_then(|h| h.tls_cert.clone()));
+    let ca = match ca_path {
+        Some(path) if url.starts_with("https://") => {
+            Some(std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        _ => None,
+    };
+    ApiClient::connect(&url, &credentials, ca.as_deref()).await
 }
 
 #[cfg(test)]

@@ -267,6 +267,8 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
                 "127.0.0.1:0",
                 "--fns",
                 "127.0.0.1:0",
+                "--api",
+                "127.0.0.1:0",
                 "--state-dir",
             ])
             .arg(state.path())
@@ -434,5 +436,117 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
             "where=type exists",
         ],
         "no such flow: missing.tour.example.com",
+    );
+
+    // The README's pipeline part: components pushed over the management
+    // API, a manifest applied twice (the second time changes nothing),
+    // events through Python, JavaScript and Rust steps.
+    for (file, name) in [
+        ("flow_enrich_py", "enrich-py"),
+        ("flow_filter_js", "filter-js"),
+        ("flow_transform", "transform"),
+        ("flow_router", "router"),
+    ] {
+        let path = component(file);
+        let pushed = flow(
+            &[
+                "component",
+                "push",
+                path.to_str().unwrap_or_default(),
+                "--name",
+                name,
+                "--version",
+                "1.0.0",
+            ],
+            "",
+        );
+        assert!(
+            pushed.starts_with(&format!("OK {name}@1.0.0 sha256:")),
+            "{pushed}"
+        );
+    }
+    let listed = flow(&["component", "ls"], "");
+    assert_eq!(listed.lines().count(), 4, "{listed}");
+    for f in ["orders", "eu", "us", "rest"] {
+        let _ = run(
+            env!("CARGO_BIN_EXE_flow"),
+            &[
+                "--state-dir",
+                state.path().to_str().unwrap_or_default(),
+                "create",
+                "flow",
+                &format!("{f}.tour.example.com"),
+            ],
+            "",
+        );
+    }
+    let manifest = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/tour/pipeline.yaml"),
+    )
+    .expect("tour manifest")
+    .replace("shop.example.com", "tour.example.com");
+    let applied = flow(&["apply", "-f", "-"], &manifest);
+    assert!(
+        applied.contains("created enrich,created,tag,route"),
+        "{applied}"
+    );
+    let again = flow(&["apply", "-f", "-"], &manifest);
+    assert!(
+        again.contains("created -, updated -, unchanged enrich,created,tag,route"),
+        "{again}"
+    );
+    let orders = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/tour/orders.jsonl"),
+    )
+    .expect("tour orders");
+    flow(&["write", "orders.tour.example.com"], &orders);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let eu = loop {
+        let read = flow(&["read", "eu.tour.example.com", "--from-start"], "");
+        if read.lines().count() >= 3 || std::time::Instant::now() > deadline {
+            break read;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    // Orders 3, 6 and 9 are created orders in region eu (n % 3 == 0); 12
+    // is cancelled.
+    let eu: Vec<serde_json::Value> = eu
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    let ids: Vec<&str> = eu.iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!(ids, ["order-3", "order-6", "order-9"], "{eu:?}");
+    for e in &eu {
+        assert_eq!(e["data"]["channel"], "web");
+        assert_eq!(e["data"]["tag"], "tour");
+    }
+    let described = flow(&["describe", "pipeline", "orders"], "");
+    assert!(
+        described.contains("step=route processor=orders-route phase=running"),
+        "{described}"
+    );
+    let pipelines = flow(&["get", "pipelines"], "");
+    assert!(
+        pipelines.contains("orders") && pipelines.contains("4/4 steps running"),
+        "{pipelines}"
+    );
+    flow(&["delete", "pipeline", "orders"], "");
+    let bad = run(
+        env!("CARGO_BIN_EXE_flow"),
+        &[
+            "--state-dir",
+            state.path().to_str().unwrap_or_default(),
+            "apply",
+            "-f",
+            "-",
+        ],
+        &manifest.replace("filter-js@1.0.0", "filter-js@9.9.9"),
+    );
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr
+            .contains("-: line 19, column 16: step `created`: no such component: filter-js@9.9.9"),
+        "{stderr}"
     );
 }

@@ -74,6 +74,7 @@ async fn participant_with(
     config.participant.state_dir = state.path().to_owned();
     config.nats.urls = vec![nats.url()];
     config.metrics.listen = None;
+    config.api.listen = None;
     config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
     config.fnap.tls_listen = None;
     config.fns.listen = Some(([127, 0, 0, 1], 0).into());

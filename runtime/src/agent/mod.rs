@@ -361,12 +361,13 @@ impl Agent {
             generation: 1,
             limits: new.limits,
             owner: new.owner,
+            pipeline: None,
         };
         self.put(&spec).await?;
         Ok(spec)
     }
 
-    async fn put(&self, spec: &ProcessorSpec) -> Result<()> {
+    pub(crate) async fn put(&self, spec: &ProcessorSpec) -> Result<()> {
         let json = serde_json::to_vec(spec)?;
         self.buckets
             .processors

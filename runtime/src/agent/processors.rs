@@ -97,6 +97,18 @@ fn may_manage(principal: &Principal, spec: &ProcessorSpec) -> Result<(), AgentEr
     }
 }
 
+/// A pipeline's steps change with its manifest, not one by one (the next
+/// apply would undo it).
+fn pipeline_step(spec: &ProcessorSpec) -> Result<(), AgentError> {
+    match &spec.pipeline {
+        Some(pipeline) => Err(AgentError::Invalid(format!(
+            "processor {} is a step of pipeline {pipeline}: change or delete the pipeline instead",
+            spec.id
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn not_found(id: &str) -> AgentError {
     AgentError::NotFound {
         what: "processor",
@@ -214,6 +226,7 @@ impl Agent {
         request: ProcessorRequest,
     ) -> Result<ProcessorSpec, AgentError> {
         let (spec, _) = self.describe_processor_as(principal, id).await?;
+        pipeline_step(&spec)?;
         if spec.is_relay() {
             return Err(AgentError::Invalid(format!(
                 "{id} is a subscription relay; it has no component or configuration"
@@ -249,7 +262,8 @@ impl Agent {
         principal: &Principal,
         id: &str,
     ) -> Result<(), AgentError> {
-        self.describe_processor_as(principal, id).await?;
+        let (spec, _) = self.describe_processor_as(principal, id).await?;
+        pipeline_step(&spec)?;
         Ok(self.delete_processor(id).await?)
     }
 }

@@ -12,6 +12,9 @@ use flowd::wasm::{Host, HostConfig, Kind};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
+#[path = "flow/management.rs"]
+mod management;
+
 #[derive(Parser)]
 #[command(name = "flow", version, about = "The ESON command-line user agent")]
 struct Cli {
@@ -39,6 +42,9 @@ struct Cli {
     /// Certificate(s) to trust for TLS (PEM).
     #[arg(long, global = true)]
     ca: Option<PathBuf>,
+    /// Management API (gRPC) address, `http://host:port` (default: the agent's, or the local host's).
+    #[arg(long, global = true, env = "FLOW_API")]
+    api: Option<String>,
     /// State directory of the local host (to find it when no agent is configured).
     #[arg(long, global = true, env = "FLOWD_STATE_DIR")]
     state_dir: Option<PathBuf>,
@@ -177,6 +183,19 @@ enum Command {
         #[command(subcommand)]
         what: UpdateTarget,
     },
+    /// Components in the host's registry (management API).
+    Component {
+        #[command(subcommand)]
+        what: management::ComponentCommand,
+    },
+    /// Create or change a pipeline from its manifest (YAML; `-` reads stdin).
+    Apply {
+        #[arg(long = "file", short = 'f')]
+        file: PathBuf,
+        /// Validate and show what would change; apply nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -212,9 +231,19 @@ enum Create {
 
 #[derive(Subcommand)]
 enum Target {
-    Namespace { namespace: NamespaceName },
-    Flow { flow: FlowName },
-    Processor { id: String },
+    Namespace {
+        namespace: NamespaceName,
+    },
+    Flow {
+        flow: FlowName,
+    },
+    Processor {
+        id: String,
+    },
+    /// A pipeline and all its steps.
+    Pipeline {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -258,6 +287,8 @@ enum Get {
     Agents,
     /// The broker of the agent.
     Brokers,
+    /// Pipelines, with how many steps run.
+    Pipelines,
 }
 
 #[derive(Subcommand)]
@@ -285,6 +316,10 @@ enum Describe {
     /// A processor component file: kind, world, digest, imports.
     Component {
         file: PathBuf,
+    },
+    /// A pipeline: its steps, their state and rates.
+    Pipeline {
+        name: String,
     },
 }
 
@@ -469,8 +504,30 @@ async fn run(cli: Cli) -> Result<()> {
         ca: cli.ca.clone(),
         anonymous: cli.anonymous,
     };
+    let management = match cli.command {
+        Command::Component { what } => Ok(management::Action::Component(what)),
+        Command::Apply { file, dry_run } => Ok(management::Action::Apply { file, dry_run }),
+        Command::Get {
+            what: Get::Pipelines,
+        } => Ok(management::Action::GetPipelines),
+        Command::Describe {
+            what: Describe::Pipeline { name },
+        } => Ok(management::Action::DescribePipeline(name)),
+        Command::Delete {
+            what: Target::Pipeline { name },
+        } => Ok(management::Action::DeletePipeline(name)),
+        other => Err(other),
+    };
+    let command = match management {
+        Ok(action) => {
+            let api =
+                user_agent::api_client(entry, &state_dir, &overrides, cli.api.as_deref()).await?;
+            return management::execute(&api, action, json).await;
+        }
+        Err(command) => command,
+    };
     let mut client = user_agent::connect(entry, &state_dir, &overrides).await?;
-    execute(&mut client, cli.command, json).await?;
+    execute(&mut client, command, json).await?;
     let _ = client.quit().await;
     Ok(())
 }
@@ -520,6 +577,11 @@ async fn listed(client: &mut Client, line: &str, json: bool, header: Option<&str
 
 async fn execute(client: &mut Client, command: Command, json: bool) -> Result<()> {
     match command {
+        Command::Component { .. }
+        | Command::Apply { .. }
+        | Command::Delete {
+            what: Target::Pipeline { .. },
+        } => bail!("this command goes over the management API"),
         Command::Create {
             what:
                 Create::Namespace {
@@ -647,8 +709,10 @@ async fn execute(client: &mut Client, command: Command, json: bool) -> Result<()
                 }
             }
             Get::Agents => unreachable!("answered without a connection"),
+            Get::Pipelines => bail!("pipelines are listed over the management API"),
         },
         Command::Describe { what } => match what {
+            Describe::Pipeline { .. } => bail!("pipelines are described over the management API"),
             Describe::Flow { flow } => {
                 described(client, &format!("DESCRIBE FLOW {flow}"), json).await?
             }

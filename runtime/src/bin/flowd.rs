@@ -71,6 +71,9 @@ struct ServeArgs {
     /// Embedded name service address, UDP and TCP (overrides the file); `off` disables it.
     #[arg(long)]
     fns: Option<String>,
+    /// gRPC management API address (overrides the file); `off` disables it.
+    #[arg(long)]
+    api: Option<String>,
 }
 
 /// `off`, or a socket address.
@@ -184,6 +187,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(value) = &args.fnap_tls {
         config.fnap.tls_listen = address("fnap-tls", value)?;
+    }
+    if let Some(value) = &args.api {
+        config.api.listen = address("api", value)?;
     }
     if let Some(value) = &args.fns {
         config.fns.listen = address("fns", value)?;

@@ -159,6 +159,7 @@ impl Runner {
         }
         status.phase = Phase::Running;
         status.generation = spec.generation;
+        status.started_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
         status.last_error = None;
         ctx.write_status(&spec.id, status).await;
         tracing::info!(processor = spec.id, kind = %spec.kind, "processor running");

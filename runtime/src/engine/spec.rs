@@ -99,6 +99,9 @@ pub struct ProcessorSpec {
     /// subscription bridges).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The pipeline this processor is a step of (`None`: made directly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
 }
 
 /// The component name of the host's built-in relay: a bridge that copies
@@ -137,6 +140,10 @@ pub struct Status {
     pub errors: u64,
     pub dead_lettered: u64,
     pub last_error: Option<String>,
+    /// When the current run started (ms since the Unix epoch): it changes
+    /// exactly when the processor (re)starts.
+    #[serde(default)]
+    pub started_ms: u64,
     /// Milliseconds since the Unix epoch.
     pub updated_ms: u64,
 }
@@ -151,6 +158,7 @@ impl Status {
             errors: 0,
             dead_lettered: 0,
             last_error: None,
+            started_ms: 0,
             updated_ms: 0,
         }
     }

@@ -10,7 +10,6 @@
 use super::command::{self, Command, Mechanism, Start};
 use super::framing::{self, Line};
 use super::reply::{Code, Reply};
-use crate::accounts::Accounts;
 use crate::agent::processors::ProcessorRequest;
 use crate::agent::{Agent, AgentError, Principal};
 use crate::broker::FlowInfo;
@@ -780,10 +779,7 @@ impl Session {
                 };
                 let state_dir = self.shared.ctx.state_dir.clone();
                 let verified = tokio::task::spawn_blocking(move || {
-                    if user == crate::user_agent::LOCAL_ADMIN {
-                        return Ok(local_admin(&state_dir, &password));
-                    }
-                    Accounts::load(&state_dir).map(|a| a.verify(&user, &password))
+                    crate::accounts::login(&state_dir, &user, &password)
                 })
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -1095,24 +1091,6 @@ impl Session {
         send(writer, &Reply::ok(format!("OK {sent} events"))).await?;
         Ok(Response::Sent { success: true })
     }
-}
-
-/// The host's local administrator: the password is the token in the state
-/// directory, which only the host's user can read.
-fn local_admin(state_dir: &std::path::Path, password: &str) -> Option<crate::accounts::Identity> {
-    let token = std::fs::read_to_string(crate::user_agent::local_token_path(state_dir)).ok()?;
-    let token = token.trim();
-    // Compare in constant time (length is not secret).
-    let same = token.len() == password.len()
-        && token
-            .bytes()
-            .zip(password.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    (same && !token.is_empty()).then(|| crate::accounts::Identity {
-        user: crate::user_agent::LOCAL_ADMIN.to_owned(),
-        admin: true,
-    })
 }
 
 /// `key=value` lines (blank lines and `#` comments skipped).

@@ -38,11 +38,7 @@ pub fn server_config(
     state_dir: &Path,
     fqdn: &str,
 ) -> Result<(Arc<rustls::ServerConfig>, PathBuf), TlsError> {
-    let (cert_path, key_path) = match (&config.cert, &config.key) {
-        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
-        (None, None) => self_signed(state_dir, fqdn)?,
-        _ => return Err(TlsError::Incomplete),
-    };
+    let (cert_path, key_path) = certificate_files(config, state_dir, fqdn)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
         .map_err(|e| file_error(&cert_path, e))?
         .collect::<Result<_, _>>()
@@ -56,6 +52,20 @@ pub fn server_config(
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     Ok((Arc::new(server), cert_path))
+}
+
+/// The certificate and key files (PEM) the host presents: the configured
+/// ones, or a self-signed pair generated on first use.
+pub fn certificate_files(
+    config: &TlsConfig,
+    state_dir: &Path,
+    fqdn: &str,
+) -> Result<(PathBuf, PathBuf), TlsError> {
+    match (&config.cert, &config.key) {
+        (Some(cert), Some(key)) => Ok((cert.clone(), key.clone())),
+        (None, None) => self_signed(state_dir, fqdn),
+        _ => Err(TlsError::Incomplete),
+    }
 }
 
 /// `<state_dir>/tls/{cert,key}.pem`, generated on first use.

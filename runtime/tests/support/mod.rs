@@ -140,6 +140,8 @@ impl Flowd {
                 "off",
                 "--fns",
                 "off",
+                "--api",
+                "127.0.0.1:0",
                 "--state-dir",
             ])
             .arg(state_dir)

@@ -1,0 +1,281 @@
+//! The pipeline manifest (YAML) as written, with the location of every value
+//! that validation may have to point at. The reference is
+//! `docs/pipelines.md`.
+
+use marked_yaml::Spanned;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A place in the manifest, 1-based.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}, column {}", self.line, self.column)
+    }
+}
+
+/// Where a spanned value starts.
+pub fn at<T>(value: &Spanned<T>) -> Location {
+    value
+        .span()
+        .start()
+        .map(|m| Location {
+            line: m.line(),
+            column: m.column(),
+        })
+        .unwrap_or_default()
+}
+
+/// A pipeline as its manifest declares it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Manifest {
+    /// Optional: `flowd/v1` when given.
+    #[serde(default, rename = "apiVersion")]
+    pub api_version: Option<Spanned<String>>,
+    /// Optional: `Pipeline` when given.
+    #[serde(default)]
+    pub kind: Option<Spanned<String>>,
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Edge name -> flow URI the pipeline reads.
+    pub inputs: BTreeMap<String, Spanned<String>>,
+    /// Edge name -> flow URI the pipeline writes.
+    pub outputs: BTreeMap<String, Spanned<String>>,
+    pub steps: Vec<Step>,
+    /// Limits of every step, unless the step sets its own.
+    #[serde(default)]
+    pub limits: Option<StepLimits>,
+}
+
+/// One processor of the pipeline.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Step {
+    pub name: Spanned<String>,
+    /// `name@version`, `name` or `sha256:<hex>` of a registered component.
+    pub component: Spanned<String>,
+    /// The kind the author expects; checked against the component's.
+    #[serde(default)]
+    pub kind: Option<Spanned<String>>,
+    /// Edges read, in input-port order.
+    pub from: OneOrMany,
+    /// Edges written, in output-port order (default: one edge named after
+    /// the step).
+    #[serde(default)]
+    pub to: Option<OneOrMany>,
+    #[serde(default)]
+    pub config: Config,
+    #[serde(default)]
+    pub limits: Option<StepLimits>,
+}
+
+/// Limits of a step (all optional; the host's defaults apply).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StepLimits {
+    pub memory_mib: Option<usize>,
+    pub deadline_ms: Option<u64>,
+    pub batch: Option<usize>,
+    pub max_attempts: Option<u32>,
+    pub tick_ms: Option<u64>,
+}
+
+impl StepLimits {
+    /// `self` where set, else `fallback`.
+    pub fn or(&self, fallback: &StepLimits) -> StepLimits {
+        StepLimits {
+            memory_mib: self.memory_mib.or(fallback.memory_mib),
+            deadline_ms: self.deadline_ms.or(fallback.deadline_ms),
+            batch: self.batch.or(fallback.batch),
+            max_attempts: self.max_attempts.or(fallback.max_attempts),
+            tick_ms: self.tick_ms.or(fallback.tick_ms),
+        }
+    }
+}
+
+/// One edge name or a list of them.
+#[derive(Debug, Default)]
+pub struct OneOrMany(pub Vec<Spanned<String>>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Untagged enums lose the spans, so: the whole node spanned, and
+        // a visitor that takes either form.
+        enum Form {
+            One(String),
+            Many(Vec<Spanned<String>>),
+        }
+        struct FormVisitor;
+        impl<'de> Visitor<'de> for FormVisitor {
+            type Value = Form;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an edge name or a list of edge names")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Form, E> {
+                Ok(Form::One(v.to_owned()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Form, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = seq.next_element::<Spanned<String>>()? {
+                    out.push(item);
+                }
+                Ok(Form::Many(out))
+            }
+        }
+        impl<'de> Deserialize<'de> for Form {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(FormVisitor)
+            }
+        }
+        let form: Spanned<Form> = Spanned::deserialize(d)?;
+        Ok(match &*form {
+            Form::One(one) => OneOrMany(vec![Spanned::new(*form.span(), one.clone())]),
+            Form::Many(many) => OneOrMany(many.clone()),
+        })
+    }
+}
+
+/// A step's configuration: a mapping whose values are scalars or lists of
+/// scalars (a list repeats the key, for keys such as `where`), turned into
+/// the ordered `key=value` pairs processors receive.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Config(pub Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for Config {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ConfigVisitor;
+        impl<'de> Visitor<'de> for ConfigVisitor {
+            type Value = Config;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of keys to values or lists of values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Config, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let Values(values) = map.next_value()?;
+                    for value in values {
+                        pairs.push((key.clone(), value));
+                    }
+                }
+                Ok(Config(pairs))
+            }
+        }
+        d.deserialize_map(ConfigVisitor)
+    }
+}
+
+/// A scalar as text, or a list of them.
+struct Values(Vec<String>);
+
+impl<'de> Deserialize<'de> for Values {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ValuesVisitor;
+        impl<'de> Visitor<'de> for ValuesVisitor {
+            type Value = Values;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a value or a list of values")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Values, E> {
+                Ok(Values(vec![v.to_owned()]))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Values, E> {
+                Ok(Values(vec![v]))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Values, E> {
+                Ok(Values(vec![v.to_string()]))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Values, E> {
+                Ok(Values(vec![v.to_string()]))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Values, E> {
+                Ok(Values(vec![v.to_string()]))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Values, E> {
+                Ok(Values(vec![v.to_string()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Values, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Values(more)) = seq.next_element()? {
+                    out.extend(more);
+                }
+                Ok(Values(out))
+            }
+        }
+        d.deserialize_any(ValuesVisitor)
+    }
+}
+
+/// Reads a manifest; a syntax or shape error names its place.
+pub fn parse(text: &str) -> Result<Manifest, String> {
+    marked_yaml::from_yaml(0, text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "\
+name: invoices
+inputs:
+  orders: flow://created.order.shop.example.com
+outputs:
+  big: flow://big.invoice.finance.example.com
+steps:
+  - name: keep
+    component: filter@1.0.0
+    from: orders
+    config:
+      where:
+        - type == created.order
+        - data.amount > 10
+      match: all
+  - name: route
+    component: router@1.0.0
+    kind: distributor
+    from: [keep]
+    to: [big, small]
+    limits:
+      batch: 50
+";
+
+    #[test]
+    fn reads_a_manifest_with_locations() {
+        let m = parse(EXAMPLE).expect("valid");
+        assert_eq!(m.name.as_str(), "invoices");
+        assert_eq!(m.steps.len(), 2);
+        let keep = &m.steps[0];
+        assert_eq!(at(&keep.name).line, 7);
+        assert_eq!(keep.from.0[0].as_str(), "orders");
+        assert_eq!(
+            keep.config.0,
+            vec![
+                ("where".into(), "type == created.order".into()),
+                ("where".into(), "data.amount > 10".into()),
+                ("match".into(), "all".into()),
+            ]
+        );
+        let route = &m.steps[1];
+        assert_eq!(route.to.as_ref().map(|t| t.0.len()), Some(2));
+        assert_eq!(at(&route.to.as_ref().expect("to").0[1]).line, 19);
+        assert_eq!(route.limits.as_ref().and_then(|l| l.batch), Some(50));
+        assert_eq!(at(&m.outputs["big"]).line, 5);
+    }
+
+    #[test]
+    fn shape_errors_name_their_place() {
+        let err = parse("name: x\ninputs: {}\noutputs: {}\nsteps:\n  - name: a\n    colour: red\n")
+            .expect_err("unknown field");
+        assert!(err.contains("colour"), "{err}");
+        let err = parse("name: [\n").expect_err("syntax");
+        assert!(!err.is_empty());
+    }
+}

@@ -1,0 +1,350 @@
+//! Pipelines: chains of processors declared by a YAML manifest that the
+//! host keeps true (`flow apply -f pipeline.yaml`).
+//!
+//! [`manifest`] reads the YAML with the location of every value; [`plan`]
+//! validates it and translates each step into a processor spec. Applying
+//! writes only the specs that differ from what runs: an unchanged step
+//! keeps running untouched, a changed one is updated in place by the
+//! engine (which switches between two batches, losing and repeating
+//! nothing), a step gone from the manifest is destroyed. The manifest and
+//! its steps are stored in the `flowd-pipelines` bucket.
+//!
+//! Between two steps events travel through a durable internal flow, so
+//! every step has the engine's at-least-once delivery with de-duplicated
+//! outputs; see docs/pipelines.md.
+
+pub mod manifest;
+pub mod plan;
+
+pub use plan::{Diagnostic, Plan};
+
+use crate::agent::access::{self, Principal};
+use crate::agent::{Agent, AgentError};
+use crate::broker::{FlowName, FlowSettings};
+use crate::engine::spec::{ProcessorSpec, RunLimits, Status};
+use crate::fnap::command::Right;
+use crate::registry::Registry;
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+/// Bucket of applied pipelines, keyed by name.
+pub const PIPELINES: &str = "flowd-pipelines";
+
+/// Why a pipeline operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("the manifest has {} error(s):\n{}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Diagnostic>),
+    #[error("no such pipeline: {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+fn unavailable(e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Agent(AgentError::Unavailable(e.to_string()))
+}
+
+/// A pipeline as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineRecord {
+    pub name: String,
+    pub owner: Option<String>,
+    /// The manifest as last applied.
+    pub manifest: String,
+    pub applied_ms: u64,
+    /// (step name, processor id), in manifest order.
+    pub steps: Vec<(String, String)>,
+    /// Flows the host made for the pipeline (removed with it).
+    pub internal: Vec<FlowName>,
+}
+
+/// What an apply changed, by step name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub name: String,
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// A pipeline with the state of its steps.
+#[derive(Debug, Clone)]
+pub struct PipelineView {
+    pub record: PipelineRecord,
+    /// (step name, spec, status) for the steps that exist.
+    pub steps: Vec<(String, ProcessorSpec, Option<Status>)>,
+}
+
+/// The pipelines of a broker.
+#[derive(Clone)]
+pub struct Pipelines {
+    agent: Agent,
+    registry: Registry,
+    records: kv::Store,
+    defaults: RunLimits,
+}
+
+/// Whether two specs run the same thing (generation, pause and owner are
+/// bookkeeping).
+fn same_work(a: &ProcessorSpec, b: &ProcessorSpec) -> bool {
+    a.kind == b.kind
+        && a.component == b.component
+        && a.config == b.config
+        && a.inputs == b.inputs
+        && a.outputs == b.outputs
+        && a.dead_letter == b.dead_letter
+        && a.limits == b.limits
+}
+
+impl Pipelines {
+    pub async fn open(
+        agent: Agent,
+        registry: Registry,
+        defaults: RunLimits,
+    ) -> Result<Pipelines, PipelineError> {
+        let records = agent
+            .broker()
+            .kv(PIPELINES)
+            .await
+            .map_err(|e| PipelineError::Agent(e.into()))?;
+        Ok(Pipelines {
+            agent,
+            registry,
+            records,
+            defaults,
+        })
+    }
+
+    async fn record(&self, name: &str) -> Result<Option<PipelineRecord>, PipelineError> {
+        match self.records.get(name).await.map_err(unavailable)? {
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(unavailable),
+            None => Ok(None),
+        }
+    }
+
+    fn may_manage(principal: &Principal, record: &PipelineRecord) -> Result<(), PipelineError> {
+        if principal.is_admin()
+            || (principal.user().is_some() && principal.user() == record.owner.as_deref())
+        {
+            Ok(())
+        } else {
+            Err(AgentError::Forbidden(format!(
+                "pipeline {} belongs to {}",
+                record.name,
+                record.owner.as_deref().unwrap_or("the host")
+            ))
+            .into())
+        }
+    }
+
+    /// Validates `manifest` and, unless `dry_run`, makes the running
+    /// pipeline match it. Nothing is applied when anything is wrong.
+    pub async fn apply_as(
+        &self,
+        principal: &Principal,
+        manifest: &str,
+        dry_run: bool,
+    ) -> Result<ApplyReport, PipelineError> {
+        if principal == &Principal::Anonymous {
+            return Err(
+                AgentError::Forbidden("anonymous sessions cannot apply pipelines".into()).into(),
+            );
+        }
+        let checker = plan::Checker {
+            registry: &self.registry,
+            broker: self.agent.broker(),
+            defaults: &self.defaults,
+        };
+        let plan = checker
+            .plan(manifest)
+            .await
+            .map_err(PipelineError::Invalid)?;
+        let previous = self.record(&plan.name).await?;
+        if let Some(previous) = &previous {
+            Self::may_manage(principal, previous)?;
+        }
+        for flow in &plan.inputs {
+            self.agent.check_read(principal, flow).await?;
+        }
+        for flow in &plan.outputs {
+            let (right, _) = self.agent.flow_right(principal, flow).await?;
+            access::require(principal, right, Right::Write, &format!("write to {flow}"))?;
+        }
+        let running: Vec<ProcessorSpec> = self
+            .agent
+            .processors()
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(|(spec, _)| spec)
+            .collect();
+        let mut report = ApplyReport {
+            name: plan.name.clone(),
+            ..ApplyReport::default()
+        };
+        let mut writes = Vec::new();
+        for (step, spec) in &plan.steps {
+            match running.iter().find(|p| p.id == spec.id) {
+                Some(old) if old.pipeline.as_deref() != Some(plan.name.as_str()) => {
+                    return Err(AgentError::Exists {
+                        what: "processor",
+                        name: format!("{} (not a step of pipeline {})", old.id, plan.name),
+                    }
+                    .into());
+                }
+                Some(old) if same_work(old, spec) => report.unchanged.push(step.clone()),
+                Some(old) => {
+                    report.updated.push(step.clone());
+                    writes.push(ProcessorSpec {
+                        generation: old.generation + 1,
+                        paused: old.paused,
+                        owner: old.owner.clone(),
+                        ..spec.clone()
+                    });
+                }
+                None => {
+                    report.created.push(step.clone());
+                    writes.push(ProcessorSpec {
+                        generation: 1,
+                        owner: principal.user().map(str::to_owned),
+                        ..spec.clone()
+                    });
+                }
+            }
+        }
+        let gone: Vec<&ProcessorSpec> = running
+            .iter()
+            .filter(|p| p.pipeline.as_deref() == Some(plan.name.as_str()))
+            .filter(|p| !plan.steps.iter().any(|(_, s)| s.id == p.id))
+            .collect();
+        for spec in &gone {
+            let step = previous
+                .as_ref()
+                .and_then(|r| r.steps.iter().find(|(_, id)| id == &spec.id))
+                .map_or_else(|| spec.id.clone(), |(step, _)| step.clone());
+            report.removed.push(step);
+        }
+        if dry_run {
+            return Ok(report);
+        }
+        for flow in &plan.internal {
+            self.agent
+                .broker()
+                .ensure_flow(flow, &FlowSettings::default())
+                .await
+                .map_err(|e| PipelineError::Agent(e.into()))?;
+        }
+        for spec in &writes {
+            self.agent.put(spec).await.map_err(unavailable)?;
+        }
+        for spec in &gone {
+            self.agent
+                .delete_processor(&spec.id)
+                .await
+                .map_err(unavailable)?;
+        }
+        if let Some(previous) = &previous {
+            for flow in previous
+                .internal
+                .iter()
+                .filter(|f| !plan.internal.contains(f))
+            {
+                let _ = self.agent.broker().delete_flow(flow).await;
+            }
+        }
+        let record = PipelineRecord {
+            name: plan.name.clone(),
+            owner: previous
+                .and_then(|r| r.owner)
+                .or_else(|| principal.user().map(str::to_owned)),
+            manifest: manifest.to_owned(),
+            applied_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
+            steps: plan
+                .steps
+                .iter()
+                .map(|(step, spec)| (step.clone(), spec.id.clone()))
+                .collect(),
+            internal: plan.internal.clone(),
+        };
+        let json = serde_json::to_vec(&record).map_err(unavailable)?;
+        self.records
+            .put(&plan.name, json.into())
+            .await
+            .map_err(unavailable)?;
+        tracing::info!(
+            pipeline = plan.name,
+            created = report.created.len(),
+            updated = report.updated.len(),
+            unchanged = report.unchanged.len(),
+            removed = report.removed.len(),
+            "pipeline applied"
+        );
+        Ok(report)
+    }
+
+    async fn view(&self, record: PipelineRecord) -> Result<PipelineView, PipelineError> {
+        let mut steps = Vec::new();
+        for (step, id) in &record.steps {
+            if let Ok((spec, status)) = self.agent.processor(id).await {
+                steps.push((step.clone(), spec, status));
+            }
+        }
+        Ok(PipelineView { record, steps })
+    }
+
+    pub async fn get_as(
+        &self,
+        principal: &Principal,
+        name: &str,
+    ) -> Result<PipelineView, PipelineError> {
+        let record = self
+            .record(name)
+            .await?
+            .ok_or_else(|| PipelineError::NotFound(name.to_owned()))?;
+        Self::may_manage(principal, &record)?;
+        self.view(record).await
+    }
+
+    pub async fn list_as(&self, principal: &Principal) -> Result<Vec<PipelineView>, PipelineError> {
+        let mut keys = self.records.keys().await.map_err(unavailable)?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            names.push(key.map_err(unavailable)?);
+        }
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            if let Some(record) = self.record(&name).await?
+                && Self::may_manage(principal, &record).is_ok()
+            {
+                out.push(self.view(record).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Destroys every step and the pipeline's internal flows (the
+    /// dead-letter flow stays, with whatever failed).
+    pub async fn delete_as(&self, principal: &Principal, name: &str) -> Result<(), PipelineError> {
+        let record = self
+            .record(name)
+            .await?
+            .ok_or_else(|| PipelineError::NotFound(name.to_owned()))?;
+        Self::may_manage(principal, &record)?;
+        for (_, id) in &record.steps {
+            if self.agent.processor(id).await.is_ok() {
+                self.agent.delete_processor(id).await.map_err(unavailable)?;
+            }
+        }
+        let dead_letter = plan::dead_letter_flow(name);
+        for flow in record.internal.iter().filter(|f| **f != dead_letter) {
+            let _ = self.agent.broker().delete_flow(flow).await;
+        }
+        self.records.purge(name).await.map_err(unavailable)?;
+        tracing::info!(pipeline = name, "pipeline deleted");
+        Ok(())
+    }
+}

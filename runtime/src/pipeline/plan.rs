@@ -1,0 +1,587 @@
+//! Validation of a manifest and its translation into processors.
+//!
+//! A pipeline is a graph of *steps* (processors) joined by named *edges*.
+//! An edge is written by exactly one producer (a pipeline input, or a
+//! step's output port) and read by any number of steps (fan-out by copy);
+//! a distributor or signal step writes several edges (fan-out by routing).
+//! Each step becomes one processor `<pipeline>-<step>`; each edge is a
+//! flow: the input's or output's flow, or an internal flow
+//! `<edge>.<pipeline>.pipelines.flowd` between two steps.
+//!
+//! Every check runs before anything is applied, and every error carries
+//! the manifest location it is about.
+
+use super::manifest::{self, Location, Manifest, StepLimits, at};
+use crate::broker::{Broker, FlowName};
+use crate::engine::spec::{ProcessorSpec, RunLimits};
+use crate::registry::{ComponentRef, Registry};
+use crate::wasm::ProcessorSetup;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+/// One problem found in a manifest, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub at: Location,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.at.line == 0 {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.at, self.message)
+        }
+    }
+}
+
+/// Namespace of the flows between steps of a pipeline.
+pub const INTERNAL_NAMESPACE: &str = "pipelines.flowd";
+
+/// The flow of an edge between two steps.
+pub fn internal_flow(pipeline: &str, edge: &str) -> FlowName {
+    FlowName::parse(&format!("{edge}.{pipeline}.{INTERNAL_NAMESPACE}"))
+        .unwrap_or_else(|_| unreachable_name(pipeline, edge))
+}
+
+/// Where a pipeline's failing events go.
+pub fn dead_letter_flow(pipeline: &str) -> FlowName {
+    internal_flow(pipeline, "deadletter")
+}
+
+/// Names are checked as DNS labels before any flow is named from them, so
+/// this only guards against a bug.
+fn unreachable_name(pipeline: &str, edge: &str) -> FlowName {
+    panic!("pipeline `{pipeline}` edge `{edge}` passed label checks but is no flow name")
+}
+
+/// The processor that runs a step.
+pub fn processor_id(pipeline: &str, step: &str) -> String {
+    format!("{pipeline}-{step}")
+}
+
+/// A validated pipeline, ready to apply.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub name: String,
+    /// (step name, processor spec) in manifest order; specs have
+    /// generation 0 and no owner yet.
+    pub steps: Vec<(String, ProcessorSpec)>,
+    /// Flows between steps (and the dead-letter flow), to create.
+    pub internal: Vec<FlowName>,
+    /// Flows the pipeline reads and writes (access is checked on them).
+    pub inputs: Vec<FlowName>,
+    pub outputs: Vec<FlowName>,
+}
+
+fn label_error(what: &str, name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    (!ok).then(|| {
+        format!("{what} `{name}`: use lower-case letters, digits and `-` (a DNS label, at most 63)")
+    })
+}
+
+/// Who writes an edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Producer {
+    Input,
+    Step(usize),
+}
+
+/// What validation needs from the host.
+pub struct Checker<'a> {
+    pub registry: &'a Registry,
+    pub broker: &'a Broker,
+    pub defaults: &'a RunLimits,
+}
+
+impl Checker<'_> {
+    /// Validates `text` and translates it; every error found is returned.
+    pub async fn plan(&self, text: &str) -> Result<Plan, Vec<Diagnostic>> {
+        let manifest = manifest::parse(text).map_err(|message| {
+            vec![Diagnostic {
+                at: Location::default(),
+                message,
+            }]
+        })?;
+        let mut errors = Vec::new();
+        let structure = structure(&manifest, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let plan = self.resolve(&manifest, &structure, &mut errors).await;
+        if errors.is_empty() {
+            Ok(plan)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Components, kinds, flows and configurations: the checks that ask
+    /// the registry, the broker and the Wasm host.
+    async fn resolve(&self, m: &Manifest, s: &Structure, errors: &mut Vec<Diagnostic>) -> Plan {
+        let name = m.name.as_str().to_owned();
+        let mut flow_of: HashMap<String, FlowName> = HashMap::new();
+        let mut inputs = Vec::new();
+        let mut outputs = Vec::new();
+        for (is_input, edges) in [(true, &m.inputs), (false, &m.outputs)] {
+            for (edge, uri) in edges {
+                match FlowName::parse(uri.as_str()) {
+                    Ok(flow) => {
+                        if let Err(e) = self.broker.flow_info(&flow).await {
+                            errors.push(Diagnostic {
+                                at: at(uri),
+                                message: format!("unknown flow {}: {e}", flow.uri()),
+                            });
+                        }
+                        flow_of.insert(edge.clone(), flow.clone());
+                        if is_input { &mut inputs } else { &mut outputs }.push(flow);
+                    }
+                    Err(e) => errors.push(Diagnostic {
+                        at: at(uri),
+                        message: format!("`{}`: {e}", uri.as_str()),
+                    }),
+                }
+            }
+        }
+        let mut internal = Vec::new();
+        for edge in s.producers.keys() {
+            if !flow_of.contains_key(edge) {
+                let flow = internal_flow(&name, edge);
+                internal.push(flow.clone());
+                flow_of.insert(edge.clone(), flow);
+            }
+        }
+        internal.push(dead_letter_flow(&name));
+
+        let fallback = m.limits.clone().unwrap_or_default();
+        let mut steps = Vec::new();
+        for step in &m.steps {
+            let step_name = step.name.as_str();
+            let reference: ComponentRef = match step.component.parse() {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push(Diagnostic {
+                        at: at(&step.component),
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let record = match self.registry.resolve(&reference).await {
+                Ok(record) => record,
+                Err(e) => {
+                    errors.push(Diagnostic {
+                        at: at(&step.component),
+                        message: format!("step `{step_name}`: {e}"),
+                    });
+                    continue;
+                }
+            };
+            if let Some(kind) = &step.kind
+                && kind.as_str() != record.kind.name()
+            {
+                errors.push(Diagnostic {
+                    at: at(kind),
+                    message: format!(
+                        "step `{step_name}` says kind {}, but {} is a {}",
+                        kind.as_str(),
+                        step.component.as_str(),
+                        record.kind
+                    ),
+                });
+                continue;
+            }
+            let to = s.outputs_of(step);
+            if let Err(e) = record.kind.check_ports(step.from.0.len(), to.len()) {
+                errors.push(Diagnostic {
+                    at: at(&step.name),
+                    message: format!(
+                        "step `{step_name}` ({} {}): {e}",
+                        record.kind,
+                        step.component.as_str()
+                    ),
+                });
+                continue;
+            }
+            let limits = match run_limits(
+                self.defaults,
+                &step.limits.clone().unwrap_or_default().or(&fallback),
+            ) {
+                Ok(l) => l,
+                Err(message) => {
+                    errors.push(Diagnostic {
+                        at: at(&step.name),
+                        message: format!("step `{step_name}`: {message}"),
+                    });
+                    continue;
+                }
+            };
+            let spec = ProcessorSpec {
+                id: processor_id(&name, step_name),
+                kind: record.kind,
+                component: record.digest.clone(),
+                config: step.config.0.clone(),
+                inputs: step
+                    .from
+                    .0
+                    .iter()
+                    .filter_map(|e| flow_of.get(e.as_str()).cloned())
+                    .collect(),
+                outputs: to.iter().filter_map(|e| flow_of.get(e).cloned()).collect(),
+                dead_letter: dead_letter_flow(&name),
+                paused: false,
+                generation: 0,
+                limits,
+                owner: None,
+                pipeline: Some(name.clone()),
+            };
+            if let Err(message) = self.check_config(&spec).await {
+                errors.push(Diagnostic {
+                    at: at(&step.name),
+                    message: format!("step `{step_name}`: {message}"),
+                });
+                continue;
+            }
+            steps.push((step_name.to_owned(), spec));
+        }
+        Plan {
+            name,
+            steps,
+            internal,
+            inputs,
+            outputs,
+        }
+    }
+
+    /// Instantiates the step's component with its configuration, as the
+    /// host will.
+    async fn check_config(&self, spec: &ProcessorSpec) -> Result<(), String> {
+        let bytes = self
+            .registry
+            .bytes(&spec.component)
+            .await
+            .map_err(|e| e.to_string())?;
+        let host = self.registry.host().clone();
+        let setup = ProcessorSetup {
+            name: spec.id.clone(),
+            config: spec.config.clone(),
+            inputs: spec.inputs.iter().map(ToString::to_string).collect(),
+            outputs: spec.outputs.iter().map(ToString::to_string).collect(),
+        };
+        let limits = spec.limits.wasm();
+        tokio::task::spawn_blocking(move || {
+            let component = host.load(&bytes).map_err(|e| e.to_string())?;
+            let processor = host
+                .create(component, setup, limits)
+                .map_err(|e| e.to_string())?;
+            let _ = processor.teardown();
+            Ok(())
+        })
+        .await
+        .map_err(|e| format!("checking the configuration: {e}"))?
+    }
+}
+
+fn run_limits(defaults: &RunLimits, set: &StepLimits) -> Result<RunLimits, String> {
+    let mut limits = defaults.clone();
+    if let Some(v) = set.memory_mib {
+        limits.memory_mib = v;
+    }
+    if let Some(v) = set.deadline_ms {
+        limits.deadline_ms = v;
+    }
+    if let Some(v) = set.batch {
+        limits.batch = v;
+    }
+    if let Some(v) = set.max_attempts {
+        limits.max_attempts = v;
+    }
+    if let Some(v) = set.tick_ms {
+        limits.tick_ms = v;
+    }
+    if limits.batch == 0 || limits.memory_mib == 0 || limits.deadline_ms == 0 {
+        return Err("limits batch, memory-mib and deadline-ms must be at least 1".into());
+    }
+    Ok(limits)
+}
+
+/// The graph of a manifest: who writes each edge.
+struct Structure {
+    producers: BTreeMap<String, Producer>,
+}
+
+impl Structure {
+    /// The edges a step writes, in port order.
+    fn outputs_of(&self, step: &manifest::Step) -> Vec<String> {
+        match &step.to {
+            Some(to) => to.0.iter().map(|e| e.as_str().to_owned()).collect(),
+            None => vec![step.name.as_str().to_owned()],
+        }
+    }
+}
+
+/// Names, edges, producers and readers, and cycles: the checks that need
+/// nothing but the manifest.
+fn structure(m: &Manifest, errors: &mut Vec<Diagnostic>) -> Structure {
+    let mut push = |at: Location, message: String| errors.push(Diagnostic { at, message });
+    if let Some(v) = &m.api_version
+        && v.as_str() != "flowd/v1"
+    {
+        push(
+            at(v),
+            format!("apiVersion `{}`: this host reads flowd/v1", v.as_str()),
+        );
+    }
+    if let Some(k) = &m.kind
+        && k.as_str() != "Pipeline"
+    {
+        push(at(k), format!("kind `{}`: expected Pipeline", k.as_str()));
+    }
+    let name = m.name.as_str();
+    if let Some(e) = label_error("pipeline name", name) {
+        push(at(&m.name), e);
+    }
+    if m.steps.is_empty() {
+        push(at(&m.name), "a pipeline needs at least one step".into());
+    }
+    let mut producers: BTreeMap<String, Producer> = BTreeMap::new();
+    let mut produced_at: HashMap<String, Location> = HashMap::new();
+    for (edge, uri) in &m.inputs {
+        if let Some(e) = label_error("input", edge) {
+            push(at(uri), e);
+        }
+        producers.insert(edge.clone(), Producer::Input);
+        produced_at.insert(edge.clone(), at(uri));
+    }
+    for (edge, uri) in &m.outputs {
+        if let Some(e) = label_error("output", edge) {
+            push(at(uri), e);
+        }
+        if m.inputs.contains_key(edge) {
+            push(at(uri), format!("`{edge}` is both an input and an output"));
+        }
+    }
+    let mut seen_steps: HashMap<&str, Location> = HashMap::new();
+    for (i, step) in m.steps.iter().enumerate() {
+        let step_name = step.name.as_str();
+        if let Some(e) = label_error("step name", step_name) {
+            push(at(&step.name), e);
+        } else if processor_id(name, step_name).len() > 64 {
+            push(
+                at(&step.name),
+                format!("`{name}-{step_name}` (the step's processor id) is longer than 64"),
+            );
+        }
+        if let Some(first) = seen_steps.insert(step_name, at(&step.name)) {
+            push(
+                at(&step.name),
+                format!("step `{step_name}` is declared twice (first at {first})"),
+            );
+        }
+        if step.from.0.is_empty() {
+            push(
+                at(&step.name),
+                format!("step `{step_name}` reads nothing (`from:` is empty)"),
+            );
+        }
+        let written: Vec<(String, Location)> = match &step.to {
+            Some(to) if to.0.is_empty() => {
+                push(
+                    at(&step.name),
+                    format!("step `{step_name}` writes nothing (`to:` is empty)"),
+                );
+                Vec::new()
+            }
+            Some(to) => {
+                to.0.iter()
+                    .map(|e| (e.as_str().to_owned(), at(e)))
+                    .collect()
+            }
+            None => vec![(step_name.to_owned(), at(&step.name))],
+        };
+        for (edge, location) in written {
+            if let Some(e) = label_error("edge", &edge) {
+                push(location, e);
+                continue;
+            }
+            if edge == "deadletter" {
+                push(
+                    location,
+                    "edge name `deadletter` is reserved for failing events".into(),
+                );
+                continue;
+            }
+            if let Some(first) = produced_at.get(&edge) {
+                push(
+                    location,
+                    format!("edge `{edge}` is written twice (first at {first})"),
+                );
+                continue;
+            }
+            producers.insert(edge.clone(), Producer::Step(i));
+            produced_at.insert(edge, location);
+        }
+    }
+    let mut read: BTreeSet<&str> = BTreeSet::new();
+    for step in &m.steps {
+        for edge in &step.from.0 {
+            read.insert(edge.as_str());
+            if !producers.contains_key(edge.as_str()) {
+                push(
+                    at(edge),
+                    format!(
+                        "step `{}` reads `{}`, which is no input and no step's output",
+                        step.name.as_str(),
+                        edge.as_str()
+                    ),
+                );
+            }
+        }
+    }
+    for (edge, uri) in &m.outputs {
+        if !matches!(producers.get(edge), Some(Producer::Step(_))) {
+            push(at(uri), format!("output `{edge}` is written by no step"));
+        }
+    }
+    for (edge, producer) in &producers {
+        if read.contains(edge.as_str()) || m.outputs.contains_key(edge) {
+            continue;
+        }
+        let location = produced_at.get(edge).copied().unwrap_or_default();
+        match producer {
+            Producer::Input => push(location, format!("input `{edge}` is read by no step")),
+            Producer::Step(i) => push(
+                location,
+                format!(
+                    "edge `{edge}` of step `{}` is read by no step and is no output",
+                    m.steps[*i].name.as_str()
+                ),
+            ),
+        }
+    }
+    // Kahn's algorithm over steps; what remains sits on a cycle.
+    let n = m.steps.len();
+    let mut indegree = vec![0usize; n];
+    let mut next: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (j, step) in m.steps.iter().enumerate() {
+        for edge in &step.from.0 {
+            if let Some(Producer::Step(i)) = producers.get(edge.as_str()) {
+                next[*i].push(j);
+                indegree[j] += 1;
+            }
+        }
+    }
+    let mut ready: Vec<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+    let mut done = 0;
+    while let Some(i) = ready.pop() {
+        done += 1;
+        for &j in &next[i] {
+            indegree[j] -= 1;
+            if indegree[j] == 0 {
+                ready.push(j);
+            }
+        }
+    }
+    if done < n {
+        let cycle: Vec<&str> = (0..n)
+            .filter(|&i| indegree[i] > 0)
+            .map(|i| m.steps[i].name.as_str())
+            .collect();
+        let first = (0..n).find(|&i| indegree[i] > 0).unwrap_or(0);
+        push(
+            at(&m.steps[first].name),
+            format!("steps {} form a cycle", cycle.join(" -> ")),
+        );
+    }
+    Structure { producers }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors_of(text: &str) -> Vec<String> {
+        let m = manifest::parse(text).expect("parses");
+        let mut errors = Vec::new();
+        structure(&m, &mut errors);
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_sound_graph_has_no_errors() {
+        let text = "\
+name: p
+inputs: {in: flow://a.example.com}
+outputs: {big: flow://b.example.com, small: flow://c.example.com}
+steps:
+  - {name: keep, component: filter@1, from: in}
+  - {name: route, component: router@1, from: keep, to: [big, small]}
+";
+        assert_eq!(errors_of(text), Vec::<String>::new());
+    }
+
+    #[test]
+    fn structural_errors_carry_their_line() {
+        let text = "\
+name: p
+inputs:
+  in: flow://a.example.com
+outputs:
+  out: flow://b.example.com
+steps:
+  - name: a
+    component: x@1
+    from: [in, c]
+  - name: b
+    component: x@1
+    from: a
+  - name: c
+    component: x@1
+    from: b
+  - name: d
+    component: x@1
+    from: nowhere
+    to: out
+";
+        let errors = errors_of(text);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("line 7") && e.contains("cycle")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("line 18") && e.contains("`nowhere`")),
+            "{errors:?}"
+        );
+        let text = "\
+name: P
+inputs: {in: flow://a.example.com, unused: flow://x.example.com}
+outputs: {out: flow://b.example.com, never: flow://c.example.com}
+steps:
+  - {name: a, component: x@1, from: in, to: out}
+  - {name: a, component: x@1, from: in, to: [out, dangling]}
+";
+        let errors = errors_of(text).join("\n");
+        for needle in [
+            "pipeline name `P`",
+            "input `unused` is read by no step",
+            "output `never` is written by no step",
+            "step `a` is declared twice",
+            "edge `out` is written twice",
+            "edge `dangling` of step `a` is read by no step",
+        ] {
+            assert!(errors.contains(needle), "{needle} missing in:\n{errors}");
+        }
+    }
+}
