@@ -522,7 +522,7 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
     }
     let described = flow(&["describe", "pipeline", "orders"], "");
     assert!(
-        described.contains("step=route processor=orders-route phase=running"),
+        described.contains("step=route processor=orders-route runner=orders-enrich phase=running"),
         "{described}"
     );
     let pipelines = flow(&["get", "pipelines"], "");

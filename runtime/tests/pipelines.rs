@@ -180,9 +180,10 @@ steps:
     from: created
     config:
       set.data.tag: {tag}
-  - name: route                  # Rust, fan-out
+  - name: route                  # Rust, fan-out, through a durable edge
     component: router@1.0.0
     kind: distributor
+    durable: true
     from: tag
     to: [eu, us, rest]
     config:
@@ -262,6 +263,30 @@ async fn a_manifest_chains_rust_python_and_javascript_steps_and_reapplies_minima
         .expect("applied")
         .into_inner();
     assert_eq!(applied.created, vec!["enrich", "created", "tag", "route"]);
+    // enrich -> created -> tag run fused in one runner; route reads a flow.
+    let runners: BTreeMap<String, String> = api
+        .pipelines()
+        .get(proto::PipelineRef {
+            name: "orders".into(),
+        })
+        .await
+        .expect("pipeline")
+        .into_inner()
+        .steps
+        .into_iter()
+        .map(|s| (s.name, s.runner))
+        .collect();
+    assert_eq!(
+        runners,
+        [
+            ("created", "orders-enrich"),
+            ("enrich", "orders-enrich"),
+            ("route", "orders-route"),
+            ("tag", "orders-enrich"),
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .into()
+    );
 
     // A first run, checked event by event.
     let first: Vec<Event> = (0..300).map(order).collect();
@@ -366,7 +391,7 @@ async fn a_manifest_chains_rust_python_and_javascript_steps_and_reapplies_minima
     let refused = api
         .processors()
         .destroy(proto::ProcessorRef {
-            id: "orders-tag".into(),
+            id: "orders-route".into(),
         })
         .await
         .expect_err("a step is not destroyed alone");
@@ -591,4 +616,146 @@ async fn manifest_errors_are_located_and_nothing_is_half_applied() {
         .expect("list")
         .into_inner();
     assert!(processors.processors.is_empty(), "nothing half-applied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_fused_step_dead_letters_its_events_and_the_rest_flows_on() {
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let _host = Flowd::start(&nats.url(), state.path());
+    let api = api(state.path()).await;
+    let agent = Agent::connect(&[nats.url()]).await.expect("agent");
+    create_flows(&agent, &["raw", "done"]).await;
+    push_file(&api, "transform", "flow_transform").await;
+    push_file(&api, "hostile", "guest_hostile").await;
+    let manifest = "\
+name: guarded
+inputs: {raw: flow://raw.pipe.example.com}
+outputs: {done: flow://done.pipe.example.com}
+steps:
+  - name: mark
+    component: transform@1.0.0
+    from: raw
+    config: {set.data.marked: true}
+  - name: risky
+    component: hostile@1.0.0
+    from: mark
+  - name: last
+    component: transform@1.0.0
+    from: risky
+    to: done
+    config: {set.data.last: true}
+limits: {deadline-ms: 2000, max-attempts: 2}
+";
+    api.pipelines()
+        .apply(proto::ApplyRequest {
+            manifest: manifest.into(),
+            dry_run: false,
+        })
+        .await
+        .expect("applied");
+    let events: Vec<Event> = (0..200)
+        .map(|i| {
+            EventBuilderV10::new()
+                .id(format!("g-{i}"))
+                .source("urn:test")
+                .ty(match i % 50 {
+                    7 => "test.fail",
+                    8 => "test.trap",
+                    _ => "test.ok",
+                })
+                .data("application/json", json!({"n": i}))
+                .build()
+                .expect("event")
+        })
+        .collect();
+    write(&agent, "raw", &events).await;
+    wait_count(&agent, "done", 192, Duration::from_secs(120)).await;
+    for e in read_all(&agent, "done").await {
+        assert_eq!(data(&e)["marked"], true);
+        assert_eq!(data(&e)["last"], true);
+    }
+    let dead = FlowName::parse("deadletter.guarded.pipelines.flowd").expect("flow");
+    let mut letters = Vec::new();
+    agent
+        .read(&dead, true, None, false, Duration::from_millis(500), |e| {
+            letters.push(e);
+            Ok(())
+        })
+        .await
+        .expect("dead letters");
+    let ids: BTreeSet<String> = letters.iter().map(|e| e.id().to_owned()).collect();
+    let want: BTreeSet<String> = (0..200)
+        .filter(|i| matches!(i % 50, 7 | 8))
+        .map(|i| format!("g-{i}"))
+        .collect();
+    assert_eq!(ids, want, "exactly the failing events are dead-lettered");
+    for e in &letters {
+        let error = e
+            .extension("deadlettererror")
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(error.contains("step guarded-risky"), "{error}");
+        // The original event, not the half-processed one.
+        assert_eq!(data(e).get("marked"), None, "{}", e.id());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fused_pipeline_killed_mid_run_delivers_every_event_once() {
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let host = Flowd::start(&nats.url(), state.path());
+    let api = api(state.path()).await;
+    let agent = Agent::connect(&[nats.url()]).await.expect("agent");
+    create_flows(&agent, &["in", "eu", "us", "rest"]).await;
+    push_file(&api, "transform", "flow_transform").await;
+    push_file(&api, "router", "flow_router").await;
+    let manifest = "\
+name: crash
+inputs: {in: flow://in.pipe.example.com}
+outputs:
+  eu: flow://eu.pipe.example.com
+  us: flow://us.pipe.example.com
+  rest: flow://rest.pipe.example.com
+steps:
+  - {name: a, component: transform@1.0.0, from: in, config: {set.data.a: 1}}
+  - {name: b, component: transform@1.0.0, from: a, config: {set.data.b: 2}}
+  - name: route
+    component: router@1.0.0
+    from: b
+    to: [eu, us, rest]
+    config: {by: data.region, route.eu: eu, route.us: us, default: rest}
+";
+    api.pipelines()
+        .apply(proto::ApplyRequest {
+            manifest: manifest.into(),
+            dry_run: false,
+        })
+        .await
+        .expect("applied");
+    let total = 30_000;
+    let events: Vec<Event> = (0..total).map(order).collect();
+    write(&agent, "in", &events[..total / 2]).await;
+    // Killed while it works through the first half.
+    eventually(Duration::from_secs(60), "some output", || async {
+        (count(&agent, "eu").await > 100).then_some(())
+    })
+    .await;
+    host.kill9();
+    write(&agent, "in", &events[total / 2..]).await;
+    let _again = Flowd::start(&nats.url(), state.path());
+    let want = |r: usize| (0..total).filter(|i| i % 3 == r).count() as u64;
+    wait_count(&agent, "eu", want(0), Duration::from_secs(300)).await;
+    wait_count(&agent, "us", want(1), Duration::from_secs(60)).await;
+    wait_count(&agent, "rest", want(2), Duration::from_secs(60)).await;
+    let mut seen = BTreeSet::new();
+    for name in ["eu", "us", "rest"] {
+        for e in read_all(&agent, name).await {
+            assert_eq!(data(&e)["a"], 1);
+            assert_eq!(data(&e)["b"], 2);
+            assert!(seen.insert(e.id().to_owned()), "{} twice", e.id());
+        }
+    }
+    assert_eq!(seen.len(), total);
 }

@@ -362,6 +362,9 @@ impl Agent {
             limits: new.limits,
             owner: new.owner,
             pipeline: None,
+            fused: Vec::new(),
+            ports: Vec::new(),
+            output_names: Vec::new(),
         };
         self.put(&spec).await?;
         Ok(spec)
@@ -395,6 +398,17 @@ impl Agent {
             .flatten()
             .and_then(|v| serde_json::from_slice(&v).ok());
         Ok((spec, status))
+    }
+
+    /// What the host last reported of a processor (or of a fused step).
+    pub async fn status(&self, id: &str) -> Option<Status> {
+        self.buckets
+            .status
+            .get(id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice(&v).ok())
     }
 
     pub async fn processors(&self) -> Result<Vec<(ProcessorSpec, Option<Status>)>> {

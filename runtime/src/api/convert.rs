@@ -200,10 +200,18 @@ pub fn pipeline(view: &PipelineView, with_manifest: bool) -> proto::Pipeline {
                         0.0
                     }
                 });
+                let runner = view
+                    .record
+                    .steps
+                    .iter()
+                    .find(|s| &s.name == name)
+                    .map(|s| s.runner.clone())
+                    .unwrap_or_default();
                 proto::Step {
                     name: name.clone(),
                     processor: Some(processor(spec, st.as_ref())),
                     rate,
+                    runner,
                 }
             })
             .collect(),

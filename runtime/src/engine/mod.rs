@@ -10,6 +10,7 @@
 //! consumer positions and keyed state all live in JetStream, a restarted
 //! host brings every processor back where it was.
 
+mod fused;
 pub mod metrics;
 mod runner;
 pub mod spec;
@@ -185,6 +186,21 @@ impl Engine {
 async fn reconcile(ctx: &Context, runners: &Mutex<Runners>, entry: kv::Entry) {
     let id = entry.key.clone();
     let previous = runners.lock().await.remove(&id);
+    // A fused segment whose wiring stays the same is updated inside its
+    // running runner, so that only the steps that changed restart.
+    let previous = match (previous, &entry.operation) {
+        (Some((old, Some(runner))), kv::Operation::Put) => {
+            match serde_json::from_slice::<ProcessorSpec>(&entry.value) {
+                Ok(new) if old.same_shape(&new) => {
+                    runner.update(new.clone());
+                    runners.lock().await.insert(id, (new, Some(runner)));
+                    return;
+                }
+                _ => Some((old, Some(runner))),
+            }
+        }
+        (previous, _) => previous,
+    };
     let previous_spec = match previous {
         Some((spec, runner)) => {
             if let Some(runner) = runner {
@@ -214,18 +230,22 @@ async fn reconcile(ctx: &Context, runners: &Mutex<Runners>, entry: kv::Entry) {
 /// Removes what a destroyed processor left in the broker: its consumers
 /// (their positions), its keyed state and its status.
 async fn destroy(ctx: &Context, id: &str, spec: Option<ProcessorSpec>) {
+    let mut owners = vec![id.to_owned()];
     if let Some(spec) = spec {
         for (port, flow) in spec.inputs.iter().enumerate() {
             if let Err(e) = ctx.broker.delete_consumer(flow, &spec.consumer(port)).await {
                 tracing::debug!(processor = id, "consumer of {flow}: {e}");
             }
         }
+        owners.extend(spec.fused.iter().map(|s| s.id.clone()));
     }
-    if let Ok(entries) = ctx.load_state(id).await {
-        for (key, _) in entries {
-            let _ = ctx.state.delete(spec::state_key(id, &key)).await;
+    for owner in &owners {
+        if let Ok(entries) = ctx.load_state(owner).await {
+            for (key, _) in entries {
+                let _ = ctx.state.delete(spec::state_key(owner, &key)).await;
+            }
         }
+        let _ = ctx.status.delete(owner).await;
     }
-    let _ = ctx.status.delete(id).await;
     tracing::info!(processor = id, "processor destroyed");
 }

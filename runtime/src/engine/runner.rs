@@ -5,8 +5,9 @@
 //! `source`+`id` make the replay a no-op in the output streams.
 
 use super::Context;
+use super::fused::{Chain, Link};
 use super::metrics::Metrics;
-use super::spec::{self, Phase, ProcessorSpec, Status};
+use super::spec::{self, FusedStep, Phase, ProcessorSpec, Status};
 use crate::broker::codec::{self, Origin};
 use crate::broker::{FlowName, Outgoing};
 use crate::event::packed;
@@ -27,6 +28,7 @@ const FETCH_LIMIT: Duration = Duration::from_secs(10);
 /// A running processor's task.
 pub(crate) struct RunnerHandle {
     stop: watch::Sender<bool>,
+    update: watch::Sender<ProcessorSpec>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -36,24 +38,38 @@ impl RunnerHandle {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
+
+    /// Hands a fused segment a new spec of the same shape
+    /// ([`ProcessorSpec::same_shape`]): between two batches, the runner
+    /// replaces the instances of the steps that changed and keeps the rest.
+    pub fn update(&self, spec: ProcessorSpec) {
+        let _ = self.update.send(spec);
+    }
 }
 
 pub(crate) fn spawn(ctx: Context, spec: ProcessorSpec) -> RunnerHandle {
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(supervise(ctx, spec, stopped));
-    RunnerHandle { stop, task }
+    let (update, updates) = watch::channel(spec);
+    let task = tokio::spawn(supervise(ctx, updates, stopped));
+    RunnerHandle { stop, update, task }
 }
 
 /// Runs the processor, restarting it (with back-off) after infrastructure
 /// failures such as a lost broker or a component that cannot be loaded.
-async fn supervise(ctx: Context, spec: ProcessorSpec, mut stopped: watch::Receiver<bool>) {
+async fn supervise(
+    ctx: Context,
+    mut updates: watch::Receiver<ProcessorSpec>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(200);
-    let mut status = Status::new(Phase::Starting, spec.generation);
+    let mut status = Status::new(Phase::Starting, updates.borrow().generation);
     loop {
+        // The newest spec: an in-place update may have come meanwhile.
+        let spec = updates.borrow_and_update().clone();
         match Runner::start(&ctx, &spec, &mut status).await {
             Ok(mut runner) => {
                 backoff = Duration::from_millis(200);
-                let result = runner.run(&mut stopped, &mut status).await;
+                let result = runner.run(&mut stopped, &mut updates, &mut status).await;
                 runner.finish();
                 match result {
                     Ok(()) => return,
@@ -83,12 +99,118 @@ async fn fail(ctx: &Context, spec: &ProcessorSpec, status: &mut Status, e: &anyh
 struct Runner {
     ctx: Context,
     spec: ProcessorSpec,
-    processor: Option<Processor>,
+    work: Option<Work>,
     consumers: Vec<(FlowName, PullConsumer)>,
     /// The subject of each output flow.
     subjects: Vec<String>,
     label: super::metrics::ProcessorLabel,
     last_status: Instant,
+}
+
+/// What a runner calls: one processor, or a fused segment of steps.
+enum Work {
+    Single(Box<Processor>),
+    Chain(Chain),
+}
+
+impl Work {
+    fn process(
+        &mut self,
+        port: u32,
+        batch: &crate::wit::types::Batch,
+    ) -> Result<Outcome, CallError> {
+        match self {
+            Work::Single(p) => p.process(port, batch),
+            Work::Chain(c) => c.process(port, batch),
+        }
+    }
+
+    fn tick(&mut self, now_ms: u64) -> Result<Outcome, CallError> {
+        match self {
+            Work::Single(p) => p.tick(now_ms),
+            Work::Chain(c) => c.tick(now_ms),
+        }
+    }
+}
+
+/// Instantiates one step's component with its state from the broker.
+async fn instantiate(
+    ctx: &Context,
+    id: &str,
+    component: &str,
+    setup: ProcessorSetup,
+    limits: crate::wasm::Limits,
+) -> Result<Processor> {
+    let bytes = ctx.component_bytes(component).await?;
+    let host = ctx.host.clone();
+    let state = ctx.load_state(id).await?;
+    tokio::task::spawn_blocking(move || -> Result<Processor> {
+        let component = host.load(&bytes)?;
+        let state = KeyedState::restore(state, limits.state);
+        Ok(host.create_with_state(component, setup, limits, state)?)
+    })
+    .await?
+    .with_context(|| format!("step {id}"))
+}
+
+fn now_ms() -> u64 {
+    chrono::Utc::now().timestamp_millis().max(0) as u64
+}
+
+/// The links of a fused segment, from its spec.
+async fn chain(ctx: &Context, spec: &ProcessorSpec) -> Result<Chain> {
+    let mut links = Vec::with_capacity(spec.fused.len() + 1);
+    let root = instantiate(
+        ctx,
+        &spec.id,
+        &spec.component,
+        root_setup(spec),
+        spec.limits.wasm(),
+    )
+    .await?;
+    links.push(Link {
+        id: spec.id.clone(),
+        processor: root,
+        ports: spec.ports.clone(),
+        generation: spec.generation,
+        started_ms: now_ms(),
+        events_in: 0,
+        events_out: 0,
+        errors: 0,
+    });
+    for step in &spec.fused {
+        links.push(fused_link(ctx, step).await?);
+    }
+    Ok(Chain { links })
+}
+
+fn root_setup(spec: &ProcessorSpec) -> ProcessorSetup {
+    ProcessorSetup {
+        name: spec.id.clone(),
+        config: spec.config.clone(),
+        inputs: spec.inputs.iter().map(|f| f.to_string()).collect(),
+        outputs: spec.own_outputs(),
+    }
+}
+
+async fn fused_link(ctx: &Context, step: &FusedStep) -> Result<Link> {
+    let setup = ProcessorSetup {
+        name: step.id.clone(),
+        config: step.config.clone(),
+        inputs: vec![step.input.clone()],
+        outputs: step.outputs.clone(),
+    };
+    let processor = instantiate(ctx, &step.id, &step.component, setup, step.limits.wasm()).await?;
+    Ok(Link {
+        id: step.id.clone(),
+        processor,
+        ports: step.ports.clone(),
+        generation: step.generation,
+        started_ms: now_ms(),
+        events_in: 0,
+        events_out: 0,
+        errors: 0,
+    })
 }
 
 /// One stored input message, with what is needed to pack and acknowledge it.
@@ -123,26 +245,15 @@ impl Runner {
     async fn start(ctx: &Context, spec: &ProcessorSpec, status: &mut Status) -> Result<Runner> {
         status.phase = Phase::Starting;
         ctx.write_status(&spec.id, status).await;
-        let processor = if spec.is_relay() {
+        let work = if spec.is_relay() {
             None
+        } else if spec.fused.is_empty() {
+            let setup = root_setup(spec);
+            Some(Work::Single(Box::new(
+                instantiate(ctx, &spec.id, &spec.component, setup, spec.limits.wasm()).await?,
+            )))
         } else {
-            let bytes = ctx.component_bytes(&spec.component).await?;
-            let host = ctx.host.clone();
-            let state = ctx.load_state(&spec.id).await?;
-            let setup = ProcessorSetup {
-                name: spec.id.clone(),
-                config: spec.config.clone(),
-                inputs: spec.inputs.iter().map(|f| f.to_string()).collect(),
-                outputs: spec.outputs.iter().map(|f| f.to_string()).collect(),
-            };
-            let limits = spec.limits.wasm();
-            let processor = tokio::task::spawn_blocking(move || -> Result<Processor> {
-                let component = host.load(&bytes)?;
-                let state = KeyedState::restore(state, limits.state);
-                Ok(host.create_with_state(component, setup, limits, state)?)
-            })
-            .await??;
-            Some(processor)
+            Some(Work::Chain(chain(ctx, spec).await?))
         };
         ctx.broker
             .ensure_flow(&spec.dead_letter, &Default::default())
@@ -159,14 +270,14 @@ impl Runner {
         }
         status.phase = Phase::Running;
         status.generation = spec.generation;
-        status.started_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        status.started_ms = now_ms();
         status.last_error = None;
         ctx.write_status(&spec.id, status).await;
         tracing::info!(processor = spec.id, kind = %spec.kind, "processor running");
         Ok(Runner {
             ctx: ctx.clone(),
             spec: spec.clone(),
-            processor,
+            work,
             consumers,
             subjects: spec.outputs.iter().map(FlowName::subject).collect(),
             label: Metrics::label(&spec.id),
@@ -174,26 +285,113 @@ impl Runner {
         })
     }
 
-    /// Calls teardown and drops the instance.
+    /// Calls teardown and drops the instances.
     fn finish(&mut self) {
-        if let Some(p) = self.processor.take()
-            && let Err(e) = p.teardown()
-        {
-            tracing::debug!(processor = self.spec.id, "teardown: {e}");
+        match self.work.take() {
+            Some(Work::Single(p)) => {
+                if let Err(e) = p.teardown() {
+                    tracing::debug!(processor = self.spec.id, "teardown: {e}");
+                }
+            }
+            Some(Work::Chain(c)) => c.teardown(),
+            None => {}
+        }
+    }
+
+    /// Applies a same-shape spec of a fused segment: the steps whose
+    /// component, configuration or limits changed get a new instance (with
+    /// their state from the broker, where the last batch left it); the
+    /// others keep running as they are.
+    async fn apply(&mut self, new: ProcessorSpec, status: &mut Status) -> Result<()> {
+        let Some(Work::Chain(chain)) = self.work.as_mut() else {
+            return Err(anyhow!(
+                "an in-place update reached a runner without fused steps"
+            ));
+        };
+        let root_changed = self.spec.component != new.component
+            || self.spec.config != new.config
+            || self.spec.limits != new.limits;
+        if root_changed {
+            let processor = instantiate(
+                &self.ctx,
+                &new.id,
+                &new.component,
+                root_setup(&new),
+                new.limits.wasm(),
+            )
+            .await?;
+            let old = std::mem::replace(&mut chain.links[0].processor, processor);
+            let _ = old.teardown();
+            chain.links[0].started_ms = now_ms();
+            status.started_ms = chain.links[0].started_ms;
+            tracing::info!(processor = new.id, "step restarted in place");
+        }
+        chain.links[0].generation = new.generation;
+        status.generation = new.generation;
+        for (i, (old, step)) in self.spec.fused.iter().zip(&new.fused).enumerate() {
+            let link = &mut chain.links[i + 1];
+            if !old.same_work(step) {
+                let fresh = fused_link(&self.ctx, step).await?;
+                let previous = std::mem::replace(link, fresh);
+                let _ = previous.processor.teardown();
+                tracing::info!(processor = step.id, "step restarted in place");
+            }
+            link.generation = step.generation;
+        }
+        self.spec = new;
+        self.write_link_statuses(Phase::Running).await;
+        Ok(())
+    }
+
+    /// The status of each fused step (the segment's own is `status`).
+    async fn write_link_statuses(&mut self, phase: Phase) {
+        let Some(Work::Chain(chain)) = &self.work else {
+            return;
+        };
+        // Collected first: a link holds a processor, which is not `Sync`.
+        let statuses: Vec<(String, Status)> = chain
+            .links
+            .iter()
+            .skip(1)
+            .map(|link| {
+                (
+                    link.id.clone(),
+                    Status {
+                        phase,
+                        generation: link.generation,
+                        events_in: link.events_in,
+                        events_out: link.events_out,
+                        errors: link.errors,
+                        dead_lettered: 0,
+                        last_error: None,
+                        started_ms: link.started_ms,
+                        updated_ms: 0,
+                    },
+                )
+            })
+            .collect();
+        for (id, status) in statuses {
+            self.ctx.write_status(&id, &status).await;
         }
     }
 
     async fn run(
         &mut self,
         stopped: &mut watch::Receiver<bool>,
+        updates: &mut watch::Receiver<ProcessorSpec>,
         status: &mut Status,
     ) -> Result<()> {
+        self.write_link_statuses(Phase::Running).await;
         let tick = Duration::from_millis(self.spec.limits.tick_ms.max(10));
         let mut next_tick = Instant::now() + tick;
         // Idle polling backs off from 1 ms to 50 ms, so a busy chain reacts
         // fast and an idle processor costs a few requests per second.
         let mut idle_wait = Duration::from_millis(1);
         while !*stopped.borrow() {
+            if updates.has_changed().unwrap_or(false) {
+                let new = updates.borrow_and_update().clone();
+                self.apply(new, status).await?;
+            }
             let mut idle = true;
             for port in 0..self.consumers.len() {
                 let inputs = self.fetch(port).await?;
@@ -210,6 +408,7 @@ impl Runner {
             if self.last_status.elapsed() > Duration::from_millis(500) {
                 self.last_status = Instant::now();
                 self.ctx.write_status(&self.spec.id, status).await;
+                self.write_link_statuses(Phase::Running).await;
             }
             if idle {
                 tokio::select! {
@@ -223,6 +422,7 @@ impl Runner {
         }
         status.phase = Phase::Paused;
         self.ctx.write_status(&self.spec.id, status).await;
+        self.write_link_statuses(Phase::Paused).await;
         Ok(())
     }
 
@@ -286,30 +486,30 @@ impl Runner {
             };
             return Ok((packer, Ok(outcome)));
         }
-        let mut processor = self
-            .processor
+        let mut work = self
+            .work
             .take()
             .ok_or_else(|| anyhow!("processor instance lost"))?;
-        let (processor, packer, result) = tokio::task::spawn_blocking(move || {
+        let (work, packer, result) = tokio::task::spawn_blocking(move || {
             let batch = crate::wit::types::Batch {
                 bytes: packer.bytes,
                 events: packer.events,
                 extensions: packer.extensions,
             };
             let result = match port {
-                Some(port) => processor.process(port, &batch),
-                None => processor.tick(chrono::Utc::now().timestamp_millis().max(0) as u64),
+                Some(port) => work.process(port, &batch),
+                None => work.tick(now_ms()),
             };
             let packer = Packer {
                 bytes: batch.bytes,
                 events: batch.events,
                 extensions: batch.extensions,
             };
-            (processor, packer, result)
+            (work, packer, result)
         })
         .await
         .map_err(|e| anyhow!("processor call panicked: {e}"))?;
-        self.processor = Some(processor);
+        self.work = Some(work);
         Ok((packer, result))
     }
 
@@ -568,12 +768,18 @@ impl Runner {
 
     /// Writes the keyed-state changes of the last calls to the broker.
     async fn persist_state(&mut self) -> Result<()> {
-        let Some(processor) = self.processor.as_mut() else {
-            return Ok(());
+        let changes: Vec<(String, String, Option<Vec<u8>>)> = match self.work.as_mut() {
+            None => return Ok(()),
+            Some(Work::Single(p)) => p
+                .state()
+                .take_changes()
+                .into_iter()
+                .map(|(k, v)| (self.spec.id.clone(), k, v))
+                .collect(),
+            Some(Work::Chain(c)) => c.state_changes(),
         };
-        let changes = processor.state().take_changes();
-        for (key, value) in changes {
-            let kv_key = spec::state_key(&self.spec.id, &key);
+        for (owner, key, value) in changes {
+            let kv_key = spec::state_key(&owner, &key);
             let mut backoff = Duration::from_millis(50);
             loop {
                 let result = match &value {

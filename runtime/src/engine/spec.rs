@@ -102,6 +102,66 @@ pub struct ProcessorSpec {
     /// The pipeline this processor is a step of (`None`: made directly).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<String>,
+    /// Steps fused into this processor's runner: they get their events in
+    /// memory from this processor (or from another fused step) instead of
+    /// through a flow. Empty for a processor on its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fused: Vec<FusedStep>,
+    /// With fused steps: where each output port of this processor's own
+    /// component goes (empty: port `i` writes `outputs[i]`), and the output
+    /// names its component is given (`outputs` then holds the flows the
+    /// whole fused segment writes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_names: Vec<String>,
+}
+
+/// Where an output port of a fused segment's step sends its events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Port {
+    /// To `outputs[i]` of the segment's processor (a durable flow).
+    Flow(usize),
+    /// To fused step `fused[i]`, in memory.
+    Step(usize),
+}
+
+/// A pipeline step run in memory inside another processor's runner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FusedStep {
+    /// Its processor id: the key of its status and keyed state.
+    pub id: String,
+    pub kind: Kind,
+    pub component: String,
+    pub config: Vec<(String, String)>,
+    /// The name of its input edge (what its component sees as input 0).
+    pub input: String,
+    /// The names of its output edges, in port order.
+    pub outputs: Vec<String>,
+    /// Where each output port goes.
+    pub ports: Vec<Port>,
+    pub limits: RunLimits,
+    /// Bumped when the step itself changes.
+    pub generation: u64,
+}
+
+impl FusedStep {
+    /// Whether two definitions run the same component the same way.
+    pub fn same_work(&self, other: &FusedStep) -> bool {
+        self.kind == other.kind
+            && self.component == other.component
+            && self.config == other.config
+            && self.limits == other.limits
+    }
+
+    /// Whether two definitions sit in the same place of the segment.
+    pub fn same_place(&self, other: &FusedStep) -> bool {
+        self.id == other.id
+            && self.input == other.input
+            && self.outputs == other.outputs
+            && self.ports == other.ports
+    }
 }
 
 /// The component name of the host's built-in relay: a bridge that copies
@@ -109,6 +169,36 @@ pub struct ProcessorSpec {
 pub const RELAY: &str = "builtin:relay";
 
 impl ProcessorSpec {
+    /// The output names this processor's own component is set up with.
+    pub fn own_outputs(&self) -> Vec<String> {
+        if self.fused.is_empty() {
+            self.outputs.iter().map(ToString::to_string).collect()
+        } else {
+            self.output_names.clone()
+        }
+    }
+
+    /// Whether `other` only changes components, configurations or limits of
+    /// steps in place: same wiring, same fused steps in the same places.
+    /// The engine then updates the changed steps inside the running runner.
+    pub fn same_shape(&self, other: &ProcessorSpec) -> bool {
+        !self.fused.is_empty()
+            && self.kind == other.kind
+            && self.inputs == other.inputs
+            && self.outputs == other.outputs
+            && self.dead_letter == other.dead_letter
+            && self.ports == other.ports
+            && self.output_names == other.output_names
+            && self.paused == other.paused
+            && self.limits.batch == other.limits.batch
+            && self.fused.len() == other.fused.len()
+            && self
+                .fused
+                .iter()
+                .zip(&other.fused)
+                .all(|(a, b)| a.same_place(b))
+    }
+
     /// Whether the processor is the built-in relay rather than a component.
     pub fn is_relay(&self) -> bool {
         self.component == RELAY

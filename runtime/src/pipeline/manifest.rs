@@ -76,6 +76,10 @@ pub struct Step {
     pub config: Config,
     #[serde(default)]
     pub limits: Option<StepLimits>,
+    /// Read the input through a durable flow even where the step could
+    /// run fused into the step before it.
+    #[serde(default)]
+    pub durable: bool,
 }
 
 /// Limits of a step (all optional; the host's defaults apply).

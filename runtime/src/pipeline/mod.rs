@@ -54,8 +54,8 @@ pub struct PipelineRecord {
     /// The manifest as last applied.
     pub manifest: String,
     pub applied_ms: u64,
-    /// (step name, processor id), in manifest order.
-    pub steps: Vec<(String, String)>,
+    /// The steps, in manifest order, and where they run.
+    pub steps: Vec<plan::PlannedStep>,
     /// Flows the host made for the pipeline (removed with it).
     pub internal: Vec<FlowName>,
 }
@@ -186,46 +186,85 @@ impl Pipelines {
             ..ApplyReport::default()
         };
         let mut writes = Vec::new();
-        for (step, spec) in &plan.steps {
-            match running.iter().find(|p| p.id == spec.id) {
-                Some(old) if old.pipeline.as_deref() != Some(plan.name.as_str()) => {
-                    return Err(AgentError::Exists {
-                        what: "processor",
-                        name: format!("{} (not a step of pipeline {})", old.id, plan.name),
-                    }
-                    .into());
+        let owner = principal.user().map(str::to_owned);
+        let ours = |p: &&ProcessorSpec| p.pipeline.as_deref() == Some(plan.name.as_str());
+        // The old definition of a fused step, wherever it ran.
+        let old_fused = |id: &str| {
+            running
+                .iter()
+                .filter(ours)
+                .flat_map(|p| p.fused.iter())
+                .find(|f| f.id == id)
+        };
+        let existed =
+            |id: &str| running.iter().filter(ours).any(|p| p.id == id) || old_fused(id).is_some();
+        let step_name = |id: &str| {
+            plan.steps
+                .iter()
+                .find(|s| s.processor == id)
+                .map_or_else(|| id.to_owned(), |s| s.name.clone())
+        };
+        let note = |report: &mut ApplyReport, id: &str, same: bool| {
+            let name = step_name(id);
+            if same {
+                report.unchanged.push(name);
+            } else if existed(id) {
+                report.updated.push(name);
+            } else {
+                report.created.push(name);
+            }
+        };
+        for segment in &plan.segments {
+            let old = running.iter().find(|p| p.id == segment.id);
+            if let Some(old) = old
+                && old.pipeline.as_deref() != Some(plan.name.as_str())
+            {
+                return Err(AgentError::Exists {
+                    what: "processor",
+                    name: format!("{} (not a step of pipeline {})", old.id, plan.name),
                 }
-                Some(old) if same_work(old, spec) => report.unchanged.push(step.clone()),
-                Some(old) => {
-                    report.updated.push(step.clone());
-                    writes.push(ProcessorSpec {
-                        generation: old.generation + 1,
-                        paused: old.paused,
-                        owner: old.owner.clone(),
-                        ..spec.clone()
-                    });
-                }
-                None => {
-                    report.created.push(step.clone());
-                    writes.push(ProcessorSpec {
-                        generation: 1,
-                        owner: principal.user().map(str::to_owned),
-                        ..spec.clone()
-                    });
-                }
+                .into());
+            }
+            // Same shape: the engine updates changed steps in place.
+            let kept = old.is_some_and(|o| {
+                (o.fused.is_empty() && segment.fused.is_empty()) || o.same_shape(segment)
+            });
+            let root_same = kept && old.is_some_and(|o| same_work(o, segment));
+            let mut new = segment.clone();
+            new.owner = old.map_or_else(|| owner.clone(), |o| o.owner.clone());
+            new.paused = old.is_some_and(|o| o.paused);
+            new.generation = old.map_or(1, |o| o.generation + u64::from(!root_same));
+            note(&mut report, &segment.id, root_same);
+            for (i, step) in new.fused.iter_mut().enumerate() {
+                let same = kept
+                    && old
+                        .and_then(|o| o.fused.get(i))
+                        .is_some_and(|f| f.same_work(step));
+                step.generation =
+                    old_fused(&step.id).map_or(1, |f| f.generation + u64::from(!same));
+                note(&mut report, &step.id, same);
+            }
+            if old != Some(&new) {
+                writes.push(new);
             }
         }
         let gone: Vec<&ProcessorSpec> = running
             .iter()
-            .filter(|p| p.pipeline.as_deref() == Some(plan.name.as_str()))
-            .filter(|p| !plan.steps.iter().any(|(_, s)| s.id == p.id))
+            .filter(ours)
+            .filter(|p| !plan.segments.iter().any(|s| s.id == p.id))
             .collect();
-        for spec in &gone {
-            let step = previous
-                .as_ref()
-                .and_then(|r| r.steps.iter().find(|(_, id)| id == &spec.id))
-                .map_or_else(|| spec.id.clone(), |(step, _)| step.clone());
-            report.removed.push(step);
+        let planned: Vec<&str> = plan.steps.iter().map(|s| s.processor.as_str()).collect();
+        let old_ids = running.iter().filter(ours).flat_map(|p| {
+            std::iter::once(p.id.clone()).chain(p.fused.iter().map(|f| f.id.clone()))
+        });
+        for id in old_ids {
+            if !planned.contains(&id.as_str()) {
+                let name = previous
+                    .as_ref()
+                    .and_then(|r| r.steps.iter().find(|s| s.processor == id))
+                    .map_or_else(|| id.clone(), |s| s.name.clone());
+                report.removed.push(name);
+            }
         }
         if dry_run {
             return Ok(report);
@@ -262,11 +301,7 @@ impl Pipelines {
                 .or_else(|| principal.user().map(str::to_owned)),
             manifest: manifest.to_owned(),
             applied_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
-            steps: plan
-                .steps
-                .iter()
-                .map(|(step, spec)| (step.clone(), spec.id.clone()))
-                .collect(),
+            steps: plan.steps.clone(),
             internal: plan.internal.clone(),
         };
         let json = serde_json::to_vec(&record).map_err(unavailable)?;
@@ -287,10 +322,44 @@ impl Pipelines {
 
     async fn view(&self, record: PipelineRecord) -> Result<PipelineView, PipelineError> {
         let mut steps = Vec::new();
-        for (step, id) in &record.steps {
-            if let Ok((spec, status)) = self.agent.processor(id).await {
-                steps.push((step.clone(), spec, status));
+        for step in &record.steps {
+            let Ok((runner, status)) = self.agent.processor(&step.runner).await else {
+                continue;
+            };
+            if step.runner == step.processor {
+                steps.push((step.name.clone(), runner, status));
+                continue;
             }
+            let Some(fused) = runner.fused.iter().find(|f| f.id == step.processor) else {
+                continue;
+            };
+            // A fused step has no spec of its own: shown as the processor
+            // it would be, with the status its runner writes for it.
+            let flows = |names: &[String]| -> Vec<FlowName> {
+                names
+                    .iter()
+                    .filter_map(|n| FlowName::parse(n).ok())
+                    .collect()
+            };
+            let spec = ProcessorSpec {
+                id: fused.id.clone(),
+                kind: fused.kind,
+                component: fused.component.clone(),
+                config: fused.config.clone(),
+                inputs: flows(std::slice::from_ref(&fused.input)),
+                outputs: flows(&fused.outputs),
+                dead_letter: runner.dead_letter.clone(),
+                paused: runner.paused,
+                generation: fused.generation,
+                limits: fused.limits.clone(),
+                owner: runner.owner.clone(),
+                pipeline: runner.pipeline.clone(),
+                fused: Vec::new(),
+                ports: Vec::new(),
+                output_names: Vec::new(),
+            };
+            let status = self.agent.status(&fused.id).await;
+            steps.push((step.name.clone(), spec, status));
         }
         Ok(PipelineView { record, steps })
     }
@@ -334,7 +403,9 @@ impl Pipelines {
             .await?
             .ok_or_else(|| PipelineError::NotFound(name.to_owned()))?;
         Self::may_manage(principal, &record)?;
-        for (_, id) in &record.steps {
+        let mut runners: Vec<&str> = record.steps.iter().map(|s| s.runner.as_str()).collect();
+        runners.dedup();
+        for id in runners {
             if self.agent.processor(id).await.is_ok() {
                 self.agent.delete_processor(id).await.map_err(unavailable)?;
             }

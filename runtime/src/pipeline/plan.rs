@@ -13,7 +13,7 @@
 
 use super::manifest::{self, Location, Manifest, StepLimits, at};
 use crate::broker::{Broker, FlowName};
-use crate::engine::spec::{ProcessorSpec, RunLimits};
+use crate::engine::spec::{FusedStep, Port, ProcessorSpec, RunLimits};
 use crate::registry::{ComponentRef, Registry};
 use crate::wasm::ProcessorSetup;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -65,10 +65,14 @@ pub fn processor_id(pipeline: &str, step: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub name: String,
-    /// (step name, processor spec) in manifest order; specs have
-    /// generation 0 and no owner yet.
-    pub steps: Vec<(String, ProcessorSpec)>,
-    /// Flows between steps (and the dead-letter flow), to create.
+    /// The processors to run: one per segment of fused steps (a step on
+    /// its own is a segment of one). Specs have generation 0 and no owner
+    /// yet.
+    pub segments: Vec<ProcessorSpec>,
+    /// Every step, in manifest order.
+    pub steps: Vec<PlannedStep>,
+    /// Flows between steps that are not fused (and the dead-letter flow),
+    /// to create.
     pub internal: Vec<FlowName>,
     /// Flows the pipeline reads and writes (access is checked on them).
     pub inputs: Vec<FlowName>,
@@ -86,6 +90,17 @@ fn label_error(what: &str, name: &str) -> Option<String> {
     (!ok).then(|| {
         format!("{what} `{name}`: use lower-case letters, digits and `-` (a DNS label, at most 63)")
     })
+}
+
+/// Where a step runs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlannedStep {
+    pub name: String,
+    /// Its processor id (status and keyed state).
+    pub processor: String,
+    /// The processor whose runner runs it: itself, or the first step of
+    /// its fused segment.
+    pub runner: String,
 }
 
 /// Who writes an edge.
@@ -155,7 +170,9 @@ impl Checker<'_> {
         for edge in s.producers.keys() {
             if !flow_of.contains_key(edge) {
                 let flow = internal_flow(&name, edge);
-                internal.push(flow.clone());
+                if !s.fused_edges.contains(edge) {
+                    internal.push(flow.clone());
+                }
                 flow_of.insert(edge.clone(), flow);
             }
         }
@@ -242,6 +259,9 @@ impl Checker<'_> {
                 limits,
                 owner: None,
                 pipeline: Some(name.clone()),
+                fused: Vec::new(),
+                ports: Vec::new(),
+                output_names: Vec::new(),
             };
             if let Err(message) = self.check_config(&spec).await {
                 errors.push(Diagnostic {
@@ -252,8 +272,14 @@ impl Checker<'_> {
             }
             steps.push((step_name.to_owned(), spec));
         }
+        let (segments, steps) = if errors.is_empty() {
+            fuse(m, s, steps, &flow_of)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         Plan {
             name,
+            segments,
             steps,
             internal,
             inputs,
@@ -313,9 +339,14 @@ fn run_limits(defaults: &RunLimits, set: &StepLimits) -> Result<RunLimits, Strin
     Ok(limits)
 }
 
-/// The graph of a manifest: who writes each edge.
+/// The graph of a manifest: who writes each edge, and which steps run
+/// fused into the step before them.
 struct Structure {
     producers: BTreeMap<String, Producer>,
+    /// For each step, the (step, output port) it is fused under.
+    parent: Vec<Option<(usize, usize)>>,
+    /// Edges passed in memory (no flow).
+    fused_edges: BTreeSet<String>,
 }
 
 impl Structure {
@@ -501,7 +532,162 @@ fn structure(m: &Manifest, errors: &mut Vec<Diagnostic>) -> Structure {
             format!("steps {} form a cycle", cycle.join(" -> ")),
         );
     }
-    Structure { producers }
+    // A step is fused under the step before it when it reads exactly one
+    // edge, that edge is another step's output that no one else reads and
+    // that is not a pipeline output, and the step does not ask for a
+    // durable edge.
+    let mut readers: BTreeMap<&str, usize> = BTreeMap::new();
+    for step in &m.steps {
+        for edge in &step.from.0 {
+            *readers.entry(edge.as_str()).or_default() += 1;
+        }
+    }
+    let mut parent = vec![None; m.steps.len()];
+    let mut fused_edges = BTreeSet::new();
+    for (c, step) in m.steps.iter().enumerate() {
+        let [edge] = step.from.0.as_slice() else {
+            continue;
+        };
+        let edge = edge.as_str();
+        let Some(Producer::Step(p)) = producers.get(edge) else {
+            continue;
+        };
+        if step.durable || *p == c || m.outputs.contains_key(edge) || readers.get(edge) != Some(&1)
+        {
+            continue;
+        }
+        let to: Vec<String> = match &m.steps[*p].to {
+            Some(to) => to.0.iter().map(|e| e.as_str().to_owned()).collect(),
+            None => vec![m.steps[*p].name.as_str().to_owned()],
+        };
+        if let Some(port) = to.iter().position(|e| e == edge) {
+            parent[c] = Some((*p, port));
+            fused_edges.insert(edge.to_owned());
+        }
+    }
+    Structure {
+        producers,
+        parent,
+        fused_edges,
+    }
+}
+
+/// Groups the steps' specs into segments: each step that is fused under
+/// another joins that step's segment, whose first step's spec carries it.
+fn fuse(
+    m: &Manifest,
+    s: &Structure,
+    specs: Vec<(String, ProcessorSpec)>,
+    flow_of: &HashMap<String, FlowName>,
+) -> (Vec<ProcessorSpec>, Vec<PlannedStep>) {
+    let index: HashMap<&str, usize> = m
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, st)| (st.name.as_str(), i))
+        .collect();
+    let spec_of: HashMap<usize, &ProcessorSpec> = specs
+        .iter()
+        .filter_map(|(name, spec)| Some((*index.get(name.as_str())?, spec)))
+        .collect();
+    let children = |p: usize| -> Vec<(usize, usize)> {
+        (0..m.steps.len())
+            .filter_map(|c| match s.parent[c] {
+                Some((q, port)) if q == p => Some((port, c)),
+                _ => None,
+            })
+            .collect()
+    };
+    let outputs_of = |i: usize| -> Vec<String> {
+        match &m.steps[i].to {
+            Some(to) => to.0.iter().map(|e| e.as_str().to_owned()).collect(),
+            None => vec![m.steps[i].name.as_str().to_owned()],
+        }
+    };
+    let mut segments = Vec::new();
+    let mut steps = vec![None; m.steps.len()];
+    for root in 0..m.steps.len() {
+        if s.parent[root].is_some() {
+            continue;
+        }
+        let Some(root_spec) = spec_of.get(&root) else {
+            continue;
+        };
+        let mut spec = (*root_spec).clone();
+        steps[root] = Some(PlannedStep {
+            name: m.steps[root].name.as_str().to_owned(),
+            processor: spec.id.clone(),
+            runner: spec.id.clone(),
+        });
+        if children(root).is_empty() {
+            segments.push(spec);
+            continue;
+        }
+        // Breadth-first: every step of the segment gets a fused index.
+        let mut order = vec![root];
+        let mut k = 0;
+        while k < order.len() {
+            let mut kids: Vec<(usize, usize)> = children(order[k]);
+            kids.sort();
+            order.extend(kids.into_iter().map(|(_, c)| c));
+            k += 1;
+        }
+        let fused_index: HashMap<usize, usize> = order
+            .iter()
+            .skip(1)
+            .enumerate()
+            .map(|(f, &i)| (i, f))
+            .collect();
+        let mut segment_outputs: Vec<FlowName> = Vec::new();
+        let mut ports_of = |i: usize| -> Vec<Port> {
+            let kids = children(i);
+            outputs_of(i)
+                .iter()
+                .enumerate()
+                .map(|(port, edge)| match kids.iter().find(|(p, _)| *p == port) {
+                    Some((_, c)) => Port::Step(fused_index[c]),
+                    None => {
+                        segment_outputs.push(flow_of[edge].clone());
+                        Port::Flow(segment_outputs.len() - 1)
+                    }
+                })
+                .collect()
+        };
+        let mut fused = Vec::new();
+        let root_ports = ports_of(root);
+        for &i in order.iter().skip(1) {
+            let Some(step_spec) = spec_of.get(&i) else {
+                continue;
+            };
+            let ports = ports_of(i);
+            fused.push(FusedStep {
+                id: step_spec.id.clone(),
+                kind: step_spec.kind,
+                component: step_spec.component.clone(),
+                config: step_spec.config.clone(),
+                input: step_spec
+                    .inputs
+                    .first()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                outputs: step_spec.outputs.iter().map(ToString::to_string).collect(),
+                ports,
+                limits: step_spec.limits.clone(),
+                generation: 0,
+            });
+            steps[i] = Some(PlannedStep {
+                name: m.steps[i].name.as_str().to_owned(),
+                processor: step_spec.id.clone(),
+                runner: spec.id.clone(),
+            });
+        }
+        spec.output_names = spec.outputs.iter().map(ToString::to_string).collect();
+        spec.outputs = segment_outputs;
+        spec.ports = root_ports;
+        spec.fused = fused;
+        segments.push(spec);
+    }
+    (segments, steps.into_iter().flatten().collect())
 }
 
 #[cfg(test)]

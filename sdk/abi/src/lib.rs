@@ -213,6 +213,34 @@ impl Packer {
         self.events.extend_from_slice(&spans.to_words());
         (self.len() - 1) as u32
     }
+
+    /// Appends a copy of the event `spans` of `view` (attributes, data and
+    /// extensions); returns its index, or `None` when the entry points
+    /// outside `view` (nothing is appended then to the event table).
+    pub fn copy_from(&mut self, view: &View<'_>, spans: &EventSpans) -> Option<u32> {
+        let first = self.next_extension();
+        for k in 0..spans.extensions_count {
+            let e = view.extension(spans.extensions_first.checked_add(k)? as usize)?;
+            let kind = ExtensionKind::from_word(e.kind)?;
+            self.extension(view.slice(e.name)?, view.slice(e.value)?, kind);
+        }
+        let copied = EventSpans {
+            id: self.bytes(view.slice(spans.id)?),
+            source: self.bytes(view.slice(spans.source)?),
+            ty: self.bytes(view.slice(spans.ty)?),
+            subject: self.bytes(view.slice(spans.subject)?),
+            time: self.bytes(view.slice(spans.time)?),
+            datacontenttype: self.bytes(view.slice(spans.datacontenttype)?),
+            dataschema: self.bytes(view.slice(spans.dataschema)?),
+            data: match spans.data {
+                Some(d) => Some(self.bytes(view.slice(d)?)),
+                None => None,
+            },
+            extensions_first: first,
+            extensions_count: spans.extensions_count,
+        };
+        Some(self.event(&copied))
+    }
 }
 
 /// Reads a batch; every accessor is bounds-checked (`None` when out of range).

@@ -57,7 +57,7 @@ fn step_json(s: &proto::Step) -> serde_json::Value {
     let p = s.processor.clone().unwrap_or_default();
     let st = p.status.clone().unwrap_or_default();
     serde_json::json!({
-        "step": s.name, "processor": p.id, "kind": p.kind, "component": p.component,
+        "step": s.name, "processor": p.id, "runner": s.runner, "kind": p.kind, "component": p.component,
         "generation": p.generation, "phase": st.phase, "started_ms": st.started_ms,
         "events_in": st.events_in, "events_out": st.events_out, "errors": st.errors,
         "dead_lettered": st.dead_lettered, "last_error": st.last_error, "rate": s.rate,
@@ -261,9 +261,10 @@ pub async fn execute(client: &ApiClient, action: Action, json: bool) -> Result<(
                 let proc = s.processor.clone().unwrap_or_default();
                 let st = proc.status.clone().unwrap_or_default();
                 println!(
-                    "step={} processor={} phase={} generation={} in={} out={} errors={} dead={} rate={:.1}/s",
+                    "step={} processor={} runner={} phase={} generation={} in={} out={} errors={} dead={} rate={:.1}/s",
                     s.name,
                     proc.id,
+                    s.runner,
                     if st.phase.is_empty() {
                         "pending"
                     } else {
