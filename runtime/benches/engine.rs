@@ -4,7 +4,9 @@
 //!   wait for acks, ack the inputs), the least any processor host must do;
 //! - the same events through 1 and 3 chained Wasm `passthrough` processors
 //!   run by the engine;
-//! - and through filter -> transform -> router.
+//! - and through filter -> transform -> router;
+//! - the same two chains as pipelines whose steps run fused in one runner
+//!   (docs/pipelines.md): one broker hop instead of three.
 //!
 //! It starts its own nats-server (installed by scripts/setup). Run with
 //! `cargo bench -p flowd --bench engine` after `scripts/build-processors`.
@@ -12,15 +14,19 @@
 use anyhow::{Context, Result, anyhow};
 use async_nats::header::NATS_MESSAGE_ID;
 use cloudevents::{Event, EventBuilder, EventBuilderV10};
-use flowd::agent::{Agent, NewProcessor};
+use flowd::agent::{Agent, NewProcessor, Principal};
 use flowd::broker::{Broker, FlowName, FlowSettings};
 use flowd::config::Config;
 use flowd::daemon::Daemon;
 use flowd::engine::RunLimits;
+use flowd::pipeline::Pipelines;
+use flowd::registry::Registry;
 use flowd::wasm::Kind;
+use flowd::wasm::{Host, HostConfig};
 use futures::StreamExt;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const EVENTS: usize = 50_000;
@@ -212,7 +218,8 @@ async fn main() -> Result<()> {
     let agent = Agent::connect(std::slice::from_ref(&url)).await?;
     for name in [
         "b-in", "b-out", "p1-in", "p1-out", "p3-in", "p3-a", "p3-b", "p3-out", "c-in", "c-big",
-        "c-tagged", "c-eu", "c-us", "c-apac",
+        "c-tagged", "c-eu", "c-us", "c-apac", "f3-in", "f3-out", "fc-in", "fc-eu", "fc-us",
+        "fc-apac",
     ] {
         agent
             .create_flow(&flow(name), &FlowSettings::default())
@@ -220,7 +227,7 @@ async fn main() -> Result<()> {
     }
     let events: Vec<Event> = (0..EVENTS).map(invoice).collect();
 
-    let broker = Broker::connect(&[url], "bench baseline").await?;
+    let broker = Broker::connect(std::slice::from_ref(&url), "bench baseline").await?;
     let looper = tokio::spawn(baseline_loop(broker, flow("b-in"), flow("b-out"), EVENTS));
     let baseline = measure(&agent, &events, "b-in", "b-out").await?;
     eprintln!("baseline: {baseline:.0} events/s");
@@ -280,6 +287,74 @@ async fn main() -> Result<()> {
         wait_for(&agent, out, n as u64).await?;
     }
     let chain = EVENTS as f64 / start.elapsed().as_secs_f64();
+    eprintln!("filter->transform->router: {chain:.0} events/s");
+
+    // The same chains as pipelines: fused steps, one broker hop.
+    let registry = Registry::open(
+        &Broker::connect(std::slice::from_ref(&url), "bench registry").await?,
+        Arc::new(Host::new(HostConfig::default())?),
+    )
+    .await?;
+    for (name, file) in [
+        ("passthrough", "flow_passthrough"),
+        ("filter", "flow_filter"),
+        ("transform", "flow_transform"),
+        ("router", "flow_router"),
+    ] {
+        registry.upload(name, "1", component(file)?, None).await?;
+    }
+    let pipelines = Pipelines::open(agent.clone(), registry, RunLimits::default()).await?;
+    let manifest = |text: &str| text.replace("NS", "bench.example.com");
+    pipelines
+        .apply_as(
+            &Principal::Host,
+            &manifest(
+                "name: fused3
+inputs: {in: flow://f3-in.NS}
+outputs: {out: flow://f3-out.NS}
+steps:
+  - {name: a, component: passthrough@1, from: in}
+  - {name: b, component: passthrough@1, from: a}
+  - {name: c, component: passthrough@1, from: b, to: out}
+",
+            ),
+            false,
+        )
+        .await?;
+    let fused3 = measure(&agent, &events, "f3-in", "f3-out").await?;
+    eprintln!("3 fused stages: {fused3:.0} events/s");
+    pipelines
+        .apply_as(
+            &Principal::Host,
+            &manifest(
+                "name: fusedc
+inputs: {in: flow://fc-in.NS}
+outputs: {eu: flow://fc-eu.NS, us: flow://fc-us.NS, apac: flow://fc-apac.NS}
+steps:
+  - {name: f, component: filter@1, from: in, config: {where: data.amount >= 0}}
+  - {name: t, component: transform@1, from: f, config: {set.data.status: big}}
+  - name: r
+    component: router@1
+    from: t
+    to: [eu, us, apac]
+    config: {by: data.region, route.eu: eu, route.us: us, route.apac: apac}
+",
+            ),
+            false,
+        )
+        .await?;
+    let start = Instant::now();
+    for chunk in events.chunks(5000) {
+        agent.write(&flow("fc-in"), chunk).await?;
+    }
+    for (out, n) in [
+        ("fc-eu", EVENTS.div_ceil(3)),
+        ("fc-us", (EVENTS + 1) / 3),
+        ("fc-apac", EVENTS / 3),
+    ] {
+        wait_for(&agent, out, n as u64).await?;
+    }
+    let fused_chain = EVENTS as f64 / start.elapsed().as_secs_f64();
 
     println!("flowd engine benchmark: {EVENTS} events of ~330 bytes, write -> last output stored");
     println!();
@@ -294,12 +369,28 @@ async fn main() -> Result<()> {
         "{:<46} {:>10.0}",
         "3 Wasm stages (filter -> transform -> router)", chain
     );
+    println!(
+        "{:<46} {:>10.0}",
+        "3 fused Wasm stages (passthrough x3)", fused3
+    );
+    println!(
+        "{:<46} {:>10.0}",
+        "3 fused stages (filter -> transform -> router)", fused_chain
+    );
     println!();
     println!("1 stage / baseline  = {:.0} %", 100.0 * one / baseline);
     println!("3 stages / baseline = {:.0} %", 100.0 * three / baseline);
     println!(
         "filter->transform->router / baseline = {:.0} %",
         100.0 * chain / baseline
+    );
+    println!(
+        "3 fused stages / baseline = {:.0} %",
+        100.0 * fused3 / baseline
+    );
+    println!(
+        "fused filter->transform->router / baseline = {:.0} %",
+        100.0 * fused_chain / baseline
     );
     daemon.shutdown().await;
     Ok(())

@@ -714,18 +714,18 @@ async fn a_fused_pipeline_killed_mid_run_delivers_every_event_once() {
     let manifest = "\
 name: crash
 inputs: {in: flow://in.pipe.example.com}
-outputs:
-  eu: flow://eu.pipe.example.com
-  us: flow://us.pipe.example.com
-  rest: flow://rest.pipe.example.com
+outputs:                          # components see these edge names
+  europe: flow://eu.pipe.example.com
+  america: flow://us.pipe.example.com
+  others: flow://rest.pipe.example.com
 steps:
   - {name: a, component: transform@1.0.0, from: in, config: {set.data.a: 1}}
   - {name: b, component: transform@1.0.0, from: a, config: {set.data.b: 2}}
   - name: route
     component: router@1.0.0
     from: b
-    to: [eu, us, rest]
-    config: {by: data.region, route.eu: eu, route.us: us, default: rest}
+    to: [europe, america, others]
+    config: {by: data.region, route.eu: europe, route.us: america, default: others}
 ";
     api.pipelines()
         .apply(proto::ApplyRequest {

@@ -364,6 +364,7 @@ impl Agent {
             pipeline: None,
             fused: Vec::new(),
             ports: Vec::new(),
+            input_names: Vec::new(),
             output_names: Vec::new(),
         };
         self.put(&spec).await?;

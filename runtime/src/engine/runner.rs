@@ -188,17 +188,28 @@ fn root_setup(spec: &ProcessorSpec) -> ProcessorSetup {
     ProcessorSetup {
         name: spec.id.clone(),
         config: spec.config.clone(),
-        inputs: spec.inputs.iter().map(|f| f.to_string()).collect(),
+        inputs: spec.own_inputs(),
         outputs: spec.own_outputs(),
     }
 }
 
 async fn fused_link(ctx: &Context, step: &FusedStep) -> Result<Link> {
+    let names = |name: &String, flow: &String| {
+        if name.is_empty() {
+            flow.clone()
+        } else {
+            name.clone()
+        }
+    };
     let setup = ProcessorSetup {
         name: step.id.clone(),
         config: step.config.clone(),
-        inputs: vec![step.input.clone()],
-        outputs: step.outputs.clone(),
+        inputs: vec![names(&step.input_name, &step.input)],
+        outputs: if step.output_names.is_empty() {
+            step.outputs.clone()
+        } else {
+            step.output_names.clone()
+        },
     };
     let processor = instantiate(ctx, &step.id, &step.component, setup, step.limits.wasm()).await?;
     Ok(Link {

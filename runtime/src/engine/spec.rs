@@ -108,11 +108,14 @@ pub struct ProcessorSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fused: Vec<FusedStep>,
     /// With fused steps: where each output port of this processor's own
-    /// component goes (empty: port `i` writes `outputs[i]`), and the output
-    /// names its component is given (`outputs` then holds the flows the
-    /// whole fused segment writes).
+    /// component goes (empty: port `i` writes `outputs[i]`; with fused
+    /// steps `outputs` holds the flows the whole segment writes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Port>,
+    /// The port names its component is set up with (a pipeline's edge
+    /// names); empty: the flows' names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input_names: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub output_names: Vec<String>,
 }
@@ -135,10 +138,15 @@ pub struct FusedStep {
     pub kind: Kind,
     pub component: String,
     pub config: Vec<(String, String)>,
-    /// The name of its input edge (what its component sees as input 0).
+    /// The flow of its input edge (for display; no flow exists for it).
     pub input: String,
-    /// The names of its output edges, in port order.
+    /// The flows of its output edges, in port order (for display).
     pub outputs: Vec<String>,
+    /// The port names its component is set up with (the edge names).
+    #[serde(default)]
+    pub input_name: String,
+    #[serde(default)]
+    pub output_names: Vec<String>,
     /// Where each output port goes.
     pub ports: Vec<Port>,
     pub limits: RunLimits,
@@ -160,6 +168,8 @@ impl FusedStep {
         self.id == other.id
             && self.input == other.input
             && self.outputs == other.outputs
+            && self.input_name == other.input_name
+            && self.output_names == other.output_names
             && self.ports == other.ports
     }
 }
@@ -169,9 +179,18 @@ impl FusedStep {
 pub const RELAY: &str = "builtin:relay";
 
 impl ProcessorSpec {
-    /// The output names this processor's own component is set up with.
+    /// The input port names this processor's component is set up with.
+    pub fn own_inputs(&self) -> Vec<String> {
+        if self.input_names.is_empty() {
+            self.inputs.iter().map(ToString::to_string).collect()
+        } else {
+            self.input_names.clone()
+        }
+    }
+
+    /// The output port names this processor's own component is set up with.
     pub fn own_outputs(&self) -> Vec<String> {
-        if self.fused.is_empty() {
+        if self.output_names.is_empty() {
             self.outputs.iter().map(ToString::to_string).collect()
         } else {
             self.output_names.clone()
@@ -188,6 +207,7 @@ impl ProcessorSpec {
             && self.outputs == other.outputs
             && self.dead_letter == other.dead_letter
             && self.ports == other.ports
+            && self.input_names == other.input_names
             && self.output_names == other.output_names
             && self.paused == other.paused
             && self.limits.batch == other.limits.batch

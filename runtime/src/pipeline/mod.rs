@@ -356,6 +356,7 @@ impl Pipelines {
                 pipeline: runner.pipeline.clone(),
                 fused: Vec::new(),
                 ports: Vec::new(),
+                input_names: Vec::new(),
                 output_names: Vec::new(),
             };
             let status = self.agent.status(&fused.id).await;

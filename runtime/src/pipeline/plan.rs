@@ -261,7 +261,9 @@ impl Checker<'_> {
                 pipeline: Some(name.clone()),
                 fused: Vec::new(),
                 ports: Vec::new(),
-                output_names: Vec::new(),
+                // Components see the manifest's edge names as port names.
+                input_names: step.from.0.iter().map(|e| e.as_str().to_owned()).collect(),
+                output_names: to.clone(),
             };
             if let Err(message) = self.check_config(&spec).await {
                 errors.push(Diagnostic {
@@ -299,8 +301,8 @@ impl Checker<'_> {
         let setup = ProcessorSetup {
             name: spec.id.clone(),
             config: spec.config.clone(),
-            inputs: spec.inputs.iter().map(ToString::to_string).collect(),
-            outputs: spec.outputs.iter().map(ToString::to_string).collect(),
+            inputs: spec.own_inputs(),
+            outputs: spec.own_outputs(),
         };
         let limits = spec.limits.wasm();
         tokio::task::spawn_blocking(move || {
@@ -671,6 +673,8 @@ fn fuse(
                     .map(ToString::to_string)
                     .unwrap_or_default(),
                 outputs: step_spec.outputs.iter().map(ToString::to_string).collect(),
+                input_name: step_spec.input_names.first().cloned().unwrap_or_default(),
+                output_names: step_spec.output_names.clone(),
                 ports,
                 limits: step_spec.limits.clone(),
                 generation: 0,
@@ -681,7 +685,6 @@ fn fuse(
                 runner: spec.id.clone(),
             });
         }
-        spec.output_names = spec.outputs.iter().map(ToString::to_string).collect();
         spec.outputs = segment_outputs;
         spec.ports = root_ports;
         spec.fused = fused;
