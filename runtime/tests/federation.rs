@@ -658,3 +658,123 @@ async fn peers_check_the_tls_name_of_the_agent_they_found() {
         550
     );
 }
+
+/// A pipeline whose input is another participant's flow: applying it
+/// subscribes through DNS, events cross over and through the steps, and
+/// deleting the pipeline ends the subscription on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_reads_a_remote_flow_through_a_subscription() {
+    use flowd::api::client::{ApiClient, Credentials};
+    use flowd::api::proto;
+    let dns_b = free_port();
+    let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
+        c.fns.listen = Some(dns(dns_b));
+    })
+    .await;
+    let a = participant_with("fnaa.emiliano.ar", "flows.emiliano.ar", |c| {
+        c.fns.nameserver = Some(dns(dns_b));
+        c.api.listen = Some(([127, 0, 0, 1], 0).into());
+    })
+    .await;
+    let mut admin_b = b.admin().await;
+    let mut admin_a = a.admin().await;
+    admin_b
+        .command("CREATE FLOW weather.flows.unix.ar PUBLIC")
+        .await
+        .expect("public flow on B");
+    admin_a
+        .command("CREATE FLOW weather.flows.emiliano.ar")
+        .await
+        .expect("output on A");
+    let token = std::fs::read_to_string(a.state.path().join("admin.token")).expect("token");
+    let api = ApiClient::connect(
+        &format!("http://{}", a.daemon.api_addr().expect("API")),
+        &Credentials::Token(token.trim().to_owned()),
+        None,
+    )
+    .await
+    .expect("API");
+    let transform = std::fs::read(support::component("flow_transform")).expect("built");
+    api.push("transform", "1.0.0", transform, |_| {})
+        .await
+        .expect("pushed");
+    let manifest = "\
+name: weather
+inputs:
+  remote: flow://weather.flows.unix.ar
+outputs:
+  local: flow://weather.flows.emiliano.ar
+steps:
+  - name: tag
+    component: transform@1.0.0
+    from: remote
+    to: local
+    config: {set.data.via: emiliano}
+";
+    let applied = eventually(Duration::from_secs(20), "the pipeline applies", || async {
+        api.pipelines()
+            .apply(proto::ApplyRequest {
+                manifest: manifest.into(),
+                dry_run: false,
+            })
+            .await
+            .ok()
+    })
+    .await
+    .into_inner();
+    assert_eq!(applied.created, ["tag"]);
+    admin_b
+        .block("WRITE FLOW weather.flows.unix.ar", events("w", 0..200))
+        .await
+        .expect("written on B");
+    let want: BTreeSet<String> = (0..200).map(|i| format!("w-{i}")).collect();
+    eventually(
+        Duration::from_secs(60),
+        "events through the pipeline",
+        || async {
+            let mut c = a.admin().await;
+            (ids(&mut c, "weather.flows.emiliano.ar").await == want).then_some(())
+        },
+    )
+    .await;
+    let mut tagged = 0;
+    admin_a
+        .read("READ FLOW weather.flows.emiliano.ar FROM START", |line| {
+            let event: serde_json::Value = serde_json::from_str(line).expect("JSON");
+            assert_eq!(event["data"]["via"], "emiliano", "{line}");
+            tagged += 1;
+            true
+        })
+        .await
+        .expect("read");
+    assert_eq!(tagged, 200);
+    // Applying again changes nothing and subscribes no second time.
+    let again = api
+        .pipelines()
+        .apply(proto::ApplyRequest {
+            manifest: manifest.into(),
+            dry_run: false,
+        })
+        .await
+        .expect("re-applied")
+        .into_inner();
+    assert_eq!(again.unchanged, ["tag"]);
+    let subscribers = |text: String| text.lines().filter(|l| l.contains("weather")).count();
+    let listed = admin_b
+        .data("LIST SUBSCRIBERS weather.flows.unix.ar")
+        .await
+        .expect("subscribers");
+    assert_eq!(subscribers(listed.0.join("\n")), 1, "{listed:?}");
+
+    api.pipelines()
+        .delete(proto::PipelineRef {
+            name: "weather".into(),
+        })
+        .await
+        .expect("deleted");
+    let listed = admin_b
+        .data("LIST SUBSCRIBERS weather.flows.unix.ar")
+        .await
+        .expect("subscribers");
+    assert_eq!(subscribers(listed.0.join("\n")), 0, "{listed:?}");
+}

@@ -186,6 +186,12 @@ impl Agent {
         self
     }
 
+    /// Whether this agent can reach other participants (remote
+    /// subscriptions).
+    pub fn reaches_others(&self) -> bool {
+        self.federation.is_some()
+    }
+
     /// Changes after flows are created or deleted through this agent.
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()

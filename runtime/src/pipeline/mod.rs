@@ -58,6 +58,9 @@ pub struct PipelineRecord {
     pub steps: Vec<plan::PlannedStep>,
     /// Flows the host made for the pipeline (removed with it).
     pub internal: Vec<FlowName>,
+    /// The local flows of the subscriptions to remote inputs.
+    #[serde(default)]
+    pub subscriptions: Vec<FlowName>,
 }
 
 /// What an apply changed, by step name.
@@ -155,7 +158,7 @@ impl Pipelines {
         }
         let checker = plan::Checker {
             registry: &self.registry,
-            broker: self.agent.broker(),
+            agent: &self.agent,
             defaults: &self.defaults,
         };
         let plan = checker
@@ -276,6 +279,7 @@ impl Pipelines {
                 .await
                 .map_err(|e| PipelineError::Agent(e.into()))?;
         }
+        self.subscribe(&plan, previous.as_ref()).await?;
         for spec in &writes {
             self.agent.put(spec).await.map_err(unavailable)?;
         }
@@ -303,6 +307,7 @@ impl Pipelines {
             applied_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
             steps: plan.steps.clone(),
             internal: plan.internal.clone(),
+            subscriptions: plan.remote.iter().map(|r| r.local.clone()).collect(),
         };
         let json = serde_json::to_vec(&record).map_err(unavailable)?;
         self.records
@@ -318,6 +323,55 @@ impl Pipelines {
             "pipeline applied"
         );
         Ok(report)
+    }
+
+    /// Subscribes to the remote inputs not subscribed yet, and stops the
+    /// subscriptions of remote inputs gone from the manifest. If one
+    /// subscription fails, those made by this call are stopped again.
+    async fn subscribe(
+        &self,
+        plan: &Plan,
+        previous: Option<&PipelineRecord>,
+    ) -> Result<(), PipelineError> {
+        let had: &[FlowName] = previous.map_or(&[], |r| r.subscriptions.as_slice());
+        let mut made: Vec<&FlowName> = Vec::new();
+        for input in &plan.remote {
+            if had.contains(&input.local) {
+                continue;
+            }
+            match self
+                .agent
+                .subscribe_as(&Principal::Host, &input.remote, Some(&input.local))
+                .await
+            {
+                Ok(_) => made.push(&input.local),
+                Err(e) => {
+                    for local in made {
+                        let _ = self
+                            .agent
+                            .stop_subscription_as(&Principal::Host, local)
+                            .await;
+                    }
+                    return Err(PipelineError::Invalid(vec![Diagnostic {
+                        at: input.at,
+                        message: format!(
+                            "input `{}`: subscribing to {}: {e}",
+                            input.edge,
+                            input.remote.uri()
+                        ),
+                    }]));
+                }
+            }
+        }
+        for local in had {
+            if !plan.remote.iter().any(|r| &r.local == local) {
+                let _ = self
+                    .agent
+                    .stop_subscription_as(&Principal::Host, local)
+                    .await;
+            }
+        }
+        Ok(())
     }
 
     async fn view(&self, record: PipelineRecord) -> Result<PipelineView, PipelineError> {
@@ -404,6 +458,18 @@ impl Pipelines {
             .await?
             .ok_or_else(|| PipelineError::NotFound(name.to_owned()))?;
         Self::may_manage(principal, &record)?;
+        for local in &record.subscriptions {
+            if let Err(e) = self
+                .agent
+                .stop_subscription_as(&Principal::Host, local)
+                .await
+            {
+                tracing::warn!(
+                    pipeline = name,
+                    "stopping the subscription into {local}: {e}"
+                );
+            }
+        }
         let mut runners: Vec<&str> = record.steps.iter().map(|s| s.runner.as_str()).collect();
         runners.dedup();
         for id in runners {

@@ -12,7 +12,8 @@
 //! the manifest location it is about.
 
 use super::manifest::{self, Location, Manifest, StepLimits, at};
-use crate::broker::{Broker, FlowName};
+use crate::agent::Agent;
+use crate::broker::FlowName;
 use crate::engine::spec::{FusedStep, Port, ProcessorSpec, RunLimits};
 use crate::registry::{ComponentRef, Registry};
 use crate::wasm::ProcessorSetup;
@@ -77,6 +78,18 @@ pub struct Plan {
     /// Flows the pipeline reads and writes (access is checked on them).
     pub inputs: Vec<FlowName>,
     pub outputs: Vec<FlowName>,
+    /// Inputs that are other participants' flows.
+    pub remote: Vec<RemoteInput>,
+}
+
+/// An input served by another participant: the host subscribes to it
+/// (`SUBSCRIBE <remote> LOCAL <local>`) and the pipeline reads `local`.
+#[derive(Debug, Clone)]
+pub struct RemoteInput {
+    pub edge: String,
+    pub remote: FlowName,
+    pub local: FlowName,
+    pub at: Location,
 }
 
 fn label_error(what: &str, name: &str) -> Option<String> {
@@ -113,7 +126,7 @@ enum Producer {
 /// What validation needs from the host.
 pub struct Checker<'a> {
     pub registry: &'a Registry,
-    pub broker: &'a Broker,
+    pub agent: &'a Agent,
     pub defaults: &'a RunLimits,
 }
 
@@ -146,11 +159,33 @@ impl Checker<'_> {
         let mut flow_of: HashMap<String, FlowName> = HashMap::new();
         let mut inputs = Vec::new();
         let mut outputs = Vec::new();
+        let mut remote = Vec::new();
         for (is_input, edges) in [(true, &m.inputs), (false, &m.outputs)] {
             for (edge, uri) in edges {
                 match FlowName::parse(uri.as_str()) {
                     Ok(flow) => {
-                        if let Err(e) = self.broker.flow_info(&flow).await {
+                        if let Err(e) = self.agent.broker().flow_info(&flow).await {
+                            // A flow no namespace of this host holds is
+                            // another participant's: read through a
+                            // subscription into an internal flow.
+                            let foreign = is_input
+                                && self.agent.reaches_others()
+                                && self
+                                    .agent
+                                    .flow_chain(&flow)
+                                    .await
+                                    .is_ok_and(|chain| chain.is_empty());
+                            if foreign {
+                                let local = internal_flow(&name, edge);
+                                remote.push(RemoteInput {
+                                    edge: edge.clone(),
+                                    remote: flow,
+                                    local: local.clone(),
+                                    at: at(uri),
+                                });
+                                flow_of.insert(edge.clone(), local);
+                                continue;
+                            }
                             errors.push(Diagnostic {
                                 at: at(uri),
                                 message: format!("unknown flow {}: {e}", flow.uri()),
@@ -176,6 +211,7 @@ impl Checker<'_> {
                 flow_of.insert(edge.clone(), flow);
             }
         }
+        internal.extend(remote.iter().map(|r: &RemoteInput| r.local.clone()));
         internal.push(dead_letter_flow(&name));
 
         let fallback = m.limits.clone().unwrap_or_default();
@@ -286,6 +322,7 @@ impl Checker<'_> {
             internal,
             inputs,
             outputs,
+            remote,
         }
     }
 
