@@ -9,13 +9,14 @@ use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
 use flowd::agent::Agent;
 use flowd::api::client::{ApiClient, Credentials};
 use flowd::api::proto;
-use flowd::broker::{FlowName, FlowSettings};
+use flowd::broker::FlowName;
 use flowd::config::HostFile;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
-use support::{Flowd, Nats, component, eventually};
+use support::flows::data;
+use support::{Flowd, Nats, component, eventually, flows};
 
 fn flow(name: &str) -> FlowName {
     FlowName::parse(&format!("{name}.pipe.example.com")).expect("valid flow name")
@@ -69,62 +70,20 @@ async fn names(api: &ApiClient) -> BTreeSet<String> {
 
 async fn create_flows(agent: &Agent, names: &[&str]) {
     for name in names {
-        agent
-            .create_flow(&flow(name), &FlowSettings::default())
-            .await
-            .expect("flow created");
+        flows::create(agent, &flow(name)).await;
     }
 }
 
 async fn read_all(agent: &Agent, name: &str) -> Vec<Event> {
-    let mut events = Vec::new();
-    agent
-        .read(
-            &flow(name),
-            true,
-            None,
-            false,
-            Duration::from_millis(500),
-            |e| {
-                events.push(e);
-                Ok(())
-            },
-        )
-        .await
-        .expect("read");
-    events
+    flows::read_all(agent, &flow(name)).await
 }
 
 async fn count(agent: &Agent, name: &str) -> u64 {
-    agent
-        .describe_flow(&flow(name))
-        .await
-        .map(|i| i.events)
-        .unwrap_or(0)
+    flows::count(agent, &flow(name)).await
 }
 
 async fn wait_count(agent: &Agent, name: &str, n: u64, within: Duration) {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        let now = count(agent, name).await;
-        if now >= n {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {n} events in {name}: {now} after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(count(agent, name).await, n, "exactly {n} events in {name}");
-}
-
-fn data(e: &Event) -> Value {
-    match e.data() {
-        Some(cloudevents::Data::Json(v)) => v.clone(),
-        _ => Value::Null,
-    }
+    flows::wait_count(agent, &flow(name), n, within).await
 }
 
 const REGIONS: [&str; 3] = ["eu", "us", "apac"];
@@ -147,9 +106,7 @@ fn order(i: usize) -> Event {
 }
 
 async fn write(agent: &Agent, name: &str, events: &[Event]) {
-    for chunk in events.chunks(2000) {
-        agent.write(&flow(name), chunk).await.expect("written");
-    }
+    flows::write(agent, &flow(name), events).await
 }
 
 fn manifest(tag: &str) -> String {

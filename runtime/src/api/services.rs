@@ -186,6 +186,23 @@ impl registry_server::Registry for RegistryService {
 
 pub struct ProcessorsService(pub Arc<ApiContext>);
 
+impl ProcessorsService {
+    async fn set_paused(
+        &self,
+        request: Request<proto::ProcessorRef>,
+        paused: bool,
+    ) -> Reply<proto::Processor> {
+        let who = principal(&self.0, &request).await?;
+        let spec = self
+            .0
+            .agent
+            .pause_processor_as(&who, &request.get_ref().id, paused)
+            .await
+            .map_err(convert::agent_status)?;
+        Ok(Response::new(convert::processor(&spec, None)))
+    }
+}
+
 fn flows(names: &[String]) -> Result<Vec<FlowName>, Status> {
     names
         .iter()
@@ -260,25 +277,11 @@ impl processors_server::Processors for ProcessorsService {
     }
 
     async fn pause(&self, request: Request<proto::ProcessorRef>) -> Reply<proto::Processor> {
-        let who = principal(&self.0, &request).await?;
-        let spec = self
-            .0
-            .agent
-            .pause_processor_as(&who, &request.get_ref().id, true)
-            .await
-            .map_err(convert::agent_status)?;
-        Ok(Response::new(convert::processor(&spec, None)))
+        self.set_paused(request, true).await
     }
 
     async fn resume(&self, request: Request<proto::ProcessorRef>) -> Reply<proto::Processor> {
-        let who = principal(&self.0, &request).await?;
-        let spec = self
-            .0
-            .agent
-            .pause_processor_as(&who, &request.get_ref().id, false)
-            .await
-            .map_err(convert::agent_status)?;
-        Ok(Response::new(convert::processor(&spec, None)))
+        self.set_paused(request, false).await
     }
 
     async fn destroy(&self, request: Request<proto::ProcessorRef>) -> Reply<proto::DeleteResponse> {

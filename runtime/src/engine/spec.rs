@@ -197,6 +197,18 @@ impl ProcessorSpec {
         }
     }
 
+    /// Whether two specs run the same component the same way on the same
+    /// flows (generation, pause and owner are bookkeeping).
+    pub fn same_work(&self, other: &ProcessorSpec) -> bool {
+        self.kind == other.kind
+            && self.component == other.component
+            && self.config == other.config
+            && self.inputs == other.inputs
+            && self.outputs == other.outputs
+            && self.dead_letter == other.dead_letter
+            && self.limits == other.limits
+    }
+
     /// Whether `other` only changes components, configurations or limits of
     /// steps in place: same wiring, same fused steps in the same places.
     /// The engine then updates the changed steps inside the running runner.

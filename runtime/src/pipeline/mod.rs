@@ -90,18 +90,6 @@ pub struct Pipelines {
     defaults: RunLimits,
 }
 
-/// Whether two specs run the same thing (generation, pause and owner are
-/// bookkeeping).
-fn same_work(a: &ProcessorSpec, b: &ProcessorSpec) -> bool {
-    a.kind == b.kind
-        && a.component == b.component
-        && a.config == b.config
-        && a.inputs == b.inputs
-        && a.outputs == b.outputs
-        && a.dead_letter == b.dead_letter
-        && a.limits == b.limits
-}
-
 impl Pipelines {
     pub async fn open(
         agent: Agent,
@@ -232,7 +220,7 @@ impl Pipelines {
             let kept = old.is_some_and(|o| {
                 (o.fused.is_empty() && segment.fused.is_empty()) || o.same_shape(segment)
             });
-            let root_same = kept && old.is_some_and(|o| same_work(o, segment));
+            let root_same = kept && old.is_some_and(|o| o.same_work(segment));
             let mut new = segment.clone();
             new.owner = old.map_or_else(|| owner.clone(), |o| o.owner.clone());
             new.paused = old.is_some_and(|o| o.paused);

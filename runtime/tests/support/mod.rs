@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod flows;
+
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
