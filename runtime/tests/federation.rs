@@ -778,3 +778,223 @@ steps:
         .expect("subscribers");
     assert_eq!(subscribers(listed.0.join("\n")), 0, "{listed:?}");
 }
+
+/// Two network namespaces joined by a veth pair (10.231.0.1 and
+/// 10.231.0.2), removed on drop.
+struct NetPair {
+    a: String,
+    b: String,
+}
+
+impl NetPair {
+    fn create() -> NetPair {
+        let n = std::process::id() % 100_000;
+        let pair = NetPair {
+            a: format!("flowd-a{n}"),
+            b: format!("flowd-b{n}"),
+        };
+        let (va, vb) = (format!("fva{n}"), format!("fvb{n}"));
+        let ip = |args: &[&str]| {
+            let status = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip (iproute2)");
+            assert!(status.success(), "ip {args:?}");
+        };
+        ip(&["netns", "add", &pair.a]);
+        ip(&["netns", "add", &pair.b]);
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        ip(&["link", "set", &va, "netns", &pair.a]);
+        ip(&["link", "set", &vb, "netns", &pair.b]);
+        for (ns, dev, addr) in [
+            (&pair.a, &va, "10.231.0.1/24"),
+            (&pair.b, &vb, "10.231.0.2/24"),
+        ] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
+
+/// `flowd serve` inside a network namespace, with its embedded nats-server.
+struct NsHost {
+    _child: support::KillOnDrop,
+    state: tempfile::TempDir,
+    ns: String,
+    fnap: String,
+}
+
+impl NsHost {
+    fn start(ns: &str, ip: &str, fqdn: &str, namespace: &str, nameserver: &str) -> NsHost {
+        let state = tempfile::tempdir().expect("tempdir");
+        let config = state.path().join("flowd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[participant]\nfqdn = \"{fqdn}\"\nnamespaces = [\"{namespace}\"]\nstate_dir = \"{}\"\n\
+                 [metrics]\nlisten = \"off\"\n[api]\nlisten = \"off\"\n\
+                 [fnap]\nlisten = \"{ip}:61000\"\ntls_listen = \"off\"\nplain_auth_from = [\"10.231.0.0/24\"]\n\
+                 [fns]\nlisten = \"{ip}:5353\"\nnameserver = \"{nameserver}\"\nttl = 1\n",
+                state.path().display()
+            ),
+        )
+        .expect("config written");
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                env!("CARGO_BIN_EXE_flowd"),
+                "serve",
+                "--config",
+            ])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("flowd starts in its namespace");
+        let host_file = state.path().join("host.json");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !host_file.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "flowd in {ns} never became ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        NsHost {
+            _child: support::KillOnDrop(child),
+            state,
+            ns: ns.to_owned(),
+            fnap: format!("{ip}:61000"),
+        }
+    }
+
+    /// Runs `flow` in the host's namespace as its local administrator.
+    fn flow(&self, args: &[&str]) -> std::process::Output {
+        let token = std::fs::read_to_string(self.state.path().join("admin.token")).expect("token");
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns, env!("CARGO_BIN_EXE_flow")])
+            .args([
+                "--address",
+                &self.fnap,
+                "--user",
+                "local",
+                "--password",
+                token.trim(),
+            ])
+            .args(args)
+            .output()
+            .expect("flow runs")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.flow(args);
+        assert!(
+            out.status.success(),
+            "flow {args:?} in {}: {}",
+            self.ns,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// The participants share nothing but DNS and routed TCP: each in a network
+/// namespace of its own with its own broker, joined by a veth pair.
+#[test]
+fn participants_in_separate_network_namespaces_subscribe_through_dns() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: network namespaces need root (CI runs as root)");
+        return;
+    }
+    let net = NetPair::create();
+    let b = NsHost::start(
+        &net.b,
+        "10.231.0.2",
+        "fnaa.unix.ar",
+        "flows.unix.ar",
+        "10.231.0.1:5353",
+    );
+    let a = NsHost::start(
+        &net.a,
+        "10.231.0.1",
+        "fnaa.emiliano.ar",
+        "flows.emiliano.ar",
+        "10.231.0.2:5353",
+    );
+    b.ok(&["create", "flow", "news.flows.unix.ar", "--public"]);
+    // A knows only the flow's name: DNS (B's name service, across the
+    // veth) tells it where B's FNAA is.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = a.flow(&[
+            "subscribe",
+            "news.flows.unix.ar",
+            "--local",
+            "news.flows.emiliano.ar",
+        ]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "subscription never succeeded: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let lines = events("x", 0..500).join("\n");
+    let file = a.state.path().join("events.jsonl");
+    std::fs::write(&file, lines).expect("events file");
+    b.ok(&[
+        "write",
+        "news.flows.unix.ar",
+        "-f",
+        file.to_str().unwrap_or_default(),
+    ]);
+    let want: BTreeSet<String> = (0..500).map(|i| format!("x-{i}")).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let read = a.ok(&["read", "news.flows.emiliano.ar", "--from-start"]);
+        let got: BTreeSet<String> = read
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|e| e["id"].as_str().map(str::to_owned))
+            .collect();
+        if got == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 500 events crossed",
+            got.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Each host runs in its own namespace (and talks to the other only
+    // across the veth).
+    for host in [&a, &b] {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "identify", &host._child.0.id().to_string()])
+            .output()
+            .expect("ip netns identify");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), host.ns);
+    }
+    let listed = a.ok(&["get", "subscriptions"]);
+    assert!(listed.contains("news.flows.unix.ar"), "{listed}");
+}
