@@ -716,3 +716,58 @@ steps:
     }
     assert_eq!(seen.len(), total);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_speaks_tls_with_the_hosts_certificate() {
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut config = flowd::config::Config::default();
+    config.participant.state_dir = state.path().to_owned();
+    config.nats.urls = vec![nats.url()];
+    config.metrics.listen = None;
+    config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
+    config.fnap.tls_listen = None;
+    config.fns.listen = None;
+    config.api.listen = Some(([127, 0, 0, 1], 0).into());
+    config.api.tls = true;
+    let host = flowd::daemon::Daemon::start(config)
+        .await
+        .expect("host starts");
+    let addr = host.api_addr().expect("API");
+    let file = HostFile::read(state.path()).expect("host.json");
+    assert!(file.api_tls);
+    let ca = std::fs::read(file.tls_cert.expect("certificate")).expect("certificate file");
+    let token =
+        std::fs::read_to_string(flowd::user_agent::local_token_path(state.path())).expect("token");
+    let credentials = Credentials::Token(token.trim().to_owned());
+    let tls = ApiClient::connect(
+        &format!("https://localhost:{}", addr.port()),
+        &credentials,
+        Some(&ca),
+    )
+    .await
+    .expect("TLS connection with the host's certificate");
+    tls.registry()
+        .list(proto::ListComponentsRequest {})
+        .await
+        .expect("listed over TLS");
+    // Plain text is not spoken on that port.
+    let plain = async {
+        ApiClient::connect(&format!("http://{addr}"), &credentials, None)
+            .await
+            .ok()?
+            .registry()
+            .list(proto::ListComponentsRequest {})
+            .await
+            .ok()
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), plain)
+            .await
+            .ok()
+            .flatten()
+            .is_none(),
+        "a plain-text client is not served"
+    );
+    host.shutdown().await;
+}
