@@ -376,8 +376,12 @@ impl Registry {
         }
         let mut by: Vec<String> = processors
             .iter()
-            .filter(|p| doomed.iter().any(|r| r.digest == p.component))
-            .map(|p| p.id.clone())
+            .flat_map(|p| {
+                std::iter::once((&p.id, &p.component))
+                    .chain(p.fused.iter().map(|f| (&f.id, &f.component)))
+            })
+            .filter(|(_, component)| doomed.iter().any(|r| &&r.digest == component))
+            .map(|(id, _)| id.clone())
             .collect();
         by.sort();
         if !by.is_empty() {

@@ -573,6 +573,34 @@ async fn manifest_errors_are_located_and_nothing_is_half_applied() {
         .expect("list")
         .into_inner();
     assert!(processors.processors.is_empty(), "nothing half-applied");
+
+    // A step's id (`<pipeline>-<step>`) that another processor has is
+    // refused: its keyed state and status live under that id.
+    api.processors()
+        .create(proto::CreateProcessorRequest {
+            id: "p-s".into(),
+            kind: "bridge".into(),
+            component: "filter@1.0.0".into(),
+            config: vec![proto::ConfigEntry {
+                key: "where".into(),
+                value: "type == x".into(),
+            }],
+            inputs: vec![flow("in").to_string()],
+            outputs: vec![flow("out").to_string()],
+            ..Default::default()
+        })
+        .await
+        .expect("a processor of its own");
+    let taken = api
+        .pipelines()
+        .apply(proto::ApplyRequest {
+            manifest: "name: p\ninputs: {a: flow://in.pipe.example.com}\noutputs: {b: flow://out.pipe.example.com}\nsteps:\n  - {name: s, component: filter@1.0.0, from: a, to: b, config: {where: type == y}}\n".into(),
+            dry_run: false,
+        })
+        .await
+        .expect_err("id taken");
+    assert_eq!(taken.code(), tonic::Code::AlreadyExists, "{taken:?}");
+    assert!(taken.message().contains("p-s"), "{}", taken.message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

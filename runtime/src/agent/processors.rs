@@ -144,7 +144,12 @@ impl Agent {
         let digest = request.component.as_deref().ok_or_else(|| {
             AgentError::Invalid("missing component= (PUT COMPONENT first)".into())
         })?;
-        if self.processor(id).await.is_ok() {
+        let fused_step = self
+            .processors()
+            .await?
+            .iter()
+            .any(|(p, _)| p.fused.iter().any(|f| f.id == id));
+        if fused_step || self.processor(id).await.is_ok() {
             return Err(AgentError::Exists {
                 what: "processor",
                 name: id.to_owned(),

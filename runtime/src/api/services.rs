@@ -40,8 +40,16 @@ impl RegistryService {
             .await
             .unwrap_or_default()
             .into_iter()
-            .filter(|(spec, _)| spec.component == digest)
-            .map(|(spec, _)| spec.id)
+            .flat_map(|(spec, _)| {
+                let fused: Vec<(String, String)> = spec
+                    .fused
+                    .iter()
+                    .map(|f| (f.id.clone(), f.component.clone()))
+                    .collect();
+                std::iter::once((spec.id, spec.component)).chain(fused)
+            })
+            .filter(|(_, component)| component == digest)
+            .map(|(id, _)| id)
             .collect()
     }
 }
@@ -70,7 +78,9 @@ impl registry_server::Registry for RegistryService {
         if header.size as usize > registry::MAX_COMPONENT_BYTES {
             return Err(convert::registry_status(registry::RegistryError::TooLarge));
         }
-        let mut bytes = Vec::with_capacity(header.size as usize);
+        // The announced size is only a hint: capped, so a header alone
+        // cannot reserve much memory.
+        let mut bytes = Vec::with_capacity((header.size as usize).min(16 << 20));
         while let Some(chunk) = chunks.next().await {
             match chunk?.part {
                 Some(proto::upload_chunk::Part::Data(data)) => {

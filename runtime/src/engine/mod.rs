@@ -223,13 +223,30 @@ async fn reconcile(ctx: &Context, runners: &Mutex<Runners>, entry: kv::Entry) {
             }
             Err(e) => tracing::error!(processor = id, "unreadable processor spec: {e}"),
         },
-        kv::Operation::Delete | kv::Operation::Purge => destroy(ctx, &id, previous_spec).await,
+        kv::Operation::Delete | kv::Operation::Purge => {
+            // Ids another processor still runs (a step that moved into or
+            // out of a fused segment) keep their state.
+            let in_use: std::collections::HashSet<String> = runners
+                .lock()
+                .await
+                .values()
+                .flat_map(|(spec, _)| {
+                    std::iter::once(spec.id.clone()).chain(spec.fused.iter().map(|f| f.id.clone()))
+                })
+                .collect();
+            destroy(ctx, &id, previous_spec, &in_use).await
+        }
     }
 }
 
 /// Removes what a destroyed processor left in the broker: its consumers
 /// (their positions), its keyed state and its status.
-async fn destroy(ctx: &Context, id: &str, spec: Option<ProcessorSpec>) {
+async fn destroy(
+    ctx: &Context,
+    id: &str,
+    spec: Option<ProcessorSpec>,
+    in_use: &std::collections::HashSet<String>,
+) {
     let mut owners = vec![id.to_owned()];
     if let Some(spec) = spec {
         for (port, flow) in spec.inputs.iter().enumerate() {
@@ -239,6 +256,7 @@ async fn destroy(ctx: &Context, id: &str, spec: Option<ProcessorSpec>) {
         }
         owners.extend(spec.fused.iter().map(|s| s.id.clone()));
     }
+    owners.retain(|owner| !in_use.contains(owner));
     for owner in &owners {
         if let Ok(entries) = ctx.load_state(owner).await {
             for (key, _) in entries {

@@ -66,7 +66,7 @@ async fn supervise(
     loop {
         // The newest spec: an in-place update may have come meanwhile.
         let spec = updates.borrow_and_update().clone();
-        match Runner::start(&ctx, &spec, &mut status).await {
+        match Runner::start(&ctx, &spec, &mut status, stopped.clone()).await {
             Ok(mut runner) => {
                 backoff = Duration::from_millis(200);
                 let result = runner.run(&mut stopped, &mut updates, &mut status).await;
@@ -99,6 +99,8 @@ async fn fail(ctx: &Context, spec: &ProcessorSpec, status: &mut Status, e: &anyh
 struct Runner {
     ctx: Context,
     spec: ProcessorSpec,
+    /// Set when the runner is asked to stop.
+    stopped: watch::Receiver<bool>,
     work: Option<Work>,
     consumers: Vec<(FlowName, PullConsumer)>,
     /// The subject of each output flow.
@@ -253,7 +255,12 @@ struct DeadLetter {
 }
 
 impl Runner {
-    async fn start(ctx: &Context, spec: &ProcessorSpec, status: &mut Status) -> Result<Runner> {
+    async fn start(
+        ctx: &Context,
+        spec: &ProcessorSpec,
+        status: &mut Status,
+        stopped: watch::Receiver<bool>,
+    ) -> Result<Runner> {
         status.phase = Phase::Starting;
         ctx.write_status(&spec.id, status).await;
         let work = if spec.is_relay() {
@@ -288,6 +295,7 @@ impl Runner {
         Ok(Runner {
             ctx: ctx.clone(),
             spec: spec.clone(),
+            stopped,
             work,
             consumers,
             subjects: spec.outputs.iter().map(FlowName::subject).collect(),
@@ -766,6 +774,12 @@ impl Runner {
             match self.ctx.broker.publish(messages.iter().cloned()).await {
                 Ok(_) => return Ok(()),
                 Err(e) => {
+                    // A runner asked to stop gives up (its output flow may
+                    // be gone); its inputs stay unacknowledged and are
+                    // delivered again to whoever runs it next.
+                    if *self.stopped.borrow() {
+                        return Err(anyhow!("stopped while storing outputs: {e}"));
+                    }
                     tracing::warn!(
                         processor = self.spec.id,
                         "storing outputs: {e}; retrying in {backoff:?}"

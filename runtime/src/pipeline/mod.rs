@@ -176,6 +176,33 @@ impl Pipelines {
             name: plan.name.clone(),
             ..ApplyReport::default()
         };
+        // Every step's id must be free: no processor, and no fused step,
+        // of anything but this pipeline may have it (its keyed state and
+        // status are stored under it).
+        for step in &plan.steps {
+            let taken = running
+                .iter()
+                .filter(|p| p.pipeline.as_deref() != Some(plan.name.as_str()))
+                .find(|p| p.id == step.processor || p.fused.iter().any(|f| f.id == step.processor));
+            if let Some(other) = taken {
+                return Err(AgentError::Exists {
+                    what: "processor",
+                    name: format!(
+                        "{} (the id of step `{}`, already used by processor {})",
+                        step.processor, step.name, other.id
+                    ),
+                }
+                .into());
+            }
+        }
+        if !plan.remote.is_empty() && !principal.is_admin() {
+            return Err(AgentError::Forbidden(
+                "a remote input is read with this host's own peer credentials: only host \
+                 administrators may apply pipelines with remote inputs"
+                    .into(),
+            )
+            .into());
+        }
         let mut writes = Vec::new();
         let owner = principal.user().map(str::to_owned);
         let ours = |p: &&ProcessorSpec| p.pipeline.as_deref() == Some(plan.name.as_str());
@@ -268,24 +295,12 @@ impl Pipelines {
                 .map_err(|e| PipelineError::Agent(e.into()))?;
         }
         self.subscribe(&plan, previous.as_ref()).await?;
-        for spec in &writes {
-            self.agent.put(spec).await.map_err(unavailable)?;
-        }
-        for spec in &gone {
-            self.agent
-                .delete_processor(&spec.id)
-                .await
-                .map_err(unavailable)?;
-        }
-        if let Some(previous) = &previous {
-            for flow in previous
-                .internal
-                .iter()
-                .filter(|f| !plan.internal.contains(f))
-            {
-                let _ = self.agent.broker().delete_flow(flow).await;
-            }
-        }
+        // The record first: if a later write fails, the next apply (or a
+        // delete) finds the pipeline, its steps and its subscriptions.
+        let old_internal = previous
+            .as_ref()
+            .map(|r| r.internal.clone())
+            .unwrap_or_default();
         let record = PipelineRecord {
             name: plan.name.clone(),
             owner: previous
@@ -302,6 +317,18 @@ impl Pipelines {
             .put(&plan.name, json.into())
             .await
             .map_err(unavailable)?;
+        for spec in &writes {
+            self.agent.put(spec).await.map_err(unavailable)?;
+        }
+        for spec in &gone {
+            self.agent
+                .delete_processor(&spec.id)
+                .await
+                .map_err(unavailable)?;
+        }
+        for flow in old_internal.iter().filter(|f| !plan.internal.contains(f)) {
+            let _ = self.agent.broker().delete_flow(flow).await;
+        }
         tracing::info!(
             pipeline = plan.name,
             created = report.created.len(),

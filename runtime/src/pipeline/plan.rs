@@ -201,18 +201,14 @@ impl Checker<'_> {
                 }
             }
         }
-        let mut internal = Vec::new();
+        let mut between = Vec::new();
         for edge in s.producers.keys() {
             if !flow_of.contains_key(edge) {
                 let flow = internal_flow(&name, edge);
-                if !s.fused_edges.contains(edge) {
-                    internal.push(flow.clone());
-                }
+                between.push((edge.clone(), flow.clone()));
                 flow_of.insert(edge.clone(), flow);
             }
         }
-        internal.extend(remote.iter().map(|r: &RemoteInput| r.local.clone()));
-        internal.push(dead_letter_flow(&name));
 
         let fallback = m.limits.clone().unwrap_or_default();
         let mut steps = Vec::new();
@@ -310,8 +306,30 @@ impl Checker<'_> {
             }
             steps.push((step_name.to_owned(), spec));
         }
+        // Signal steps tick on their own timer: they get a runner of their
+        // own rather than being fused under another step.
+        let mut parent = s.parent.clone();
+        let mut fused_edges = s.fused_edges.clone();
+        for (c, step) in m.steps.iter().enumerate() {
+            let signal = steps
+                .iter()
+                .any(|(n, spec)| n == step.name.as_str() && spec.kind == crate::wasm::Kind::Signal);
+            if signal
+                && parent[c].take().is_some()
+                && let Some(edge) = step.from.0.first()
+            {
+                fused_edges.remove(edge.as_str());
+            }
+        }
+        let mut internal: Vec<FlowName> = between
+            .into_iter()
+            .filter(|(edge, _)| !fused_edges.contains(edge))
+            .map(|(_, flow)| flow)
+            .collect();
+        internal.extend(remote.iter().map(|r: &RemoteInput| r.local.clone()));
+        internal.push(dead_letter_flow(&name));
         let (segments, steps) = if errors.is_empty() {
-            fuse(m, s, steps, &flow_of)
+            fuse(m, &parent, steps, &flow_of)
         } else {
             (Vec::new(), Vec::new())
         };
@@ -427,6 +445,12 @@ fn structure(m: &Manifest, errors: &mut Vec<Diagnostic>) -> Structure {
     for (edge, uri) in &m.inputs {
         if let Some(e) = label_error("input", edge) {
             push(at(uri), e);
+        }
+        if edge == "deadletter" {
+            push(
+                at(uri),
+                "edge name `deadletter` is reserved for failing events".into(),
+            );
         }
         producers.insert(edge.clone(), Producer::Input);
         produced_at.insert(edge.clone(), at(uri));
@@ -615,7 +639,7 @@ fn structure(m: &Manifest, errors: &mut Vec<Diagnostic>) -> Structure {
 /// another joins that step's segment, whose first step's spec carries it.
 fn fuse(
     m: &Manifest,
-    s: &Structure,
+    parent: &[Option<(usize, usize)>],
     specs: Vec<(String, ProcessorSpec)>,
     flow_of: &HashMap<String, FlowName>,
 ) -> (Vec<ProcessorSpec>, Vec<PlannedStep>) {
@@ -631,7 +655,7 @@ fn fuse(
         .collect();
     let children = |p: usize| -> Vec<(usize, usize)> {
         (0..m.steps.len())
-            .filter_map(|c| match s.parent[c] {
+            .filter_map(|c| match parent[c] {
                 Some((q, port)) if q == p => Some((port, c)),
                 _ => None,
             })
@@ -646,7 +670,7 @@ fn fuse(
     let mut segments = Vec::new();
     let mut steps = vec![None; m.steps.len()];
     for root in 0..m.steps.len() {
-        if s.parent[root].is_some() {
+        if parent[root].is_some() {
             continue;
         }
         let Some(root_spec) = spec_of.get(&root) else {
