@@ -7,24 +7,12 @@
 use cloudevents::event::ExtensionValue;
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
 use flowd::wasm::{CreateError, Limits};
-use flowd_tests::{call1, component, data, event, host, processor};
+use flowd_tests::{call1, component, config_error, data, event, host, ids, processor};
 use serde_json::json;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 const PY: &str = "flow_enrich_py";
 const JS: &str = "flow_filter_js";
-
-fn ids(events: &[Event]) -> Vec<&str> {
-    events.iter().map(|e| e.id()).collect()
-}
-
-fn config_error(result: Result<flowd::wasm::Processor, CreateError>) -> String {
-    match result {
-        Err(CreateError::Config(message)) => message,
-        Err(other) => panic!("expected a configuration error, got: {other}"),
-        Ok(_) => panic!("expected a configuration error, got a processor"),
-    }
-}
 
 fn bridge(name: &str, config: &[(&str, &str)]) -> Result<flowd::wasm::Processor, CreateError> {
     processor(name, config, &["in"], &["out"], Limits::default())

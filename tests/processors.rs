@@ -4,20 +4,8 @@
 use cloudevents::event::ExtensionValue;
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
 use flowd::wasm::{CallError, CreateError, GuestError, Limits};
-use flowd_tests::{call, call1, data, event, processor};
+use flowd_tests::{call, call1, config_error, data, event, ids, processor};
 use serde_json::json;
-
-fn ids(events: &[Event]) -> Vec<&str> {
-    events.iter().map(|e| e.id()).collect()
-}
-
-fn config_error(result: Result<flowd::wasm::Processor, CreateError>) -> String {
-    match result {
-        Err(CreateError::Config(message)) => message,
-        Err(other) => panic!("expected a configuration error, got: {other}"),
-        Ok(_) => panic!("expected a configuration error, got a processor"),
-    }
-}
 
 #[test]
 fn passthrough_forwards_every_event_unchanged() {

@@ -15,7 +15,6 @@ use crate::wasm::{Host, Kind, LoadError};
 use async_nats::jetstream::{kv, object_store::ObjectStore};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 /// Bucket of registry records, keyed `<name>/<version>`.
@@ -206,7 +205,7 @@ impl Registry {
         if bytes.len() > MAX_COMPONENT_BYTES {
             return Err(RegistryError::TooLarge);
         }
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let digest = crate::wasm::digest(&bytes);
         if let Some(existing) = self.record(name, version).await? {
             if existing.digest == digest {
                 return Ok(existing);
@@ -225,13 +224,9 @@ impl Registry {
         .await
         .map_err(|e| unavailable(format!("validating: {e}")))?;
         let component = loaded?;
-        if self.objects.info(&digest).await.is_err() {
-            let mut reader = bytes.as_slice();
-            self.objects
-                .put(digest.as_str(), &mut reader)
-                .await
-                .map_err(|e| unavailable(format!("storing component: {e}")))?;
-        }
+        crate::engine::store_component(&self.objects, &bytes)
+            .await
+            .map_err(unavailable)?;
         let record = ComponentRecord {
             name: name.to_owned(),
             version: version.to_owned(),

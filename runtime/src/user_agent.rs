@@ -190,6 +190,23 @@ pub struct Overrides {
     pub anonymous: bool,
 }
 
+/// The user name and password to log in with: the overrides, else the
+/// agent entry's (its password, or the variable `password_env` names).
+fn login(entry: &AgentEntry, overrides: &Overrides) -> (Option<String>, Option<String>) {
+    let username = overrides.username.clone().or(entry.username.clone());
+    let password = overrides
+        .password
+        .clone()
+        .or(entry.password.clone())
+        .or_else(|| {
+            entry
+                .password_env
+                .as_deref()
+                .and_then(|v| std::env::var(v).ok())
+        });
+    (username, password)
+}
+
 /// Connects and authenticates: to `entry`, or to the local host of
 /// `state_dir`, with the overrides applied.
 pub async fn connect(
@@ -217,6 +234,7 @@ pub async fn connect(
         // The local host's own (possibly self-signed) certificate.
         entry.ca = local.as_ref().and_then(|h| h.tls_cert.clone());
     }
+    let (username, password) = login(&entry, overrides);
     let address = overrides.address.clone().unwrap_or(entry.address);
     let tls = overrides.tls.clone().unwrap_or(entry.tls);
     let ca = overrides.ca.clone().or(entry.ca);
@@ -232,13 +250,6 @@ pub async fn connect(
         }
     };
     let mut client = Client::connect(&address, &security).await?;
-    let username = overrides.username.clone().or(entry.username);
-    let password = overrides.password.clone().or(entry.password).or_else(|| {
-        entry
-            .password_env
-            .as_deref()
-            .and_then(|v| std::env::var(v).ok())
-    });
     match (overrides.anonymous, username, password) {
         (false, Some(user), Some(password)) => {
             client.authenticate_plain(&user, &password).await?;
@@ -275,18 +286,7 @@ pub async fn api_client(
             format!("{scheme}://{addr}")
         }
     };
-    let username = overrides.username.clone().or(entry.username.clone());
-    let password = overrides
-        .password
-        .clone()
-        .or(entry.password.clone())
-        .or_else(|| {
-            entry
-                .password_env
-                .as_deref()
-                .and_then(|v| std::env::var(v).ok())
-        });
-    let credentials = match (username, password) {
+    let credentials = match login(&entry, overrides) {
         (Some(user), Some(password)) => Credentials::Password { user, password },
         _ => {
             let token = std::fs::read_to_string(local_token_path(state_dir)).with_context(|| {

@@ -1,7 +1,7 @@
 //! Helpers shared by the end-to-end tests: where the built components are,
 //! one shared Wasm host, and CloudEvents to feed processors.
 
-use cloudevents::{Event, EventBuilder, EventBuilderV10};
+use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
 use flowd::event::packed;
 use flowd::wasm::{CallError, Host, HostConfig, Limits, Processor, ProcessorSetup};
 use std::path::PathBuf;
@@ -110,5 +110,19 @@ pub fn data(event: &Event) -> serde_json::Value {
         Some(cloudevents::Data::String(s)) => serde_json::from_str(s).unwrap_or_default(),
         Some(cloudevents::Data::Binary(b)) => serde_json::from_slice(b).unwrap_or_default(),
         None => serde_json::Value::Null,
+    }
+}
+
+/// The ids of events, in order.
+pub fn ids(events: &[Event]) -> Vec<&str> {
+    events.iter().map(|e| e.id()).collect()
+}
+
+/// The message of a refused configuration (panics on anything else).
+pub fn config_error(result: Result<Processor, flowd::wasm::CreateError>) -> String {
+    match result {
+        Err(flowd::wasm::CreateError::Config(message)) => message,
+        Err(other) => panic!("expected a configuration error, got: {other}"),
+        Ok(_) => panic!("expected a configuration error, got a processor"),
     }
 }

@@ -22,7 +22,6 @@ use crate::event::Event;
 use crate::wasm::{Host, HostConfig, Kind};
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 /// Why an agent operation failed; each variant has its FNAP reply code.
@@ -305,16 +304,7 @@ impl Agent {
 
     /// Stores a component in the broker's object store; returns its digest.
     pub async fn upload_component(&self, bytes: &[u8]) -> Result<String> {
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
-        if self.buckets.components.info(&digest).await.is_err() {
-            let mut reader = bytes;
-            self.buckets
-                .components
-                .put(digest.as_str(), &mut reader)
-                .await
-                .map_err(|e| anyhow!("uploading component: {e}"))?;
-        }
-        Ok(digest)
+        crate::engine::store_component(&self.buckets.components, bytes).await
     }
 
     /// Declares a processor; the host starts it. The component is checked
@@ -505,21 +495,12 @@ fn check_component(new: &NewProcessor) -> Result<()> {
         max_instances: 2,
         ..HostConfig::default()
     })?;
-    let component = host.load(&new.component)?;
-    if component.kind() != new.kind {
-        bail!(
-            "the component is a {} processor, but this command creates a {}",
-            component.kind(),
-            new.kind
-        );
-    }
     let setup = crate::wasm::ProcessorSetup {
         name: new.id.clone(),
         config: new.config.clone(),
         inputs: new.inputs.iter().map(|f| f.to_string()).collect(),
         outputs: new.outputs.iter().map(|f| f.to_string()).collect(),
     };
-    let processor = host.create(component, setup, new.limits.wasm())?;
-    let _ = processor.teardown();
+    host.check(&new.component, Some(new.kind), setup, new.limits.wasm())?;
     Ok(())
 }

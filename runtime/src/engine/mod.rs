@@ -80,6 +80,20 @@ impl Context {
     }
 }
 
+/// Stores a component's bytes under their digest (once: the same bytes are
+/// not written again); returns the digest.
+pub async fn store_component(store: &ObjectStore, bytes: &[u8]) -> Result<String> {
+    let digest = crate::wasm::digest(bytes);
+    if store.info(&digest).await.is_err() {
+        let mut reader = bytes;
+        store
+            .put(digest.as_str(), &mut reader)
+            .await
+            .map_err(|e| anyhow!("storing component: {e}"))?;
+    }
+    Ok(digest)
+}
+
 /// The bytes of the component stored under `digest`.
 pub async fn read_component(store: &ObjectStore, digest: &str) -> Result<Vec<u8>> {
     let mut object = store

@@ -196,22 +196,12 @@ fn root_setup(spec: &ProcessorSpec) -> ProcessorSetup {
 }
 
 async fn fused_link(ctx: &Context, step: &FusedStep) -> Result<Link> {
-    let names = |name: &String, flow: &String| {
-        if name.is_empty() {
-            flow.clone()
-        } else {
-            name.clone()
-        }
-    };
+    // A fused step's component sees the pipeline's edge names.
     let setup = ProcessorSetup {
         name: step.id.clone(),
         config: step.config.clone(),
-        inputs: vec![names(&step.input_name, &step.input)],
-        outputs: if step.output_names.is_empty() {
-            step.outputs.clone()
-        } else {
-            step.output_names.clone()
-        },
+        inputs: vec![step.input_name.clone()],
+        outputs: step.output_names.clone(),
     };
     let processor = instantiate(ctx, &step.id, &step.component, setup, step.limits.wasm()).await?;
     Ok(Link {

@@ -143,9 +143,7 @@ pub struct FusedStep {
     /// The flows of its output edges, in port order (for display).
     pub outputs: Vec<String>,
     /// The port names its component is set up with (the edge names).
-    #[serde(default)]
     pub input_name: String,
-    #[serde(default)]
     pub output_names: Vec<String>,
     /// Where each output port goes.
     pub ports: Vec<Port>,

@@ -361,12 +361,8 @@ impl Checker<'_> {
         };
         let limits = spec.limits.wasm();
         tokio::task::spawn_blocking(move || {
-            let component = host.load(&bytes).map_err(|e| e.to_string())?;
-            let processor = host
-                .create(component, setup, limits)
-                .map_err(|e| e.to_string())?;
-            let _ = processor.teardown();
-            Ok(())
+            host.check(&bytes, None, setup, limits)
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| format!("checking the configuration: {e}"))?

@@ -38,6 +38,17 @@ pub enum LoadError {
     Compile { reason: String },
 }
 
+/// Why [`Host::check`](super::Host::check) refused a component.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("the component is a {found} processor, but this command creates a {expected}")]
+    WrongKind { found: Kind, expected: Kind },
+    #[error(transparent)]
+    Create(#[from] CreateError),
+}
+
 /// Why creating a processor instance failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {

@@ -19,7 +19,7 @@ mod processor;
 mod sandbox;
 pub mod state;
 
-pub use error::{CallError, CreateError, GuestError, LoadError};
+pub use error::{CallError, CheckError, CreateError, GuestError, LoadError};
 pub use kind::Kind;
 pub use processor::{Outcome, Processor, ProcessorSetup};
 
@@ -54,6 +54,12 @@ pub struct HostConfig {
     /// network capability either way; refusing the import at load time
     /// tells the author at upload rather than at the first failed call.
     pub granted: Vec<String>,
+}
+
+/// `sha256:<hex>` of a component's bytes: its identity in the compile
+/// cache and the key it is stored under in the broker.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// WASI packages refused unless granted in [`HostConfig::granted`].
@@ -240,7 +246,7 @@ impl Host {
     /// Compiles (or fetches from cache), checks and pre-instantiates a
     /// component. Loading the same bytes again returns the same component.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<ProcessorComponent>, LoadError> {
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        let digest = digest(bytes);
         if let Some(found) = self.loaded_components().get(&digest) {
             return Ok(found.clone());
         }
@@ -353,6 +359,30 @@ impl Host {
         // A panic while holding this lock leaves the map consistent (inserts
         // are single operations), so a poisoned lock is still usable.
         self.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loads `bytes` and sets an instance up with `setup`, as running them
+    /// would, then drops it: whether the component is of the `expected`
+    /// kind and accepts its configuration, before anything is stored.
+    pub fn check(
+        &self,
+        bytes: &[u8],
+        expected: Option<Kind>,
+        setup: ProcessorSetup,
+        limits: Limits,
+    ) -> Result<(), CheckError> {
+        let component = self.load(bytes)?;
+        if let Some(expected) = expected
+            && component.kind() != expected
+        {
+            return Err(CheckError::WrongKind {
+                found: component.kind(),
+                expected,
+            });
+        }
+        let processor = self.create(component, setup, limits)?;
+        let _ = processor.teardown();
+        Ok(())
     }
 
     /// Creates a running processor: instantiates the component and calls its

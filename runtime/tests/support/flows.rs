@@ -1,7 +1,7 @@
 //! Flows seen from a test: write, count, wait for and read events through
 //! an [`Agent`] on the test's broker.
 
-use cloudevents::{AttributesReader, Event};
+use cloudevents::Event;
 use flowd::agent::Agent;
 use flowd::broker::{FlowName, FlowSettings};
 use serde_json::Value;
@@ -66,9 +66,4 @@ pub fn data(e: &Event) -> Value {
         Some(cloudevents::Data::Json(v)) => v.clone(),
         _ => Value::Null,
     }
-}
-
-/// The ids of the events, in order.
-pub fn ids(events: &[Event]) -> Vec<String> {
-    events.iter().map(|e| e.id().to_owned()).collect()
 }
