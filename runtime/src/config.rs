@@ -10,6 +10,7 @@
 //! [nats]
 //! urls = ["nats://127.0.0.1:4222"]     # empty: start an embedded nats-server
 //! server = "/usr/local/bin/nats-server"  # binary for the embedded server
+//! listen = "192.0.2.10"                 # its address (default: FNAP's)
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9464"             # every listen address may be "off"
@@ -219,6 +220,10 @@ impl Default for Participant {
 pub struct Nats {
     pub urls: Vec<String>,
     pub server: Option<PathBuf>,
+    /// Address the embedded server listens on (default: the FNAP
+    /// address, which DNS publishes as the broker's): subscribers on other
+    /// hosts pull their copies from it.
+    pub listen: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -39,14 +39,24 @@ impl Daemon {
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("creating state directory {}", state_dir.display()))?;
         let (embedded, nats_urls) = if config.nats.urls.is_empty() {
-            let embedded = EmbeddedNats::start(&state_dir, config.nats.server.as_deref()).await?;
+            let listen = config
+                .nats
+                .listen
+                .or(config.fnap.listen.map(|a| a.ip()))
+                .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+            let embedded =
+                EmbeddedNats::start(&state_dir, config.nats.server.as_deref(), listen).await?;
             let url = embedded.url().to_owned();
             (Some(embedded), vec![url])
         } else {
             (None, config.nats.urls.clone())
         };
-        let broker =
-            Broker::connect(&nats_urls, &format!("flowd {}", config.participant.fqdn)).await?;
+        let broker = Broker::connect_as(
+            &nats_urls,
+            &format!("flowd {}", config.participant.fqdn),
+            embedded.as_ref().map(EmbeddedNats::credentials),
+        )
+        .await?;
         let host = Arc::new(Host::new(HostConfig {
             cache_dir: Some(state_dir.join("cache")),
             ..HostConfig::default()
@@ -59,9 +69,16 @@ impl Daemon {
             Federation::new(config.fns.nameserver, config.peers.clone())
                 .context("setting up the resolver")?,
         );
-        let agent = Agent::new(broker.clone())
+        let mut agent = Agent::new(broker.clone())
             .await?
             .with_federation(federation.clone());
+        if let Some(embedded) = &embedded {
+            agent = agent.with_broker_users(embedded.users());
+            agent
+                .forget_stale_broker_users()
+                .await
+                .context("checking the subscribers' broker users")?;
+        }
         let relays = Relays::start(agent.clone(), federation)
             .await
             .context("starting the relays of remote subscriptions")?;

@@ -10,20 +10,27 @@
 //! copy `<token>.<remote>`, which only it controls.
 //!
 //! A relay task per subscription then carries the copy's events into the
-//! local flow: `READ FLOW <copy> FROM <next> FOLLOW SEQUENCES` over FNAP,
-//! each batch written to the local flow with message ids derived from the
-//! events (a replay after a crash or a reconnect is de-duplicated), and the
-//! position stored only after the batch is. The remote host revokes a
-//! subscription by removing the copy (`REMOVE SUBSCRIBER`); the relay sees
-//! the copy gone, marks the subscription revoked and stops.
+//! local flow, each batch written with message ids derived from the events
+//! (a replay after a crash or a reconnect is de-duplicated) and
+//! acknowledged only after it is stored. It reads the copy one of two ways:
 //!
-//! Events travel over FNAP rather than by a direct connection to the remote
-//! broker: the remote host's access control (accounts, grants, public flows)
-//! is the only gate, and no broker credentials leave it.
+//! - **from the remote broker** when the reply carried broker credentials
+//!   ([`crate::broker::grants`]; hosts that supervise their broker issue
+//!   them): the relay finds the broker in DNS (`_queue._flow._tcp.<flow>`
+//!   SRV), connects as the subscription's user and pulls the consumer the
+//!   remote host made for it;
+//! - **over FNAP** otherwise: `READ FLOW <copy> FROM <next> FOLLOW
+//!   SEQUENCES`, the position stored after each batch.
+//!
+//! The remote host revokes a subscription by removing the copy and its
+//! broker user (`REMOVE SUBSCRIBER`); the relay sees its user refused or
+//! the copy gone, marks the subscription revoked and stops.
 
-use crate::agent::subscriptions::Subscription;
+use crate::agent::subscriptions::{Subscribed, Subscription};
 use crate::agent::{Agent, AgentError};
 use crate::broker::FlowName;
+use crate::broker::codec::{self, Origin};
+use crate::broker::grants::PullCredentials;
 use crate::event::jsonl;
 use crate::fnap::client::{Client, ClientError, Security};
 use crate::fns::{Discovery, DiscoveryError};
@@ -137,9 +144,12 @@ impl Federation {
         )))
     }
 
-    /// `SUBSCRIBE <remote>` at the remote host: the copy it made, and the
-    /// address of the agent.
-    pub async fn subscribe(&self, remote: &FlowName) -> Result<(FlowName, SocketAddr), AgentError> {
+    /// `SUBSCRIBE <remote>` at the remote host: the copy it made (with the
+    /// broker credentials it issued, if any), and the address of the agent.
+    pub async fn subscribe(
+        &self,
+        remote: &FlowName,
+    ) -> Result<(Subscribed, SocketAddr), AgentError> {
         let (mut client, addr) = self.session(remote).await?;
         let (lines, _) = client
             .data(&format!("SUBSCRIBE {remote}"))
@@ -154,7 +164,36 @@ impl Federation {
                     "the remote host sent no subscription flow: {lines:?}"
                 ))
             })?;
-        Ok((copy, addr))
+        let credentials = match PullCredentials::from_lines(&lines[1..]) {
+            Ok(credentials) => credentials,
+            Err(e) => {
+                let _ = self.unsubscribe(remote, &copy).await;
+                return Err(AgentError::Unavailable(format!("SUBSCRIBE {remote}: {e}")));
+            }
+        };
+        Ok((Subscribed { copy, credentials }, addr))
+    }
+
+    /// `nats://` URLs of the broker publishing `flow` (its `_queue` SRV
+    /// record and the target's addresses).
+    async fn broker_urls(&self, flow: &FlowName) -> Result<Vec<String>, AgentError> {
+        let unavailable = |e: DiscoveryError| AgentError::Unavailable(e.to_string());
+        let location = self.discovery.locate(flow).await.map_err(unavailable)?;
+        let Some((host, port, _)) = location.broker else {
+            return Err(AgentError::Unavailable(format!(
+                "{flow} publishes no broker (no _queue._flow._tcp SRV record)"
+            )));
+        };
+        let addresses = self.discovery.addresses(&host).await.map_err(unavailable)?;
+        if addresses.is_empty() {
+            return Err(AgentError::Unavailable(format!(
+                "the broker host {host} of {flow} has no address"
+            )));
+        }
+        Ok(addresses
+            .into_iter()
+            .map(|ip| format!("nats://{}", SocketAddr::new(ip, port)))
+            .collect())
     }
 
     /// `UNSUBSCRIBE <copy>` at the remote host.
@@ -238,6 +277,128 @@ async fn relay(agent: Agent, federation: Arc<Federation>, sub: Subscription) {
 }
 
 async fn relay_once(
+    agent: &Agent,
+    federation: &Federation,
+    sub: &Subscription,
+) -> Result<Ended, AgentError> {
+    match &sub.broker {
+        Some(credentials) => relay_from_broker(agent, federation, sub, credentials).await,
+        None => relay_over_fnap(agent, federation, sub).await,
+    }
+}
+
+/// Whether a consumer look-up failed because the copy or its consumer is
+/// gone (the subscription was removed at the source).
+fn removed(e: &async_nats::jetstream::stream::ConsumerError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::stream::ConsumerErrorKind;
+    matches!(e.kind(), ConsumerErrorKind::JetStream(js)
+        if js.error_code() == ErrorCode::CONSUMER_NOT_FOUND
+            || js.error_code() == ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// Pulls the copy from the remote broker with the subscription's own
+/// credentials until the connection fails or the subscription is revoked.
+async fn relay_from_broker(
+    agent: &Agent,
+    federation: &Federation,
+    sub: &Subscription,
+    credentials: &PullCredentials,
+) -> Result<Ended, AgentError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let urls = federation.broker_urls(&sub.remote).await?;
+    let refused = Arc::new(AtomicBool::new(false));
+    let flag = refused.clone();
+    let connected = async_nats::ConnectOptions::with_user_and_password(
+        credentials.user.clone(),
+        credentials.password.clone(),
+    )
+    .name(format!("flowd subscription {}", sub.local))
+    .custom_inbox_prefix(&credentials.inbox)
+    .connection_timeout(Duration::from_secs(5))
+    .event_callback(move |event| {
+        let flag = flag.clone();
+        async move {
+            if let async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) =
+                event
+            {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+    })
+    .connect(urls.clone())
+    .await;
+    let client = match connected {
+        Ok(client) => client,
+        Err(e) if e.kind() == async_nats::ConnectErrorKind::AuthorizationViolation => {
+            return Ok(Ended::Revoked);
+        }
+        Err(e) => {
+            return Err(AgentError::Unavailable(format!(
+                "the broker of {} ({}): {e}",
+                sub.remote,
+                urls.join(",")
+            )));
+        }
+    };
+    let unavailable = |e: &dyn std::fmt::Display| {
+        AgentError::Unavailable(format!("pulling {} from its broker: {e}", sub.copy))
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    let consumer: async_nats::jetstream::consumer::PullConsumer = match js
+        .get_consumer_from_stream(&credentials.consumer, &credentials.stream)
+        .await
+    {
+        Ok(consumer) => consumer,
+        Err(e) if removed(&e) => return Ok(Ended::Revoked),
+        Err(e) => return Err(unavailable(&e)),
+    };
+    let scope = format!("remote:{}", sub.token);
+    loop {
+        if refused.load(Ordering::SeqCst) {
+            return Ok(Ended::Revoked);
+        }
+        let mut batch = consumer
+            .batch()
+            .max_messages(256)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut messages = Vec::new();
+        let mut events = Vec::new();
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(|e| unavailable(&e))?;
+            let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+            let event = codec::event_from_message(
+                message.headers.as_ref(),
+                &message.payload,
+                Origin {
+                    stream: &credentials.stream,
+                    sequence,
+                    subject: &message.subject,
+                },
+            )
+            .map_err(|e| AgentError::Invalid(format!("event {sequence} of {}: {e}", sub.copy)))?;
+            events.push(event);
+            messages.push(message);
+        }
+        if events.is_empty() {
+            if client.connection_state() != async_nats::connection::State::Connected {
+                return Err(unavailable(&"disconnected"));
+            }
+            continue;
+        }
+        agent.write_scoped(&sub.local, &events, &scope).await?;
+        for message in messages {
+            message.ack().await.map_err(|e| unavailable(&e))?;
+        }
+    }
+}
+
+/// Reads the copy over FNAP (`READ FLOW ... FOLLOW SEQUENCES`) from the
+/// stored position until the session ends or the copy is gone.
+async fn relay_over_fnap(
     agent: &Agent,
     federation: &Federation,
     sub: &Subscription,

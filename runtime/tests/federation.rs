@@ -425,10 +425,25 @@ async fn a_wrong_peer_password_is_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscription_survives_a_restart_of_the_remote_host() {
+async fn a_subscription_over_fnap_survives_a_restart_of_the_remote_host() {
+    survives_a_restart_of_the_remote_host(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_through_the_remote_broker_survives_its_restart() {
+    survives_a_restart_of_the_remote_host(true).await;
+}
+
+/// 10 000 events cross while B restarts, each once. With `embedded`, B
+/// supervises its broker and issues broker credentials, so A pulls the
+/// copy from B's broker (restarted with B); otherwise A reads it over FNAP.
+async fn survives_a_restart_of_the_remote_host(embedded: bool) {
     let dns_b = free_port();
     let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
         c.fns.listen = Some(dns(dns_b));
+        if embedded {
+            c.nats.urls.clear();
+        }
     })
     .await;
     let a = participant_with("fnaa.emiliano.ar", "flows.emiliano.ar", |c| {
@@ -448,6 +463,21 @@ async fn a_subscription_survives_a_restart_of_the_remote_host() {
             .ok()
     })
     .await;
+    let (subscriptions, _) = a
+        .admin()
+        .await
+        .data("LIST SUBSCRIPTIONS")
+        .await
+        .expect("listed");
+    let bridge = if embedded {
+        " remote+nats:"
+    } else {
+        " remote:"
+    };
+    assert!(
+        subscriptions.len() == 1 && subscriptions[0].contains(bridge),
+        "{subscriptions:?}"
+    );
     b.admin()
         .await
         .block("WRITE FLOW time.flows.unix.ar", events("t", 0..5000))
@@ -474,6 +504,254 @@ async fn a_subscription_survives_a_restart_of_the_remote_host() {
     assert!(
         described.contains(&"events=10000".to_owned()),
         "each event once: {described:?}"
+    );
+}
+
+/// What the broker told a client it refused (`-ERR` lines).
+#[derive(Clone, Default)]
+struct Refusals(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Refusals {
+    fn options(&self, user: &str, password: &str, inbox: &str) -> async_nats::ConnectOptions {
+        let seen = self.clone();
+        async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+            .custom_inbox_prefix(inbox)
+            .event_callback(move |event| {
+                let seen = seen.clone();
+                async move {
+                    if let async_nats::Event::ServerError(e) = event
+                        && let Ok(mut seen) = seen.0.lock()
+                    {
+                        seen.push(e.to_string().to_lowercase());
+                    }
+                }
+            })
+    }
+
+    async fn wait_for(&self, what: &str) {
+        eventually(Duration::from_secs(5), what, || async {
+            let seen = self.0.lock().ok()?;
+            seen.iter().any(|e| e.contains(what)).then_some(())
+        })
+        .await;
+    }
+}
+
+/// A host that supervises its broker gives each subscriber a broker user
+/// that can pull its copy and do nothing else; removing the subscriber
+/// removes the user and closes its connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_credentials_pull_only_their_copy_and_removal_revokes_them() {
+    use async_nats::jetstream;
+    use flowd::broker::grants::PullCredentials;
+    use futures::StreamExt;
+
+    let dns_b = free_port();
+    let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
+        c.fns.listen = Some(dns(dns_b));
+        c.nats.urls.clear();
+    })
+    .await;
+    let a = participant_with("fnaa.emiliano.ar", "flows.emiliano.ar", |c| {
+        c.fns.nameserver = Some(dns(dns_b));
+    })
+    .await;
+    let mut admin_b = b.admin().await;
+    admin_b
+        .command("CREATE FLOW time.flows.unix.ar PUBLIC")
+        .await
+        .expect("public flow");
+    admin_b
+        .command("CREATE FLOW secret.flows.unix.ar")
+        .await
+        .expect("private flow");
+    admin_b
+        .block("WRITE FLOW secret.flows.unix.ar", events("s", 0..10))
+        .await
+        .expect("written");
+
+    // A subscribes through DNS and pulls from B's broker.
+    eventually(Duration::from_secs(20), "A subscribes", || async {
+        a.admin()
+            .await
+            .data("SUBSCRIBE time.flows.unix.ar LOCAL t.flows.emiliano.ar")
+            .await
+            .ok()
+    })
+    .await;
+
+    // Another subscriber, anonymous, subscribes as A's host does and gets
+    // the credentials itself.
+    let b_fnap = b.daemon.fnap_addr().expect("FNAP").to_string();
+    let mut peer = Client::connect(&b_fnap, &Security::Plain)
+        .await
+        .expect("connects");
+    peer.authenticate_anonymous().await.expect("anonymous");
+    let (lines, _) = peer
+        .data("SUBSCRIBE time.flows.unix.ar")
+        .await
+        .expect("subscribed");
+    let copy = lines[0].clone();
+    let creds = PullCredentials::from_lines(&lines[1..])
+        .expect("well formed")
+        .expect("B issues broker credentials");
+    assert_eq!(creds.stream, flow(&copy).stream());
+
+    admin_b
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 0..100))
+        .await
+        .expect("written");
+
+    // The credentials pull the copy.
+    let url = b.daemon.nats_urls()[0].clone();
+    let refusals = Refusals::default();
+    let client = refusals
+        .options(&creds.user, &creds.password, &creds.inbox)
+        .connect(url.clone())
+        .await
+        .expect("the subscriber's user is admitted");
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build(client.clone());
+    let consumer: jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream(&creds.consumer, &creds.stream)
+        .await
+        .expect("its own consumer");
+    let mut pulled = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while pulled.len() < 100 && tokio::time::Instant::now() < deadline {
+        let mut batch = consumer
+            .batch()
+            .max_messages(100)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .expect("pull");
+        while let Some(message) = batch.next().await {
+            let message = message.expect("message");
+            let id = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("ce-id"))
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            pulled.insert(id);
+            message.ack().await.expect("acknowledged");
+        }
+    }
+    let expected: BTreeSet<String> = (0..100).map(|i| format!("t-{i}")).collect();
+    assert_eq!(pulled, expected);
+
+    // Everything else is refused: other streams, the host's records, new
+    // consumers, other subjects, publishing.
+    assert!(
+        js.get_stream(flow("secret.flows.unix.ar").stream())
+            .await
+            .is_err(),
+        "another flow's stream"
+    );
+    assert!(
+        js.get_stream(flow("time.flows.unix.ar").stream())
+            .await
+            .is_err(),
+        "the original flow"
+    );
+    assert!(
+        js.get_key_value("flowd-subscriptions").await.is_err(),
+        "the host's records"
+    );
+    let _sub = client.subscribe("flow.>").await.expect("sent");
+    refusals
+        .wait_for("permissions violation for subscription to \"flow.>\"")
+        .await;
+    client
+        .publish("flow.time.flows.unix.ar", "forged".into())
+        .await
+        .expect("sent");
+    client.flush().await.expect("flushed");
+    refusals
+        .wait_for("permissions violation for publish to \"flow.time.flows.unix.ar\"")
+        .await;
+    let (described, _) = admin_b
+        .data("DESCRIBE FLOW time.flows.unix.ar")
+        .await
+        .expect("described");
+    assert!(
+        described.contains(&"events=100".to_owned()),
+        "nothing forged: {described:?}"
+    );
+
+    // Without credentials, or with a wrong password, B's broker admits no
+    // one.
+    let anonymous = async_nats::connect(url.clone()).await;
+    assert!(
+        matches!(&anonymous, Err(e) if e.kind() == async_nats::ConnectErrorKind::AuthorizationViolation),
+        "{anonymous:?}"
+    );
+    let wrong = Refusals::default()
+        .options(&creds.user, "not-the-password", &creds.inbox)
+        .connect(url.clone())
+        .await;
+    assert!(wrong.is_err(), "a wrong password is refused");
+
+    // Removing the subscriber closes its connection and refuses its user.
+    admin_b
+        .command(&format!("REMOVE SUBSCRIBER {copy}"))
+        .await
+        .expect("removed");
+    // (the reply comes once the broker has reloaded its users)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_ne!(
+        client.connection_state(),
+        async_nats::connection::State::Connected,
+        "the removed user's connection is closed"
+    );
+    let again = Refusals::default()
+        .options(&creds.user, &creds.password, &creds.inbox)
+        .connect(url.clone())
+        .await;
+    assert!(
+        matches!(&again, Err(e) if e.kind() == async_nats::ConnectErrorKind::AuthorizationViolation),
+        "{again:?}"
+    );
+
+    // A received the 100 events; once B removes A's copy, A shows the
+    // subscription revoked and nothing more arrives.
+    eventually(Duration::from_secs(30), "A has the events", || async {
+        let mut c = a.admin().await;
+        (ids(&mut c, "t.flows.emiliano.ar").await == expected).then_some(())
+    })
+    .await;
+    let (subscriptions, _) = a
+        .admin()
+        .await
+        .data("LIST SUBSCRIPTIONS")
+        .await
+        .expect("listed");
+    let a_copy = subscriptions[0]
+        .split(' ')
+        .nth(2)
+        .expect("copy column")
+        .to_owned();
+    admin_b
+        .command(&format!("REMOVE SUBSCRIBER {a_copy}"))
+        .await
+        .expect("removed");
+    admin_b
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 100..200))
+        .await
+        .expect("written after revocation");
+    eventually(Duration::from_secs(10), "A sees the revocation", || async {
+        let mut c = a.admin().await;
+        let (subs, _) = c.data("LIST SUBSCRIPTIONS").await.ok()?;
+        subs.iter().any(|s| s.ends_with(" revoked")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        ids(&mut a.admin().await, "t.flows.emiliano.ar").await,
+        expected,
+        "nothing arrives after revocation"
     );
 }
 
@@ -995,6 +1273,9 @@ fn participants_in_separate_network_namespaces_subscribe_through_dns() {
             .expect("ip netns identify");
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), host.ns);
     }
+    // A pulled the events from B's broker, across the veth, with the
+    // credentials B issued for this subscription.
     let listed = a.ok(&["get", "subscriptions"]);
     assert!(listed.contains("news.flows.unix.ar"), "{listed}");
+    assert!(listed.contains("remote+nats:10.231.0.2:61000"), "{listed}");
 }

@@ -89,6 +89,9 @@ pub struct Agent {
     namespace_cache: std::sync::Arc<std::sync::Mutex<namespaces::NamespaceCache>>,
     /// How to reach other participants (remote subscriptions).
     federation: Option<std::sync::Arc<crate::federation::Federation>>,
+    /// The broker's users, when this host supervises its broker: then
+    /// subscribers get broker credentials of their own.
+    broker_users: Option<crate::broker::embedded::Users>,
 }
 
 /// Reads a flow batch by batch (FNAP `READ FLOW`).
@@ -168,6 +171,7 @@ impl Agent {
             subscriptions,
             changes: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             federation: None,
+            broker_users: None,
             namespace_cache: Default::default(),
         })
     }
@@ -182,6 +186,13 @@ impl Agent {
         federation: std::sync::Arc<crate::federation::Federation>,
     ) -> Agent {
         self.federation = Some(federation);
+        self
+    }
+
+    /// Gives subscribers broker users of their own (see
+    /// [`crate::broker::grants`]).
+    pub fn with_broker_users(mut self, users: crate::broker::embedded::Users) -> Agent {
+        self.broker_users = Some(users);
         self
     }
 

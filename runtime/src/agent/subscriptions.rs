@@ -10,11 +10,15 @@
 //! subscriber pauses, resumes or stops.
 //!
 //! When the subscribed flow is served by another participant, the copy is
-//! made there and [`crate::federation`] relays it into the local flow.
+//! made there and [`crate::federation`] relays it into the local flow. A
+//! host that supervises its broker gives such a subscriber (any subscriber
+//! without `LOCAL`) a broker user that may only pull its copy
+//! ([`crate::broker::grants`]); removing the subscriber removes the user.
 
 use super::access::{self, Principal};
 use super::{Agent, AgentError, NewProcessor, unavailable};
 use crate::broker::FlowName;
+use crate::broker::grants::{self, PullCredentials};
 use crate::engine::spec::{self, RunLimits};
 use crate::fnap::command::{FlowOptions, Right};
 use crate::wasm::Kind;
@@ -54,6 +58,30 @@ pub struct Subscription {
     /// The remote host removed the copy: nothing more will come.
     #[serde(default)]
     pub revoked: bool,
+    /// Credentials to pull the copy from the remote host's broker, when it
+    /// issued some (else the copy is read over FNAP).
+    #[serde(default)]
+    pub broker: Option<PullCredentials>,
+}
+
+/// What `SUBSCRIBE` made: the copy, and the credentials to pull it from
+/// the broker when this host issues them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    pub copy: FlowName,
+    pub credentials: Option<PullCredentials>,
+}
+
+impl Subscribed {
+    /// The data lines of the `SUBSCRIBE` reply: the copy's name (as in the
+    /// draft), then the broker credentials as `key=value` lines.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = vec![self.copy.to_string()];
+        if let Some(credentials) = &self.credentials {
+            lines.extend(credentials.to_lines());
+        }
+        lines
+    }
 }
 
 impl Subscription {
@@ -77,6 +105,7 @@ impl Subscription {
             agent,
             paused: false,
             revoked: false,
+            broker: None,
         }
     }
 
@@ -165,13 +194,14 @@ impl Agent {
 
     /// Subscribes to `remote` (a flow of this host): creates the
     /// subscriber's copy and, with `local`, a bridge from the copy into that
-    /// local flow (created if missing). Returns the copy's name.
+    /// local flow (created if missing); without `local`, broker credentials
+    /// for the copy when this host issues them.
     pub async fn subscribe_as(
         &self,
         principal: &Principal,
         remote: &FlowName,
         local: Option<&FlowName>,
-    ) -> Result<FlowName, AgentError> {
+    ) -> Result<Subscribed, AgentError> {
         if self.flow_chain(remote).await?.is_empty() && self.broker.flow_info(remote).await.is_err()
         {
             return self.subscribe_remote(principal, remote, local).await;
@@ -203,6 +233,20 @@ impl Agent {
         let user = principal.user().map(str::to_owned);
         let processor = format!("sub-{token}");
         self.relay(processor.clone(), remote, &copy, None).await?;
+        let credentials = match (&self.broker_users, local) {
+            (Some(users), None) => {
+                let credentials = PullCredentials::new(&token, &copy.stream());
+                self.broker
+                    .subscriber_consumer(&copy, grants::CONSUMER)
+                    .await?;
+                let user = credentials
+                    .user()
+                    .map_err(|e| AgentError::Unavailable(e.to_string()))?;
+                users.add(user).await.map_err(unavailable)?;
+                Some(credentials)
+            }
+            _ => None,
+        };
         self.put_record(
             &format!("subscriber.{token}"),
             &Subscriber {
@@ -225,7 +269,7 @@ impl Agent {
             )
             .await?;
         }
-        Ok(copy)
+        Ok(Subscribed { copy, credentials })
     }
 
     /// Subscribes to a flow of another participant (see
@@ -236,7 +280,7 @@ impl Agent {
         principal: &Principal,
         remote: &FlowName,
         local: Option<&FlowName>,
-    ) -> Result<FlowName, AgentError> {
+    ) -> Result<Subscribed, AgentError> {
         let Some(federation) = self.federation.clone() else {
             return Err(AgentError::Unavailable(format!(
                 "{remote} is not served by this host, and this host does not reach others"
@@ -258,7 +302,8 @@ impl Agent {
             }
             Err(e) => return Err(e.into()),
         };
-        let (copy, addr) = federation.subscribe(remote).await?;
+        let (subscribed, addr) = federation.subscribe(remote).await?;
+        let copy = subscribed.copy.clone();
         if !exists
             && let Err(e) = self
                 .create_flow_as(principal, local, &FlowOptions::default())
@@ -268,20 +313,23 @@ impl Agent {
             return Err(e);
         }
         let token = token();
-        self.put_record(
-            &format!("subscription.{token}"),
-            &Subscription::new(
-                &token,
-                local,
-                remote,
-                &copy,
-                principal.user().map(str::to_owned),
-                String::new(),
-                Some(addr.to_string()),
-            ),
-        )
-        .await?;
-        Ok(copy)
+        let mut record = Subscription::new(
+            &token,
+            local,
+            remote,
+            &copy,
+            principal.user().map(str::to_owned),
+            String::new(),
+            Some(addr.to_string()),
+        );
+        record.broker = subscribed.credentials;
+        self.put_record(&format!("subscription.{token}"), &record)
+            .await?;
+        // The credentials stay with this host.
+        Ok(Subscribed {
+            copy,
+            credentials: None,
+        })
     }
 
     /// Watches the records of this host's subscriptions (the relays of
@@ -351,9 +399,33 @@ impl Agent {
         })
     }
 
-    /// Removes a copy: its relay, its flow, its record, and any local
-    /// subscription fed from it.
+    /// Removes the broker users of subscribers that are no more (a host
+    /// stopped between removing a subscriber and its user).
+    pub async fn forget_stale_broker_users(&self) -> Result<(), AgentError> {
+        let Some(users) = &self.broker_users else {
+            return Ok(());
+        };
+        let live: std::collections::BTreeSet<String> = self
+            .records::<Subscriber>("subscriber.")
+            .await?
+            .into_iter()
+            .map(|s| PullCredentials::user_name(&s.token))
+            .collect();
+        users
+            .retain(|user| live.contains(user))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Removes a copy: its broker user first (its connections close, no
+    /// event leaves after this), then its relay, its flow, its record, and
+    /// any local subscription fed from it.
     async fn drop_subscriber(&self, sub: &Subscriber) -> Result<(), AgentError> {
+        if let Some(users) = &self.broker_users {
+            let user = PullCredentials::user_name(&sub.token);
+            users.retain(|u| u != user).await.map_err(unavailable)?;
+        }
         for local in self.records::<Subscription>("subscription.").await? {
             if local.copy == sub.copy {
                 self.drop_subscription(&local).await?;

@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod embedded;
+pub mod grants;
 mod naming;
 
 pub use naming::{FlowName, MAX_FLOW_NAME, NameError, NamespaceName};
@@ -141,11 +142,26 @@ impl Broker {
     /// when the connection drops (in-flight requests fail and are retried by
     /// their callers).
     pub async fn connect(urls: &[String], name: &str) -> Result<Broker, BrokerError> {
+        Broker::connect_as(urls, name, None).await
+    }
+
+    /// [`Broker::connect`] with a user name and password.
+    pub async fn connect_as(
+        urls: &[String],
+        name: &str,
+        user: Option<(&str, &str)>,
+    ) -> Result<Broker, BrokerError> {
         let connect_error = |reason: String| BrokerError::Connect {
             urls: urls.join(","),
             reason,
         };
-        let client = async_nats::ConnectOptions::new()
+        let options = match user {
+            Some((user, password)) => {
+                async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+            }
+            None => async_nats::ConnectOptions::new(),
+        };
+        let client = options
             .name(name)
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(5))
@@ -345,6 +361,34 @@ impl Broker {
             }))
             .await
             .map_err(request)
+    }
+
+    /// The durable consumer a subscriber pulls a copy through from another
+    /// host ([`grants`]). Each event is acknowledged on its own: the
+    /// subscriber cannot rewind the consumer, so an event it received but
+    /// did not store is delivered again after `ack_wait` rather than
+    /// covered by a later acknowledgement.
+    pub async fn subscriber_consumer(
+        &self,
+        flow: &FlowName,
+        durable: &str,
+    ) -> Result<(), BrokerError> {
+        let stream = self.stream(flow).await?;
+        stream
+            .get_or_create_consumer(
+                durable,
+                consumer::pull::Config {
+                    durable_name: Some(durable.to_owned()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(10),
+                    max_ack_pending: 4096,
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(request)?;
+        Ok(())
     }
 
     /// An ephemeral consumer for reading a flow from a sequence (1: start).

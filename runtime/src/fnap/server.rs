@@ -562,7 +562,7 @@ impl Session {
             Command::Subscribe { remote, local } => agent
                 .subscribe_as(&p, &remote, local.as_ref())
                 .await
-                .map(|copy| Response::Data(vec![copy.to_string()], Reply::ok("OK"))),
+                .map(|subscribed| Response::Data(subscribed.lines(), Reply::ok("OK"))),
             Command::Unsubscribe(copy) => agent
                 .unsubscribe_as(&p, &copy)
                 .await
@@ -571,9 +571,10 @@ impl Session {
                 let lines = subs
                     .iter()
                     .map(|s| {
-                        let bridge = match &s.agent {
-                            Some(agent) => format!("remote:{agent}"),
-                            None => s.processor.clone(),
+                        let bridge = match (&s.agent, &s.broker) {
+                            (Some(agent), None) => format!("remote:{agent}"),
+                            (Some(agent), Some(_)) => format!("remote+nats:{agent}"),
+                            (None, _) => s.processor.clone(),
                         };
                         format!("{} {} {} {bridge} {}", s.local, s.remote, s.copy, s.state())
                     })

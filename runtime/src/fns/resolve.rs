@@ -150,7 +150,8 @@ impl Discovery {
             .map(|(_, _, port, host)| (port, host)))
     }
 
-    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DiscoveryError> {
+    /// A host's addresses (A, then AAAA).
+    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DiscoveryError> {
         let mut addresses = Vec::new();
         for ty in [RecordType::A, RecordType::AAAA] {
             for r in self.records(host, ty).await? {
