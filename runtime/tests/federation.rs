@@ -191,7 +191,10 @@ async fn participants_subscribe_to_each_other_through_dns() {
     // routed TCP (their brokers are their own).
     let a_ip = std::net::Ipv4Addr::new(127, 0, 0, 2);
     // B knows an account for A's host and grants it read on its namespace.
+    // B runs the embedded broker, so it issues broker credentials and A
+    // pulls from B's broker; A does not, so B reads A's copy over FNAP.
     let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
+        c.nats.urls.clear();
         c.fns.listen = Some(dns(dns_b));
         c.fns.nameserver = Some(SocketAddr::from((a_ip, dns_a)));
         let mut accounts = Accounts::default();
@@ -300,7 +303,7 @@ async fn participants_subscribe_to_each_other_through_dns() {
     assert_eq!(subscriptions.len(), 1, "{subscriptions:?}");
     assert!(
         subscriptions[0].starts_with(&format!(
-            "unix-time.flows.emiliano.ar time.flows.unix.ar {copy_on_b} remote:"
+            "unix-time.flows.emiliano.ar time.flows.unix.ar {copy_on_b} remote+nats:"
         )) && subscriptions[0].ends_with(" running"),
         "{subscriptions:?}"
     );
