@@ -11,6 +11,12 @@
 //! urls = ["nats://127.0.0.1:4222"]     # empty: start an embedded nats-server
 //! server = "/usr/local/bin/nats-server"  # binary for the embedded server
 //! listen = "192.0.2.10"                 # its address (default: FNAP's)
+//! replicas = 3                          # copies of flows and buckets (cluster)
+//!
+//! [cluster]                             # several hosts on one NATS
+//! host_id = "h-1"                       # default: made once, in <state_dir>/host-id
+//! heartbeat_ms = 1000
+//! failover_ms = 5000                    # a silent host's work moves after this
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9464"             # every listen address may be "off"
@@ -61,6 +67,7 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     pub participant: Participant,
     pub nats: Nats,
+    pub cluster: crate::cluster::ClusterConfig,
     pub metrics: MetricsConfig,
     pub fnap: FnapConfig,
     pub api: ApiConfig,
@@ -220,6 +227,9 @@ impl Default for Participant {
 pub struct Nats {
     pub urls: Vec<String>,
     pub server: Option<PathBuf>,
+    /// Copies of each flow and bucket this host creates (3 on a
+    /// three-node cluster, so losing a node loses nothing).
+    pub replicas: usize,
     /// Address the embedded server listens on (default: the FNAP
     /// address, which DNS publishes as the broker's): subscribers on other
     /// hosts pull their copies from it.

@@ -56,13 +56,28 @@ impl Daemon {
             &format!("flowd {}", config.participant.fqdn),
             embedded.as_ref().map(EmbeddedNats::credentials),
         )
-        .await?;
+        .await?
+        .with_replicas(config.nats.replicas);
         let host = Arc::new(Host::new(HostConfig {
             cache_dir: Some(state_dir.join("cache")),
             ..HostConfig::default()
         })?);
         let metrics = Metrics::default();
-        let engine = Engine::start(broker.clone(), host.clone(), metrics.clone()).await?;
+        let host_id = match &config.cluster.host_id {
+            Some(id) if crate::cluster::valid_id(id) => id.clone(),
+            Some(id) => anyhow::bail!(
+                "[cluster] host_id `{id}`: use letters, digits, `-` and `_` (at most 64)"
+            ),
+            None => crate::cluster::host_id(&state_dir).context("the host id")?,
+        };
+        let engine = Engine::start(
+            broker.clone(),
+            host.clone(),
+            metrics.clone(),
+            &host_id,
+            &config.cluster,
+        )
+        .await?;
         crate::user_agent::ensure_local_token(&state_dir)
             .context("writing the local administrator token")?;
         let federation = Arc::new(
@@ -82,9 +97,17 @@ impl Daemon {
         let relays = Relays::start(agent.clone(), federation)
             .await
             .context("starting the relays of remote subscriptions")?;
-        agent
-            .serve_namespaces(&config.participant.namespaces)
-            .await?;
+        // On a cluster that just made the buckets, the first writes can
+        // find no stream on the node this host talks to for a moment.
+        let mut attempts = 0;
+        while let Err(e) = agent.serve_namespaces(&config.participant.namespaces).await {
+            attempts += 1;
+            if attempts == 20 {
+                return Err(e.into());
+            }
+            tracing::info!("recording the namespaces, retrying: {e}");
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
         let tls = if config.fnap.tls_listen.is_some() || config.fnap.listen.is_some() {
             let (server, cert) = crate::fnap::tls::server_config(
                 &config.fnap.tls,
@@ -190,6 +213,11 @@ impl Daemon {
             }
             None => (None, None),
         };
+        engine.announce(
+            &config.participant.fqdn,
+            fnap.plain.map(|a| a.to_string()),
+            api.as_ref().map(|a| a.addr.to_string()),
+        );
         HostFile {
             fqdn: config.participant.fqdn.clone(),
             nats_urls: nats_urls.clone(),

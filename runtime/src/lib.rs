@@ -11,6 +11,7 @@
 //! - [`broker`]: the Flow Events Broker on NATS JetStream, and the embedded
 //!   nats-server.
 //! - [`engine`]: runs processors continuously over durable flows.
+//! - [`cluster`]: several hosts on one broker: heartbeats, placement, leases.
 //! - [`registry`]: named, versioned components uploaded to a running host.
 //! - [`pipeline`]: chains of processors declared by YAML manifests.
 //! - [`agent`]: the FNAA's operations on namespaces, flows, subscriptions
@@ -26,6 +27,7 @@ pub mod accounts;
 pub mod agent;
 pub mod api;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod engine;

@@ -373,6 +373,7 @@ impl Agent {
             ports: Vec::new(),
             input_names: Vec::new(),
             output_names: Vec::new(),
+            parallelism: 1,
         };
         self.put(&spec).await?;
         Ok(spec)

@@ -202,6 +202,26 @@ impl Agent {
         Ok(found)
     }
 
+    /// The live hosts sharing this broker (their heartbeats); not for
+    /// anonymous sessions.
+    pub async fn list_agents_as(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<crate::cluster::AgentRecord>, AgentError> {
+        if principal == &Principal::Anonymous {
+            return Err(AgentError::Forbidden(
+                "listing the hosts needs an account".into(),
+            ));
+        }
+        let bucket = self
+            .broker
+            .jetstream()
+            .get_key_value(crate::cluster::AGENTS)
+            .await
+            .map_err(|e| AgentError::Unavailable(format!("the hosts' heartbeats: {e}")))?;
+        Ok(crate::cluster::read_agents(&bucket).await?)
+    }
+
     pub async fn list_processors_as(
         &self,
         principal: &Principal,

@@ -283,8 +283,13 @@ enum Get {
     Subscribers {
         flow: FlowName,
     },
-    /// The agents of the user agent's configuration.
-    Agents,
+    /// The participant's live hosts (FNAAs on the same broker), with their
+    /// load; with --configured, the agents of the user agent's
+    /// configuration instead.
+    Agents {
+        #[arg(long)]
+        configured: bool,
+    },
     /// The broker of the agent.
     Brokers,
     /// Pipelines, with how many steps run.
@@ -453,7 +458,9 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             return describe_component(file, json);
         }
-        Command::Get { what: Get::Agents } => {
+        Command::Get {
+            what: Get::Agents { configured: true },
+        } => {
             if json {
                 return print_json(&config.agents);
             }
@@ -708,7 +715,15 @@ async fn execute(client: &mut Client, command: Command, json: bool) -> Result<()
                     }
                 }
             }
-            Get::Agents => unreachable!("answered without a connection"),
+            Get::Agents { .. } => {
+                listed(
+                    client,
+                    "LIST AGENTS",
+                    json,
+                    Some("ID FQDN FNAP API INSTANCES EVENTS RATE BEAT"),
+                )
+                .await?
+            }
             Get::Pipelines => bail!("pipelines are listed over the management API"),
         },
         Command::Describe { what } => match what {

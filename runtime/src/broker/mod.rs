@@ -135,6 +135,9 @@ pub struct Published {
 pub struct Broker {
     client: async_nats::Client,
     js: jetstream::Context,
+    /// Replicas of what this host creates (flows, buckets): 1 on a single
+    /// server, 3 on a cluster.
+    replicas: usize,
 }
 
 impl Broker {
@@ -175,10 +178,33 @@ impl Broker {
             .connect(urls.to_vec())
             .await
             .map_err(|e| connect_error(e.to_string()))?;
+        // A publish whose stream lost its leader (a cluster node died) is
+        // retried after this; a new leader is elected within seconds.
         let js = jetstream::ContextBuilder::new()
-            .timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(5))
             .build(client.clone());
-        Ok(Broker { client, js })
+        Ok(Broker {
+            client,
+            js,
+            replicas: 1,
+        })
+    }
+
+    /// Creates flows and buckets with `replicas` copies (a flow asking for
+    /// more keeps its own number).
+    pub fn with_replicas(mut self, replicas: usize) -> Broker {
+        self.replicas = replicas.max(1);
+        self
+    }
+
+    fn stream_config(
+        &self,
+        flow: &FlowName,
+        settings: &FlowSettings,
+    ) -> Result<stream::Config, BrokerError> {
+        let mut config = settings.stream_config(flow)?;
+        config.num_replicas = config.num_replicas.max(self.replicas);
+        Ok(config)
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -195,7 +221,7 @@ impl Broker {
         flow: &FlowName,
         settings: &FlowSettings,
     ) -> Result<FlowInfo, BrokerError> {
-        let config = settings.stream_config(flow)?;
+        let config = self.stream_config(flow, settings)?;
         if self.js.get_stream(flow.stream()).await.is_ok() {
             return Err(BrokerError::FlowExists(flow.clone()));
         }
@@ -209,7 +235,7 @@ impl Broker {
         flow: &FlowName,
         settings: &FlowSettings,
     ) -> Result<(), BrokerError> {
-        let config = settings.stream_config(flow)?;
+        let config = self.stream_config(flow, settings)?;
         self.js
             .get_or_create_stream(config)
             .await
@@ -223,7 +249,7 @@ impl Broker {
         flow: &FlowName,
         settings: &FlowSettings,
     ) -> Result<FlowInfo, BrokerError> {
-        let config = settings.stream_config(flow)?;
+        let config = self.stream_config(flow, settings)?;
         self.stream(flow).await?;
         self.js.update_stream(config).await.map_err(request)?;
         self.flow_info(flow).await
@@ -344,7 +370,7 @@ impl Broker {
             .await
             .map_err(request)?;
         let info = consumer.info().await.map_err(request)?;
-        if info.num_ack_pending == 0 {
+        if info.num_ack_pending == 0 && info.config.ack_policy == consumer::AckPolicy::All {
             return Ok(consumer);
         }
         let start_sequence = info.ack_floor.stream_sequence + 1;
@@ -391,6 +417,52 @@ impl Broker {
         Ok(())
     }
 
+    /// The durable consumer that the instances of a processor with
+    /// `parallelism` > 1 share, a work queue: each pulls its own batches and
+    /// acknowledges each event on its own once its outputs are stored, so
+    /// an instance that dies leaves only its own batch unacknowledged,
+    /// delivered again to the others after `ack_wait`. A consumer made for
+    /// a single instance (cumulative acknowledgement) is replaced by one
+    /// starting after its acknowledgement floor.
+    pub async fn shared_consumer(
+        &self,
+        flow: &FlowName,
+        durable: &str,
+        max_ack_pending: i64,
+    ) -> Result<consumer::PullConsumer, BrokerError> {
+        let stream = self.stream(flow).await?;
+        let config = |deliver_policy| consumer::pull::Config {
+            durable_name: Some(durable.to_owned()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(10),
+            max_ack_pending,
+            deliver_policy,
+            ..Default::default()
+        };
+        let mut consumer = stream
+            .get_or_create_consumer(durable, config(consumer::DeliverPolicy::All))
+            .await
+            .map_err(request)?;
+        let info = consumer.info().await.map_err(request)?;
+        if info.config.ack_policy == consumer::AckPolicy::Explicit {
+            return Ok(consumer);
+        }
+        let start_sequence = info.ack_floor.stream_sequence + 1;
+        tracing::info!(
+            consumer = durable,
+            start_sequence,
+            "sharing the consumer between instances"
+        );
+        stream.delete_consumer(durable).await.map_err(request)?;
+        stream
+            .get_or_create_consumer(
+                durable,
+                config(consumer::DeliverPolicy::ByStartSequence { start_sequence }),
+            )
+            .await
+            .map_err(request)
+    }
+
     /// An ephemeral consumer for reading a flow from a sequence (1: start).
     pub async fn reader(
         &self,
@@ -421,30 +493,62 @@ impl Broker {
 
     /// A key-value bucket, created if missing.
     pub async fn kv(&self, bucket: &str) -> Result<kv::Store, BrokerError> {
-        if let Ok(store) = self.js.get_key_value(bucket).await {
-            return Ok(store);
+        self.kv_with_ttl(bucket, Duration::ZERO).await
+    }
+
+    /// A key-value bucket whose entries age out after `ttl` (zero: never),
+    /// created if missing.
+    pub async fn kv_with_ttl(&self, bucket: &str, ttl: Duration) -> Result<kv::Store, BrokerError> {
+        let config = kv::Config {
+            bucket: bucket.to_owned(),
+            history: 1,
+            max_age: ttl,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        // Several hosts starting together on a new cluster race to create
+        // the same bucket: the losers find it made on the next round.
+        let mut last = None;
+        for _ in 0..20 {
+            if let Ok(store) = self.js.get_key_value(bucket).await {
+                return Ok(store);
+            }
+            match self.js.create_key_value(config.clone()).await {
+                Ok(store) => return Ok(store),
+                Err(e) => last = Some(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        self.js
-            .create_key_value(kv::Config {
-                bucket: bucket.to_owned(),
-                history: 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(request)
+        Err(BrokerError::Request(format!(
+            "bucket {bucket}: {}",
+            last.unwrap_or_default()
+        )))
     }
 
     /// An object store bucket, created if missing.
     pub async fn objects(&self, bucket: &str) -> Result<object_store::ObjectStore, BrokerError> {
-        if let Ok(store) = self.js.get_object_store(bucket).await {
-            return Ok(store);
+        let mut last = None;
+        for _ in 0..20 {
+            if let Ok(store) = self.js.get_object_store(bucket).await {
+                return Ok(store);
+            }
+            match self
+                .js
+                .create_object_store(object_store::Config {
+                    bucket: bucket.to_owned(),
+                    num_replicas: self.replicas,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(store) => return Ok(store),
+                Err(e) => last = Some(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        self.js
-            .create_object_store(object_store::Config {
-                bucket: bucket.to_owned(),
-                ..Default::default()
-            })
-            .await
-            .map_err(request)
+        Err(BrokerError::Request(format!(
+            "bucket {bucket}: {}",
+            last.unwrap_or_default()
+        )))
     }
 }

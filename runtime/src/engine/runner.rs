@@ -269,11 +269,14 @@ impl Runner {
         let mut consumers = Vec::new();
         let pending = (spec.limits.batch.max(1) * 2) as i64;
         for (port, flow) in spec.inputs.iter().enumerate() {
-            let consumer = ctx
-                .broker
-                .durable_consumer(flow, &spec.consumer(port), pending)
-                .await
-                .with_context(|| format!("input {flow}"))?;
+            let name = spec.consumer(port);
+            let consumer = if spec.parallelism > 1 {
+                let pending = pending * i64::from(spec.parallelism);
+                ctx.broker.shared_consumer(flow, &name, pending).await
+            } else {
+                ctx.broker.durable_consumer(flow, &name, pending).await
+            }
+            .with_context(|| format!("input {flow}"))?;
             consumers.push((flow.clone(), consumer));
         }
         status.phase = Phase::Running;
@@ -574,12 +577,21 @@ impl Runner {
         let written = outgoing.len() as u64 - dead_count;
         self.store(outgoing).await?;
         self.persist_state().await?;
-        // The consumer's acknowledgement is cumulative: acknowledging the
-        // last event acknowledges the batch. A lost ack only means a
-        // redelivery, which the output message ids turn into a no-op.
-        if let Some(last) = inputs.last() {
+        // A single instance's consumer acknowledges cumulatively: the last
+        // event acknowledges the batch. Instances sharing a consumer
+        // acknowledge each event (see `Broker::shared_consumer`). A lost ack
+        // only means a redelivery, which the output message ids turn into a
+        // no-op.
+        if self.spec.parallelism > 1 {
+            for input in &inputs {
+                let _ = input.message.ack().await;
+            }
+        } else if let Some(last) = inputs.last() {
             let _ = last.message.ack().await;
         }
+        self.ctx
+            .processed
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         let m = &self.ctx.metrics;
         m.events_out.get_or_create(&self.label).inc_by(written);
         m.dead_lettered

@@ -118,6 +118,18 @@ pub struct ProcessorSpec {
     pub input_names: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub output_names: Vec<String>,
+    /// Instances to run, spread over the participant's live hosts and
+    /// sharing one durable consumer per input (see [`crate::cluster`]).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub parallelism: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// Where an output port of a fused segment's step sends its events.
@@ -205,6 +217,7 @@ impl ProcessorSpec {
             && self.outputs == other.outputs
             && self.dead_letter == other.dead_letter
             && self.limits == other.limits
+            && self.parallelism == other.parallelism
     }
 
     /// Whether `other` only changes components, configurations or limits of
@@ -220,6 +233,7 @@ impl ProcessorSpec {
             && self.input_names == other.input_names
             && self.output_names == other.output_names
             && self.paused == other.paused
+            && self.parallelism == other.parallelism
             && self.limits.batch == other.limits.batch
             && self.fused.len() == other.fused.len()
             && self

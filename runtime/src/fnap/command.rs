@@ -165,6 +165,8 @@ pub enum Command {
     UpdateProcessor(String),
     DescribeProcessor(String),
     ListProcessors,
+    /// The participant's live hosts on this broker, with their load.
+    ListAgents,
     PauseProcessor(String),
     ResumeProcessor(String),
     DeleteProcessor(String),
@@ -255,6 +257,7 @@ pub const USAGE: &[(&str, &str)] = &[
     ("UPDATE PROCESSOR", "UPDATE PROCESSOR <id>"),
     ("DESCRIBE PROCESSOR", "DESCRIBE PROCESSOR <id>"),
     ("LIST PROCESSORS", "LIST PROCESSORS"),
+    ("LIST AGENTS", "LIST AGENTS"),
     ("PAUSE PROCESSOR", "PAUSE PROCESSOR <id>"),
     ("RESUME PROCESSOR", "RESUME PROCESSOR <id>"),
     ("DELETE PROCESSOR", "DELETE PROCESSOR <id>"),
@@ -458,6 +461,7 @@ pub fn parse(line: &str) -> Result<Command, SyntaxError> {
             one_id(args2, "DESCRIBE PROCESSOR").map(Command::DescribeProcessor)
         }
         (_, Some("LIST PROCESSORS")) => no_args(args2, "LIST PROCESSORS", Command::ListProcessors),
+        (_, Some("LIST AGENTS")) => no_args(args2, "LIST AGENTS", Command::ListAgents),
         (_, Some("PAUSE PROCESSOR")) => {
             one_id(args2, "PAUSE PROCESSOR").map(Command::PauseProcessor)
         }

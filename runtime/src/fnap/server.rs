@@ -638,6 +638,26 @@ impl Session {
                         Response::Data(describe_processor(&spec, status.as_ref()), Reply::ok("OK"))
                     })
             }
+            Command::ListAgents => agent.list_agents_as(&p).await.map(|agents| {
+                let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
+                let lines = agents
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "{} {} fnap={} api={} instances={} events={} rate={:.1} beat={}ms",
+                            a.id,
+                            if a.fqdn.is_empty() { "-" } else { &a.fqdn },
+                            a.fnap.as_deref().unwrap_or("-"),
+                            a.api.as_deref().unwrap_or("-"),
+                            a.instances,
+                            a.events_in,
+                            a.rate,
+                            now.saturating_sub(a.heartbeat_ms),
+                        )
+                    })
+                    .collect();
+                Response::Data(lines, Reply::ok("OK"))
+            }),
             Command::ListProcessors => agent.list_processors_as(&p).await.map(|all| {
                 let lines = all
                     .iter()

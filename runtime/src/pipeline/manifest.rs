@@ -80,6 +80,17 @@ pub struct Step {
     /// run fused into the step before it.
     #[serde(default)]
     pub durable: bool,
+    /// Instances of the step, spread over the participant's hosts and
+    /// sharing its input (default 1).
+    #[serde(default)]
+    pub parallelism: Option<Spanned<u32>>,
+}
+
+impl Step {
+    /// The instances asked for (1 when not given).
+    pub fn parallelism(&self) -> u32 {
+        self.parallelism.as_ref().map_or(1, |p| **p)
+    }
 }
 
 /// Limits of a step (all optional; the host's defaults apply).

@@ -427,6 +427,7 @@ impl Pipelines {
                 ports: Vec::new(),
                 input_names: Vec::new(),
                 output_names: Vec::new(),
+                parallelism: runner.parallelism,
             };
             let status = self.agent.status(&fused.id).await;
             steps.push((step.name.clone(), spec, status));

@@ -20,6 +20,9 @@ use crate::wasm::ProcessorSetup;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
+/// The most instances a step may ask for.
+pub const MAX_PARALLELISM: u32 = 64;
+
 /// One problem found in a manifest, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -273,6 +276,23 @@ impl Checker<'_> {
                     continue;
                 }
             };
+            let parallelism = step.parallelism();
+            if !(1..=MAX_PARALLELISM).contains(&parallelism)
+                || (parallelism > 1 && record.kind == crate::wasm::Kind::Signal)
+            {
+                let at = step.parallelism.as_ref().map_or(at(&step.name), at);
+                errors.push(Diagnostic {
+                    at,
+                    message: if parallelism > 1 && parallelism <= MAX_PARALLELISM {
+                        format!(
+                            "step `{step_name}`: a signal step ticks on its own timer and runs as one instance"
+                        )
+                    } else {
+                        format!("step `{step_name}`: parallelism must be 1 to {MAX_PARALLELISM}")
+                    },
+                });
+                continue;
+            }
             let spec = ProcessorSpec {
                 id: processor_id(&name, step_name),
                 kind: record.kind,
@@ -296,6 +316,7 @@ impl Checker<'_> {
                 // Components see the manifest's edge names as port names.
                 input_names: step.from.0.iter().map(|e| e.as_str().to_owned()).collect(),
                 output_names: to.clone(),
+                parallelism,
             };
             if let Err(message) = self.check_config(&spec).await {
                 errors.push(Diagnostic {
@@ -611,7 +632,13 @@ fn structure(m: &Manifest, errors: &mut Vec<Diagnostic>) -> Structure {
         let Some(Producer::Step(p)) = producers.get(edge) else {
             continue;
         };
-        if step.durable || *p == c || m.outputs.contains_key(edge) || readers.get(edge) != Some(&1)
+        // Steps fuse only with steps of the same parallelism: the segment
+        // runs as many instances as its first step.
+        if step.durable
+            || *p == c
+            || m.outputs.contains_key(edge)
+            || readers.get(edge) != Some(&1)
+            || step.parallelism() != m.steps[*p].parallelism()
         {
             continue;
         }

@@ -100,6 +100,105 @@ impl Drop for Nats {
     }
 }
 
+/// A local NATS cluster: `n` nats-servers with JetStream, routed to each
+/// other on loopback (R3 streams need three).
+pub struct NatsCluster {
+    nodes: Vec<Option<Child>>,
+    pub ports: Vec<u16>,
+    _tmp: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    pub fn start(n: usize) -> NatsCluster {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let binary = flowd::broker::embedded::find_binary(None)
+            .expect("nats-server installed by scripts/setup");
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let monitors: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let others: Vec<String> = (0..n)
+                .filter(|j| *j != i)
+                .map(|j| format!("nats://127.0.0.1:{}", routes[j]))
+                .collect();
+            let child = Command::new(&binary)
+                .args(["-a", "127.0.0.1", "-p", &ports[i].to_string()])
+                .args(["-m", &monitors[i].to_string()])
+                .args(["-js", "-sd"])
+                .arg(tmp.path().join(format!("n{i}")))
+                .args(["--server_name", &format!("n{i}")])
+                .args(["--cluster_name", "flowd-test"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{}", routes[i])])
+                .args(["--routes", &others.join(",")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server starts");
+            nodes.push(Some(child));
+        }
+        // Ready when every node reports JetStream healthy (a meta leader
+        // is elected).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for port in &monitors {
+            loop {
+                let healthy = http_ok(*port, "/healthz");
+                if healthy {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the NATS cluster never became healthy"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        NatsCluster {
+            nodes,
+            ports,
+            _tmp: tmp,
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// SIGKILL of node `i` (it stays down).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Whether `GET path` on a loopback port answers 200.
+fn http_ok(port: u16, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
+        return false;
+    };
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
 pub fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -147,6 +246,20 @@ impl Flowd {
                 "--state-dir",
             ])
             .arg(state_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("flowd starts");
+        Flowd { child }
+    }
+
+    /// `flowd serve --config <file>`.
+    pub fn start_with_config(config: &Path) -> Flowd {
+        let child = Command::new(env!("CARGO_BIN_EXE_flowd"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

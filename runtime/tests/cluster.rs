@@ -1,0 +1,307 @@
+//! Scale-out: three `flowd serve` hosts of one participant on a three-node
+//! NATS cluster share a pipeline step with `parallelism: 3`; one host and
+//! one broker node are killed mid-run; every event comes out once.
+
+mod support;
+
+use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
+use flowd::agent::Agent;
+use flowd::api::client::{ApiClient, Credentials};
+use flowd::api::proto;
+use flowd::broker::{Broker, FlowName};
+use flowd::config::HostFile;
+use flowd::fnap::client::{Client, Security};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+use support::flows::data;
+use support::{Flowd, NatsCluster, component, eventually, flows};
+
+fn flow(name: &str) -> FlowName {
+    FlowName::parse(&format!("{name}.scale.example.com")).expect("valid flow name")
+}
+
+struct Node {
+    state: tempfile::TempDir,
+    process: Option<Flowd>,
+}
+
+impl Node {
+    fn start(i: usize, urls: &[String]) -> Node {
+        let state = tempfile::tempdir().expect("tempdir");
+        let config = state.path().join("flowd.toml");
+        let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "[participant]\nfqdn = \"fnaa{i}.scale.example.com\"\nstate_dir = \"{}\"\n\
+                 [nats]\nurls = [{}]\nreplicas = 3\n\
+                 [cluster]\nhost_id = \"host-{i}\"\nheartbeat_ms = 500\nfailover_ms = 3000\n\
+                 [metrics]\nlisten = \"off\"\n[fns]\nlisten = \"off\"\n\
+                 [fnap]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"off\"\n\
+                 [api]\nlisten = \"127.0.0.1:0\"\n",
+                state.path().display(),
+                urls.join(", ")
+            ),
+        )
+        .expect("config written");
+        let process = Flowd::start_with_config(&config);
+        Node {
+            state,
+            process: Some(process),
+        }
+    }
+
+    async fn host(&self) -> HostFile {
+        eventually(Duration::from_secs(60), "the host is ready", || async {
+            HostFile::read(self.state.path()).filter(|h| h.api.is_some())
+        })
+        .await
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(flowd::user_agent::local_token_path(self.state.path()))
+            .expect("token")
+            .trim()
+            .to_owned()
+    }
+
+    async fn api(&self) -> ApiClient {
+        let host = self.host().await;
+        ApiClient::connect(
+            &format!("http://{}", host.api.expect("API")),
+            &Credentials::Token(self.token()),
+            None,
+        )
+        .await
+        .expect("API connects")
+    }
+
+    async fn fnap(&self) -> Client {
+        let host = self.host().await;
+        let mut client = Client::connect(&host.fnap.expect("FNAP").to_string(), &Security::Plain)
+            .await
+            .expect("FNAP connects");
+        client
+            .authenticate_plain("local", &self.token())
+            .await
+            .expect("local administrator");
+        client
+    }
+
+    async fn ask(&self, line: &str) -> Vec<String> {
+        self.fnap().await.data(line).await.expect(line).0
+    }
+}
+
+fn event(i: usize) -> Event {
+    EventBuilderV10::new()
+        .id(format!("e-{i}"))
+        .source("urn:test:scale")
+        .ty("created.order")
+        .data("application/json", json!({"n": i}))
+        .build()
+        .expect("valid event")
+}
+
+/// Who holds each lease of the processor: instance -> host.
+async fn leases(broker: &Broker, processor: &str) -> BTreeMap<String, String> {
+    let Ok(bucket) = broker
+        .jetstream()
+        .get_key_value(flowd::cluster::LEASES)
+        .await
+    else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for i in 0..3 {
+        let key = flowd::cluster::lease_key(processor, i);
+        if let Ok(Some(v)) = bucket.get(&key).await {
+            out.insert(key, String::from_utf8_lossy(&v).into_owned());
+        }
+    }
+    out
+}
+
+/// The same question to two hosts gets the same answer (time-dependent
+/// columns dropped).
+fn stable(lines: Vec<String>) -> Vec<String> {
+    lines
+        .into_iter()
+        .map(|l| {
+            l.split(' ')
+                .filter(|w| !w.starts_with("beat=") && !w.starts_with("rate="))
+                .filter(|w| !w.starts_with("events=") && !w.starts_with("instances="))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_share_a_parallel_step_and_survive_losing_a_host_and_a_broker_node() {
+    const N: usize = 100_000;
+    let mut nats = NatsCluster::start(3);
+    let urls = nats.urls();
+    let mut nodes: Vec<Node> = (0..3).map(|i| Node::start(i, &urls)).collect();
+    for node in &nodes {
+        node.host().await;
+    }
+    let broker = Broker::connect(&urls, "test")
+        .await
+        .expect("broker")
+        .with_replicas(3);
+    let agent = Agent::new(broker.clone()).await.expect("agent");
+    for name in ["raw", "done"] {
+        flows::create(&agent, &flow(name)).await;
+    }
+    let info = agent.describe_flow(&flow("raw")).await.expect("described");
+    assert_eq!(info.settings.replicas, 3, "R3 on the cluster");
+
+    let api = nodes[0].api().await;
+    let bytes = std::fs::read(component("flow_transform")).expect("component built");
+    api.push("transform", "1.0.0", bytes, |_| {})
+        .await
+        .expect("pushed");
+    let manifest = "\
+name: scale
+inputs: {raw: flow://raw.scale.example.com}
+outputs: {done: flow://done.scale.example.com}
+steps:
+  - name: mark
+    component: transform@1.0.0
+    from: raw
+    to: done
+    parallelism: 3
+    config: {set.data.marked: true}
+";
+    api.pipelines()
+        .apply(proto::ApplyRequest {
+            manifest: manifest.into(),
+            dry_run: false,
+        })
+        .await
+        .expect("applied");
+
+    // Every host is in the live set, and the three instances run on three
+    // different hosts.
+    let listed = nodes[1].ask("LIST AGENTS").await;
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let spread = eventually(
+        Duration::from_secs(30),
+        "three instances placed",
+        || async {
+            let held = leases(&broker, "scale-mark").await;
+            let hosts: BTreeSet<&String> = held.values().collect();
+            (held.len() == 3 && hosts.len() == 3).then(|| held.clone())
+        },
+    )
+    .await;
+
+    // 100 000 events, written while a host and a broker node die.
+    let writer = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let events: Vec<Event> = (0..N).map(event).collect();
+            for chunk in events.chunks(2000) {
+                // A write the cluster fails (a node lost mid-request) is
+                // written again; message ids keep it once.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while let Err(e) = agent.write(&flow("raw"), chunk).await {
+                    assert!(Instant::now() < deadline, "writes keep failing: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        })
+    };
+    let (victim, _) = spread
+        .iter()
+        .find(|(_, host)| *host != "host-0")
+        .map(|(k, h)| (h.clone(), k.clone()))
+        .expect("an instance on another host");
+    let victim_index: usize = victim
+        .trim_start_matches("host-")
+        .parse()
+        .expect("host index");
+    eventually(
+        Duration::from_secs(120),
+        "a fifth of the work done",
+        || async { (flows::count(&agent, &flow("done")).await >= (N / 5) as u64).then_some(()) },
+    )
+    .await;
+    let killed_at = Instant::now();
+    if let Some(process) = nodes[victim_index].process.take() {
+        process.kill9();
+    }
+
+    // The victim's instance moves to a live host within the target time.
+    let moved = eventually(Duration::from_secs(30), "the instances move", || async {
+        let held = leases(&broker, "scale-mark").await;
+        (held.len() == 3 && held.values().all(|h| *h != victim)).then_some(killed_at.elapsed())
+    })
+    .await;
+    eprintln!("the instances of {victim} moved after {moved:?}");
+    assert!(
+        moved <= Duration::from_secs(10),
+        "instances moved after {moved:?}"
+    );
+
+    // Then a broker node dies: R3 streams and buckets carry on with two,
+    // and processing goes on within the target time.
+    let before = flows::count(&agent, &flow("done")).await;
+    let node_killed_at = Instant::now();
+    nats.kill(2);
+    let resumed = eventually(Duration::from_secs(30), "processing resumes", || async {
+        let now = flows::count(&agent, &flow("done")).await;
+        (now > before || now == N as u64).then_some(node_killed_at.elapsed())
+    })
+    .await;
+    eprintln!("processing resumed {resumed:?} after a broker node died");
+    assert!(
+        resumed <= Duration::from_secs(10),
+        "processing resumed after {resumed:?}"
+    );
+    writer.await.expect("writer");
+
+    // Every event once, each processed.
+    flows::wait_count(&agent, &flow("done"), N as u64, Duration::from_secs(240)).await;
+    let out = flows::read_all(&agent, &flow("done")).await;
+    let ids: BTreeSet<String> = out.iter().map(|e| e.id().to_owned()).collect();
+    assert_eq!(out.len(), N);
+    assert_eq!(ids.len(), N, "each event exactly once");
+    assert!(out.iter().all(|e| data(e)["marked"] == true));
+
+    // The two live hosts answer alike, over FNAP and over gRPC.
+    let live: Vec<&Node> = nodes.iter().filter(|n| n.process.is_some()).collect();
+    eventually(
+        Duration::from_secs(20),
+        "both hosts list the two live hosts",
+        || async {
+            let a = stable(live[0].ask("LIST AGENTS").await);
+            let b = stable(live[1].ask("LIST AGENTS").await);
+            (a == b && a.len() == 2 && !a.iter().any(|l| l.starts_with(&victim))).then_some(())
+        },
+    )
+    .await;
+    for question in ["DESCRIBE FLOW done.scale.example.com", "LIST PROCESSORS"] {
+        let a = live[0].ask(question).await;
+        let b = live[1].ask(question).await;
+        assert_eq!(a, b, "{question}");
+    }
+    let mut views = Vec::new();
+    for node in &live {
+        let view = node
+            .api()
+            .await
+            .pipelines()
+            .get(proto::PipelineRef {
+                name: "scale".into(),
+            })
+            .await
+            .expect("pipeline")
+            .into_inner();
+        views.push((view.manifest, view.applied_ms));
+    }
+    assert_eq!(views[0], views[1]);
+    drop(nodes);
+}
