@@ -1,6 +1,8 @@
 //! Scale-out: three `flowd serve` hosts of one participant on a three-node
 //! NATS cluster share a pipeline step with `parallelism: 3`; one host and
-//! one broker node are killed mid-run; every event comes out once.
+//! one broker node are killed mid-run, the host comes back and gets its
+//! share again; every event comes out once, and a step of parallelism 1
+//! keeps the flow's order.
 
 mod support;
 
@@ -30,26 +32,37 @@ impl Node {
     fn start(i: usize, urls: &[String]) -> Node {
         let state = tempfile::tempdir().expect("tempdir");
         let config = state.path().join("flowd.toml");
-        let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
         std::fs::write(
             &config,
             format!(
                 "[participant]\nfqdn = \"fnaa{i}.scale.example.com\"\nstate_dir = \"{}\"\n\
                  [nats]\nurls = [{}]\nreplicas = 3\n\
-                 [cluster]\nhost_id = \"host-{i}\"\nheartbeat_ms = 500\nfailover_ms = 3000\n\
+                 [cluster]\nheartbeat_ms = 500\nfailover_ms = 3000\n\
                  [metrics]\nlisten = \"off\"\n[fns]\nlisten = \"off\"\n\
                  [fnap]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"off\"\n\
                  [api]\nlisten = \"127.0.0.1:0\"\n",
                 state.path().display(),
-                urls.join(", ")
+                urls.iter()
+                    .map(|u| format!("\"{u}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
         .expect("config written");
+        std::fs::write(state.path().join("host-id"), format!("host-{i}")).expect("host id");
         let process = Flowd::start_with_config(&config);
         Node {
             state,
             process: Some(process),
         }
+    }
+
+    /// Starts the host again on its state (it is the same member).
+    fn restart(&mut self) {
+        let _ = std::fs::remove_file(self.state.path().join("host.json"));
+        self.process = Some(Flowd::start_with_config(
+            &self.state.path().join("flowd.toml"),
+        ));
     }
 
     async fn host(&self) -> HostFile {
@@ -152,7 +165,7 @@ async fn three_hosts_share_a_parallel_step_and_survive_losing_a_host_and_a_broke
         .expect("broker")
         .with_replicas(3);
     let agent = Agent::new(broker.clone()).await.expect("agent");
-    for name in ["raw", "done"] {
+    for name in ["raw", "done", "ordered"] {
         flows::create(&agent, &flow(name)).await;
     }
     let info = agent.describe_flow(&flow("raw")).await.expect("described");
@@ -166,7 +179,7 @@ async fn three_hosts_share_a_parallel_step_and_survive_losing_a_host_and_a_broke
     let manifest = "\
 name: scale
 inputs: {raw: flow://raw.scale.example.com}
-outputs: {done: flow://done.scale.example.com}
+outputs: {done: flow://done.scale.example.com, ordered: flow://ordered.scale.example.com}
 steps:
   - name: mark
     component: transform@1.0.0
@@ -174,6 +187,11 @@ steps:
     to: done
     parallelism: 3
     config: {set.data.marked: true}
+  - name: keep
+    component: transform@1.0.0
+    from: raw
+    to: ordered
+    config: {set.data.kept: true}
 ";
     api.pipelines()
         .apply(proto::ApplyRequest {
@@ -253,7 +271,7 @@ steps:
     nats.kill(2);
     let resumed = eventually(Duration::from_secs(30), "processing resumes", || async {
         let now = flows::count(&agent, &flow("done")).await;
-        (now > before || now == N as u64).then_some(node_killed_at.elapsed())
+        (now >= before + 3000 || now == N as u64).then_some(node_killed_at.elapsed())
     })
     .await;
     eprintln!("processing resumed {resumed:?} after a broker node died");
@@ -261,6 +279,22 @@ steps:
         resumed <= Duration::from_secs(10),
         "processing resumed after {resumed:?}"
     );
+
+    // The lost host comes back: it gets its share again, taken from the
+    // hosts that ran it meanwhile.
+    nodes[victim_index].restart();
+    let back_at = Instant::now();
+    let rebalanced = eventually(
+        Duration::from_secs(60),
+        "the work is rebalanced",
+        || async {
+            let held = leases(&broker, "scale-mark").await;
+            let hosts: BTreeSet<&String> = held.values().collect();
+            (held.len() == 3 && hosts.len() == 3).then(|| back_at.elapsed())
+        },
+    )
+    .await;
+    eprintln!("rebalanced over three hosts {rebalanced:?} after {victim} came back");
     writer.await.expect("writer");
 
     // Every event once, each processed.
@@ -271,15 +305,33 @@ steps:
     assert_eq!(ids.len(), N, "each event exactly once");
     assert!(out.iter().all(|e| data(e)["marked"] == true));
 
-    // The two live hosts answer alike, over FNAP and over gRPC.
-    let live: Vec<&Node> = nodes.iter().filter(|n| n.process.is_some()).collect();
+    // A step of parallelism 1 keeps the flow's order, through the same
+    // failures.
+    flows::wait_count(&agent, &flow("ordered"), N as u64, Duration::from_secs(240)).await;
+    let ordered: Vec<u64> = flows::read_all(&agent, &flow("ordered"))
+        .await
+        .iter()
+        .map(|e| data(e)["n"].as_u64().unwrap_or(u64::MAX))
+        .collect();
+    assert!(
+        ordered.iter().copied().eq(0..N as u64),
+        "in input order, each once"
+    );
+
+    // The hosts answer alike, over FNAP and over gRPC.
+    let live: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim_index)
+        .map(|(_, n)| n)
+        .collect();
     eventually(
         Duration::from_secs(20),
-        "both hosts list the two live hosts",
+        "the hosts list the three live hosts alike",
         || async {
             let a = stable(live[0].ask("LIST AGENTS").await);
             let b = stable(live[1].ask("LIST AGENTS").await);
-            (a == b && a.len() == 2 && !a.iter().any(|l| l.starts_with(&victim))).then_some(())
+            (a == b && a.len() == 3).then_some(())
         },
     )
     .await;
