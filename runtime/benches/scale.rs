@@ -46,7 +46,10 @@ fn order(i: usize) -> Event {
         .id(format!("o-{i:08}"))
         .source("urn:bench:scale")
         .ty("created.order")
-        .data("application/json", serde_json::json!({"n": i, "amount": i % 1000}))
+        .data(
+            "application/json",
+            serde_json::json!({"n": i, "amount": i % 1000}),
+        )
         .build()
         .expect("valid")
 }

@@ -94,9 +94,14 @@ impl Daemon {
                 .await
                 .context("checking the subscribers' broker users")?;
         }
-        let relays = Relays::start(agent.clone(), federation)
-            .await
-            .context("starting the relays of remote subscriptions")?;
+        let relays = Relays::start(
+            agent.clone(),
+            federation,
+            engine.membership().clone(),
+            config.cluster.heartbeat(),
+        )
+        .await
+        .context("starting the relays of remote subscriptions")?;
         // On a cluster that just made the buckets, the first writes can
         // find no stream on the node this host talks to for a moment.
         let mut attempts = 0;

@@ -31,6 +31,7 @@ use crate::agent::{Agent, AgentError};
 use crate::broker::FlowName;
 use crate::broker::codec::{self, Origin};
 use crate::broker::grants::PullCredentials;
+use crate::cluster::{self, Membership};
 use crate::event::jsonl;
 use crate::fnap::client::{Client, ClientError, Security};
 use crate::fns::{Discovery, DiscoveryError};
@@ -208,39 +209,77 @@ impl Federation {
     }
 }
 
-/// The relays of this host's remote subscriptions, kept in step with the
-/// subscription records.
+/// The relays of the participant's remote subscriptions, kept in step with
+/// the subscription records. With several hosts on one broker, each relay
+/// runs on one of them: the host [`cluster::owner`] ranks first for it,
+/// under a lease (`relay-<token>.0` in `flowd-leases`), as processor
+/// instances do.
 pub struct Relays {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A relay running on this host: its task, its lease's revision, and the
+/// record it was started from.
+type Running = HashMap<String, (tokio::task::JoinHandle<()>, u64, Subscription)>;
+
 impl Relays {
-    pub async fn start(agent: Agent, federation: Arc<Federation>) -> Result<Relays, AgentError> {
+    pub async fn start(
+        agent: Agent,
+        federation: Arc<Federation>,
+        membership: Membership,
+        every: Duration,
+    ) -> Result<Relays, AgentError> {
         let mut watch = agent.watch_subscriptions().await?;
         let task = tokio::spawn(async move {
-            let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
-            while let Some(change) = watch.next().await {
-                let Ok(entry) = change else {
-                    continue;
-                };
-                let key = entry.key.clone();
-                if let Some(old) = running.remove(&key) {
-                    old.abort();
+            // The records whose relay should run somewhere, by key.
+            let mut wanted: HashMap<String, Subscription> = HashMap::new();
+            let mut running: Running = HashMap::new();
+            let mut hosts = vec![membership.id.clone()];
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    change = watch.next() => {
+                        let Some(change) = change else { break };
+                        let Ok(entry) = change else { continue };
+                        let key = entry.key.clone();
+                        let sub = (entry.operation == async_nats::jetstream::kv::Operation::Put)
+                            .then(|| serde_json::from_slice::<Subscription>(&entry.value).ok())
+                            .flatten()
+                            .filter(|s| s.agent.is_some() && !s.paused && !s.revoked);
+                        // A changed record restarts its relay.
+                        if let Some((task, lease, old)) = running.remove(&key) {
+                            if sub.as_ref() == Some(&old) {
+                                running.insert(key.clone(), (task, lease, old));
+                            } else {
+                                task.abort();
+                                membership.release(&relay_lease(&old), lease).await;
+                            }
+                        }
+                        match sub {
+                            Some(sub) => wanted.insert(key, sub),
+                            None => wanted.remove(&key),
+                        };
+                    }
+                    _ = tick.tick() => {
+                        if let Ok(agents) = membership.agents().await {
+                            hosts = agents.into_iter().map(|a| a.id).collect();
+                        }
+                        renew(&membership, &mut running).await;
+                    }
                 }
-                if entry.operation != async_nats::jetstream::kv::Operation::Put {
-                    continue;
-                }
-                let Ok(sub) = serde_json::from_slice::<Subscription>(&entry.value) else {
-                    continue;
-                };
-                if sub.agent.is_none() || sub.paused || sub.revoked {
-                    continue;
-                }
-                let relay = tokio::spawn(relay(agent.clone(), federation.clone(), sub));
-                running.insert(key, relay);
+                place_relays(
+                    &agent,
+                    &federation,
+                    &membership,
+                    &hosts,
+                    &wanted,
+                    &mut running,
+                )
+                .await;
             }
-            for (_, task) in running {
+            for (_, (task, lease, sub)) in running {
                 task.abort();
+                membership.release(&relay_lease(&sub), lease).await;
             }
         });
         Ok(Relays { task })
@@ -248,6 +287,80 @@ impl Relays {
 
     pub fn shutdown(self) {
         self.task.abort();
+    }
+}
+
+fn relay_lease(sub: &Subscription) -> String {
+    cluster::lease_key(&format!("relay-{}", sub.token), 0)
+}
+
+/// Renews the leases of the relays running here; a relay whose lease
+/// another host took stops.
+async fn renew(membership: &Membership, running: &mut Running) {
+    let keys: Vec<String> = running.keys().cloned().collect();
+    for key in keys {
+        let Some((_, revision, sub)) = running.get(&key) else {
+            continue;
+        };
+        let lease = relay_lease(sub);
+        let renewed = match membership.renew(&lease, *revision).await {
+            Ok(None) => membership.acquire(&lease).await,
+            other => other,
+        };
+        match renewed {
+            Ok(Some(next)) => {
+                if let Some(entry) = running.get_mut(&key) {
+                    entry.1 = next;
+                }
+            }
+            Ok(None) => {
+                if let Some((task, _, sub)) = running.remove(&key) {
+                    tracing::info!(local = %sub.local, "relay lease taken by another host");
+                    task.abort();
+                }
+            }
+            Err(e) => tracing::debug!("relay lease not renewed: {e}"),
+        }
+    }
+}
+
+/// Starts the relays ranked for this host (when their lease can be taken)
+/// and stops those ranked for another.
+async fn place_relays(
+    agent: &Agent,
+    federation: &Arc<Federation>,
+    membership: &Membership,
+    hosts: &[String],
+    wanted: &HashMap<String, Subscription>,
+    running: &mut Running,
+) {
+    let mine = |sub: &Subscription| {
+        cluster::owner(&format!("relay-{}", sub.token), 0, hosts)
+            .is_none_or(|owner| owner == membership.id)
+    };
+    let leaving: Vec<String> = running
+        .iter()
+        .filter(|(key, (_, _, sub))| !wanted.contains_key(*key) || !mine(sub))
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in leaving {
+        if let Some((task, lease, sub)) = running.remove(&key) {
+            task.abort();
+            membership.release(&relay_lease(&sub), lease).await;
+        }
+    }
+    for (key, sub) in wanted {
+        if running.contains_key(key) || !mine(sub) {
+            continue;
+        }
+        match membership.acquire(&relay_lease(sub)).await {
+            Ok(Some(lease)) => {
+                let task = tokio::spawn(relay(agent.clone(), federation.clone(), sub.clone()));
+                running.insert(key.clone(), (task, lease, sub.clone()));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!("relay lease not taken: {e}"),
+        }
     }
 }
 
