@@ -1282,3 +1282,142 @@ fn participants_in_separate_network_namespaces_subscribe_through_dns() {
     assert!(listed.contains("news.flows.unix.ar"), "{listed}");
     assert!(listed.contains("remote+nats:10.231.0.2:61000"), "{listed}");
 }
+
+/// An administrator session with a host started from `state`.
+async fn admin_of(daemon: &Daemon, state: &std::path::Path) -> Client {
+    let token = std::fs::read_to_string(state.join("admin.token")).expect("token");
+    let addr = daemon.fnap_addr().expect("FNAP").to_string();
+    let mut client = Client::connect(&addr, &Security::Plain)
+        .await
+        .expect("connects");
+    client
+        .authenticate_plain("local", token.trim())
+        .await
+        .expect("local administrator");
+    client
+}
+
+/// The subscribing participant runs two hosts on its broker: the relay of a
+/// remote subscription runs on one of them, under a lease; when that host
+/// stops, the other takes the relay over and the events keep coming, each
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_host_takes_the_relay_of_a_remote_subscription_over() {
+    let dns_b = free_port();
+    let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
+        c.fns.listen = Some(dns(dns_b));
+        c.nats.urls.clear();
+    })
+    .await;
+    let a = participant_with("fnaa.emiliano.ar", "flows.emiliano.ar", |c| {
+        c.fns.nameserver = Some(dns(dns_b));
+        c.cluster.host_id = Some("a-1".into());
+        c.cluster.heartbeat_ms = 200;
+        c.cluster.failover_ms = 1000;
+    })
+    .await;
+    let state2 = tempfile::tempdir().expect("tempdir");
+    let mut config2 = a.config.clone();
+    config2.participant.state_dir = state2.path().to_owned();
+    config2.cluster.host_id = Some("a-2".into());
+    let a2 = Daemon::start(config2).await.expect("second host starts");
+
+    b.admin()
+        .await
+        .command("CREATE FLOW time.flows.unix.ar PUBLIC")
+        .await
+        .expect("created");
+    eventually(Duration::from_secs(20), "A subscribes", || async {
+        a.admin()
+            .await
+            .data("SUBSCRIBE time.flows.unix.ar LOCAL t.flows.emiliano.ar")
+            .await
+            .ok()
+    })
+    .await;
+    let broker = flowd::broker::Broker::connect(&a.config.nats.urls, "test")
+        .await
+        .expect("A's broker");
+    let leases = eventually(Duration::from_secs(10), "the leases bucket", || async {
+        broker
+            .jetstream()
+            .get_key_value(flowd::cluster::LEASES)
+            .await
+            .ok()
+    })
+    .await;
+    let relay_holder = || async {
+        let mut keys = leases.keys().await.ok()?;
+        let mut held = Vec::new();
+        while let Some(Ok(key)) = futures::StreamExt::next(&mut keys).await {
+            if key.starts_with("relay-")
+                && let Ok(Some(host)) = leases.get(&key).await
+            {
+                held.push(String::from_utf8_lossy(&host).into_owned());
+            }
+        }
+        (held.len() == 1).then(|| held[0].clone())
+    };
+    let holder = eventually(Duration::from_secs(10), "one host holds the relay", || {
+        relay_holder()
+    })
+    .await;
+    b.admin()
+        .await
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 0..2000))
+        .await
+        .expect("first half");
+    let first: BTreeSet<String> = (0..2000).map(|i| format!("t-{i}")).collect();
+    eventually(
+        Duration::from_secs(60),
+        "the first half reaches A",
+        || async {
+            let mut c = admin_of(&a2, state2.path()).await;
+            (ids(&mut c, "t.flows.emiliano.ar").await == first).then_some(())
+        },
+    )
+    .await;
+
+    // The holder stops; the other host takes the relay over.
+    let Participant {
+        _nats,
+        state: state1,
+        daemon: a1,
+        config: _,
+    } = a;
+    let (survivor, survivor_state) = if holder == "a-1" {
+        a1.shutdown().await;
+        (a2, state2.path().to_owned())
+    } else {
+        a2.shutdown().await;
+        (a1, state1.path().to_owned())
+    };
+    let other = if holder == "a-1" { "a-2" } else { "a-1" };
+    eventually(
+        Duration::from_secs(15),
+        "the other host takes the relay",
+        || async { (relay_holder().await.as_deref() == Some(other)).then_some(()) },
+    )
+    .await;
+    b.admin()
+        .await
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 2000..4000))
+        .await
+        .expect("second half");
+    let all: BTreeSet<String> = (0..4000).map(|i| format!("t-{i}")).collect();
+    eventually(Duration::from_secs(60), "every event reaches A", || async {
+        let mut c = admin_of(&survivor, &survivor_state).await;
+        (ids(&mut c, "t.flows.emiliano.ar").await == all).then_some(())
+    })
+    .await;
+    let (described, _) = admin_of(&survivor, &survivor_state)
+        .await
+        .data("DESCRIBE FLOW t.flows.emiliano.ar")
+        .await
+        .expect("described");
+    assert!(
+        described.contains(&"events=4000".to_owned()),
+        "each event once: {described:?}"
+    );
+    drop(state1);
+}
