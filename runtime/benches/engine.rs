@@ -123,7 +123,9 @@ async fn measure(agent: &Agent, events: &[Event], input: &str, out: &str) -> Res
 
 /// The baseline: the broker work of one stage, without a processor.
 async fn baseline_loop(broker: Broker, from: FlowName, to: FlowName, n: usize) -> Result<()> {
-    let consumer = broker.durable_consumer(&from, "baseline", 200).await?;
+    let consumer = broker
+        .durable_consumer(&from, "baseline", 200, None)
+        .await?;
     let js = broker.jetstream().clone();
     let mut done = 0;
     while done < n {

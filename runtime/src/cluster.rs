@@ -107,27 +107,46 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn rank(processor: &str, host: &str) -> [u8; 32] {
+fn rank(processor: &str, instance: u32, host: &str) -> [u8; 32] {
     let mut hash = Sha256::new();
     hash.update(processor.as_bytes());
     hash.update([0]);
+    hash.update(instance.to_le_bytes());
     hash.update(host.as_bytes());
     hash.finalize().into()
 }
 
 /// The host that runs instance `instance` of `processor` among the live
-/// `hosts`: hosts are ranked per processor by a hash of both names
-/// (rendezvous hashing, so every host computes the same answer and a
-/// processor's instances go to distinct hosts while there are enough), and
-/// instance `i` goes to the `i`-th, round the ranking.
+/// `hosts` (rendezvous hashing: every host computes the same answer).
+/// Instance by instance, each takes the host that ranks highest for it
+/// (by a hash of the processor, the instance and the host) among those the
+/// instances before it did not take, so a processor's instances go to
+/// distinct hosts while there are enough. A host joining or leaving moves
+/// the instances it gets or had, and those whose choice those moves
+/// change; a single instance moves only if its host leaves or a host
+/// ranking higher for it joins.
 pub fn owner<'a>(processor: &str, instance: u32, hosts: &'a [String]) -> Option<&'a str> {
-    if hosts.is_empty() {
+    let mut candidates: Vec<&String> = hosts.iter().collect();
+    candidates.sort();
+    candidates.dedup();
+    if candidates.is_empty() {
         return None;
     }
-    let mut ranked: Vec<&String> = hosts.iter().collect();
-    ranked.sort_by_key(|h| std::cmp::Reverse(rank(processor, h)));
-    ranked.dedup();
-    Some(ranked[instance as usize % ranked.len()].as_str())
+    let mut taken: Vec<&String> = Vec::new();
+    let mut chosen = candidates[0];
+    for i in 0..=instance {
+        if taken.len() == candidates.len() {
+            taken.clear();
+        }
+        chosen = candidates
+            .iter()
+            .filter(|h| !taken.contains(h))
+            .max_by_key(|h| rank(processor, i, h))
+            .copied()
+            .unwrap_or(candidates[0]);
+        taken.push(chosen);
+    }
+    Some(chosen.as_str())
 }
 
 /// The lease key of a processor instance.

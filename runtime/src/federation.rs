@@ -444,7 +444,7 @@ async fn relay_from_broker(
     let client = match connected {
         Ok(client) => client,
         Err(e) if e.kind() == async_nats::ConnectErrorKind::AuthorizationViolation => {
-            return Ok(Ended::Revoked);
+            return confirm_revoked(federation, sub, "its broker user is refused").await;
         }
         Err(e) => {
             return Err(AgentError::Unavailable(format!(
@@ -463,17 +463,19 @@ async fn relay_from_broker(
         .await
     {
         Ok(consumer) => consumer,
-        Err(e) if removed(&e) => return Ok(Ended::Revoked),
+        Err(e) if removed(&e) => {
+            return confirm_revoked(federation, sub, "its consumer is gone").await;
+        }
         Err(e) => return Err(unavailable(&e)),
     };
     let scope = format!("remote:{}", sub.token);
     loop {
         if refused.load(Ordering::SeqCst) {
-            return Ok(Ended::Revoked);
+            return confirm_revoked(federation, sub, "its broker user is refused").await;
         }
         let mut batch = consumer
             .batch()
-            .max_messages(256)
+            .max_messages(crate::broker::grants::BATCH)
             .expires(Duration::from_secs(1))
             .messages()
             .await
@@ -483,7 +485,7 @@ async fn relay_from_broker(
         while let Some(message) = batch.next().await {
             let message = message.map_err(|e| unavailable(&e))?;
             let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-            let event = codec::event_from_message(
+            let decoded = codec::event_from_message(
                 message.headers.as_ref(),
                 &message.payload,
                 Origin {
@@ -491,10 +493,18 @@ async fn relay_from_broker(
                     sequence,
                     subject: &message.subject,
                 },
-            )
-            .map_err(|e| AgentError::Invalid(format!("event {sequence} of {}: {e}", sub.copy)))?;
-            events.push(event);
-            messages.push(message);
+            );
+            match decoded {
+                Ok(event) => {
+                    events.push(event);
+                    messages.push(message);
+                }
+                // Never decodable, so never delivered again.
+                Err(e) => {
+                    tracing::warn!(copy = %sub.copy, sequence, "dropping an unreadable event: {e}");
+                    let _ = message.ack_with(async_nats::jetstream::AckKind::Term).await;
+                }
+            }
         }
         if events.is_empty() {
             if client.connection_state() != async_nats::connection::State::Connected {
@@ -506,6 +516,28 @@ async fn relay_from_broker(
         for message in messages {
             message.ack().await.map_err(|e| unavailable(&e))?;
         }
+    }
+}
+
+/// The broker refused the subscription's user, or its consumer is gone:
+/// revoked only if the remote host confirms the copy is gone (a broker that
+/// moved, or users not yet reloaded, are not revocations).
+async fn confirm_revoked(
+    federation: &Federation,
+    sub: &Subscription,
+    why: &str,
+) -> Result<Ended, AgentError> {
+    let (mut client, _) = federation.session(&sub.remote).await?;
+    let described = client.data(&format!("DESCRIBE FLOW {}", sub.copy)).await;
+    let _ = client.quit().await;
+    match described {
+        Err(ClientError::Refused(reply)) if reply.code == 550 || reply.code == 554 => {
+            Ok(Ended::Revoked)
+        }
+        _ => Err(AgentError::Unavailable(format!(
+            "pulling {} from its broker: {why}, but the copy is still there",
+            sub.copy
+        ))),
     }
 }
 

@@ -236,13 +236,23 @@ impl Agent {
         let credentials = match (&self.broker_users, local) {
             (Some(users), None) => {
                 let credentials = PullCredentials::new(&token, &copy.stream());
-                self.broker
-                    .subscriber_consumer(&copy, grants::CONSUMER)
-                    .await?;
-                let user = credentials
-                    .user()
-                    .map_err(|e| AgentError::Unavailable(e.to_string()))?;
-                users.add(user).await.map_err(unavailable)?;
+                let issued = async {
+                    self.broker
+                        .subscriber_consumer(&copy, grants::CONSUMER)
+                        .await?;
+                    let user = credentials
+                        .user()
+                        .map_err(|e| AgentError::Unavailable(e.to_string()))?;
+                    users.add(user).await.map_err(unavailable)
+                };
+                if let Err(e) = issued.await {
+                    // Nothing half-made stays behind.
+                    let _ = users.retain(|u| u != credentials.user).await;
+                    let _ = self.delete_processor(&processor).await;
+                    let _ = self.broker.delete_flow(&copy).await;
+                    self.changed();
+                    return Err(e);
+                }
                 Some(credentials)
             }
             _ => None,

@@ -131,9 +131,7 @@ impl Spec {
                 Ok(())
             });
         }
-        let child = command.spawn()?;
-        self.pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
-        Ok(child)
+        command.spawn()
     }
 
     /// Polls the monitoring endpoint until JetStream is up.
@@ -149,8 +147,16 @@ impl Spec {
     }
 }
 
-/// `GET path` on the monitoring port: the body of a 200 answer.
+/// `GET path` on the monitoring port: the body of a 200 answer, within
+/// two seconds.
 async fn monitor(port: u16, path: &str) -> Option<Vec<u8>> {
+    tokio::time::timeout(Duration::from_secs(2), monitor_once(port, path))
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn monitor_once(port: u16, path: &str) -> Option<Vec<u8>> {
     let mut stream = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
         .await
         .ok()?;
@@ -232,13 +238,15 @@ impl EmbeddedNats {
                 lock: tokio::sync::Mutex::new(()),
             }),
         };
-        users.write(&users.load())?;
+        users.write(&users.load()?)?;
         let mut child = spec.spawn().map_err(io(&spec.binary))?;
         let startup = Duration::from_secs(20);
         if !spec.ready(startup).await {
             let _ = child.kill().await;
             return Err(EmbeddedError::NotReady(startup));
         }
+        // Signalled (reloads) only once it runs its handlers.
+        spec.pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
         tracing::info!(port, data = %data_dir.display(), "embedded nats-server ready");
         let (stop, stopped) = watch::channel(false);
         let supervisor = tokio::spawn(supervise(spec, child, stopped));
@@ -328,13 +336,19 @@ impl Users {
         self.inner.dir.join("users.json")
     }
 
-    /// The issued users (an unreadable file counts as none: they can be
-    /// issued again).
-    pub fn load(&self) -> Vec<BrokerUser> {
-        std::fs::read(self.file())
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
+    /// The issued users (none when the file does not exist yet). Any other
+    /// failure is an error: rewriting the file after it would revoke every
+    /// subscriber.
+    pub fn load(&self) -> Result<Vec<BrokerUser>, EmbeddedError> {
+        let file = self.file();
+        match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| EmbeddedError::Io {
+                path: file,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io(&file)(e)),
+        }
     }
 
     /// Writes `users.json` and `auth.conf` (the host first, with all
@@ -374,7 +388,16 @@ impl Users {
     /// user issued is admitted, a user removed is refused and its
     /// connections closed, once this returns.
     async fn apply(&self, users: &[BrokerUser]) -> Result<(), EmbeddedError> {
-        let before = config_load_time(self.inner.monitor_port).await;
+        let within = Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + within;
+        // The load time before the reload, to see it change.
+        let before = loop {
+            match config_load_time(self.inner.monitor_port).await {
+                Some(t) => break Some(t),
+                None if tokio::time::Instant::now() >= deadline => break None,
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
         self.write(users)?;
         let pid = self.inner.pid.load(Ordering::SeqCst);
         if pid == 0 {
@@ -386,9 +409,8 @@ impl Users {
         unsafe {
             libc::kill(pid as libc::pid_t, libc::SIGHUP);
         }
-        let within = Duration::from_secs(10);
         let deadline = tokio::time::Instant::now() + within;
-        while tokio::time::Instant::now() < deadline {
+        while before.is_some() && tokio::time::Instant::now() < deadline {
             let now = config_load_time(self.inner.monitor_port).await;
             if now.is_some() && now != before {
                 return Ok(());
@@ -401,7 +423,7 @@ impl Users {
     /// Admits `user` (replacing one of the same name).
     pub async fn add(&self, user: BrokerUser) -> Result<(), EmbeddedError> {
         let _guard = self.inner.lock.lock().await;
-        let mut users = self.load();
+        let mut users = self.load()?;
         users.retain(|u| u.user != user.user);
         users.push(user);
         self.apply(&users).await
@@ -410,7 +432,7 @@ impl Users {
     /// Removes the users `keep` rejects; says whether any was.
     pub async fn retain(&self, keep: impl Fn(&str) -> bool) -> Result<bool, EmbeddedError> {
         let _guard = self.inner.lock.lock().await;
-        let mut users = self.load();
+        let mut users = self.load()?;
         let before = users.len();
         users.retain(|u| keep(&u.user));
         if users.len() == before {
@@ -441,6 +463,7 @@ async fn supervise(spec: Spec, mut child: Child, mut stopped: watch::Receiver<bo
                     Ok(next) => {
                         child = next;
                         if spec.ready(Duration::from_secs(20)).await {
+                            spec.pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
                             tracing::info!("embedded nats-server back");
                             backoff = Duration::from_millis(100);
                         }
@@ -449,6 +472,7 @@ async fn supervise(spec: Spec, mut child: Child, mut stopped: watch::Receiver<bo
                 }
             }
             _ = stopped.changed() => {
+                spec.pid.store(0, Ordering::SeqCst);
                 let _ = child.start_kill();
                 let _ = child.wait().await;
                 return;

@@ -35,6 +35,9 @@ use serde::{Deserialize, Serialize};
 /// The durable consumer a subscriber pulls its copy through.
 pub const CONSUMER: &str = "subscriber";
 
+/// Events a subscriber pulls at once (and at most unacknowledged).
+pub const BATCH: usize = 256;
+
 /// What a subscriber needs to pull its copy from the issuing broker.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PullCredentials {

@@ -347,13 +347,19 @@ impl Broker {
     /// (re)starts calls this, which rewinds the consumer to just after its
     /// acknowledgement floor whenever events are pending: they are delivered
     /// again at once, in order.
+    ///
+    /// `previous` names the consumer this one replaces (the processor's
+    /// parallelism changed): when `durable` does not exist yet, it starts
+    /// after `previous`'s acknowledgement floor, and `previous` is removed.
     pub async fn durable_consumer(
         &self,
         flow: &FlowName,
         durable: &str,
         max_ack_pending: i64,
+        previous: Option<&str>,
     ) -> Result<consumer::PullConsumer, BrokerError> {
         let stream = self.stream(flow).await?;
+        let start = take_over(&stream, durable, previous).await;
         let config = |deliver_policy| consumer::pull::Config {
             durable_name: Some(durable.to_owned()),
             ack_policy: consumer::AckPolicy::All,
@@ -366,11 +372,12 @@ impl Broker {
             ..Default::default()
         };
         let mut consumer = stream
-            .get_or_create_consumer(durable, config(consumer::DeliverPolicy::All))
+            .get_or_create_consumer(durable, config(start))
             .await
             .map_err(request)?;
+        forget(&stream, previous).await;
         let info = consumer.info().await.map_err(request)?;
-        if info.num_ack_pending == 0 && info.config.ack_policy == consumer::AckPolicy::All {
+        if info.num_ack_pending == 0 {
             return Ok(consumer);
         }
         let start_sequence = info.ack_floor.stream_sequence + 1;
@@ -393,7 +400,8 @@ impl Broker {
     /// host ([`grants`]). Each event is acknowledged on its own: the
     /// subscriber cannot rewind the consumer, so an event it received but
     /// did not store is delivered again after `ack_wait` rather than
-    /// covered by a later acknowledgement.
+    /// covered by a later acknowledgement. At most one batch is pending, so
+    /// nothing newer is delivered before such events: the order holds.
     pub async fn subscriber_consumer(
         &self,
         flow: &FlowName,
@@ -407,7 +415,7 @@ impl Broker {
                     durable_name: Some(durable.to_owned()),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: Duration::from_secs(10),
-                    max_ack_pending: 4096,
+                    max_ack_pending: grants::BATCH as i64,
                     deliver_policy: consumer::DeliverPolicy::All,
                     ..Default::default()
                 },
@@ -421,46 +429,33 @@ impl Broker {
     /// `parallelism` > 1 share, a work queue: each pulls its own batches and
     /// acknowledges each event on its own once its outputs are stored, so
     /// an instance that dies leaves only its own batch unacknowledged,
-    /// delivered again to the others after `ack_wait`. A consumer made for
-    /// a single instance (cumulative acknowledgement) is replaced by one
-    /// starting after its acknowledgement floor.
+    /// delivered again to the others after `ack_wait`. `previous` as for
+    /// [`Broker::durable_consumer`].
     pub async fn shared_consumer(
         &self,
         flow: &FlowName,
         durable: &str,
         max_ack_pending: i64,
+        previous: Option<&str>,
     ) -> Result<consumer::PullConsumer, BrokerError> {
         let stream = self.stream(flow).await?;
-        let config = |deliver_policy| consumer::pull::Config {
-            durable_name: Some(durable.to_owned()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(10),
-            max_ack_pending,
-            deliver_policy,
-            ..Default::default()
-        };
-        let mut consumer = stream
-            .get_or_create_consumer(durable, config(consumer::DeliverPolicy::All))
-            .await
-            .map_err(request)?;
-        let info = consumer.info().await.map_err(request)?;
-        if info.config.ack_policy == consumer::AckPolicy::Explicit {
-            return Ok(consumer);
-        }
-        let start_sequence = info.ack_floor.stream_sequence + 1;
-        tracing::info!(
-            consumer = durable,
-            start_sequence,
-            "sharing the consumer between instances"
-        );
-        stream.delete_consumer(durable).await.map_err(request)?;
-        stream
+        let start = take_over(&stream, durable, previous).await;
+        let consumer = stream
             .get_or_create_consumer(
                 durable,
-                config(consumer::DeliverPolicy::ByStartSequence { start_sequence }),
+                consumer::pull::Config {
+                    durable_name: Some(durable.to_owned()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(10),
+                    max_ack_pending,
+                    deliver_policy: start,
+                    ..Default::default()
+                },
             )
             .await
-            .map_err(request)
+            .map_err(request)?;
+        forget(&stream, previous).await;
+        Ok(consumer)
     }
 
     /// An ephemeral consumer for reading a flow from a sequence (1: start).
@@ -550,5 +545,35 @@ impl Broker {
             "bucket {bucket}: {}",
             last.unwrap_or_default()
         )))
+    }
+}
+
+/// Where a new durable consumer starts: after the acknowledgement floor of
+/// the consumer it replaces, when that one exists and it does not.
+async fn take_over(
+    stream: &stream::Stream,
+    durable: &str,
+    previous: Option<&str>,
+) -> consumer::DeliverPolicy {
+    if let Some(previous) = previous
+        && stream.consumer_info(durable).await.is_err()
+        && let Ok(info) = stream.consumer_info(previous).await
+    {
+        tracing::info!(
+            consumer = durable,
+            replaces = previous,
+            "starting after the replaced consumer's acknowledgement floor"
+        );
+        return consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: info.ack_floor.stream_sequence + 1,
+        };
+    }
+    consumer::DeliverPolicy::All
+}
+
+/// Removes a replaced consumer (gone already is fine).
+async fn forget(stream: &stream::Stream, previous: Option<&str>) {
+    if let Some(previous) = previous {
+        let _ = stream.delete_consumer(previous).await;
     }
 }

@@ -124,27 +124,6 @@ pub async fn read_component(store: &ObjectStore, digest: &str) -> Result<Vec<u8>
     Ok(bytes)
 }
 
-/// The running set of processors of this host.
-pub struct Engine {
-    ctx: Context,
-    placed: Arc<Mutex<Placed>>,
-    membership: Membership,
-    record: Arc<std::sync::Mutex<AgentRecord>>,
-    watcher: tokio::task::JoinHandle<()>,
-    placer: tokio::task::JoinHandle<()>,
-}
-
-/// What this host knows of the processors, and what it runs.
-#[derive(Default)]
-struct Placed {
-    /// Every declared processor's last spec.
-    specs: HashMap<String, ProcessorSpec>,
-    /// Instances running here, with the revision of their lease.
-    running: HashMap<(String, u32), (RunnerHandle, u64)>,
-    /// The live hosts, as last read.
-    hosts: Vec<String>,
-}
-
 /// The broker buckets the engine (and the CLI) use.
 #[derive(Clone)]
 pub struct Buckets {
@@ -163,6 +142,60 @@ impl Buckets {
             components: broker.objects(spec::COMPONENTS).await?,
         })
     }
+}
+
+/// The running set of processors of this host.
+pub struct Engine {
+    ctx: Context,
+    shared: Shared,
+    record: Arc<std::sync::Mutex<AgentRecord>>,
+    watcher: tokio::task::JoinHandle<()>,
+    placer: tokio::task::JoinHandle<()>,
+    beater: tokio::task::JoinHandle<()>,
+}
+
+/// What this host knows of the processors, and what it runs.
+#[derive(Default)]
+struct Placed {
+    /// Every declared processor's last spec.
+    specs: HashMap<String, ProcessorSpec>,
+    /// Instances running here.
+    running: HashMap<(String, u32), Instance>,
+    /// The live hosts, as last read.
+    hosts: Vec<String>,
+}
+
+/// An instance running on this host, under its lease.
+struct Instance {
+    runner: RunnerHandle,
+    /// The lease's revision, for the next renewal.
+    lease: u64,
+    /// When the lease was last renewed (or taken).
+    renewed: tokio::time::Instant,
+}
+
+/// The engine's state and the lock that serialises placement: the watcher
+/// (spec changes) and the placer (live hosts) never start or stop
+/// instances at the same time.
+#[derive(Clone)]
+struct Shared {
+    placed: Arc<Mutex<Placed>>,
+    placing: Arc<Mutex<()>>,
+    membership: Membership,
+    failover: Duration,
+}
+
+/// Stops an instance in the background (after its current batch) and gives
+/// its lease back, so that a slow batch does not hold up heartbeats or
+/// placement.
+fn stop_later(membership: &Membership, id: String, instance: u32, running: Instance) {
+    let membership = membership.clone();
+    tokio::spawn(async move {
+        running.runner.stop().await;
+        membership
+            .release(&cluster::lease_key(&id, instance), running.lease)
+            .await;
+    });
 }
 
 impl Engine {
@@ -194,10 +227,15 @@ impl Engine {
             started_ms: now,
             ..AgentRecord::default()
         }));
-        let placed = Arc::new(Mutex::new(Placed::default()));
+        let shared = Shared {
+            placed: Arc::new(Mutex::new(Placed::default())),
+            placing: Arc::new(Mutex::new(())),
+            membership,
+            failover: cluster.failover(),
+        };
         // Be in the live set before placing anything.
-        beat(&ctx, &membership, &record, &placed, 0, Duration::ZERO).await;
-        placed.lock().await.hosts = live_hosts(&membership).await.unwrap_or_default();
+        beat(&ctx, &shared, &record, 0, Duration::ZERO).await;
+        shared.placed.lock().await.hosts = live_hosts(&shared.membership).await.unwrap_or_default();
         let mut watch = buckets
             .processors
             .watch_with_history(">")
@@ -205,32 +243,35 @@ impl Engine {
             .map_err(|e| anyhow!("watching processors: {e}"))?;
         let watcher = {
             let ctx = ctx.clone();
-            let placed = placed.clone();
-            let membership = membership.clone();
+            let shared = shared.clone();
             tokio::spawn(async move {
                 while let Some(entry) = watch.next().await {
                     match entry {
-                        Ok(entry) => reconcile(&ctx, &membership, &placed, entry).await,
+                        Ok(entry) => reconcile(&ctx, &shared, entry).await,
                         Err(e) => tracing::warn!("processor watch: {e}"),
                     }
                 }
                 tracing::warn!("processor watch ended");
             })
         };
+        let beater = tokio::spawn(keep_beating(
+            ctx.clone(),
+            shared.clone(),
+            record.clone(),
+            cluster.heartbeat(),
+        ));
         let placer = tokio::spawn(keep_placing(
             ctx.clone(),
-            membership.clone(),
-            record.clone(),
-            placed.clone(),
+            shared.clone(),
             cluster.heartbeat(),
         ));
         Ok(Engine {
             ctx,
-            placed,
-            membership,
+            shared,
             record,
             watcher,
             placer,
+            beater,
         })
     }
 
@@ -249,23 +290,28 @@ impl Engine {
 
     /// The membership this engine beats in.
     pub fn membership(&self) -> &Membership {
-        &self.membership
+        &self.shared.membership
     }
 
-    /// Stops every processor after its current batch, gives its leases
-    /// back and leaves the live set, so the others take over at once.
+    /// Leaves the live set (so the others place this host's instances on
+    /// themselves at once), stops every processor after its current batch
+    /// and gives its leases back.
     pub async fn shutdown(self) {
-        self.watcher.abort();
+        self.beater.abort();
+        self.shared.membership.leave().await;
+        // Not in the middle of starting an instance.
+        let _placing = self.shared.placing.lock().await;
         self.placer.abort();
-        let running: Vec<((String, u32), (RunnerHandle, u64))> =
-            self.placed.lock().await.running.drain().collect();
-        for ((id, instance), (runner, lease)) in running {
-            runner.stop().await;
-            self.membership
-                .release(&cluster::lease_key(&id, instance), lease)
+        self.watcher.abort();
+        let running: Vec<((String, u32), Instance)> =
+            self.shared.placed.lock().await.running.drain().collect();
+        for ((id, instance), running) in running {
+            running.runner.stop().await;
+            self.shared
+                .membership
+                .release(&cluster::lease_key(&id, instance), running.lease)
                 .await;
         }
-        self.membership.leave().await;
     }
 }
 
@@ -282,14 +328,13 @@ async fn live_hosts(membership: &Membership) -> Result<Vec<String>, BrokerError>
 /// Writes this host's heartbeat.
 async fn beat(
     ctx: &Context,
-    membership: &Membership,
+    shared: &Shared,
     record: &std::sync::Mutex<AgentRecord>,
-    placed: &Mutex<Placed>,
     last_processed: u64,
     elapsed: Duration,
 ) {
     let processed = ctx.processed.load(Ordering::Relaxed);
-    let instances = placed.lock().await.running.len() as u32;
+    let instances = shared.placed.lock().await.running.len() as u32;
     let snapshot = match record.lock() {
         Ok(mut r) => {
             r.heartbeat_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
@@ -304,42 +349,36 @@ async fn beat(
         }
         Err(_) => return,
     };
-    if let Err(e) = membership.beat(&snapshot).await {
+    if let Err(e) = shared.membership.beat(&snapshot).await {
         tracing::warn!("heartbeat not written: {e}");
     }
 }
 
-/// Every heartbeat: beat, renew the leases held (stopping instances whose
-/// lease is lost), read the live hosts and place the instances again.
-async fn keep_placing(
+/// Every heartbeat: beat and renew the leases held. An instance whose
+/// lease another host took, or that could not be renewed for longer than
+/// the failover time allows, stops: another host may run it by now.
+async fn keep_beating(
     ctx: Context,
-    membership: Membership,
+    shared: Shared,
     record: Arc<std::sync::Mutex<AgentRecord>>,
-    placed: Arc<Mutex<Placed>>,
     interval: Duration,
 ) {
     let mut last = (tokio::time::Instant::now(), 0u64);
+    let membership = &shared.membership;
     loop {
         tokio::time::sleep(interval).await;
-        beat(
-            &ctx,
-            &membership,
-            &record,
-            &placed,
-            last.1,
-            last.0.elapsed(),
-        )
-        .await;
+        beat(&ctx, &shared, &record, last.1, last.0.elapsed()).await;
         last = (
             tokio::time::Instant::now(),
             ctx.processed.load(Ordering::Relaxed),
         );
-        let held: Vec<((String, u32), u64)> = placed
+        let held: Vec<((String, u32), u64)> = shared
+            .placed
             .lock()
             .await
             .running
             .iter()
-            .map(|(k, (_, lease))| (k.clone(), *lease))
+            .map(|(k, i)| (k.clone(), i.lease))
             .collect();
         for ((id, instance), revision) in held {
             let key = cluster::lease_key(&id, instance);
@@ -349,89 +388,95 @@ async fn keep_placing(
                 Ok(None) => membership.acquire(&key).await,
                 other => other,
             };
-            match renewed {
+            let mut placed = shared.placed.lock().await;
+            let lost = match renewed {
                 Ok(Some(next)) => {
-                    if let Some(entry) = placed.lock().await.running.get_mut(&(id, instance)) {
-                        entry.1 = next;
+                    if let Some(running) = placed.running.get_mut(&(id.clone(), instance)) {
+                        running.lease = next;
+                        running.renewed = tokio::time::Instant::now();
                     }
+                    false
                 }
-                Ok(None) => {
-                    tracing::warn!(
-                        processor = id,
-                        instance,
-                        "lease lost: stopping the instance"
-                    );
-                    let lost = placed.lock().await.running.remove(&(id, instance));
-                    if let Some((runner, _)) = lost {
-                        runner.stop().await;
-                    }
+                Ok(None) => true,
+                Err(e) => {
+                    tracing::debug!(processor = id, "lease not renewed: {e}");
+                    placed
+                        .running
+                        .get(&(id.clone(), instance))
+                        .is_some_and(|r| r.renewed.elapsed() + interval >= shared.failover)
                 }
-                // The broker is away: the instance cannot work either; the
-                // lease is renewed (or found lost) once it is back.
-                Err(e) => tracing::debug!(processor = id, "lease not renewed: {e}"),
+            };
+            if lost && let Some(running) = placed.running.remove(&(id.clone(), instance)) {
+                tracing::warn!(
+                    processor = id,
+                    instance,
+                    "lease lost: stopping the instance"
+                );
+                stop_later(membership, id, instance, running);
             }
         }
-        match live_hosts(&membership).await {
-            Ok(hosts) => placed.lock().await.hosts = hosts,
+    }
+}
+
+/// Every heartbeat: read the live hosts and place the instances again.
+async fn keep_placing(ctx: Context, shared: Shared, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        match live_hosts(&shared.membership).await {
+            Ok(hosts) => shared.placed.lock().await.hosts = hosts,
             Err(e) => {
                 tracing::debug!("live hosts not read: {e}");
                 continue;
             }
         }
-        place(&ctx, &membership, &placed).await;
+        let _placing = shared.placing.lock().await;
+        place(&ctx, &shared).await;
     }
 }
 
 /// Starts the instances placed on this host that do not run yet (when
-/// their lease can be taken) and stops those placed elsewhere.
-async fn place(ctx: &Context, membership: &Membership, placed: &Mutex<Placed>) {
-    let (wanted, to_stop) = {
-        let p = placed.lock().await;
-        let mut hosts = p.hosts.clone();
+/// their lease can be taken) and stops those placed elsewhere. Called with
+/// `shared.placing` held.
+async fn place(ctx: &Context, shared: &Shared) {
+    let membership = &shared.membership;
+    let wanted: Vec<(String, u32)> = {
+        let mut placed = shared.placed.lock().await;
+        let mut hosts = placed.hosts.clone();
         if !hosts.contains(&membership.id) {
             hosts.push(membership.id.clone());
         }
-        let mut wanted: Vec<(String, u32)> = Vec::new();
-        for spec in p.specs.values().filter(|s| !s.paused) {
+        let mut wanted = Vec::new();
+        for spec in placed.specs.values().filter(|s| !s.paused) {
             for instance in 0..spec.parallelism.max(1) {
                 if cluster::owner(&spec.id, instance, &hosts) == Some(membership.id.as_str()) {
                     wanted.push((spec.id.clone(), instance));
                 }
             }
         }
-        let to_stop: Vec<(String, u32)> = p
+        let leaving: Vec<(String, u32)> = placed
             .running
             .keys()
             .filter(|k| !wanted.contains(k))
             .cloned()
             .collect();
-        (wanted, to_stop)
-    };
-    for key in to_stop {
-        let stopped = placed.lock().await.running.remove(&key);
-        if let Some((runner, lease)) = stopped {
-            tracing::info!(
-                processor = key.0,
-                instance = key.1,
-                "instance moves to another host"
-            );
-            runner.stop().await;
-            membership
-                .release(&cluster::lease_key(&key.0, key.1), lease)
-                .await;
+        for (id, instance) in leaving {
+            if let Some(running) = placed.running.remove(&(id.clone(), instance)) {
+                tracing::info!(processor = id, instance, "instance moves to another host");
+                stop_later(membership, id, instance, running);
+            }
         }
-    }
+        wanted
+    };
     for (id, instance) in wanted {
-        let spec = {
-            let p = placed.lock().await;
-            if p.running.contains_key(&(id.clone(), instance)) {
-                continue;
-            }
-            match p.specs.get(&id) {
-                Some(spec) => spec.clone(),
-                None => continue,
-            }
-        };
+        if shared
+            .placed
+            .lock()
+            .await
+            .running
+            .contains_key(&(id.clone(), instance))
+        {
+            continue;
+        }
         let lease = match membership.acquire(&cluster::lease_key(&id, instance)).await {
             Ok(Some(lease)) => lease,
             // Still held by the host that ran it: taken once it lets go
@@ -442,23 +487,30 @@ async fn place(ctx: &Context, membership: &Membership, placed: &Mutex<Placed>) {
                 continue;
             }
         };
+        // The spec as it is now, and the runner recorded in the same step
+        // (no await between spawning and recording it).
+        let mut placed = shared.placed.lock().await;
+        let Some(spec) = placed.specs.get(&id).filter(|s| !s.paused).cloned() else {
+            drop(placed);
+            membership
+                .release(&cluster::lease_key(&id, instance), lease)
+                .await;
+            continue;
+        };
         let mut instance_ctx = ctx.clone();
         instance_ctx.instance = instance;
-        let handle = runner::spawn(instance_ctx, spec);
-        placed
-            .lock()
-            .await
-            .running
-            .insert((id, instance), (handle, lease));
+        placed.running.insert(
+            (id, instance),
+            Instance {
+                runner: runner::spawn(instance_ctx, spec),
+                lease,
+                renewed: tokio::time::Instant::now(),
+            },
+        );
     }
 }
 
-async fn reconcile(
-    ctx: &Context,
-    membership: &Membership,
-    placed: &Mutex<Placed>,
-    entry: kv::Entry,
-) {
+async fn reconcile(ctx: &Context, shared: &Shared, entry: kv::Entry) {
     let id = entry.key.clone();
     let new = match entry.operation {
         kv::Operation::Put => match serde_json::from_slice::<ProcessorSpec>(&entry.value) {
@@ -470,61 +522,70 @@ async fn reconcile(
         },
         kv::Operation::Delete | kv::Operation::Purge => None,
     };
+    let _placing = shared.placing.lock().await;
+    let membership = &shared.membership;
     // A fused segment whose wiring stays the same is updated inside its
     // running instances, so that only the steps that changed restart.
     {
-        let mut p = placed.lock().await;
-        if let (Some(old), Some(new)) = (p.specs.get(&id), &new)
+        let mut placed = shared.placed.lock().await;
+        if let (Some(old), Some(new)) = (placed.specs.get(&id), &new)
             && old.same_shape(new)
         {
-            for ((rid, _), (runner, _)) in p.running.iter() {
+            for ((rid, _), running) in placed.running.iter() {
                 if *rid == id {
-                    runner.update(new.clone());
+                    running.runner.update(new.clone());
                 }
             }
-            p.specs.insert(id, new.clone());
+            placed.specs.insert(id, new.clone());
             return;
         }
     }
     // Otherwise every local instance stops (after its batch) and gives its
-    // lease back; placement starts the new spec's instances.
-    let (stopping, previous) = {
-        let mut p = placed.lock().await;
-        let keys: Vec<(String, u32)> = p
+    // lease back before the new spec's instances are placed.
+    let (stopping, previous, hosts) = {
+        let mut placed = shared.placed.lock().await;
+        let keys: Vec<(String, u32)> = placed
             .running
             .keys()
             .filter(|(rid, _)| *rid == id)
             .cloned()
             .collect();
-        let stopping: Vec<((String, u32), (RunnerHandle, u64))> = keys
+        let stopping: Vec<((String, u32), Instance)> = keys
             .into_iter()
-            .filter_map(|k| p.running.remove(&k).map(|r| (k, r)))
+            .filter_map(|k| placed.running.remove(&k).map(|r| (k, r)))
             .collect();
         let previous = match &new {
-            Some(spec) => p.specs.insert(id.clone(), spec.clone()),
-            None => p.specs.remove(&id),
+            Some(spec) => placed.specs.insert(id.clone(), spec.clone()),
+            None => placed.specs.remove(&id),
         };
-        (stopping, previous)
+        let mut hosts = placed.hosts.clone();
+        if !hosts.contains(&membership.id) {
+            hosts.push(membership.id.clone());
+        }
+        (stopping, previous, hosts)
     };
-    for ((rid, instance), (runner, lease)) in stopping {
-        runner.stop().await;
+    for ((rid, instance), running) in stopping {
+        running.runner.stop().await;
         membership
-            .release(&cluster::lease_key(&rid, instance), lease)
+            .release(&cluster::lease_key(&rid, instance), running.lease)
             .await;
     }
+    // One host speaks for the processor: the one its instance 0 ranks
+    // first.
+    let first = cluster::owner(&id, 0, &hosts) == Some(membership.id.as_str());
     match new {
         Some(spec) => {
-            let hosts = placed.lock().await.hosts.clone();
-            if spec.paused && cluster::owner(&spec.id, 0, &hosts) == Some(membership.id.as_str()) {
+            if spec.paused && first {
                 ctx.write_status(&id, &Status::new(Phase::Paused, spec.generation))
                     .await;
             }
-            place(ctx, membership, placed).await;
+            place(ctx, shared).await;
         }
-        None => {
+        None if first => {
             // Ids another processor still runs (a step that moved into or
             // out of a fused segment) keep their state.
-            let in_use: HashSet<String> = placed
+            let in_use: HashSet<String> = shared
+                .placed
                 .lock()
                 .await
                 .specs
@@ -535,6 +596,7 @@ async fn reconcile(
                 .collect();
             destroy(ctx, &id, previous, &in_use).await
         }
+        None => {}
     }
 }
 
@@ -544,8 +606,10 @@ async fn destroy(ctx: &Context, id: &str, spec: Option<ProcessorSpec>, in_use: &
     let mut owners = vec![id.to_owned()];
     if let Some(spec) = spec {
         for (port, flow) in spec.inputs.iter().enumerate() {
-            if let Err(e) = ctx.broker.delete_consumer(flow, &spec.consumer(port)).await {
-                tracing::debug!(processor = id, "consumer of {flow}: {e}");
+            for consumer in [spec.consumer(port), spec.other_consumer(port)] {
+                if let Err(e) = ctx.broker.delete_consumer(flow, &consumer).await {
+                    tracing::debug!(processor = id, "consumer of {flow}: {e}");
+                }
             }
         }
         owners.extend(spec.fused.iter().map(|s| s.id.clone()));

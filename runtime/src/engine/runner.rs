@@ -269,12 +269,16 @@ impl Runner {
         let mut consumers = Vec::new();
         let pending = (spec.limits.batch.max(1) * 2) as i64;
         for (port, flow) in spec.inputs.iter().enumerate() {
-            let name = spec.consumer(port);
+            let (name, previous) = (spec.consumer(port), spec.other_consumer(port));
             let consumer = if spec.parallelism > 1 {
                 let pending = pending * i64::from(spec.parallelism);
-                ctx.broker.shared_consumer(flow, &name, pending).await
+                ctx.broker
+                    .shared_consumer(flow, &name, pending, Some(&previous))
+                    .await
             } else {
-                ctx.broker.durable_consumer(flow, &name, pending).await
+                ctx.broker
+                    .durable_consumer(flow, &name, pending, Some(&previous))
+                    .await
             }
             .with_context(|| format!("input {flow}"))?;
             consumers.push((flow.clone(), consumer));
@@ -399,7 +403,8 @@ impl Runner {
         // Idle polling backs off from 1 ms to 50 ms, so a busy chain reacts
         // fast and an idle processor costs a few requests per second.
         let mut idle_wait = Duration::from_millis(1);
-        while !*stopped.borrow() {
+        // A dropped handle (its sender gone) counts as a stop.
+        while !*stopped.borrow() && stopped.has_changed().is_ok() {
             if updates.has_changed().unwrap_or(false) {
                 let new = updates.borrow_and_update().clone();
                 self.apply(new, status).await?;

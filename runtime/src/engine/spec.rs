@@ -124,6 +124,14 @@ pub struct ProcessorSpec {
     pub parallelism: u32,
 }
 
+fn consumer_name(id: &str, port: usize, shared: bool) -> String {
+    if shared {
+        format!("proc-{id}-in{port}-shared")
+    } else {
+        format!("proc-{id}-in{port}")
+    }
+}
+
 fn one() -> u32 {
     1
 }
@@ -248,9 +256,18 @@ impl ProcessorSpec {
         self.component == RELAY
     }
 
-    /// The durable consumer of input `port`.
+    /// The durable consumer of input `port`: one name for a single
+    /// instance (cumulative acknowledgement), another for instances that
+    /// share it (one acknowledgement per event), since a consumer's
+    /// acknowledgement policy cannot change.
     pub fn consumer(&self, port: usize) -> String {
-        format!("proc-{}-in{port}", self.id)
+        consumer_name(&self.id, port, self.parallelism > 1)
+    }
+
+    /// The consumer of input `port` under the other parallelism (replaced
+    /// when the parallelism changes between 1 and more).
+    pub fn other_consumer(&self, port: usize) -> String {
+        consumer_name(&self.id, port, self.parallelism <= 1)
     }
 }
 
