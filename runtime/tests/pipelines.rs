@@ -745,6 +745,76 @@ steps:
     assert_eq!(seen.len(), total);
 }
 
+/// Changing a step's parallelism while events flow (1 -> 3 -> 1) moves its
+/// input to the other kind of consumer from where the old one stood: every
+/// event comes out once; a wrong parallelism is refused with its location.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_parallelism_mid_stream_neither_loses_nor_repeats() {
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let _host = Flowd::start(&nats.url(), state.path());
+    let api = api(state.path()).await;
+    let agent = Agent::connect(&[nats.url()]).await.expect("agent");
+    create_flows(&agent, &["wide-in", "wide-out"]).await;
+    push_file(&api, "transform", "flow_transform").await;
+    let manifest = |parallelism: &str| {
+        format!(
+            "name: wide
+inputs: {{in: flow://wide-in.pipe.example.com}}
+outputs: {{out: flow://wide-out.pipe.example.com}}
+steps:
+  - name: mark
+    component: transform@1.0.0
+    from: in
+    to: out
+    parallelism: {parallelism}
+    config: {{set.data.marked: true}}
+"
+        )
+    };
+    let apply = |text: String| {
+        let api = api.clone();
+        async move {
+            api.pipelines()
+                .apply(proto::ApplyRequest {
+                    manifest: text,
+                    dry_run: false,
+                })
+                .await
+        }
+    };
+    let refused = apply(manifest("0")).await.expect_err("parallelism 0");
+    assert!(
+        refused.message().contains("line 9, column 18")
+            && refused.message().contains("parallelism must be 1 to 64"),
+        "{}",
+        refused.message()
+    );
+    apply(manifest("1")).await.expect("applied");
+    let total = 30_000;
+    let events: Vec<Event> = (0..total).map(order).collect();
+    write(&agent, "wide-in", &events[..10_000]).await;
+    eventually(Duration::from_secs(60), "some output", || async {
+        (count(&agent, "wide-out").await > 1000).then_some(())
+    })
+    .await;
+    apply(manifest("3")).await.expect("to three instances");
+    write(&agent, "wide-in", &events[10_000..20_000]).await;
+    eventually(Duration::from_secs(60), "more output", || async {
+        (count(&agent, "wide-out").await > 12_000).then_some(())
+    })
+    .await;
+    apply(manifest("1")).await.expect("back to one");
+    write(&agent, "wide-in", &events[20_000..]).await;
+    wait_count(&agent, "wide-out", total as u64, Duration::from_secs(180)).await;
+    let mut seen = BTreeSet::new();
+    for e in read_all(&agent, "wide-out").await {
+        assert_eq!(data(&e)["marked"], true);
+        assert!(seen.insert(e.id().to_owned()), "{} twice", e.id());
+    }
+    assert_eq!(seen.len(), total);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_speaks_tls_with_the_hosts_certificate() {
     let nats = Nats::start();
