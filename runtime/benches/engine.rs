@@ -11,7 +11,9 @@
 //! It starts its own nats-server (installed by scripts/setup). Run with
 //! `cargo bench -p flowd --bench engine` after `scripts/build-processors`.
 
-use anyhow::{Context, Result, anyhow};
+mod support;
+
+use anyhow::{Result, anyhow};
 use async_nats::header::NATS_MESSAGE_ID;
 use cloudevents::{Event, EventBuilder, EventBuilderV10};
 use flowd::agent::{Agent, NewProcessor, Principal};
@@ -24,26 +26,14 @@ use flowd::registry::Registry;
 use flowd::wasm::Kind;
 use flowd::wasm::{Host, HostConfig};
 use futures::StreamExt;
-use std::net::{Ipv4Addr, TcpListener};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{component, nats};
 
 const EVENTS: usize = 50_000;
 
 fn flow(name: &str) -> FlowName {
     FlowName::parse(&format!("{name}.bench.example.com")).expect("valid")
-}
-
-fn component(name: &str) -> Result<Vec<u8>> {
-    let dir = std::env::var_os("FLOWD_COMPONENTS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/processor")
-        });
-    let path = dir.join(format!("{name}.wasm"));
-    std::fs::read(&path)
-        .with_context(|| format!("{} (run scripts/build-processors)", path.display()))
 }
 
 const REGIONS: [&str; 3] = ["eu", "us", "apac"];
@@ -61,40 +51,6 @@ fn invoice(i: usize) -> Event {
         )
         .build()
         .expect("valid")
-}
-
-/// The server process, its data directory (removed on drop) and its port.
-struct NatsServer(
-    std::process::Child,
-    #[allow(dead_code)] tempfile::TempDir,
-    u16,
-);
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn nats() -> Result<NatsServer> {
-    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port();
-    let dir = tempfile::tempdir()?;
-    let child = std::process::Command::new(flowd::broker::embedded::find_binary(None)?)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    for _ in 0..500 {
-        if std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return Ok(NatsServer(child, dir, port));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Err(anyhow!("nats-server did not start"))
 }
 
 async fn wait_for(agent: &Agent, name: &str, n: u64) -> Result<()> {
@@ -206,7 +162,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let server = nats()?;
-    let url = format!("nats://127.0.0.1:{}", server.2);
+    let url = server.url.clone();
     let state = tempfile::tempdir()?;
     let mut config = Config::default();
     config.participant.state_dir = state.path().to_owned();

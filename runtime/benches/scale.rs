@@ -9,7 +9,9 @@
 //! overhead of sharing the work more than a speed-up. Run with
 //! `cargo bench -p flowd --bench scale` after `scripts/build-processors`.
 
-use anyhow::{Context, Result, anyhow};
+mod support;
+
+use anyhow::{Result, anyhow};
 use cloudevents::{Event, EventBuilder, EventBuilderV10};
 use flowd::agent::{Agent, Principal};
 use flowd::broker::{Broker, FlowName, FlowSettings};
@@ -19,26 +21,14 @@ use flowd::engine::RunLimits;
 use flowd::pipeline::Pipelines;
 use flowd::registry::Registry;
 use flowd::wasm::{Host, HostConfig};
-use std::net::{Ipv4Addr, TcpListener};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{component, nats};
 
 const EVENTS: usize = 40_000;
 
 fn flow(name: &str) -> FlowName {
     FlowName::parse(&format!("{name}.bench.example.com")).expect("valid")
-}
-
-fn component(name: &str) -> Result<Vec<u8>> {
-    let dir = std::env::var_os("FLOWD_COMPONENTS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/processor")
-        });
-    let path = dir.join(format!("{name}.wasm"));
-    std::fs::read(&path)
-        .with_context(|| format!("{} (run scripts/build-processors)", path.display()))
 }
 
 fn order(i: usize) -> Event {
@@ -54,43 +44,14 @@ fn order(i: usize) -> Event {
         .expect("valid")
 }
 
-/// The server process and its data directory (removed on drop).
-struct NatsServer(std::process::Child, #[allow(dead_code)] tempfile::TempDir);
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn nats() -> Result<(NatsServer, String)> {
-    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port();
-    let dir = tempfile::tempdir()?;
-    let child = std::process::Command::new(flowd::broker::embedded::find_binary(None)?)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    for _ in 0..500 {
-        if std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return Ok((NatsServer(child, dir), format!("nats://127.0.0.1:{port}")));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Err(anyhow!("nats-server did not start"))
-}
-
 async fn count(agent: &Agent, name: &str) -> Result<u64> {
     Ok(agent.describe_flow(&flow(name)).await?.events)
 }
 
 /// One run on `hosts` hosts: events/s, and the events each host took in.
 async fn run(hosts: usize) -> Result<(f64, Vec<(String, u64)>)> {
-    let (_server, url) = nats()?;
+    let server = nats()?;
+    let url = server.url.clone();
     let mut states = Vec::new();
     let mut daemons = Vec::new();
     for i in 0..hosts {

@@ -85,22 +85,8 @@ impl Accounts {
             source,
         };
         std::fs::create_dir_all(state_dir).map_err(write)?;
-        let tmp = path.with_extension("json.tmp");
         let json = serde_json::to_vec_pretty(self).map_err(|e| write(std::io::Error::other(e)))?;
-        {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(write)?;
-            file.write_all(&json).map_err(write)?;
-            file.sync_all().map_err(write)?;
-        }
-        std::fs::rename(&tmp, &path).map_err(write)
+        crate::secret_file::write(&path, &json).map_err(write)
     }
 
     pub fn add(&mut self, user: &str, password: &str, admin: bool) -> Result<(), AccountError> {

@@ -20,6 +20,7 @@
 //! - [`api`]: the gRPC management API (registry, processors, pipelines).
 //! - [`fns`]: the Flow Name Service: flows published in DNS, and discovery.
 //! - [`federation`]: subscriptions to other participants' flows.
+//! - [`secret_file`]: files holding secrets, written whole and private.
 //! - [`user_agent`]: the `flow` user agent's configuration and log-in.
 //! - [`daemon`]: `flowd serve`, the host as a daemon; [`config`]: its TOML.
 
@@ -38,6 +39,7 @@ pub mod fns;
 pub mod pipe;
 pub mod pipeline;
 pub mod registry;
+pub mod secret_file;
 pub mod user_agent;
 pub mod wasm;
 pub mod wit;

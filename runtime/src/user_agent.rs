@@ -49,15 +49,7 @@ pub fn ensure_local_token(state_dir: &Path) -> std::io::Result<String> {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)?;
-    file.write_all(token.as_bytes())?;
+    crate::secret_file::write(&path, token.as_bytes())?;
     Ok(token)
 }
 

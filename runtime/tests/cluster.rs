@@ -8,7 +8,7 @@ mod support;
 
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
 use flowd::agent::Agent;
-use flowd::api::client::{ApiClient, Credentials};
+use flowd::api::client::ApiClient;
 use flowd::api::proto;
 use flowd::broker::{Broker, FlowName};
 use flowd::config::HostFile;
@@ -80,14 +80,7 @@ impl Node {
     }
 
     async fn api(&self) -> ApiClient {
-        let host = self.host().await;
-        ApiClient::connect(
-            &format!("http://{}", host.api.expect("API")),
-            &Credentials::Token(self.token()),
-            None,
-        )
-        .await
-        .expect("API connects")
+        support::api(self.state.path()).await
     }
 
     async fn fnap(&self) -> Client {

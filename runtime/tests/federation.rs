@@ -510,6 +510,24 @@ async fn survives_a_restart_of_the_remote_host(embedded: bool) {
     );
 }
 
+/// B (`unix.ar`) runs the embedded broker, so it issues broker
+/// credentials; A (`emiliano.ar`, tuned by `tune_a`) resolves through B's
+/// name server.
+async fn embedded_and_subscriber(tune_a: impl FnOnce(&mut Config)) -> (Participant, Participant) {
+    let dns_b = free_port();
+    let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
+        c.fns.listen = Some(dns(dns_b));
+        c.nats.urls.clear();
+    })
+    .await;
+    let a = participant_with("fnaa.emiliano.ar", "flows.emiliano.ar", |c| {
+        c.fns.nameserver = Some(dns(dns_b));
+        tune_a(c);
+    })
+    .await;
+    (b, a)
+}
+
 /// What the broker told a client it refused (`-ERR` lines).
 #[derive(Clone, Default)]
 struct Refusals(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
@@ -549,16 +567,7 @@ async fn broker_credentials_pull_only_their_copy_and_removal_revokes_them() {
     use flowd::broker::grants::PullCredentials;
     use futures::StreamExt;
 
-    let dns_b = free_port();
-    let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
-        c.fns.listen = Some(dns(dns_b));
-        c.nats.urls.clear();
-    })
-    .await;
-    let a = participant_with("fnaa.emiliano.ar", "flows.emiliano.ar", |c| {
-        c.fns.nameserver = Some(dns(dns_b));
-    })
-    .await;
+    let (b, a) = embedded_and_subscriber(|_| {}).await;
     let mut admin_b = b.admin().await;
     admin_b
         .command("CREATE FLOW time.flows.unix.ar PUBLIC")
@@ -1303,14 +1312,7 @@ async fn admin_of(daemon: &Daemon, state: &std::path::Path) -> Client {
 /// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_host_takes_the_relay_of_a_remote_subscription_over() {
-    let dns_b = free_port();
-    let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
-        c.fns.listen = Some(dns(dns_b));
-        c.nats.urls.clear();
-    })
-    .await;
-    let a = participant_with("fnaa.emiliano.ar", "flows.emiliano.ar", |c| {
-        c.fns.nameserver = Some(dns(dns_b));
+    let (b, a) = embedded_and_subscriber(|c| {
         c.cluster.host_id = Some("a-1".into());
         c.cluster.heartbeat_ms = 200;
         c.cluster.failover_ms = 1000;

@@ -13,31 +13,12 @@ use flowd::broker::FlowName;
 use flowd::config::HostFile;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::Duration;
 use support::flows::data;
-use support::{Flowd, Nats, component, eventually, flows};
+use support::{Flowd, Nats, api, component, eventually, flows};
 
 fn flow(name: &str) -> FlowName {
     FlowName::parse(&format!("{name}.pipe.example.com")).expect("valid flow name")
-}
-
-/// The API of the `flowd serve` whose state directory is `state`.
-async fn api(state: &Path) -> ApiClient {
-    let host = eventually(
-        Duration::from_secs(20),
-        "host.json with the API",
-        || async { HostFile::read(state).and_then(|h| h.api) },
-    )
-    .await;
-    let token = std::fs::read_to_string(flowd::user_agent::local_token_path(state)).expect("token");
-    ApiClient::connect(
-        &format!("http://{host}"),
-        &Credentials::Token(token.trim().to_owned()),
-        None,
-    )
-    .await
-    .expect("API connects")
 }
 
 async fn push(

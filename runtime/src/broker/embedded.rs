@@ -300,19 +300,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EmbeddedError {
 /// Writes a file only its owner can read (it holds password hashes), by
 /// renaming a complete temporary file over it.
 fn write_private(path: &Path, text: &str) -> Result<(), EmbeddedError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    file.write_all(text.as_bytes()).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    crate::secret_file::write(path, text.as_bytes()).map_err(io(path))
 }
 
 /// The users of the embedded server other than the host: added and removed

@@ -360,16 +360,13 @@ impl Broker {
     ) -> Result<consumer::PullConsumer, BrokerError> {
         let stream = self.stream(flow).await?;
         let start = take_over(&stream, durable, previous).await;
-        let config = |deliver_policy| consumer::pull::Config {
-            durable_name: Some(durable.to_owned()),
-            ack_policy: consumer::AckPolicy::All,
-            // Batches take milliseconds; one left unacknowledged while its
-            // reader lives (a lost ack) comes back after this, and output
-            // message ids make the replay harmless.
-            ack_wait: Duration::from_secs(10),
-            max_ack_pending,
-            deliver_policy,
-            ..Default::default()
+        let config = |deliver_policy| {
+            durable_config(
+                durable,
+                consumer::AckPolicy::All,
+                max_ack_pending,
+                deliver_policy,
+            )
         };
         let mut consumer = stream
             .get_or_create_consumer(durable, config(start))
@@ -411,14 +408,12 @@ impl Broker {
         stream
             .get_or_create_consumer(
                 durable,
-                consumer::pull::Config {
-                    durable_name: Some(durable.to_owned()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(10),
-                    max_ack_pending: grants::BATCH as i64,
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ..Default::default()
-                },
+                durable_config(
+                    durable,
+                    consumer::AckPolicy::Explicit,
+                    grants::BATCH as i64,
+                    consumer::DeliverPolicy::All,
+                ),
             )
             .await
             .map_err(request)?;
@@ -443,14 +438,12 @@ impl Broker {
         let consumer = stream
             .get_or_create_consumer(
                 durable,
-                consumer::pull::Config {
-                    durable_name: Some(durable.to_owned()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(10),
+                durable_config(
+                    durable,
+                    consumer::AckPolicy::Explicit,
                     max_ack_pending,
-                    deliver_policy: start,
-                    ..Default::default()
-                },
+                    start,
+                ),
             )
             .await
             .map_err(request)?;
@@ -575,5 +568,24 @@ async fn take_over(
 async fn forget(stream: &stream::Stream, previous: Option<&str>) {
     if let Some(previous) = previous {
         let _ = stream.delete_consumer(previous).await;
+    }
+}
+
+/// A durable pull consumer. Batches take milliseconds; one left
+/// unacknowledged while its reader lives (a lost ack) comes back after
+/// `ack_wait`, and output message ids make the replay harmless.
+fn durable_config(
+    durable: &str,
+    ack_policy: consumer::AckPolicy,
+    max_ack_pending: i64,
+    deliver_policy: consumer::DeliverPolicy,
+) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(durable.to_owned()),
+        ack_policy,
+        ack_wait: Duration::from_secs(10),
+        max_ack_pending,
+        deliver_policy,
+        ..Default::default()
     }
 }

@@ -86,19 +86,8 @@ fn self_signed(state_dir: &Path, fqdn: &str) -> Result<(PathBuf, PathBuf), TlsEr
         rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
     std::fs::create_dir_all(&dir).map_err(|e| file_error(&dir, e))?;
     std::fs::write(&cert, generated.cert.pem()).map_err(|e| file_error(&cert, e))?;
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&key)
-            .map_err(|e| file_error(&key, e))?;
-        file.write_all(generated.signing_key.serialize_pem().as_bytes())
-            .map_err(|e| file_error(&key, e))?;
-    }
+    crate::secret_file::write(&key, generated.signing_key.serialize_pem().as_bytes())
+        .map_err(|e| file_error(&key, e))?;
     Ok((cert, key))
 }
 

@@ -435,3 +435,21 @@ pub fn issue_certificate(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathB
     std::fs::write(&paths.2, key.serialize_pem()).expect("written");
     paths
 }
+
+/// The API of the `flowd serve` whose state directory is `state`.
+pub async fn api(state: &Path) -> flowd::api::client::ApiClient {
+    let host = eventually(
+        Duration::from_secs(20),
+        "host.json with the API",
+        || async { flowd::config::HostFile::read(state).and_then(|h| h.api) },
+    )
+    .await;
+    let token = std::fs::read_to_string(flowd::user_agent::local_token_path(state)).expect("token");
+    flowd::api::client::ApiClient::connect(
+        &format!("http://{host}"),
+        &flowd::api::client::Credentials::Token(token.trim().to_owned()),
+        None,
+    )
+    .await
+    .expect("API connects")
+}
