@@ -2,6 +2,12 @@
 //! `<state_dir>/accounts.json` (written atomically, mode 0600) and managed
 //! with `flowd account add|remove|list`. The FNAP server reads the file at
 //! each authentication, so changes apply without a restart.
+//!
+//! Several hosts of one participant share their accounts through the
+//! broker ([`SharedAccounts`], bucket `flowd-accounts`): each host
+//! publishes the accounts of its file when it starts and whenever the file
+//! changes, and accepts a log-in that its own file or the shared accounts
+//! allow.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde::{Deserialize, Serialize};
@@ -129,31 +135,152 @@ impl Accounts {
     /// Checks a password. Unknown users cost the same hashing work as known
     /// ones, so timing does not tell which names exist.
     pub fn verify(&self, user: &str, password: &str) -> Option<Identity> {
-        static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        let dummy = DUMMY.get_or_init(|| {
-            SaltString::encode_b64(b"flowd-dummy-salt")
-                .ok()
-                .and_then(|salt| {
-                    argon2::Argon2::default()
-                        .hash_password(b"-", &salt)
-                        .ok()
-                        .map(|h| h.to_string())
-                })
-                .unwrap_or_default()
-        });
-        let account = self.accounts.get(user);
-        let hash = account.map_or(dummy.as_str(), |a| a.hash.as_str());
-        let parsed = PasswordHash::new(hash).ok()?;
-        let ok = argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok();
-        match account {
-            Some(a) if ok => Some(Identity {
-                user: user.to_owned(),
-                admin: a.admin,
-            }),
-            _ => None,
+        verify_with(self.accounts.get(user), user, password)
+    }
+}
+
+/// Checks `password` against `account`; without one, against a dummy hash
+/// so that the time taken does not tell.
+fn verify_with(account: Option<&Account>, user: &str, password: &str) -> Option<Identity> {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let dummy = DUMMY.get_or_init(|| {
+        SaltString::encode_b64(b"flowd-dummy-salt")
+            .ok()
+            .and_then(|salt| {
+                argon2::Argon2::default()
+                    .hash_password(b"-", &salt)
+                    .ok()
+                    .map(|h| h.to_string())
+            })
+            .unwrap_or_default()
+    });
+    let hash = account.map_or(dummy.as_str(), |a| a.hash.as_str());
+    let parsed = PasswordHash::new(hash).ok()?;
+    let ok = argon2::Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok();
+    match account {
+        Some(a) if ok => Some(Identity {
+            user: user.to_owned(),
+            admin: a.admin,
+        }),
+        _ => None,
+    }
+}
+
+/// Bucket of the accounts the participant's hosts share.
+pub const SHARED: &str = "flowd-accounts";
+
+/// An account as shared: which host published it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Published {
+    account: Account,
+    by: String,
+}
+
+/// The accounts of the participant's hosts, shared through the broker.
+#[derive(Clone)]
+pub struct SharedAccounts {
+    store: async_nats::jetstream::kv::Store,
+    host_id: String,
+}
+
+impl SharedAccounts {
+    pub async fn open(
+        broker: &crate::broker::Broker,
+        host_id: &str,
+    ) -> Result<SharedAccounts, crate::broker::BrokerError> {
+        Ok(SharedAccounts {
+            store: broker.kv(SHARED).await?,
+            host_id: host_id.to_owned(),
+        })
+    }
+
+    /// Publishes the accounts of this host's file, and withdraws those it
+    /// published before that are no longer in it.
+    pub async fn publish(&self, state_dir: &Path) -> Result<(), AccountError> {
+        let shared = |e: &dyn std::fmt::Display| AccountError::Invalid(format!("{SHARED}: {e}"));
+        let path = state_dir.to_owned();
+        let local = tokio::task::spawn_blocking(move || Accounts::load(&path))
+            .await
+            .map_err(|e| shared(&e))??;
+        let mut keys = self.store.keys().await.map_err(|e| shared(&e))?;
+        let mut names = Vec::new();
+        while let Some(key) = futures::StreamExt::next(&mut keys).await {
+            names.push(key.map_err(|e| shared(&e))?);
         }
+        for name in names {
+            if local.accounts.contains_key(&name) {
+                continue;
+            }
+            let mine = self
+                .store
+                .get(&name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|v| serde_json::from_slice::<Published>(&v).ok())
+                .is_some_and(|p| p.by == self.host_id);
+            if mine {
+                self.store.purge(&name).await.map_err(|e| shared(&e))?;
+            }
+        }
+        for (name, account) in local.accounts {
+            let json = serde_json::to_vec(&Published {
+                account,
+                by: self.host_id.clone(),
+            })
+            .map_err(|e| shared(&e))?;
+            self.store
+                .put(&name, json.into())
+                .await
+                .map_err(|e| shared(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the file now and again whenever it changes.
+    pub fn follow(
+        self,
+        state_dir: PathBuf,
+        every: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            let path = Accounts::path(&state_dir);
+            let mut seen = None;
+            let mut first = true;
+            loop {
+                let now = modified(&path);
+                if first || now != seen {
+                    match self.publish(&state_dir).await {
+                        Ok(()) => {
+                            seen = now;
+                            first = false;
+                        }
+                        Err(e) => tracing::warn!("accounts not shared: {e}"),
+                    }
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
+    /// Checks a log-in against the shared accounts.
+    pub async fn verify(&self, user: &str, password: &str) -> Option<Identity> {
+        let account = self
+            .store
+            .get(user)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice::<Published>(&v).ok())
+            .map(|p| p.account);
+        let (user, password) = (user.to_owned(), password.to_owned());
+        tokio::task::spawn_blocking(move || verify_with(account.as_ref(), &user, &password))
+            .await
+            .ok()
+            .flatten()
     }
 }
 

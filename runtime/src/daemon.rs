@@ -31,6 +31,8 @@ pub struct Daemon {
     updater: Option<Updater>,
     relays: Relays,
     api: Option<ApiServer>,
+    /// Publishes this host's accounts file to the other hosts.
+    accounts: tokio::task::JoinHandle<()>,
 }
 
 impl Daemon {
@@ -84,9 +86,14 @@ impl Daemon {
             Federation::new(config.fns.nameserver, config.peers.clone())
                 .context("setting up the resolver")?,
         );
+        let shared_accounts = crate::accounts::SharedAccounts::open(&broker, &host_id).await?;
+        let accounts = shared_accounts
+            .clone()
+            .follow(state_dir.clone(), std::time::Duration::from_secs(2));
         let mut agent = Agent::new(broker.clone())
             .await?
-            .with_federation(federation.clone());
+            .with_federation(federation.clone())
+            .with_shared_accounts(shared_accounts);
         if let Some(embedded) = &embedded {
             agent = agent.with_broker_users(embedded.users());
             agent
@@ -258,6 +265,7 @@ impl Daemon {
             updater,
             relays,
             api,
+            accounts,
         })
     }
 
@@ -304,6 +312,7 @@ impl Daemon {
             api.stop();
         }
         self.relays.shutdown();
+        self.accounts.abort();
         if let Some(updater) = self.updater {
             updater.shutdown();
         }

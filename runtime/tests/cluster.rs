@@ -348,5 +348,50 @@ steps:
         views.push((view.manifest, view.applied_ms));
     }
     assert_eq!(views[0], views[1]);
+
+    // An account added on one host logs in on the others; removed, it is
+    // refused everywhere.
+    let account = |args: &[&str], input: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowd"))
+            .arg("account")
+            .arg("--state-dir")
+            .arg(live[0].state.path())
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("flowd account");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes()).expect("password");
+        }
+        assert!(
+            child.wait().expect("exits").success(),
+            "flowd account {args:?}"
+        );
+    };
+    let logs_in = |node: &Node| {
+        let fnap = node.state.path().to_owned();
+        async move {
+            let host = HostFile::read(&fnap).expect("host file");
+            let mut client =
+                Client::connect(&host.fnap.expect("FNAP").to_string(), &Security::Plain)
+                    .await
+                    .expect("connects");
+            client.authenticate_plain("ops", "s3cret").await.is_ok()
+        }
+    };
+    account(&["add", "ops"], "s3cret\n");
+    eventually(Duration::from_secs(15), "the account is shared", || async {
+        logs_in(live[1]).await.then_some(())
+    })
+    .await;
+    account(&["remove", "ops"], "");
+    eventually(
+        Duration::from_secs(15),
+        "the account is withdrawn",
+        || async { (!logs_in(live[1]).await).then_some(()) },
+    )
+    .await;
     drop(nodes);
 }

@@ -92,6 +92,8 @@ pub struct Agent {
     /// The broker's users, when this host supervises its broker: then
     /// subscribers get broker credentials of their own.
     broker_users: Option<crate::broker::embedded::Users>,
+    /// The accounts the participant's hosts share.
+    shared_accounts: Option<crate::accounts::SharedAccounts>,
 }
 
 /// Reads a flow batch by batch (FNAP `READ FLOW`).
@@ -172,6 +174,7 @@ impl Agent {
             changes: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             federation: None,
             broker_users: None,
+            shared_accounts: None,
             namespace_cache: Default::default(),
         })
     }
@@ -194,6 +197,33 @@ impl Agent {
     pub fn with_broker_users(mut self, users: crate::broker::embedded::Users) -> Agent {
         self.broker_users = Some(users);
         self
+    }
+
+    /// Also accepts the accounts other hosts of the participant share.
+    pub fn with_shared_accounts(mut self, shared: crate::accounts::SharedAccounts) -> Agent {
+        self.shared_accounts = Some(shared);
+        self
+    }
+
+    /// Checks a log-in (FNAP and the management API): the host's own
+    /// accounts and local administrator first, then the accounts shared by
+    /// the participant's other hosts.
+    pub async fn login(
+        &self,
+        state_dir: &std::path::Path,
+        user: &str,
+        password: &str,
+    ) -> Result<Option<crate::accounts::Identity>, crate::accounts::AccountError> {
+        let (dir, u, p) = (state_dir.to_owned(), user.to_owned(), password.to_owned());
+        let local = tokio::task::spawn_blocking(move || crate::accounts::login(&dir, &u, &p))
+            .await
+            .map_err(|e| crate::accounts::AccountError::Invalid(e.to_string()))??;
+        match (&local, &self.shared_accounts) {
+            (None, Some(shared)) if user != crate::user_agent::LOCAL_ADMIN => {
+                Ok(shared.verify(user, password).await)
+            }
+            _ => Ok(local),
+        }
     }
 
     /// Whether this agent can reach other participants (remote

@@ -46,6 +46,7 @@ pub fn pipeline_status(e: PipelineError) -> tonic::Status {
 /// Who the request comes from, from its `authorization` metadata.
 pub async fn principal<T>(
     request: &tonic::Request<T>,
+    agent: &crate::agent::Agent,
     state_dir: &Path,
 ) -> Result<Principal, tonic::Status> {
     let unauthenticated = || {
@@ -75,12 +76,10 @@ pub async fn principal<T>(
     } else {
         return Err(unauthenticated());
     };
-    let state_dir = state_dir.to_owned();
-    let verified =
-        tokio::task::spawn_blocking(move || crate::accounts::login(&state_dir, &user, &password))
-            .await
-            .map_err(|e| tonic::Status::internal(e.to_string()))?
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let verified = agent
+        .login(state_dir, &user, &password)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     match verified {
         Some(identity) => Ok(Principal::User(identity)),
         None => Err(tonic::Status::unauthenticated(

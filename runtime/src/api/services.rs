@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 type Reply<T> = Result<Response<T>, Status>;
 
 async fn principal<T>(ctx: &ApiContext, request: &Request<T>) -> Result<Principal, Status> {
-    convert::principal(request, &ctx.state_dir).await
+    convert::principal(request, &ctx.agent, &ctx.state_dir).await
 }
 
 fn reference(text: &str) -> Result<ComponentRef, Status> {

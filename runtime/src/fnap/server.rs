@@ -798,12 +798,8 @@ impl Session {
                         "not a SASL PLAIN response (base64 of \\0user\\0password)",
                     )));
                 };
-                let state_dir = self.shared.ctx.state_dir.clone();
-                let verified = tokio::task::spawn_blocking(move || {
-                    crate::accounts::login(&state_dir, &user, &password)
-                })
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let ctx = &self.shared.ctx;
+                let verified = ctx.agent.login(&ctx.state_dir, &user, &password).await;
                 match verified {
                     Ok(Some(identity)) => {
                         tracing::debug!(peer = %self.peer, user = identity.user, "FNAP user authenticated");
