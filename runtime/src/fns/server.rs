@@ -77,6 +77,30 @@ pub struct NameService {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// UDP and TCP on the same port. With port 0 the system picks the UDP
+/// port, which another program may hold for TCP: then another is tried.
+async fn bind_pair(
+    addr: SocketAddr,
+) -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener), FnsServerError> {
+    let error = |source| FnsServerError::Bind { addr, source };
+    let mut attempts = 0;
+    loop {
+        let udp = tokio::net::UdpSocket::bind(addr).await.map_err(error)?;
+        let bound = udp.local_addr().map_err(error)?;
+        match tokio::net::TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e)
+                if addr.port() == 0
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && attempts < 20 =>
+            {
+                attempts += 1;
+            }
+            Err(e) => return Err(error(e)),
+        }
+    }
+}
+
 impl NameService {
     /// Binds `addr` (UDP and TCP), publishes the zones of `namespaces` and
     /// keeps them in step with the flows.
@@ -86,15 +110,9 @@ impl NameService {
         publication: Publication,
         agent: Agent,
     ) -> Result<NameService, FnsServerError> {
-        let udp = tokio::net::UdpSocket::bind(addr)
-            .await
-            .map_err(|source| FnsServerError::Bind { addr, source })?;
+        let (udp, tcp) = bind_pair(addr).await?;
         let bound = udp
             .local_addr()
-            .map_err(|source| FnsServerError::Bind { addr, source })?;
-        // TCP on the same port as UDP.
-        let tcp = tokio::net::TcpListener::bind(bound)
-            .await
             .map_err(|source| FnsServerError::Bind { addr, source })?;
         let zones = Zones(Arc::new(RwLock::new(Arc::new(
             build(&namespaces, &publication, &agent, 1).await?,
