@@ -233,29 +233,22 @@ impl Membership {
         }
     }
 
+    /// Keeps a held lease: renews it, or takes it again when it ran out
+    /// while the broker was away (a node lost, a leader elected) and no one
+    /// else took it. `None`: another host holds it now.
+    pub async fn keep(&self, key: &str, revision: u64) -> Result<Option<u64>, BrokerError> {
+        match self.renew(key, revision).await {
+            Ok(None) => self.acquire(key).await,
+            other => other,
+        }
+    }
+
     /// Gives a lease back (if still held at `revision`).
     pub async fn release(&self, key: &str, revision: u64) {
         let _ = self
             .leases
             .delete_expect_revision(key, Some(revision))
             .await;
-    }
-
-    /// Who holds each lease: `(key, host)`.
-    pub async fn holders(&self) -> Result<Vec<(String, String)>, BrokerError> {
-        let mut keys = self.leases.keys().await.map_err(unavailable)?;
-        let mut names = Vec::new();
-        while let Some(key) = keys.next().await {
-            names.push(key.map_err(unavailable)?);
-        }
-        let mut out = Vec::new();
-        for key in names {
-            if let Some(value) = self.leases.get(&key).await.map_err(unavailable)? {
-                out.push((key, String::from_utf8_lossy(&value).into_owned()));
-            }
-        }
-        out.sort();
-        Ok(out)
     }
 }
 

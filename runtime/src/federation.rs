@@ -29,7 +29,7 @@
 use crate::agent::subscriptions::{Subscribed, Subscription};
 use crate::agent::{Agent, AgentError};
 use crate::broker::FlowName;
-use crate::broker::codec::{self, Origin};
+use crate::broker::codec;
 use crate::broker::grants::PullCredentials;
 use crate::cluster::{self, Membership};
 use crate::event::jsonl;
@@ -303,10 +303,7 @@ async fn renew(membership: &Membership, running: &mut Running) {
             continue;
         };
         let lease = relay_lease(sub);
-        let renewed = match membership.renew(&lease, *revision).await {
-            Ok(None) => membership.acquire(&lease).await,
-            other => other,
-        };
+        let renewed = membership.keep(&lease, *revision).await;
         match renewed {
             Ok(Some(next)) => {
                 if let Some(entry) = running.get_mut(&key) {
@@ -484,16 +481,7 @@ async fn relay_from_broker(
         let mut events = Vec::new();
         while let Some(message) = batch.next().await {
             let message = message.map_err(|e| unavailable(&e))?;
-            let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-            let decoded = codec::event_from_message(
-                message.headers.as_ref(),
-                &message.payload,
-                Origin {
-                    stream: &credentials.stream,
-                    sequence,
-                    subject: &message.subject,
-                },
-            );
+            let (sequence, decoded) = codec::stored_event(&message, &credentials.stream);
             match decoded {
                 Ok(event) => {
                     events.push(event);

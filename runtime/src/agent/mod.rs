@@ -14,7 +14,7 @@ pub mod subscriptions;
 
 pub use access::{NamespaceRecord, Principal};
 
-use crate::broker::codec::{self, Origin};
+use crate::broker::codec;
 use crate::broker::{Broker, BrokerError, FlowInfo, FlowName, FlowSettings, Outgoing, Published};
 use crate::engine::Buckets;
 use crate::engine::spec::{self, ProcessorSpec, RunLimits, Status};
@@ -124,17 +124,9 @@ impl FlowReader {
         while let Some(message) = batch.next().await {
             let message =
                 message.map_err(|e| AgentError::Unavailable(format!("reading {flow}: {e}")))?;
-            let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-            let event = codec::event_from_message(
-                message.headers.as_ref(),
-                &message.payload,
-                Origin {
-                    stream: &self.stream,
-                    sequence,
-                    subject: &message.subject,
-                },
-            )
-            .map_err(|e| AgentError::Invalid(format!("event {sequence} of {flow}: {e}")))?;
+            let (sequence, event) = codec::stored_event(&message, &self.stream);
+            let event = event
+                .map_err(|e| AgentError::Invalid(format!("event {sequence} of {flow}: {e}")))?;
             events.push((sequence, event));
         }
         Ok(events)

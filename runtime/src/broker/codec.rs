@@ -271,6 +271,25 @@ pub fn event_from_message(
     packed::unpack_view(&View::new(&p.bytes, &p.events, &p.extensions), 0)
 }
 
+/// The stream sequence of a message pulled from `stream`, and the event it
+/// carries.
+pub fn stored_event(
+    message: &async_nats::jetstream::Message,
+    stream: &str,
+) -> (u64, Result<Event, PackError>) {
+    let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let event = event_from_message(
+        message.headers.as_ref(),
+        &message.payload,
+        Origin {
+            stream,
+            sequence,
+            subject: &message.subject,
+        },
+    );
+    (sequence, event)
+}
+
 /// The JetStream message id (`Nats-Msg-Id`) of an event written by `scope`
 /// (a processor, or a writer) to output `port`: derived from the event's
 /// `source` and `id`, which CloudEvents defines as its identity. A replay of

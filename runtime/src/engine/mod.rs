@@ -165,6 +165,18 @@ struct Placed {
     hosts: Vec<String>,
 }
 
+impl Placed {
+    /// The live hosts, this one included even before its first heartbeat
+    /// is read back.
+    fn hosts_with(&self, me: &str) -> Vec<String> {
+        let mut hosts = self.hosts.clone();
+        if !hosts.iter().any(|h| h == me) {
+            hosts.push(me.to_owned());
+        }
+        hosts
+    }
+}
+
 /// An instance running on this host, under its lease.
 struct Instance {
     runner: RunnerHandle,
@@ -382,12 +394,7 @@ async fn keep_beating(
             .collect();
         for ((id, instance), revision) in held {
             let key = cluster::lease_key(&id, instance);
-            // A lease that ran out while the broker was away (a node lost,
-            // a leader elected) is taken again if no one else took it.
-            let renewed = match membership.renew(&key, revision).await {
-                Ok(None) => membership.acquire(&key).await,
-                other => other,
-            };
+            let renewed = membership.keep(&key, revision).await;
             let mut placed = shared.placed.lock().await;
             let lost = match renewed {
                 Ok(Some(next)) => {
@@ -441,10 +448,7 @@ async fn place(ctx: &Context, shared: &Shared) {
     let membership = &shared.membership;
     let wanted: Vec<(String, u32)> = {
         let mut placed = shared.placed.lock().await;
-        let mut hosts = placed.hosts.clone();
-        if !hosts.contains(&membership.id) {
-            hosts.push(membership.id.clone());
-        }
+        let hosts = placed.hosts_with(&membership.id);
         let mut wanted = Vec::new();
         for spec in placed.specs.values().filter(|s| !s.paused) {
             for instance in 0..spec.parallelism.max(1) {
@@ -558,10 +562,7 @@ async fn reconcile(ctx: &Context, shared: &Shared, entry: kv::Entry) {
             Some(spec) => placed.specs.insert(id.clone(), spec.clone()),
             None => placed.specs.remove(&id),
         };
-        let mut hosts = placed.hosts.clone();
-        if !hosts.contains(&membership.id) {
-            hosts.push(membership.id.clone());
-        }
+        let hosts = placed.hosts_with(&membership.id);
         (stopping, previous, hosts)
     };
     for ((rid, instance), running) in stopping {

@@ -228,9 +228,8 @@ pub struct Flowd {
 
 impl Flowd {
     pub fn start(nats_url: &str, state_dir: &Path) -> Flowd {
-        let child = Command::new(env!("CARGO_BIN_EXE_flowd"))
-            .args([
-                "serve",
+        Flowd::serve(|c| {
+            c.args([
                 "--nats",
                 nats_url,
                 "--metrics",
@@ -245,21 +244,23 @@ impl Flowd {
                 "127.0.0.1:0",
                 "--state-dir",
             ])
-            .arg(state_dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("flowd starts");
-        Flowd { child }
+            .arg(state_dir);
+        })
     }
 
     /// `flowd serve --config <file>`.
     pub fn start_with_config(config: &Path) -> Flowd {
-        let child = Command::new(env!("CARGO_BIN_EXE_flowd"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
+        Flowd::serve(|c| {
+            c.arg("--config").arg(config);
+        })
+    }
+
+    /// `flowd serve` with the arguments `args` adds.
+    fn serve(args: impl FnOnce(&mut Command)) -> Flowd {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flowd"));
+        command.arg("serve");
+        args(&mut command);
+        let child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
