@@ -183,6 +183,8 @@ struct Published {
 pub struct SharedAccounts {
     store: async_nats::jetstream::kv::Store,
     host_id: String,
+    /// This host's state directory, whose accounts file is read first.
+    local: Option<PathBuf>,
 }
 
 impl SharedAccounts {
@@ -193,7 +195,15 @@ impl SharedAccounts {
         Ok(SharedAccounts {
             store: broker.kv(SHARED).await?,
             host_id: host_id.to_owned(),
+            local: None,
         })
+    }
+
+    /// Also looks accounts up in this host's own file (`state_dir`), so
+    /// that an account is not taken for removed while publishing it fails.
+    pub fn with_local(mut self, state_dir: &Path) -> SharedAccounts {
+        self.local = Some(state_dir.to_owned());
+        self
     }
 
     /// Publishes the accounts of this host's file, and withdraws those it
@@ -264,6 +274,44 @@ impl SharedAccounts {
                 tokio::time::sleep(every).await;
             }
         })
+    }
+
+    /// Who `user` is now, if any host of the participant still has the
+    /// account; `Err` when the broker cannot say.
+    pub async fn identity(&self, user: &str) -> Result<Option<Identity>, AccountError> {
+        if let Some(dir) = self.local.clone() {
+            let local = tokio::task::spawn_blocking(move || Accounts::load(&dir))
+                .await
+                .map_err(|e| AccountError::Invalid(e.to_string()))??;
+            if let Some(account) = local.accounts.get(user) {
+                return Ok(Some(Identity {
+                    user: user.to_owned(),
+                    admin: account.admin,
+                }));
+            }
+        }
+        let value = self
+            .store
+            .get(user)
+            .await
+            .map_err(|e| AccountError::Invalid(format!("{SHARED}: {e}")))?;
+        Ok(value
+            .and_then(|v| serde_json::from_slice::<Published>(&v).ok())
+            .map(|p| Identity {
+                user: user.to_owned(),
+                admin: p.account.admin,
+            }))
+    }
+
+    /// Follows the shared accounts: yields once per change (an account
+    /// added, changed or removed on any host).
+    pub async fn changes(&self) -> Result<impl futures::Stream<Item = ()> + use<>, AccountError> {
+        let watch = self
+            .store
+            .watch_all()
+            .await
+            .map_err(|e| AccountError::Invalid(format!("{SHARED}: {e}")))?;
+        Ok(futures::StreamExt::map(watch, |_| ()))
     }
 
     /// Checks a log-in against the shared accounts.

@@ -12,6 +12,12 @@
 //! server = "/usr/local/bin/nats-server"  # binary for the embedded server
 //! listen = "192.0.2.10"                 # its address (default: FNAP's)
 //! replicas = 3                          # copies of flows and buckets (cluster)
+//! tls = "auto"                          # embedded broker: TLS beyond loopback ("required": always)
+//!
+//! [nats.subscribers]                    # limits of each subscriber's broker account
+//! connections = 2
+//! subscriptions = 16
+//! payload = 4096                        # largest message a subscriber may publish
 //!
 //! [cluster]                             # several hosts on one NATS
 //! host_id = "h-1"                       # default: made once, in <state_dir>/host-id
@@ -234,6 +240,22 @@ pub struct Nats {
     /// address, which DNS publishes as the broker's): subscribers on other
     /// hosts pull their copies from it.
     pub listen: Option<std::net::IpAddr>,
+    /// TLS on the embedded server's client port: `auto` (on whenever it
+    /// listens beyond loopback) or `required` (always).
+    pub tls: BrokerTls,
+    /// Limits of each subscriber's account on the embedded server.
+    pub subscribers: crate::broker::grants::SubscriberLimits,
+}
+
+/// When the embedded broker's client port speaks TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerTls {
+    /// TLS whenever the port listens beyond loopback.
+    #[default]
+    Auto,
+    /// TLS always.
+    Required,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

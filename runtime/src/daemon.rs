@@ -5,8 +5,8 @@
 use crate::agent::Agent;
 use crate::api::{ApiContext, ApiServer};
 use crate::broker::Broker;
-use crate::broker::embedded::EmbeddedNats;
-use crate::config::{Config, HostFile};
+use crate::broker::embedded::{EmbeddedNats, EmbeddedOptions};
+use crate::config::{BrokerTls, Config, HostFile};
 use crate::engine::{Engine, Metrics};
 use crate::federation::{Federation, Relays};
 use crate::fnap::{Server, ServerContext};
@@ -33,6 +33,8 @@ pub struct Daemon {
     api: Option<ApiServer>,
     /// Publishes this host's accounts file to the other hosts.
     accounts: tokio::task::JoinHandle<()>,
+    /// Revokes the copies of accounts removed on any host.
+    reviews: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -46,8 +48,26 @@ impl Daemon {
                 .listen
                 .or(config.fnap.listen.map(|a| a.ip()))
                 .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+            let tls = match config.nats.tls {
+                BrokerTls::Required => true,
+                BrokerTls::Auto => !crate::broker::embedded::is_loopback(listen),
+            };
+            let options = EmbeddedOptions {
+                limits: config.nats.subscribers,
+                tls: tls
+                    .then(|| {
+                        crate::fnap::tls::certificate_files(
+                            &config.fnap.tls,
+                            &state_dir,
+                            &config.participant.fqdn,
+                        )
+                    })
+                    .transpose()
+                    .context("the embedded broker's TLS certificate")?,
+            };
             let embedded =
-                EmbeddedNats::start(&state_dir, config.nats.server.as_deref(), listen).await?;
+                EmbeddedNats::start(&state_dir, config.nats.server.as_deref(), listen, &options)
+                    .await?;
             let url = embedded.url().to_owned();
             (Some(embedded), vec![url])
         } else {
@@ -57,6 +77,11 @@ impl Daemon {
             &nats_urls,
             &format!("flowd {}", config.participant.fqdn),
             embedded.as_ref().map(EmbeddedNats::credentials),
+            embedded
+                .as_ref()
+                .and_then(EmbeddedNats::certificate)
+                .map(crate::fnap::tls::pinned_client_config)
+                .transpose()?,
         )
         .await?
         .with_replicas(config.nats.replicas);
@@ -86,10 +111,12 @@ impl Daemon {
             Federation::new(config.fns.nameserver, config.peers.clone())
                 .context("setting up the resolver")?,
         );
-        let shared_accounts = crate::accounts::SharedAccounts::open(&broker, &host_id).await?;
+        let shared_accounts = crate::accounts::SharedAccounts::open(&broker, &host_id)
+            .await?
+            .with_local(&state_dir);
         let accounts = shared_accounts
             .clone()
-            .follow(state_dir.clone(), std::time::Duration::from_secs(2));
+            .follow(state_dir.clone(), std::time::Duration::from_millis(250));
         let mut agent = Agent::new(broker.clone())
             .await?
             .with_federation(federation.clone())
@@ -101,6 +128,7 @@ impl Daemon {
                 .await
                 .context("checking the subscribers' broker users")?;
         }
+        let reviews = agent.follow_accounts();
         let relays = Relays::start(
             agent.clone(),
             federation,
@@ -266,6 +294,7 @@ impl Daemon {
             relays,
             api,
             accounts,
+            reviews,
         })
     }
 
@@ -313,6 +342,9 @@ impl Daemon {
         }
         self.relays.shutdown();
         self.accounts.abort();
+        if let Some(reviews) = self.reviews {
+            reviews.abort();
+        }
         if let Some(updater) = self.updater {
             updater.shutdown();
         }

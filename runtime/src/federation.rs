@@ -175,9 +175,42 @@ impl Federation {
         Ok((Subscribed { copy, credentials }, addr))
     }
 
-    /// `nats://` URLs of the broker publishing `flow` (its `_queue` SRV
-    /// record and the target's addresses).
-    async fn broker_urls(&self, flow: &FlowName) -> Result<Vec<String>, AgentError> {
+    /// How to reach the broker publishing `flow` with `credentials`:
+    /// over TLS checked against the broker's name in DNS when the broker
+    /// requires it (which needs the peer's CA), in plain text only on
+    /// loopback. `None`: the credentials cannot be used safely, the copy is
+    /// read over FNAP.
+    async fn broker(
+        &self,
+        flow: &FlowName,
+        credentials: &PullCredentials,
+    ) -> Result<Option<RemoteBroker>, AgentError> {
+        let (host, urls, loopback) = self.broker_urls(flow).await?;
+        if !credentials.tls {
+            if loopback {
+                return Ok(Some(RemoteBroker { urls, tls: None }));
+            }
+            tracing::warn!(%flow, "the remote broker is plain text beyond loopback: reading over FNAP");
+            return Ok(None);
+        }
+        let Some(ca) = self.peer(flow).and_then(|p| p.ca.clone()) else {
+            tracing::warn!(%flow, "the remote broker requires TLS and no [[peers]] ca is set for it: reading over FNAP");
+            return Ok(None);
+        };
+        let tls = crate::fnap::tls::named_client_config(&ca, &host)
+            .map_err(|e| AgentError::Unavailable(format!("TLS to the broker of {flow}: {e}")))?;
+        Ok(Some(RemoteBroker {
+            urls,
+            tls: Some(tls),
+        }))
+    }
+
+    /// The broker host publishing `flow` (its `_queue` SRV record), the
+    /// `nats://` URLs of its addresses, and whether they are all loopback.
+    async fn broker_urls(
+        &self,
+        flow: &FlowName,
+    ) -> Result<(String, Vec<String>, bool), AgentError> {
         let unavailable = |e: DiscoveryError| AgentError::Unavailable(e.to_string());
         let location = self.discovery.locate(flow).await.map_err(unavailable)?;
         let Some((host, port, _)) = location.broker else {
@@ -191,10 +224,14 @@ impl Federation {
                 "the broker host {host} of {flow} has no address"
             )));
         }
-        Ok(addresses
+        let loopback = addresses
+            .iter()
+            .all(|ip| crate::broker::embedded::is_loopback(*ip));
+        let urls = addresses
             .into_iter()
             .map(|ip| format!("nats://{}", SocketAddr::new(ip, port)))
-            .collect())
+            .collect();
+        Ok((host, urls, loopback))
     }
 
     /// `UNSUBSCRIBE <copy>` at the remote host.
@@ -363,16 +400,17 @@ async fn place_relays(
 
 /// Why a relay stopped for good.
 enum Ended {
-    Revoked,
+    /// With the remote host's reason, when it gave one.
+    Revoked(Option<String>),
 }
 
 async fn relay(agent: Agent, federation: Arc<Federation>, sub: Subscription) {
     let mut backoff = Duration::from_millis(200);
     loop {
         match relay_once(&agent, &federation, &sub).await {
-            Ok(Ended::Revoked) => {
-                tracing::warn!(local = %sub.local, copy = %sub.copy, "subscription revoked by the remote host");
-                if let Err(e) = agent.mark_revoked(&sub.token).await {
+            Ok(Ended::Revoked(reason)) => {
+                tracing::warn!(local = %sub.local, copy = %sub.copy, ?reason, "subscription revoked by the remote host");
+                if let Err(e) = agent.mark_revoked(&sub.token, reason).await {
                     tracing::warn!("marking {} revoked: {e}", sub.token);
                 }
                 return;
@@ -392,7 +430,10 @@ async fn relay_once(
     sub: &Subscription,
 ) -> Result<Ended, AgentError> {
     match &sub.broker {
-        Some(credentials) => relay_from_broker(agent, federation, sub, credentials).await,
+        Some(credentials) => match federation.broker(&sub.remote, credentials).await? {
+            Some(broker) => relay_from_broker(agent, federation, sub, credentials, broker).await,
+            None => relay_over_fnap(agent, federation, sub).await,
+        },
         None => relay_over_fnap(agent, federation, sub).await,
     }
 }
@@ -407,6 +448,23 @@ fn removed(e: &async_nats::jetstream::stream::ConsumerError) -> bool {
             || js.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
+/// A remote refusal as a reason to keep: one line of at most 200
+/// characters (the remote host is not trusted with more).
+fn reason(reply: &crate::fnap::reply::Reply) -> String {
+    reply
+        .to_string()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect()
+}
+
+/// Where and how a remote broker is reached.
+struct RemoteBroker {
+    urls: Vec<String>,
+    tls: Option<rustls::ClientConfig>,
+}
+
 /// Pulls the copy from the remote broker with the subscription's own
 /// credentials until the connection fails or the subscription is revoked.
 async fn relay_from_broker(
@@ -414,30 +472,36 @@ async fn relay_from_broker(
     federation: &Federation,
     sub: &Subscription,
     credentials: &PullCredentials,
+    broker: RemoteBroker,
 ) -> Result<Ended, AgentError> {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let urls = federation.broker_urls(&sub.remote).await?;
+    let RemoteBroker { urls, tls } = broker;
     let refused = Arc::new(AtomicBool::new(false));
     let flag = refused.clone();
-    let connected = async_nats::ConnectOptions::with_user_and_password(
+    let mut options = async_nats::ConnectOptions::with_user_and_password(
         credentials.user.clone(),
         credentials.password.clone(),
-    )
-    .name(format!("flowd subscription {}", sub.local))
-    .custom_inbox_prefix(&credentials.inbox)
-    .connection_timeout(Duration::from_secs(5))
-    .event_callback(move |event| {
-        let flag = flag.clone();
-        async move {
-            if let async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) =
-                event
-            {
-                flag.store(true, Ordering::SeqCst);
+    );
+    if let Some(tls) = tls {
+        options = options.require_tls(true).tls_client_config(tls);
+    }
+    let connected = options
+        .name(format!("flowd subscription {}", sub.local))
+        .custom_inbox_prefix(&credentials.inbox)
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let flag = flag.clone();
+            async move {
+                if let async_nats::Event::ServerError(
+                    async_nats::ServerError::AuthorizationViolation,
+                ) = event
+                {
+                    flag.store(true, Ordering::SeqCst);
+                }
             }
-        }
-    })
-    .connect(urls.clone())
-    .await;
+        })
+        .connect(urls.clone())
+        .await;
     let client = match connected {
         Ok(client) => client,
         Err(e) if e.kind() == async_nats::ConnectErrorKind::AuthorizationViolation => {
@@ -454,7 +518,7 @@ async fn relay_from_broker(
     let unavailable = |e: &dyn std::fmt::Display| {
         AgentError::Unavailable(format!("pulling {} from its broker: {e}", sub.copy))
     };
-    let js = async_nats::jetstream::new(client.clone());
+    let js = async_nats::jetstream::with_prefix(client.clone(), &credentials.api_prefix);
     let consumer: async_nats::jetstream::consumer::PullConsumer = match js
         .get_consumer_from_stream(&credentials.consumer, &credentials.stream)
         .await
@@ -520,7 +584,7 @@ async fn confirm_revoked(
     let _ = client.quit().await;
     match described {
         Err(ClientError::Refused(reply)) if reply.code == 550 || reply.code == 554 => {
-            Ok(Ended::Revoked)
+            Ok(Ended::Revoked(Some(reason(&reply))))
         }
         _ => Err(AgentError::Unavailable(format!(
             "pulling {} from its broker: {why}, but the copy is still there",
@@ -546,7 +610,7 @@ async fn relay_over_fnap(
     match client.read_start(&read).await {
         Ok(()) => {}
         Err(ClientError::Refused(reply)) if reply.code == 550 || reply.code == 554 => {
-            return Ok(Ended::Revoked);
+            return Ok(Ended::Revoked(Some(reason(&reply))));
         }
         Err(e) => return Err(refused(e, &read)),
     }
@@ -562,7 +626,7 @@ async fn relay_over_fnap(
                 agent.relay_store(sub, &scope, &batch, last).await?;
                 return match other {
                     Err(ClientError::Refused(reply)) if reply.code == 550 || reply.code == 554 => {
-                        Ok(Ended::Revoked)
+                        Ok(Ended::Revoked(Some(reason(&reply))))
                     }
                     Err(e) => Err(refused(e, "reading the subscription")),
                     // The copy's stream went away mid-read (removed).

@@ -345,7 +345,7 @@ async fn participants_subscribe_to_each_other_through_dns() {
     eventually(Duration::from_secs(15), "A sees the revocation", || async {
         let mut c = a.admin().await;
         let (subs, _) = c.data("LIST SUBSCRIPTIONS").await.ok()?;
-        subs.iter().any(|s| s.ends_with(" revoked")).then_some(())
+        subs.iter().any(|s| s.contains(" revoked")).then_some(())
     })
     .await;
     admin_b
@@ -624,6 +624,7 @@ async fn broker_credentials_pull_only_their_copy_and_removal_revokes_them() {
         .expect("the subscriber's user is admitted");
     let js = jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(2))
+        .api_prefix(&creds.api_prefix)
         .build(client.clone());
     let consumer: jetstream::consumer::PullConsumer = js
         .get_consumer_from_stream(&creds.consumer, &creds.stream)
@@ -756,7 +757,11 @@ async fn broker_credentials_pull_only_their_copy_and_removal_revokes_them() {
     eventually(Duration::from_secs(10), "A sees the revocation", || async {
         let mut c = a.admin().await;
         let (subs, _) = c.data("LIST SUBSCRIPTIONS").await.ok()?;
-        subs.iter().any(|s| s.ends_with(" revoked")).then_some(())
+        subs.iter()
+            .any(|s| {
+                s.contains(" revoked ") && s.contains("removed by the owner of time.flows.unix.ar")
+            })
+            .then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -1127,7 +1132,14 @@ struct NsHost {
 }
 
 impl NsHost {
-    fn start(ns: &str, ip: &str, fqdn: &str, namespace: &str, nameserver: &str) -> NsHost {
+    fn start(
+        ns: &str,
+        ip: &str,
+        fqdn: &str,
+        namespace: &str,
+        nameserver: &str,
+        extra: &str,
+    ) -> NsHost {
         let state = tempfile::tempdir().expect("tempdir");
         let config = state.path().join("flowd.toml");
         std::fs::write(
@@ -1136,7 +1148,7 @@ impl NsHost {
                 "[participant]\nfqdn = \"{fqdn}\"\nnamespaces = [\"{namespace}\"]\nstate_dir = \"{}\"\n\
                  [metrics]\nlisten = \"off\"\n[api]\nlisten = \"off\"\n\
                  [fnap]\nlisten = \"{ip}:61000\"\ntls_listen = \"off\"\nplain_auth_from = [\"10.231.0.0/24\"]\n\
-                 [fns]\nlisten = \"{ip}:5353\"\nnameserver = \"{nameserver}\"\nttl = 1\n",
+                 [fns]\nlisten = \"{ip}:5353\"\nnameserver = \"{nameserver}\"\nttl = 1\n{extra}",
                 state.path().display()
             ),
         )
@@ -1219,13 +1231,20 @@ fn participants_in_separate_network_namespaces_subscribe_through_dns() {
         "fnaa.unix.ar",
         "flows.unix.ar",
         "10.231.0.1:5353",
+        "",
     );
+    // B's broker listens beyond loopback, so it speaks TLS with B's
+    // certificate, which A trusts for B's namespace.
     let a = NsHost::start(
         &net.a,
         "10.231.0.1",
         "fnaa.emiliano.ar",
         "flows.emiliano.ar",
         "10.231.0.2:5353",
+        &format!(
+            "[[peers]]\nnamespace = \"flows.unix.ar\"\nca = \"{}\"\n",
+            b.state.path().join("tls/cert.pem").display()
+        ),
     );
     b.ok(&["create", "flow", "news.flows.unix.ar", "--public"]);
     // A knows only the flow's name: DNS (B's name service, across the
@@ -1422,4 +1441,702 @@ async fn a_second_host_takes_the_relay_of_a_remote_subscription_over() {
         "each event once: {described:?}"
     );
     drop(state1);
+}
+
+/// A stream's name, message count and last sequence, and (for a bucket)
+/// its records.
+type StreamSnapshot = (String, u64, u64, Vec<(String, Vec<u8>)>);
+
+/// Everything of the host's account a subscriber could touch: each stream
+/// (flows and buckets) with its message count and last sequence, and every
+/// record of every bucket.
+async fn host_snapshot(daemon: &Daemon) -> Vec<StreamSnapshot> {
+    use futures::StreamExt;
+    let js = daemon.broker().jetstream();
+    let mut names: Vec<String> = Vec::new();
+    let mut list = js.stream_names();
+    while let Some(name) = list.next().await {
+        names.push(name.expect("stream name"));
+    }
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let mut stream = js.get_stream(&name).await.expect("stream");
+        let state = stream.info().await.expect("info").state.clone();
+        let mut records = Vec::new();
+        if let Some(bucket) = name.strip_prefix("KV_") {
+            let kv = js.get_key_value(bucket).await.expect("bucket");
+            let mut keys: Vec<String> = Vec::new();
+            let mut stream = kv.keys().await.expect("keys");
+            while let Some(key) = stream.next().await {
+                keys.push(key.expect("key"));
+            }
+            keys.sort();
+            for key in keys {
+                let value = kv.get(&key).await.expect("get").unwrap_or_default();
+                records.push((key, value.to_vec()));
+            }
+        }
+        out.push((name, state.messages, state.last_sequence, records));
+    }
+    out
+}
+
+/// The subscriber's broker credentials are confined to its own account:
+/// whatever reply subject it names on the requests it may send, and
+/// whatever else it publishes, subscribes to or creates, the host's flows
+/// and buckets stay exactly as they were; it cannot open more connections
+/// than its account allows; and its own copy still flows, every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_credential_cannot_reach_the_host_account() {
+    use async_nats::jetstream;
+    use flowd::broker::grants::PullCredentials;
+    use futures::StreamExt;
+
+    let (b, _a) = embedded_and_subscriber(|_| {}).await;
+    let mut admin_b = b.admin().await;
+    admin_b
+        .command("CREATE FLOW time.flows.unix.ar PUBLIC")
+        .await
+        .expect("public flow");
+    admin_b
+        .command("CREATE FLOW secret.flows.unix.ar")
+        .await
+        .expect("private flow");
+    admin_b
+        .block("WRITE FLOW secret.flows.unix.ar", events("s", 0..10))
+        .await
+        .expect("written");
+    let b_fnap = b.daemon.fnap_addr().expect("FNAP").to_string();
+    let subscribe = || async {
+        let mut peer = Client::connect(&b_fnap, &Security::Plain)
+            .await
+            .expect("connects");
+        peer.authenticate_anonymous().await.expect("anonymous");
+        let (lines, _) = peer
+            .data("SUBSCRIBE time.flows.unix.ar")
+            .await
+            .expect("subscribed");
+        PullCredentials::from_lines(&lines[1..])
+            .expect("well formed")
+            .expect("B issues broker credentials")
+    };
+    // An honest subscriber, and an attacker holding credentials of its own.
+    let honest = subscribe().await;
+    let attacker = subscribe().await;
+    admin_b
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 0..50))
+        .await
+        .expect("written");
+    // Both copies have the 50 events before the attack starts.
+    eventually(Duration::from_secs(20), "the copies are fed", || async {
+        let js = b.daemon.broker().jetstream();
+        let mut all = true;
+        for stream in [&honest.stream, &attacker.stream] {
+            let mut s = js.get_stream(stream).await.ok()?;
+            all &= s.info().await.ok()?.state.messages == 50;
+        }
+        all.then_some(())
+    })
+    .await;
+    let before = host_snapshot(&b.daemon).await;
+
+    let url = b.daemon.nats_urls()[0].clone();
+    let refusals = Refusals::default();
+    let client = refusals
+        .options(&attacker.user, &attacker.password, &attacker.inbox)
+        .connect(url.clone())
+        .await
+        .expect("the attacker's user is admitted");
+    let next = format!(
+        "{}.CONSUMER.MSG.NEXT.{}.{}",
+        attacker.api_prefix, attacker.stream, attacker.consumer
+    );
+    let info = format!(
+        "{}.CONSUMER.INFO.{}.{}",
+        attacker.api_prefix, attacker.stream, attacker.consumer
+    );
+    // Reply subjects naming the host's flows, each bucket's records, the
+    // JetStream API, the system account, the host's and the honest
+    // subscriber's inboxes.
+    let mut targets = vec![
+        flow("secret.flows.unix.ar").subject(),
+        flow("time.flows.unix.ar").subject(),
+        format!("flow.{}", flow(&format!("x.{}", "time.flows.unix.ar"))),
+        "$JS.API.STREAM.CREATE.EVIL".to_owned(),
+        format!(
+            "$JS.API.STREAM.DELETE.{}",
+            flow("secret.flows.unix.ar").stream()
+        ),
+        format!(
+            "$JS.API.STREAM.PURGE.{}",
+            flow("secret.flows.unix.ar").stream()
+        ),
+        "$JS.API.INFO".to_owned(),
+        "$SYS.REQ.SERVER.PING".to_owned(),
+        "$SYS.REQ.ACCOUNT.FLOWD.CONNZ".to_owned(),
+        "_INBOX.host.1".to_owned(),
+        format!("{}.x", honest.inbox),
+        next.clone(),
+        format!(
+            "$JS.ACK.{}.{}.1.1.1.1.1",
+            attacker.stream, attacker.consumer
+        ),
+    ];
+    for (_, _, _, records) in &before {
+        for (key, _) in records {
+            for (name, ..) in &before {
+                if let Some(bucket) = name.strip_prefix("KV_") {
+                    targets.push(format!("$KV.{bucket}.{key}"));
+                }
+            }
+        }
+    }
+    targets.push("$KV.flowd-namespaces.flows.unix.ar".to_owned());
+    targets.sort();
+    targets.dedup();
+    for target in &targets {
+        client
+            .publish_with_reply(next.clone(), target.clone(), r#"{"batch":3}"#.into())
+            .await
+            .expect("sent");
+        client
+            .publish_with_reply(info.clone(), target.clone(), "".into())
+            .await
+            .expect("sent");
+    }
+    // Subjects it may not publish or subscribe to.
+    let host_next = format!(
+        "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+        attacker.stream, attacker.consumer
+    );
+    for subject in [
+        "flow.secret.flows.unix.ar",
+        "$KV.flowd-namespaces.flows.unix.ar",
+        "$JS.API.STREAM.CREATE.EVIL",
+        "$SYS.REQ.SERVER.PING",
+        &host_next,
+    ] {
+        client
+            .publish(subject.to_owned(), "forged".into())
+            .await
+            .expect("sent");
+    }
+    for subject in ["flow.>", "$KV.>", "$JS.API.>", "$SYS.>"] {
+        let _ = client.subscribe(subject).await;
+    }
+    client.flush().await.expect("flushed");
+    refusals
+        .wait_for("permissions violation for publish to \"flow.secret.flows.unix.ar\"")
+        .await;
+    refusals
+        .wait_for("permissions violation for subscription to \"$sys.>\"")
+        .await;
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build(client.clone());
+    assert!(
+        js.create_stream(jetstream::stream::Config {
+            name: "EVIL".into(),
+            subjects: vec!["evil.>".into()],
+            ..Default::default()
+        })
+        .await
+        .is_err(),
+        "no stream of its own"
+    );
+    assert!(
+        js.get_stream(flow("secret.flows.unix.ar").stream())
+            .await
+            .is_err(),
+        "another flow's stream"
+    );
+    // More connections than its account allows are refused.
+    let limit = b.config.nats.subscribers.connections as usize;
+    let mut extra = Vec::new();
+    let mut refused = 0;
+    for _ in 0..limit + 3 {
+        match Refusals::default()
+            .options(&attacker.user, &attacker.password, &attacker.inbox)
+            .connect(url.clone())
+            .await
+        {
+            Ok(c) => {
+                // A connection over the limit is closed once admitted.
+                if c.flush().await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                if c.connection_state() == async_nats::connection::State::Connected {
+                    extra.push(c);
+                } else {
+                    refused += 1;
+                }
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(
+        extra.len() < limit,
+        "at most {limit} connections at once, with the first one: {} more admitted",
+        extra.len()
+    );
+    assert!(refused >= 3, "{refused} refused");
+    drop(extra);
+    // Let whatever the server would deliver arrive, then compare.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = host_snapshot(&b.daemon).await;
+    let names = |s: &[StreamSnapshot]| s.iter().map(|(n, ..)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&before),
+        names(&after),
+        "no stream created or deleted"
+    );
+    // Heartbeats, leases and processor status change on their own: there,
+    // no record may hold what a reply would have carried (JetStream's
+    // answers, pulled events).
+    let volatile = ["KV_flowd-agents", "KV_flowd-leases", "KV_flowd-status"];
+    for (was, now) in before.iter().zip(&after) {
+        if volatile.contains(&was.0.as_str()) {
+            for (key, value) in &now.3 {
+                let text = String::from_utf8_lossy(value);
+                assert!(
+                    !text.contains("io.nats.jetstream") && !text.contains("\"t-"),
+                    "{} {key} holds a reply: {text}",
+                    now.0
+                );
+            }
+        } else {
+            assert_eq!(was, now, "the host's {} is unchanged", was.0);
+        }
+    }
+
+    // The honest subscriber pulls its copy: the 50 events and 10 000 more,
+    // each once.
+    admin_b
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 50..10_050))
+        .await
+        .expect("written");
+    let client = Refusals::default()
+        .options(&honest.user, &honest.password, &honest.inbox)
+        .connect(url.clone())
+        .await
+        .expect("the honest user is admitted");
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .api_prefix(&honest.api_prefix)
+        .build(client.clone());
+    let consumer: jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream(&honest.consumer, &honest.stream)
+        .await
+        .expect("its own consumer");
+    let mut pulled = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while pulled.len() < 10_050 && tokio::time::Instant::now() < deadline {
+        let mut batch = consumer
+            .batch()
+            .max_messages(256)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .expect("pull");
+        while let Some(message) = batch.next().await {
+            let message = message.expect("message");
+            let id = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("ce-id"))
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            pulled.push(id);
+            message.ack().await.expect("acknowledged");
+        }
+    }
+    let expected: Vec<String> = (0..10_050).map(|i| format!("t-{i}")).collect();
+    assert_eq!(pulled, expected, "every event once, in order");
+}
+
+/// Every way access is taken away cuts the subscriber's broker credential
+/// off by the time the command is answered: its connection is closed, a
+/// new one is refused, and nothing written after it arrives. Prints the
+/// cut-off times (command sent to connection closed) for
+/// docs/federation.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_revocation_path_cuts_the_broker_credential_off() {
+    use flowd::broker::grants::PullCredentials;
+
+    let (b, _a) = embedded_and_subscriber(|_| {}).await;
+    let url = b.daemon.nats_urls()[0].clone();
+    let b_fnap = b.daemon.fnap_addr().expect("FNAP").to_string();
+    let mut admin_b = b.admin().await;
+    let tries: usize = std::env::var("FLOWD_REVOCATION_TRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let mut accounts = Accounts::load(b.state.path()).expect("accounts");
+    for i in 0..tries {
+        accounts
+            .add(&format!("gone{i}"), "pw-gone-123456", false)
+            .expect("account");
+    }
+    accounts
+        .add("reader", "pw-reader-123456", false)
+        .expect("account");
+    accounts.save(b.state.path()).expect("saved");
+    // The host shares its accounts through the broker before they are used.
+    let shared = b
+        .daemon
+        .broker()
+        .jetstream()
+        .get_key_value("flowd-accounts")
+        .await
+        .expect("shared accounts");
+    eventually(
+        Duration::from_secs(10),
+        "the accounts are shared",
+        || async {
+            shared
+                .get(format!("gone{}", tries - 1))
+                .await
+                .ok()
+                .flatten()
+                .map(drop)
+        },
+    )
+    .await;
+    admin_b
+        .command("CREATE NAMESPACE private.flows.unix.ar")
+        .await
+        .expect("namespace");
+    admin_b
+        .command("GRANT reader READ ON private.flows.unix.ar")
+        .await
+        .expect("granted");
+    for i in 0..tries {
+        admin_b
+            .command(&format!("GRANT gone{i} READ ON private.flows.unix.ar"))
+            .await
+            .expect("granted");
+    }
+
+    // Subscribes as `user` (anonymous without) and connects to the broker.
+    let subscribe = |user: Option<(String, String)>, flow: String| {
+        let b_fnap = b_fnap.clone();
+        let url = url.clone();
+        async move {
+            let mut peer = Client::connect(&b_fnap, &Security::Plain)
+                .await
+                .expect("connects");
+            match &user {
+                Some((u, p)) => peer.authenticate_plain(u, p).await.expect("logs in"),
+                None => peer.authenticate_anonymous().await.expect("anonymous"),
+            };
+            let (lines, _) = peer
+                .data(&format!("SUBSCRIBE {flow}"))
+                .await
+                .expect("subscribed");
+            let creds = PullCredentials::from_lines(&lines[1..])
+                .expect("well formed")
+                .expect("credentials");
+            let client = Refusals::default()
+                .options(&creds.user, &creds.password, &creds.inbox)
+                .connect(url)
+                .await
+                .expect("admitted");
+            let js = async_nats::jetstream::with_prefix(client.clone(), &creds.api_prefix);
+            let _: async_nats::jetstream::consumer::PullConsumer = js
+                .get_consumer_from_stream(&creds.consumer, &creds.stream)
+                .await
+                .expect("its consumer");
+            (peer, lines[0].clone(), creds, client)
+        }
+    };
+    // Waits until `client` is cut off; checks a new connection is refused.
+    let cut_off = |creds: PullCredentials,
+                   client: async_nats::Client,
+                   since: std::time::Instant| {
+        let url = url.clone();
+        async move {
+            let deadline = since + Duration::from_secs(10);
+            while client.connection_state() == async_nats::connection::State::Connected {
+                assert!(std::time::Instant::now() < deadline, "still connected");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let took = since.elapsed();
+            let again = Refusals::default()
+                .options(&creds.user, &creds.password, &creds.inbox)
+                .connect(url)
+                .await;
+            assert!(
+                matches!(&again, Err(e) if e.kind() == async_nats::ConnectErrorKind::AuthorizationViolation),
+                "{again:?}"
+            );
+            took
+        }
+    };
+    let mut report = Vec::new();
+    for (n, path) in [
+        "REMOVE SUBSCRIBER",
+        "UNSUBSCRIBE",
+        "REVOKE",
+        "DELETE FLOW",
+        "FLOW MADE PRIVATE",
+        "ACCOUNT REMOVED",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut times = Vec::new();
+        for i in 0..tries {
+            let (user, flow_name, public) = match path {
+                "REVOKE" => (
+                    Some(("reader".to_owned(), "pw-reader-123456".to_owned())),
+                    format!("r{i}.private.flows.unix.ar"),
+                    false,
+                ),
+                "ACCOUNT REMOVED" => (
+                    Some((format!("gone{i}"), "pw-gone-123456".to_owned())),
+                    format!("g{i}.private.flows.unix.ar"),
+                    false,
+                ),
+                _ => (None, format!("p{i}.n{n}.flows.unix.ar"), true),
+            };
+            admin_b
+                .command(&format!(
+                    "CREATE FLOW {flow_name}{}",
+                    if public { " PUBLIC" } else { "" }
+                ))
+                .await
+                .expect("flow");
+            if path == "REVOKE" {
+                admin_b
+                    .command("GRANT reader READ ON private.flows.unix.ar")
+                    .await
+                    .expect("granted again");
+            }
+            let (mut peer, copy, creds, client) = subscribe(user, flow_name.clone()).await;
+            let since = std::time::Instant::now();
+            match path {
+                "REMOVE SUBSCRIBER" => admin_b
+                    .command(&format!("REMOVE SUBSCRIBER {copy}"))
+                    .await
+                    .map(drop),
+                "UNSUBSCRIBE" => peer.command(&format!("UNSUBSCRIBE {copy}")).await.map(drop),
+                "REVOKE" => admin_b
+                    .command("REVOKE reader ON private.flows.unix.ar")
+                    .await
+                    .map(drop),
+                "DELETE FLOW" => admin_b
+                    .command(&format!("DELETE FLOW {flow_name}"))
+                    .await
+                    .map(drop),
+                "FLOW MADE PRIVATE" => admin_b
+                    .command(&format!("UPDATE FLOW {flow_name} PRIVATE"))
+                    .await
+                    .map(drop),
+                _ => {
+                    let mut accounts = Accounts::load(b.state.path()).expect("accounts");
+                    accounts.remove(&format!("gone{i}")).expect("removed");
+                    accounts.save(b.state.path()).expect("saved");
+                    Ok(())
+                }
+            }
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+            times.push(cut_off(creds.clone(), client, since).await);
+            // The copy is gone with a reason its holder can read (after a
+            // command, once it is answered; after an account's removal,
+            // which no command answers, once its revocation is done).
+            let mut described = peer.data(&format!("DESCRIBE FLOW {copy}")).await;
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while path == "ACCOUNT REMOVED"
+                && described.is_ok()
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                described = peer.data(&format!("DESCRIBE FLOW {copy}")).await;
+            }
+            assert!(
+                matches!(&described, Err(e) if e.code() == Some(550) && e.to_string().contains("revoked")),
+                "{path}: {described:?}"
+            );
+        }
+        times.sort();
+        let p50 = times[times.len() / 2];
+        let max = times[times.len() - 1];
+        report.push(format!("{path}: p50 {p50:?}, max {max:?} over {tries}"));
+    }
+    println!("revocation cut-off:\n{}", report.join("\n"));
+}
+
+/// With TLS on the embedded broker, the subscriber pulls through TLS and
+/// checks the broker's certificate against the name DNS gave; a plain
+/// connection is refused; credentials are issued only on a session that
+/// protects them (TLS here, as B trusts no network for clear text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_speaks_tls_and_credentials_need_a_protected_session() {
+    use flowd::broker::grants::PullCredentials;
+    let pki = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = support::issue_certificate(pki.path(), &["fnaa.unix.ar"]);
+    let dns_b = free_port();
+    let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
+        c.fns.listen = Some(dns(dns_b));
+        c.nats.urls.clear();
+        c.nats.tls = flowd::config::BrokerTls::Required;
+        c.fnap.tls.cert = Some(cert.clone());
+        c.fnap.tls.key = Some(key.clone());
+        // Clear text is trusted from 127.0.0.1 only (the test's
+        // administrator), not from the other loopback addresses.
+        c.fnap.plain_auth_from = vec!["127.0.0.1/32".parse().expect("net")];
+    })
+    .await;
+    let a = participant_with("fnaa.emiliano.ar", "flows.emiliano.ar", |c| {
+        c.fns.nameserver = Some(dns(dns_b));
+        c.peers = vec![PeerConfig {
+            namespace: "flows.unix.ar".into(),
+            ca: Some(ca.clone()),
+            ..PeerConfig::default()
+        }];
+    })
+    .await;
+    let mut admin_b = b.admin().await;
+    admin_b
+        .command("CREATE FLOW time.flows.unix.ar PUBLIC")
+        .await
+        .expect("created");
+
+    // A plain-text session from an untrusted address (127.0.0.3) gets the
+    // copy only.
+    let b_fnap = b.daemon.fnap_addr().expect("FNAP").to_string();
+    let lines = {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 3], 0)))
+            .expect("bind 127.0.0.3");
+        let stream = socket
+            .connect(b.daemon.fnap_addr().expect("FNAP"))
+            .await
+            .expect("connects");
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read).lines();
+        let greeting = read.next_line().await.expect("reads").expect("greeting");
+        assert!(greeting.starts_with("220"), "{greeting}");
+        write
+            .write_all(b"AUTHENTICATE ANONYMOUS\r\nSUBSCRIBE time.flows.unix.ar\r\n")
+            .await
+            .expect("sent");
+        let authenticated = read.next_line().await.expect("reads").expect("reply");
+        assert!(authenticated.starts_with("220"), "{authenticated}");
+        let data = read.next_line().await.expect("reads").expect("reply");
+        assert_eq!(data, "220 DATA");
+        let mut lines = Vec::new();
+        loop {
+            let line = read.next_line().await.expect("reads").expect("line");
+            if line.starts_with("220 OK") {
+                break;
+            }
+            lines.push(line);
+        }
+        lines
+    };
+    assert!(lines[0].ends_with(".time.flows.unix.ar"), "{lines:?}");
+    assert_eq!(
+        PullCredentials::from_lines(&lines[1..]).expect("well formed"),
+        None,
+        "no credentials in clear: {lines:?}"
+    );
+    // Over TLS they come, and say the broker requires TLS.
+    let mut secure = Client::connect_named(
+        &b_fnap,
+        "fnaa.unix.ar",
+        &Security::StartTls { ca: ca.clone() },
+    )
+    .await
+    .expect("connects");
+    secure.authenticate_anonymous().await.expect("anonymous");
+    let (lines, _) = secure
+        .data("SUBSCRIBE time.flows.unix.ar")
+        .await
+        .expect("subscribed");
+    let creds = PullCredentials::from_lines(&lines[1..])
+        .expect("well formed")
+        .expect("credentials over TLS");
+    assert!(creds.tls, "{lines:?}");
+    let url = b.daemon.nats_urls()[0].clone();
+    let connect = |tls: Option<rustls::ClientConfig>| {
+        let mut options = Refusals::default().options(&creds.user, &creds.password, &creds.inbox);
+        if let Some(tls) = tls {
+            options = options.require_tls(true).tls_client_config(tls);
+        }
+        options
+            .connection_timeout(Duration::from_secs(3))
+            .connect(url.clone())
+    };
+    assert!(
+        connect(None).await.is_err(),
+        "a plain connection is refused"
+    );
+    let wrong = flowd::fnap::tls::named_client_config(&ca, "other.unix.ar").expect("config");
+    assert!(
+        connect(Some(wrong)).await.is_err(),
+        "a certificate that does not hold the expected name is refused"
+    );
+    let right = flowd::fnap::tls::named_client_config(&ca, "fnaa.unix.ar").expect("config");
+    let client = connect(Some(right)).await.expect("TLS with the right name");
+    let js = async_nats::jetstream::with_prefix(client, &creds.api_prefix);
+    let _: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream(&creds.consumer, &creds.stream)
+        .await
+        .expect("its consumer, over TLS");
+
+    // A's relay pulls over TLS.
+    eventually(Duration::from_secs(20), "A subscribes", || async {
+        a.admin()
+            .await
+            .data("SUBSCRIBE time.flows.unix.ar LOCAL t.flows.emiliano.ar")
+            .await
+            .ok()
+    })
+    .await;
+    admin_b
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 0..300))
+        .await
+        .expect("written");
+    let expected: BTreeSet<String> = (0..300).map(|i| format!("t-{i}")).collect();
+    eventually(Duration::from_secs(30), "A has the events", || async {
+        let mut c = a.admin().await;
+        (ids(&mut c, "t.flows.emiliano.ar").await == expected).then_some(())
+    })
+    .await;
+    let (subs, _) = a
+        .admin()
+        .await
+        .data("LIST SUBSCRIPTIONS")
+        .await
+        .expect("listed");
+    assert!(subs[0].contains(" remote+nats:"), "{subs:?}");
+    // ... through B's broker: the copy's consumer there delivered them all.
+    let copy = flow(subs[0].split(' ').nth(2).expect("copy column"));
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = b
+        .daemon
+        .broker()
+        .jetstream()
+        .get_consumer_from_stream("subscriber", copy.stream())
+        .await
+        .expect("the copy's consumer");
+    let floor = consumer
+        .info()
+        .await
+        .expect("info")
+        .ack_floor
+        .stream_sequence;
+    assert_eq!(floor, 300, "acknowledged through the broker");
+    // B's own connection to its broker is TLS too (it works at all).
+    let (described, _) = admin_b
+        .data("DESCRIBE FLOW time.flows.unix.ar")
+        .await
+        .expect("described");
+    assert!(
+        described.contains(&"events=300".to_owned()),
+        "{described:?}"
+    );
 }

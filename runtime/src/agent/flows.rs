@@ -3,7 +3,7 @@
 
 use super::access::{self, NamespaceRecord, Principal};
 use super::{Agent, AgentError};
-use crate::broker::{FlowInfo, FlowName, FlowSettings, NamespaceName};
+use crate::broker::{BrokerError, FlowInfo, FlowName, FlowSettings, NamespaceName};
 use crate::fnap::command::{FlowOptions, Right};
 
 impl Agent {
@@ -33,12 +33,21 @@ impl Agent {
         flow: &FlowName,
     ) -> Result<FlowInfo, AgentError> {
         let (right, _) = self.flow_right(principal, flow).await?;
-        if right.is_some_and(|r| r.covers(Right::Read)) {
-            return Ok(self.broker.flow_info(flow).await?);
-        }
-        // Without a right, a missing flow and a private one look the same.
+        let readable = right.is_some_and(|r| r.covers(Right::Read));
         match self.broker.flow_info(flow).await {
-            Ok(info) if info.settings.public => Ok(info),
+            Ok(info) if readable || info.settings.public => Ok(info),
+            // A revoked subscription copy: whoever holds its (unguessable)
+            // name learns why it is gone.
+            Err(BrokerError::NoSuchFlow(_))
+                if let Some(reason) = self.revocation_of(flow).await =>
+            {
+                Err(AgentError::NotFound {
+                    what: "subscription",
+                    name: format!("{flow} (revoked: {reason})"),
+                })
+            }
+            Err(e) if readable => Err(e.into()),
+            // Without a right, a missing flow and a private one look the same.
             _ => Err(access::denied(
                 principal,
                 Right::Read,
@@ -118,7 +127,11 @@ impl Agent {
         let info = self.check_write(principal, flow).await?;
         let mut settings = info.settings;
         apply(&mut settings, options);
-        Ok(self.broker.update_flow(flow, &settings).await?)
+        let updated = self.broker.update_flow(flow, &settings).await?;
+        if options.public == Some(false) {
+            self.review_subscribers().await?;
+        }
+        Ok(updated)
     }
 
     /// Deletes a flow and its events; needs `write`.
@@ -130,6 +143,8 @@ impl Agent {
         self.check_write(principal, flow).await?;
         self.broker.delete_flow(flow).await?;
         self.changed();
+        // Its subscribers' copies go with it.
+        self.review_subscribers().await?;
         Ok(())
     }
 

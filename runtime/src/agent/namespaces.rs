@@ -263,6 +263,7 @@ impl Agent {
             .map_err(unavailable)?;
         self.forget_namespaces();
         self.changed();
+        self.review_subscribers().await?;
         Ok(())
     }
 
@@ -321,6 +322,8 @@ impl Agent {
             }
         }
         self.put_namespace(&record).await?;
+        // A right taken away (or lowered) takes the copies made with it.
+        self.review_subscribers().await?;
         Ok(record)
     }
 }

@@ -31,10 +31,22 @@ pub struct Subscriber {
     pub token: String,
     pub source: FlowName,
     pub copy: FlowName,
-    /// The subscribing account (`None`: anonymous).
+    /// The subscribing account (`None`: anonymous, or the host itself).
     pub user: Option<String>,
     pub processor: String,
     pub created: String,
+    /// Made by the host itself (a pipeline), which holds every right.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host: bool,
+}
+
+/// Why a copy was revoked, kept a while after it is gone so that its
+/// subscriber can be told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Revoked {
+    copy: FlowName,
+    reason: String,
+    at: String,
 }
 
 /// A local flow fed from a subscription copy.
@@ -58,6 +70,9 @@ pub struct Subscription {
     /// The remote host removed the copy: nothing more will come.
     #[serde(default)]
     pub revoked: bool,
+    /// Why, as the remote host said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_reason: Option<String>,
     /// Credentials to pull the copy from the remote host's broker, when it
     /// issued some (else the copy is read over FNAP).
     #[serde(default)]
@@ -105,6 +120,7 @@ impl Subscription {
             agent,
             paused: false,
             revoked: false,
+            revoked_reason: None,
             broker: None,
         }
     }
@@ -195,12 +211,15 @@ impl Agent {
     /// Subscribes to `remote` (a flow of this host): creates the
     /// subscriber's copy and, with `local`, a bridge from the copy into that
     /// local flow (created if missing); without `local`, broker credentials
-    /// for the copy when this host issues them.
+    /// for the copy when this host issues them and `confidential` says the
+    /// reply cannot be read on its way (TLS, or a trusted network): a
+    /// subscriber on a plain-text session reads its copy over FNAP.
     pub async fn subscribe_as(
         &self,
         principal: &Principal,
         remote: &FlowName,
         local: Option<&FlowName>,
+        confidential: bool,
     ) -> Result<Subscribed, AgentError> {
         if self.flow_chain(remote).await?.is_empty() && self.broker.flow_info(remote).await.is_err()
         {
@@ -234,8 +253,8 @@ impl Agent {
         let processor = format!("sub-{token}");
         self.relay(processor.clone(), remote, &copy, None).await?;
         let credentials = match (&self.broker_users, local) {
-            (Some(users), None) => {
-                let credentials = PullCredentials::new(&token, &copy.stream());
+            (Some(users), None) if confidential => {
+                let credentials = PullCredentials::new(&token, &copy.stream(), users.tls());
                 let issued = async {
                     self.broker
                         .subscriber_consumer(&copy, grants::CONSUMER)
@@ -266,6 +285,7 @@ impl Agent {
                 user: user.clone(),
                 processor,
                 created: chrono::Utc::now().to_rfc3339(),
+                host: principal == &Principal::Host,
             },
         )
         .await?;
@@ -383,7 +403,11 @@ impl Agent {
         Ok(())
     }
 
-    pub(crate) async fn mark_revoked(&self, token: &str) -> Result<(), AgentError> {
+    pub(crate) async fn mark_revoked(
+        &self,
+        token: &str,
+        reason: Option<String>,
+    ) -> Result<(), AgentError> {
         let key = format!("subscription.{token}");
         let Some(value) = self.subscriptions.get(&key).await.map_err(unavailable)? else {
             return Ok(());
@@ -391,6 +415,7 @@ impl Agent {
         let mut sub: Subscription =
             serde_json::from_slice(&value).map_err(|e| AgentError::Invalid(e.to_string()))?;
         sub.revoked = true;
+        sub.revoked_reason = reason;
         self.put_record(&key, &sub).await
     }
 
@@ -426,6 +451,154 @@ impl Agent {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    /// Why a copy that was revoked is gone (`None`: no such copy was
+    /// revoked here, or too long ago).
+    pub async fn revocation_of(&self, copy: &FlowName) -> Option<String> {
+        let token = copy.as_str().split('.').next()?;
+        let value = self
+            .subscriptions
+            .get(format!("revoked.{token}"))
+            .await
+            .ok()
+            .flatten()?;
+        let tombstone: Revoked = serde_json::from_slice(&value).ok()?;
+        (&tombstone.copy == copy).then_some(tombstone.reason)
+    }
+
+    /// Why `sub` may no longer read its source, if it may not: the flow or
+    /// its namespace was deleted, the subscribing account was removed, its
+    /// read right revoked, or (anonymous) the flow is no longer public.
+    async fn lost_access(&self, sub: &Subscriber) -> Result<Option<String>, AgentError> {
+        let info = match self.broker.flow_info(&sub.source).await {
+            Ok(info) => info,
+            Err(crate::broker::BrokerError::NoSuchFlow(_)) => {
+                return Ok(Some(format!("{} was deleted", sub.source)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let chain = self.flow_chain(&sub.source).await?;
+        if chain.is_empty() {
+            return Ok(Some(format!("the namespace of {} was deleted", sub.source)));
+        }
+        let principal = match (&sub.user, &self.shared_accounts) {
+            _ if sub.host => Principal::Host,
+            (None, _) => Principal::Anonymous,
+            (Some(user), _) if user == crate::user_agent::LOCAL_ADMIN => {
+                Principal::User(crate::accounts::Identity {
+                    user: user.clone(),
+                    admin: true,
+                })
+            }
+            (Some(user), Some(shared)) => match shared.identity(user).await {
+                Ok(Some(identity)) => Principal::User(identity),
+                Ok(None) => return Ok(Some(format!("the account {user} was removed"))),
+                Err(e) => return Err(AgentError::Unavailable(e.to_string())),
+            },
+            (Some(user), None) => Principal::User(crate::accounts::Identity {
+                user: user.clone(),
+                admin: false,
+            }),
+        };
+        if info.settings.public || access::right_through(&principal, &chain).is_some() {
+            return Ok(None);
+        }
+        Ok(Some(match sub.user {
+            None => format!("{} is no longer public", sub.source),
+            Some(ref user) => format!("{user} may no longer read {}", sub.source),
+        }))
+    }
+
+    /// Revokes every copy whose subscriber lost the access it subscribed
+    /// with (after `REVOKE`, `DELETE FLOW`, `DELETE NAMESPACE`, a flow made
+    /// private, an account removed); returns how many. A failure to revoke
+    /// one copy does not stop the others.
+    pub async fn review_subscribers(&self) -> Result<usize, AgentError> {
+        let mut revoked = 0;
+        let mut failure = None;
+        for sub in self.records::<Subscriber>("subscriber.").await? {
+            let outcome = match self.lost_access(&sub).await {
+                Ok(Some(reason)) => self.revoke_subscriber(&sub, &reason).await.map(|()| 1),
+                Ok(None) => Ok(0),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(n) => revoked += n,
+                Err(e) => {
+                    tracing::warn!(copy = %sub.copy, "reviewing a subscriber: {e}");
+                    failure = Some(e);
+                }
+            }
+        }
+        self.forget_old_revocations().await;
+        match failure {
+            Some(e) if revoked == 0 => Err(e),
+            _ => Ok(revoked),
+        }
+    }
+
+    /// Reviews the subscribers whenever the participant's accounts change
+    /// (an account removed on any host takes its copies).
+    pub fn follow_accounts(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let shared = self.shared_accounts.clone()?;
+        let agent = self.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                match shared.changes().await {
+                    Ok(changes) => {
+                        // What changed before the watch began, then each change.
+                        let changes = futures::stream::once(async {}).chain(changes);
+                        let mut changes = std::pin::pin!(changes);
+                        while changes.next().await.is_some() {
+                            // A changed file is published one account at a
+                            // time: one review for the burst.
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                            while let Some(Some(())) =
+                                futures::FutureExt::now_or_never(changes.next())
+                            {
+                            }
+                            if let Err(e) = agent.review_subscribers().await {
+                                tracing::warn!(
+                                    "reviewing subscribers after an account change: {e}"
+                                );
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!("following the accounts: {e}"),
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }))
+    }
+
+    /// Revokes a copy, keeping why (answered to its subscriber).
+    async fn revoke_subscriber(&self, sub: &Subscriber, reason: &str) -> Result<(), AgentError> {
+        tracing::info!(copy = %sub.copy, "revoking a subscription: {reason}");
+        let tombstone = Revoked {
+            copy: sub.copy.clone(),
+            reason: reason.to_owned(),
+            at: chrono::Utc::now().to_rfc3339(),
+        };
+        self.put_record(&format!("revoked.{}", sub.token), &tombstone)
+            .await?;
+        self.drop_subscriber(sub).await
+    }
+
+    /// Revocation reasons are kept a week.
+    async fn forget_old_revocations(&self) {
+        let Ok(tombstones) = self.records::<Revoked>("revoked.").await else {
+            return;
+        };
+        let week = chrono::Duration::days(7);
+        for tombstone in tombstones {
+            let old = chrono::DateTime::parse_from_rfc3339(&tombstone.at)
+                .map(|at| chrono::Utc::now() - at.with_timezone(&chrono::Utc) > week)
+                .unwrap_or(true);
+            if old && let Some(token) = tombstone.copy.as_str().split('.').next() {
+                let _ = self.subscriptions.purge(format!("revoked.{token}")).await;
+            }
+        }
     }
 
     /// Removes a copy: its broker user first (its connections close, no
@@ -494,7 +667,8 @@ impl Agent {
                 principal.name()
             )));
         }
-        self.drop_subscriber(&sub).await
+        self.revoke_subscriber(&sub, "cancelled by its subscriber")
+            .await
     }
 
     /// The flow's owner revokes a subscriber's copy; needs `write` on the
@@ -512,7 +686,8 @@ impl Agent {
             Right::Write,
             &format!("remove subscribers of {}", sub.source),
         )?;
-        self.drop_subscriber(&sub).await
+        self.revoke_subscriber(&sub, &format!("removed by the owner of {}", sub.source))
+            .await
     }
 
     /// The subscribers of one of our flows; needs `write` on it.

@@ -2,10 +2,12 @@
 //! starts and supervises its own `nats-server` (JetStream on, data under the
 //! host's state directory), restarting it if it dies.
 //!
-//! The server requires a user name and password from every client: the host
-//! connects as `flowd` with a password made at each start, and each
-//! subscription to one of the host's flows gets a user of its own that may
-//! only pull its copy ([`super::grants`]). The users live in
+//! The server requires a user name and password from every client. The
+//! host connects as `flowd` (with a password made at each start) to the
+//! host's account [`grants::HOST_ACCOUNT`], where its flows, buckets and
+//! consumers live; each subscription to one of the host's flows gets an
+//! account of its own with one user, which imports only what pulling its
+//! copy takes ([`super::grants`]). The accounts live in
 //! `<state>/nats/auth.conf`, included by the generated `server.conf`;
 //! [`Users`] rewrites it and makes the server reload it (SIGHUP), which also
 //! closes the connections of removed users. The issued users are kept in
@@ -13,13 +15,15 @@
 //!
 //! The server listens on the address given (by default the FNAP address, so
 //! that the `_queue` records published in DNS lead subscribers to it); its
-//! monitoring port stays on loopback.
+//! monitoring port stays on loopback. Beyond loopback its client port
+//! speaks TLS only, with the host's certificate (the one FNAP presents), so
+//! that no password crosses a network in clear.
 //!
 //! The server binary is looked up in this order: the configured path,
 //! `$FLOWD_NATS_SERVER`, `nats-server` on `PATH`, and the copy that
 //! `scripts/setup` installs under `~/.local/share/flowd/nats/bin/`.
 
-use super::grants::{self, BrokerUser};
+use super::grants::{self, BrokerUser, SubscriberLimits};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,6 +49,10 @@ pub enum EmbeddedError {
     NotReady(Duration),
     #[error("nats-server did not reload its users within {0:?}")]
     NotReloaded(Duration),
+    #[error(
+        "the embedded broker would listen on {0} without TLS; subscribers' passwords would cross the network in clear"
+    )]
+    PlainBeyondLoopback(IpAddr),
     #[error(transparent)]
     Grant(#[from] super::grants::GrantError),
 }
@@ -87,11 +95,50 @@ fn free_port(ip: IpAddr) -> std::io::Result<u16> {
 /// The user the host itself connects as.
 pub const HOST_USER: &str = "flowd";
 
+/// How the embedded server is set up beyond its address.
+#[derive(Debug, Clone, Default)]
+pub struct EmbeddedOptions {
+    /// The limits of each subscriber's account.
+    pub limits: SubscriberLimits,
+    /// The certificate and key (PEM files) of the client port; `None`:
+    /// plain text, which [`EmbeddedNats::start`] accepts on loopback only.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// Whether clients reach `ip` only from this machine.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// JetStream keeps each account's streams under `<store>/jetstream/<account>`:
+/// a host that ran before accounts kept its flows in the global account
+/// (`$G`), which become the host account's by moving that directory.
+fn adopt_global_account(data_dir: &Path) -> Result<(), EmbeddedError> {
+    let jetstream = data_dir.join("jetstream");
+    let global = jetstream.join("$G");
+    let host = jetstream.join(grants::HOST_ACCOUNT);
+    if global.is_dir() && !host.exists() {
+        tracing::info!(
+            "moving the flows of the global broker account to {}",
+            grants::HOST_ACCOUNT
+        );
+        std::fs::rename(&global, &host).map_err(io(&global))?;
+    }
+    Ok(())
+}
+
 /// A supervised nats-server. Dropping it stops the server.
 pub struct EmbeddedNats {
     url: String,
     port: u16,
     password: String,
+    /// The certificate the client port presents, when it speaks TLS.
+    certificate: Option<PathBuf>,
     users: Users,
     stop: watch::Sender<bool>,
     supervisor: Option<tokio::task::JoinHandle<()>>,
@@ -188,14 +235,23 @@ impl EmbeddedNats {
     /// Starts nats-server on `listen` with its data in `state_dir/nats`.
     /// The client port is kept in `state_dir/nats/port` so that a restarted
     /// host is found at the same address (peers hold it from DNS).
+    ///
+    /// Without TLS in `options` the server listens on loopback only: a
+    /// plain-text port beyond it would carry the subscribers' passwords in
+    /// clear.
     pub async fn start(
         state_dir: &Path,
         binary: Option<&Path>,
         listen: IpAddr,
+        options: &EmbeddedOptions,
     ) -> Result<EmbeddedNats, EmbeddedError> {
+        if options.tls.is_none() && !is_loopback(listen) {
+            return Err(EmbeddedError::PlainBeyondLoopback(listen));
+        }
         let binary = find_binary(binary)?;
         let data_dir = state_dir.join("nats");
         std::fs::create_dir_all(&data_dir).map_err(io(&data_dir))?;
+        adopt_global_account(&data_dir)?;
         let port_file = data_dir.join("port");
         let remembered = std::fs::read_to_string(&port_file)
             .ok()
@@ -208,16 +264,19 @@ impl EmbeddedNats {
         std::fs::write(&port_file, port.to_string()).map_err(io(&port_file))?;
         let monitor_port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST)).map_err(io(state_dir))?;
         let password = grants::secret();
-        let host = BrokerUser {
-            user: HOST_USER.to_owned(),
-            password_hash: grants::hash(&password)?,
-            publish: Vec::new(),
-            subscribe: Vec::new(),
-        };
+        let host_hash = grants::hash(&password)?;
         let config = data_dir.join("server.conf");
+        let tls = match &options.tls {
+            Some((cert, key)) => format!(
+                "tls {{ cert_file: {}, key_file: {}, timeout: 5 }}\n",
+                quoted(&cert.to_string_lossy()),
+                quoted(&key.to_string_lossy())
+            ),
+            None => String::new(),
+        };
         let text = format!(
             "# Written by flowd at each start.\n\
-             listen: {}\nhttp: {}\njetstream {{ store_dir: {} }}\ninclude \"auth.conf\"\n",
+             listen: {}\nhttp: {}\njetstream {{ store_dir: {} }}\n{tls}include \"auth.conf\"\n",
             quoted(&SocketAddr::new(listen, port).to_string()),
             quoted(&format!("127.0.0.1:{monitor_port}")),
             quoted(&data_dir.to_string_lossy()),
@@ -232,7 +291,9 @@ impl EmbeddedNats {
         let users = Users {
             inner: Arc::new(UsersInner {
                 dir: data_dir.clone(),
-                host,
+                host_hash,
+                limits: options.limits,
+                tls: options.tls.is_some(),
                 pid: spec.pid.clone(),
                 monitor_port,
                 lock: tokio::sync::Mutex::new(()),
@@ -259,6 +320,7 @@ impl EmbeddedNats {
             url: format!("nats://{}", SocketAddr::new(connect_ip, port)),
             port,
             password,
+            certificate: options.tls.as_ref().map(|(cert, _)| cert.clone()),
             users,
             stop,
             supervisor: Some(supervisor),
@@ -276,6 +338,12 @@ impl EmbeddedNats {
     /// The host's own user and password.
     pub fn credentials(&self) -> (&str, &str) {
         (HOST_USER, &self.password)
+    }
+
+    /// The certificate file the client port presents (`None`: plain text
+    /// on loopback).
+    pub fn certificate(&self) -> Option<&Path> {
+        self.certificate.as_deref()
     }
 
     /// The users this server admits besides the host.
@@ -312,7 +380,11 @@ pub struct Users {
 
 struct UsersInner {
     dir: PathBuf,
-    host: BrokerUser,
+    /// bcrypt hash of the host's own password.
+    host_hash: String,
+    limits: SubscriberLimits,
+    /// The client port speaks TLS only.
+    tls: bool,
     pid: Arc<AtomicU32>,
     monitor_port: u16,
     /// One change at a time: each rewrites the whole file.
@@ -320,6 +392,11 @@ struct UsersInner {
 }
 
 impl Users {
+    /// Whether the server's client port requires TLS.
+    pub fn tls(&self) -> bool {
+        self.inner.tls
+    }
+
     fn file(&self) -> PathBuf {
         self.inner.dir.join("users.json")
     }
@@ -339,43 +416,39 @@ impl Users {
         }
     }
 
-    /// Writes `users.json` and `auth.conf` (the host first, with all
-    /// rights; every other user with its allow lists only).
+    /// Writes `users.json` and `auth.conf`: the host's account with the
+    /// host's user and JetStream, exporting each subscriber's three pull
+    /// services to that subscriber's account only; then one account per
+    /// subscriber importing them.
     fn write(&self, users: &[BrokerUser]) -> Result<(), EmbeddedError> {
         let json = serde_json::to_string_pretty(users).unwrap_or_else(|_| "[]".into());
         write_private(&self.file(), &json)?;
-        let list = |subjects: &[String]| {
-            subjects
-                .iter()
-                .map(|s| quoted(s))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let host = &self.inner.host;
-        let mut text = format!(
-            "# Written by flowd: the host and its subscribers.\nauthorization {{\n  users = [\n    \
-             {{ user: {}, password: {} }}\n",
-            quoted(&host.user),
-            quoted(&host.password_hash)
-        );
-        for user in users {
-            text.push_str(&format!(
-                "    {{ user: {}, password: {}, permissions: {{ publish: {{ allow: [{}] }}, \
-                 subscribe: {{ allow: [{}] }} }} }}\n",
-                quoted(&user.user),
-                quoted(&user.password_hash),
-                list(&user.publish),
-                list(&user.subscribe),
-            ));
-        }
-        text.push_str("  ]\n}\n");
-        write_private(&self.inner.dir.join("auth.conf"), &text)
+        write_private(
+            &self.inner.dir.join("auth.conf"),
+            &accounts_config(&self.inner.host_hash, &self.inner.limits, users),
+        )
     }
 
     /// Rewrites the users and waits until the server has read them: a
     /// user issued is admitted, a user removed is refused and its
     /// connections closed, once this returns.
-    async fn apply(&self, users: &[BrokerUser]) -> Result<(), EmbeddedError> {
+    ///
+    /// `reloads` is how many times the server reloads: an account added
+    /// takes two, because nats-server checks the new account's imports
+    /// against the exports of the configuration it had (observed on
+    /// 2.15.1: after one reload the new account connects, but its imported
+    /// JetStream services have no responders until the next).
+    async fn apply(&self, users: &[BrokerUser], reloads: usize) -> Result<(), EmbeddedError> {
+        self.write(users)?;
+        for _ in 0..reloads {
+            self.reload().await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the server read its configuration again (SIGHUP) and waits
+    /// until `/varz` shows it did.
+    async fn reload(&self) -> Result<(), EmbeddedError> {
         let within = Duration::from_secs(10);
         let deadline = tokio::time::Instant::now() + within;
         // The load time before the reload, to see it change.
@@ -386,7 +459,6 @@ impl Users {
                 None => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
-        self.write(users)?;
         let pid = self.inner.pid.load(Ordering::SeqCst);
         if pid == 0 {
             // Not running: the supervisor's next start reads the file.
@@ -403,7 +475,7 @@ impl Users {
             if now.is_some() && now != before {
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Err(EmbeddedError::NotReloaded(within))
     }
@@ -414,7 +486,7 @@ impl Users {
         let mut users = self.load()?;
         users.retain(|u| u.user != user.user);
         users.push(user);
-        self.apply(&users).await
+        self.apply(&users, 2).await
     }
 
     /// Removes the users `keep` rejects; says whether any was.
@@ -426,9 +498,69 @@ impl Users {
         if users.len() == before {
             return Ok(false);
         }
-        self.apply(&users).await?;
+        self.apply(&users, 1).await?;
         Ok(true)
     }
+}
+
+/// The `accounts` block of the server configuration (see [`Users::write`]).
+fn accounts_config(host_hash: &str, limits: &SubscriberLimits, users: &[BrokerUser]) -> String {
+    let list = |subjects: &[String]| {
+        subjects
+            .iter()
+            .map(|s| quoted(s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let host = grants::HOST_ACCOUNT;
+    let mut text = format!(
+        "# Written by flowd: the host's account and one account per subscriber.\n\
+         accounts {{\n  {host} {{\n    jetstream: enabled\n    \
+         users = [ {{ user: {}, password: {} }} ]\n    exports = [\n",
+        quoted(HOST_USER),
+        quoted(host_hash)
+    );
+    for user in users {
+        for service in user.services() {
+            let response = if service.streamed {
+                ", response_type: stream"
+            } else {
+                ""
+            };
+            text.push_str(&format!(
+                "      {{ service: {}{response}, accounts: [{}] }}\n",
+                quoted(&service.exported),
+                quoted(user.account())
+            ));
+        }
+    }
+    text.push_str("    ]\n  }\n");
+    for user in users {
+        text.push_str(&format!(
+            "  {} {{\n    limits {{ max_connections: {}, max_subscriptions: {}, max_payload: {} }}\n    \
+             users = [ {{ user: {}, password: {}, permissions: {{ publish: {{ allow: [{}] }}, \
+             subscribe: {{ allow: [{}] }} }} }} ]\n    imports = [\n",
+            quoted(user.account()),
+            limits.connections,
+            limits.subscriptions,
+            limits.payload,
+            quoted(&user.user),
+            quoted(&user.password_hash),
+            list(&user.publish()),
+            list(&user.subscribe()),
+        ));
+        for service in user.services() {
+            text.push_str(&format!(
+                "      {{ service: {{ account: {}, subject: {} }}, to: {} }}\n",
+                quoted(host),
+                quoted(&service.exported),
+                quoted(&service.local)
+            ));
+        }
+        text.push_str("    ]\n  }\n");
+    }
+    text.push_str("}\n");
+    text
 }
 
 impl Drop for EmbeddedNats {

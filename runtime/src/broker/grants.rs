@@ -1,20 +1,31 @@
 //! Broker credentials for subscribers (issue side and use side).
 //!
 //! A host that supervises its broker gives each subscription to one of its
-//! flows a NATS user of its own, allowed exactly what pulling the
-//! subscription's copy takes and nothing more:
+//! flows a NATS **account** of its own, holding one user. NATS accounts are
+//! the broker's security boundary: subjects, inboxes and reply subjects of
+//! one account never reach another except through explicit exports and
+//! imports. The host's flows, buckets and consumers live in the host's
+//! account ([`HOST_ACCOUNT`]); a subscriber's account imports exactly the
+//! three services pulling its copy takes, for its consumer only:
 //!
-//! - publish `$JS.API.CONSUMER.INFO.<stream>.<consumer>` (look the consumer
-//!   up), `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>` (pull) and
-//!   `$JS.ACK.<stream>.<consumer>.>` (acknowledge);
-//! - subscribe `<inbox>.>`, an inbox prefix of its own, where the replies
-//!   and the pulled events arrive.
+//! - `$JS.API.CONSUMER.INFO.<stream>.<consumer>` (look the consumer up);
+//! - `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>` (pull; a *stream*
+//!   response: one request, many events);
+//! - `$JS.ACK.<stream>.<consumer>.>` (acknowledge).
 //!
-//! The consumer is created by the issuing host, so the subscriber cannot
-//! create consumers on other streams, read other subjects, publish events or
-//! see the host's records. Removing the user (and the copy) revokes the
-//! subscription: the broker drops the user's connections when it reloads
-//! its configuration.
+//! The first two are imported under the API prefix [`API_PREFIX`] instead
+//! of `$JS.API`: in an account without JetStream the server itself answers
+//! `$JS.API.>` requests ("JetStream not enabled"), and that answer would
+//! race the host's. The subscriber's client uses that prefix.
+//!
+//! Whatever reply subject a subscriber names on such a request is a subject
+//! of its own account: JetStream's answers and the pulled events cannot be
+//! sent into a flow, a bucket or an inbox of the host, which is why the
+//! permissions of a user (which NATS never checks against reply subjects)
+//! are not the boundary here. The user is still allowed only those three
+//! subjects to publish and its inbox to subscribe to. The account has no
+//! JetStream of its own and is limited in connections, subscriptions and
+//! payload ([`SubscriberLimits`]).
 //!
 //! On the wire (the data lines of `SUBSCRIBE` after the copy's name):
 //!
@@ -25,10 +36,16 @@
 //! broker-stream=FLOW_ksdj898_time_flows_unix_ar
 //! broker-consumer=subscriber
 //! broker-inbox=_INBOX_ksdj898
+//! broker-api=FLOWD.API
+//! broker-tls=required
 //! ```
 //!
 //! The broker's address is not in the reply: the subscriber finds it in DNS
 //! (`_queue._flow._tcp.<flow>` SRV), as the draft publishes it.
+//! `broker-tls=required` says the broker port speaks TLS only, with the
+//! certificate of the host the SRV record names; without it the port is a
+//! plain-text one on loopback, and a subscriber reaching it across a network
+//! must not use the credentials there.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +54,15 @@ pub const CONSUMER: &str = "subscriber";
 
 /// Events a subscriber pulls at once (and at most unacknowledged).
 pub const BATCH: usize = 256;
+
+/// The broker account of the host's own flows, buckets and consumers.
+pub const HOST_ACCOUNT: &str = "FLOWD";
+
+/// The JetStream API prefix in a subscriber's account.
+pub const API_PREFIX: &str = "FLOWD.API";
+
+/// The JetStream API prefix when an issuing host names none.
+const DEFAULT_API_PREFIX: &str = "$JS.API";
 
 /// What a subscriber needs to pull its copy from the issuing broker.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +74,16 @@ pub struct PullCredentials {
     /// Inbox prefix the subscriber's client must use (the only subjects it
     /// may subscribe to are below it).
     pub inbox: String,
+    /// The JetStream API prefix the subscriber's client must use.
+    #[serde(default = "default_api_prefix")]
+    pub api_prefix: String,
+    /// The broker's client port requires TLS.
+    #[serde(default)]
+    pub tls: bool,
+}
+
+fn default_api_prefix() -> String {
+    DEFAULT_API_PREFIX.to_owned()
 }
 
 impl std::fmt::Debug for PullCredentials {
@@ -58,18 +94,163 @@ impl std::fmt::Debug for PullCredentials {
             .field("stream", &self.stream)
             .field("consumer", &self.consumer)
             .field("inbox", &self.inbox)
+            .field("api_prefix", &self.api_prefix)
+            .field("tls", &self.tls)
             .finish()
     }
 }
 
-/// A broker user as the issuing broker's configuration holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A subscriber's account and user as the issuing broker's configuration
+/// holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BrokerUser {
+    /// The user's name, also the name of its account.
     pub user: String,
     /// bcrypt hash: the password itself is given once, to the subscriber.
     pub password_hash: String,
-    pub publish: Vec<String>,
-    pub subscribe: Vec<String>,
+    /// The copy's stream and the consumer the account may pull.
+    pub stream: String,
+    pub consumer: String,
+    /// The only subjects the user may subscribe to are below it.
+    pub inbox: String,
+}
+
+/// The records of `users.json`: this form, or the one before accounts
+/// (explicit allow lists), read into it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredUser {
+    Current {
+        user: String,
+        password_hash: String,
+        stream: String,
+        consumer: String,
+        inbox: String,
+    },
+    Lists {
+        user: String,
+        password_hash: String,
+        publish: Vec<String>,
+        subscribe: Vec<String>,
+    },
+}
+
+impl<'de> Deserialize<'de> for BrokerUser {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<BrokerUser, D::Error> {
+        match StoredUser::deserialize(d)? {
+            StoredUser::Current {
+                user,
+                password_hash,
+                stream,
+                consumer,
+                inbox,
+            } => Ok(BrokerUser {
+                user,
+                password_hash,
+                stream,
+                consumer,
+                inbox,
+            }),
+            StoredUser::Lists {
+                user,
+                password_hash,
+                publish,
+                subscribe,
+            } => {
+                let pulled = publish
+                    .iter()
+                    .find_map(|s| s.strip_prefix("$JS.API.CONSUMER.INFO."))
+                    .and_then(|rest| rest.split_once('.'))
+                    .ok_or_else(|| serde::de::Error::custom("a broker user without a consumer"))?;
+                let inbox = subscribe
+                    .first()
+                    .and_then(|s| s.strip_suffix(".>"))
+                    .ok_or_else(|| serde::de::Error::custom("a broker user without an inbox"))?;
+                Ok(BrokerUser {
+                    user,
+                    password_hash,
+                    stream: pulled.0.to_owned(),
+                    consumer: pulled.1.to_owned(),
+                    inbox: inbox.to_owned(),
+                })
+            }
+        }
+    }
+}
+
+impl BrokerUser {
+    /// The broker account the user belongs to (one per subscription).
+    pub fn account(&self) -> &str {
+        &self.user
+    }
+
+    /// The services the account imports from the host's account: all the
+    /// account may reach of the host.
+    pub fn services(&self) -> [Service; 3] {
+        let (s, c) = (&self.stream, &self.consumer);
+        [
+            Service {
+                exported: format!("$JS.API.CONSUMER.INFO.{s}.{c}"),
+                local: format!("{API_PREFIX}.CONSUMER.INFO.{s}.{c}"),
+                streamed: false,
+            },
+            Service {
+                exported: format!("$JS.API.CONSUMER.MSG.NEXT.{s}.{c}"),
+                local: format!("{API_PREFIX}.CONSUMER.MSG.NEXT.{s}.{c}"),
+                streamed: true,
+            },
+            Service {
+                exported: format!("$JS.ACK.{s}.{c}.>"),
+                local: format!("$JS.ACK.{s}.{c}.>"),
+                streamed: false,
+            },
+        ]
+    }
+
+    /// Subjects the user may publish to: the imported services.
+    pub fn publish(&self) -> Vec<String> {
+        self.services().into_iter().map(|s| s.local).collect()
+    }
+
+    /// Subjects the user may subscribe to: its inbox.
+    pub fn subscribe(&self) -> Vec<String> {
+        vec![format!("{}.>", self.inbox)]
+    }
+}
+
+/// A service of the host's account imported by a subscriber's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Its subject in the host's account.
+    pub exported: String,
+    /// Its subject in the subscriber's account.
+    pub local: String,
+    /// It answers one request with many messages (a pull).
+    pub streamed: bool,
+}
+
+/// What each subscriber account may use of the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriberLimits {
+    /// Connections at once (the relay needs one; a second covers a
+    /// reconnect while the broker has not yet seen the first one go).
+    pub connections: u32,
+    /// Subscriptions at once (the client's inbox and a pull or two).
+    pub subscriptions: u32,
+    /// Largest message the subscriber may publish (pull requests and
+    /// acknowledgements are small; events it receives are not limited).
+    pub payload: u32,
+}
+
+impl Default for SubscriberLimits {
+    fn default() -> SubscriberLimits {
+        SubscriberLimits {
+            connections: 2,
+            subscriptions: 16,
+            payload: 4096,
+        }
+    }
 }
 
 /// Why credentials could not be made or read.
@@ -81,6 +262,8 @@ pub enum GrantError {
     Missing(&'static str),
     #[error("unsupported broker type `{0}` (this host speaks nats)")]
     BrokerType(String),
+    #[error("`broker-tls={0}`: expected `required`")]
+    Tls(String),
 }
 
 /// A random secret: two v4 UUIDs, 244 random bits.
@@ -99,48 +282,51 @@ pub fn hash(password: &str) -> Result<String, GrantError> {
 }
 
 impl PullCredentials {
-    /// The broker user of subscription `token`.
+    /// The broker user (and account) of subscription `token`.
     pub fn user_name(token: &str) -> String {
         format!("sub-{token}")
     }
 
     /// New credentials for subscription `token` pulling from `stream`.
-    pub fn new(token: &str, stream: &str) -> PullCredentials {
+    pub fn new(token: &str, stream: &str, tls: bool) -> PullCredentials {
         PullCredentials {
             user: PullCredentials::user_name(token),
             password: secret(),
             stream: stream.to_owned(),
             consumer: CONSUMER.to_owned(),
             inbox: format!("_INBOX_{token}"),
+            api_prefix: API_PREFIX.to_owned(),
+            tls,
         }
     }
 
-    /// The broker user that allows these credentials to pull, and nothing
-    /// else.
+    /// The broker account and user that allow these credentials to pull,
+    /// and nothing else.
     pub fn user(&self) -> Result<BrokerUser, GrantError> {
-        let (s, c) = (&self.stream, &self.consumer);
         Ok(BrokerUser {
             user: self.user.clone(),
             password_hash: hash(&self.password)?,
-            publish: vec![
-                format!("$JS.API.CONSUMER.INFO.{s}.{c}"),
-                format!("$JS.API.CONSUMER.MSG.NEXT.{s}.{c}"),
-                format!("$JS.ACK.{s}.{c}.>"),
-            ],
-            subscribe: vec![format!("{}.>", self.inbox)],
+            stream: self.stream.clone(),
+            consumer: self.consumer.clone(),
+            inbox: self.inbox.clone(),
         })
     }
 
     /// The `key=value` lines of a `SUBSCRIBE` reply.
     pub fn to_lines(&self) -> Vec<String> {
-        vec![
+        let mut lines = vec![
             "broker-type=nats".to_owned(),
             format!("broker-user={}", self.user),
             format!("broker-password={}", self.password),
             format!("broker-stream={}", self.stream),
             format!("broker-consumer={}", self.consumer),
             format!("broker-inbox={}", self.inbox),
-        ]
+            format!("broker-api={}", self.api_prefix),
+        ];
+        if self.tls {
+            lines.push("broker-tls=required".to_owned());
+        }
+        lines
     }
 
     /// Reads the lines after the copy's name; `None` when the reply has no
@@ -161,6 +347,11 @@ impl PullCredentials {
         if kind != "nats" {
             return Err(GrantError::BrokerType(kind));
         }
+        let tls = match value("broker-tls") {
+            None => false,
+            Some(v) if v == "required" => true,
+            Some(other) => return Err(GrantError::Tls(other)),
+        };
         let need = |key: &'static str| value(key).ok_or(GrantError::Missing(key));
         Ok(Some(PullCredentials {
             user: need("broker-user")?,
@@ -168,6 +359,8 @@ impl PullCredentials {
             stream: need("broker-stream")?,
             consumer: need("broker-consumer")?,
             inbox: need("broker-inbox")?,
+            api_prefix: value("broker-api").unwrap_or_else(default_api_prefix),
+            tls,
         }))
     }
 }
@@ -178,13 +371,15 @@ mod tests {
 
     #[test]
     fn reply_lines_round_trip_and_absent_means_none() {
-        let creds = PullCredentials::new("ksdj898", "FLOW_ksdj898_time");
-        let mut lines = vec!["ksdj898.time.flows.unix.ar".to_owned()];
-        lines.extend(creds.to_lines());
-        assert_eq!(
-            PullCredentials::from_lines(&lines[1..]).expect("reads"),
-            Some(creds)
-        );
+        for tls in [false, true] {
+            let creds = PullCredentials::new("ksdj898", "FLOW_ksdj898_time", tls);
+            let mut lines = vec!["ksdj898.time.flows.unix.ar".to_owned()];
+            lines.extend(creds.to_lines());
+            assert_eq!(
+                PullCredentials::from_lines(&lines[1..]).expect("reads"),
+                Some(creds)
+            );
+        }
         assert_eq!(
             PullCredentials::from_lines(&["x.y".to_owned()]).expect("reads"),
             None
@@ -194,23 +389,57 @@ mod tests {
         let err = PullCredentials::from_lines(&["broker-type=nats", "broker-user=u"])
             .expect_err("incomplete");
         assert!(err.to_string().contains("broker-password"), "{err}");
+        let err = PullCredentials::from_lines(&["broker-type=nats", "broker-tls=maybe"])
+            .expect_err("unknown tls");
+        assert!(err.to_string().contains("maybe"), "{err}");
     }
 
     #[test]
-    fn the_user_may_pull_its_consumer_only_and_keeps_no_clear_password() {
-        let creds = PullCredentials::new("abc", "FLOW_S");
+    fn the_account_imports_its_consumer_only_and_keeps_no_clear_password() {
+        let creds = PullCredentials::new("abc", "FLOW_S", false);
         let user = creds.user().expect("hashed");
         assert!(user.password_hash.starts_with("$2a$10$"));
         assert!(bcrypt::verify(&creds.password, &user.password_hash).expect("verifies"));
+        assert_eq!(user.account(), "sub-abc");
+        let services = user.services();
+        let exported: Vec<_> = services.iter().map(|s| s.exported.as_str()).collect();
         assert_eq!(
-            user.publish,
+            exported,
             [
                 "$JS.API.CONSUMER.INFO.FLOW_S.subscriber",
                 "$JS.API.CONSUMER.MSG.NEXT.FLOW_S.subscriber",
-                "$JS.ACK.FLOW_S.subscriber.>"
+                "$JS.ACK.FLOW_S.subscriber.>",
             ]
         );
-        assert_eq!(user.subscribe, ["_INBOX_abc.>"]);
+        assert_eq!(
+            user.publish(),
+            [
+                "FLOWD.API.CONSUMER.INFO.FLOW_S.subscriber",
+                "FLOWD.API.CONSUMER.MSG.NEXT.FLOW_S.subscriber",
+                "$JS.ACK.FLOW_S.subscriber.>",
+            ]
+        );
+        let streamed: Vec<_> = services.iter().map(|s| s.streamed).collect();
+        assert_eq!(streamed, [false, true, false]);
+        assert_eq!(user.subscribe(), ["_INBOX_abc.>"]);
         assert!(!format!("{creds:?}").contains(&creds.password));
+    }
+
+    #[test]
+    fn users_stored_before_accounts_are_read() {
+        let old = r#"[{"user":"sub-abc","password_hash":"$2a$10$x",
+            "publish":["$JS.API.CONSUMER.INFO.FLOW_S.subscriber",
+                       "$JS.API.CONSUMER.MSG.NEXT.FLOW_S.subscriber",
+                       "$JS.ACK.FLOW_S.subscriber.>"],
+            "subscribe":["_INBOX_abc.>"]}]"#;
+        let users: Vec<BrokerUser> = serde_json::from_str(old).expect("old form");
+        assert_eq!(users[0].stream, "FLOW_S");
+        assert_eq!(users[0].consumer, "subscriber");
+        assert_eq!(users[0].inbox, "_INBOX_abc");
+        let again: Vec<BrokerUser> =
+            serde_json::from_str(&serde_json::to_string(&users).expect("json")).expect("new form");
+        assert_eq!(again, users);
+        let broken = r#"[{"user":"u","password_hash":"h","publish":[],"subscribe":[]}]"#;
+        assert!(serde_json::from_str::<Vec<BrokerUser>>(broken).is_err());
     }
 }

@@ -145,25 +145,30 @@ impl Broker {
     /// when the connection drops (in-flight requests fail and are retried by
     /// their callers).
     pub async fn connect(urls: &[String], name: &str) -> Result<Broker, BrokerError> {
-        Broker::connect_as(urls, name, None).await
+        Broker::connect_as(urls, name, None, None).await
     }
 
-    /// [`Broker::connect`] with a user name and password.
+    /// [`Broker::connect`] with a user name and password, and over TLS
+    /// with `tls`.
     pub async fn connect_as(
         urls: &[String],
         name: &str,
         user: Option<(&str, &str)>,
+        tls: Option<rustls::ClientConfig>,
     ) -> Result<Broker, BrokerError> {
         let connect_error = |reason: String| BrokerError::Connect {
             urls: urls.join(","),
             reason,
         };
-        let options = match user {
+        let mut options = match user {
             Some((user, password)) => {
                 async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
             }
             None => async_nats::ConnectOptions::new(),
         };
+        if let Some(tls) = tls {
+            options = options.require_tls(true).tls_client_config(tls);
+        }
         let client = options
             .name(name)
             .max_reconnects(None)

@@ -560,7 +560,12 @@ impl Session {
             }
             Command::WriteFlow(flow) => return self.write_flow(&p, flow, reader, writer).await,
             Command::Subscribe { remote, local } => agent
-                .subscribe_as(&p, &remote, local.as_ref())
+                .subscribe_as(
+                    &p,
+                    &remote,
+                    local.as_ref(),
+                    self.tls || self.plain_trusted(),
+                )
                 .await
                 .map(|subscribed| Response::Data(subscribed.lines(), Reply::ok("OK"))),
             Command::Unsubscribe(copy) => agent
@@ -576,7 +581,13 @@ impl Session {
                             (Some(agent), Some(_)) => format!("remote+nats:{agent}"),
                             (None, _) => s.processor.clone(),
                         };
-                        format!("{} {} {} {bridge} {}", s.local, s.remote, s.copy, s.state())
+                        let mut line =
+                            format!("{} {} {} {bridge} {}", s.local, s.remote, s.copy, s.state());
+                        if let Some(reason) = s.revoked_reason.as_deref().filter(|_| s.revoked) {
+                            line.push(' ');
+                            line.push_str(&reason.replace(['\r', '\n'], " "));
+                        }
+                        line
                     })
                     .collect();
                 Response::Data(lines, Reply::ok("OK"))

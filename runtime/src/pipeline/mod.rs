@@ -356,7 +356,7 @@ impl Pipelines {
             }
             match self
                 .agent
-                .subscribe_as(&Principal::Host, &input.remote, Some(&input.local))
+                .subscribe_as(&Principal::Host, &input.remote, Some(&input.local), true)
                 .await
             {
                 Ok(_) => made.push(&input.local),
