@@ -14,6 +14,12 @@
 //! replicas = 3                          # copies of flows and buckets (cluster)
 //! tls = "auto"                          # embedded broker: TLS beyond loopback ("required": always)
 //!
+//! credentials = "/etc/flowd/host.creds" # operator-run NATS: the host's user
+//!
+//! [nats.operator]                       # operator-run NATS: subscriber accounts
+//! signing_key = "/etc/flowd/op-signing.nk"
+//! account = "AB...XYZ"                  # the host's account
+//!
 //! [nats.subscribers]                    # limits of each subscriber's broker account
 //! connections = 2
 //! subscriptions = 16
@@ -243,8 +249,25 @@ pub struct Nats {
     /// TLS on the embedded server's client port: `auto` (on whenever it
     /// listens beyond loopback) or `required` (always).
     pub tls: BrokerTls,
-    /// Limits of each subscriber's account on the embedded server.
+    /// Limits of each subscriber's account (embedded server or operator).
     pub subscribers: crate::broker::grants::SubscriberLimits,
+    /// The host's credentials file (user JWT and seed) for an
+    /// operator-run NATS.
+    pub credentials: Option<PathBuf>,
+    /// Subscriber accounts on an operator-run NATS.
+    pub operator: Option<OperatorConfig>,
+}
+
+/// What an operator-run NATS gave the participant to issue its
+/// subscribers' accounts (docs/federation.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// File holding an operator signing key's seed (`SO...`).
+    pub signing_key: PathBuf,
+    /// The public key of the host's account (`A...`), which exports the
+    /// pull services.
+    pub account: String,
 }
 
 /// When the embedded broker's client port speaks TLS.

@@ -4,8 +4,10 @@
 
 use crate::agent::Agent;
 use crate::api::{ApiContext, ApiServer};
-use crate::broker::Broker;
 use crate::broker::embedded::{EmbeddedNats, EmbeddedOptions};
+use crate::broker::grants::Issuer;
+use crate::broker::operator::Operator;
+use crate::broker::{Broker, BrokerAuth};
 use crate::config::{BrokerTls, Config, HostFile};
 use crate::engine::{Engine, Metrics};
 use crate::federation::{Federation, Relays};
@@ -73,10 +75,26 @@ impl Daemon {
         } else {
             (None, config.nats.urls.clone())
         };
+        let host_credentials = config
+            .nats
+            .credentials
+            .as_ref()
+            .map(|path| {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("[nats] credentials {}", path.display()))
+            })
+            .transpose()?;
         let broker = Broker::connect_as(
             &nats_urls,
             &format!("flowd {}", config.participant.fqdn),
-            embedded.as_ref().map(EmbeddedNats::credentials),
+            match (&embedded, &host_credentials) {
+                (Some(embedded), _) => {
+                    let (user, password) = embedded.credentials();
+                    BrokerAuth::Password(user, password)
+                }
+                (None, Some(text)) => BrokerAuth::Credentials(text),
+                (None, None) => BrokerAuth::None,
+            },
             embedded
                 .as_ref()
                 .and_then(EmbeddedNats::certificate)
@@ -121,8 +139,27 @@ impl Daemon {
             .await?
             .with_federation(federation.clone())
             .with_shared_accounts(shared_accounts);
+        if let (None, Some(operator)) = (&embedded, &config.nats.operator) {
+            let seed = std::fs::read_to_string(&operator.signing_key).with_context(|| {
+                format!(
+                    "[nats.operator] signing_key {}",
+                    operator.signing_key.display()
+                )
+            })?;
+            let key =
+                crate::broker::jwt::key_from_seed(&seed).context("[nats.operator] signing_key")?;
+            let tls = config.nats.tls == BrokerTls::Required
+                || nats_urls.iter().all(|u| u.starts_with("tls://"));
+            agent = agent.with_issuer(Issuer::Operator(Operator::new(
+                key,
+                operator.account.clone(),
+                broker.client().clone(),
+                config.nats.subscribers,
+                tls,
+            )));
+        }
         if let Some(embedded) = &embedded {
-            agent = agent.with_broker_users(embedded.users());
+            agent = agent.with_issuer(Issuer::Embedded(embedded.users()));
             agent
                 .forget_stale_broker_users()
                 .await

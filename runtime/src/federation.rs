@@ -478,16 +478,12 @@ async fn relay_from_broker(
     let RemoteBroker { urls, tls } = broker;
     let refused = Arc::new(AtomicBool::new(false));
     let flag = refused.clone();
-    let mut options = async_nats::ConnectOptions::with_user_and_password(
-        credentials.user.clone(),
-        credentials.password.clone(),
-    );
+    let mut options = credentials.connect_options();
     if let Some(tls) = tls {
         options = options.require_tls(true).tls_client_config(tls);
     }
     let connected = options
         .name(format!("flowd subscription {}", sub.local))
-        .custom_inbox_prefix(&credentials.inbox)
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
             let flag = flag.clone();

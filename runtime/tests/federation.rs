@@ -549,6 +549,25 @@ impl Refusals {
             })
     }
 
+    /// [`Refusals::options`] for a subscriber's credentials, whichever
+    /// kind they are.
+    fn options_for(
+        &self,
+        creds: &flowd::broker::grants::PullCredentials,
+    ) -> async_nats::ConnectOptions {
+        let seen = self.clone();
+        creds.connect_options().event_callback(move |event| {
+            let seen = seen.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event
+                    && let Ok(mut seen) = seen.0.lock()
+                {
+                    seen.push(e.to_string().to_lowercase());
+                }
+            }
+        })
+    }
+
     async fn wait_for(&self, what: &str) {
         eventually(Duration::from_secs(5), what, || async {
             let seen = self.0.lock().ok()?;
@@ -1489,9 +1508,7 @@ async fn host_snapshot(daemon: &Daemon) -> Vec<StreamSnapshot> {
 /// than its account allows; and its own copy still flows, every event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_credential_cannot_reach_the_host_account() {
-    use async_nats::jetstream;
     use flowd::broker::grants::PullCredentials;
-    use futures::StreamExt;
 
     let (b, _a) = embedded_and_subscriber(|_| {}).await;
     let mut admin_b = b.admin().await;
@@ -1539,12 +1556,43 @@ async fn a_subscriber_credential_cannot_reach_the_host_account() {
         all.then_some(())
     })
     .await;
-    let before = host_snapshot(&b.daemon).await;
-
     let url = b.daemon.nats_urls()[0].clone();
+    let limit = b.config.nats.subscribers.connections as usize;
+    attack(&b.daemon, &url, &attacker, &honest, limit).await;
+
+    // The honest subscriber pulls its copy: the 50 events and 10 000 more,
+    // each once.
+    admin_b
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 50..10_050))
+        .await
+        .expect("written");
+    let expected: Vec<String> = (0..10_050).map(|i| format!("t-{i}")).collect();
+    assert_eq!(
+        pull(&url, &honest, expected.len()).await,
+        expected,
+        "every event once, in order"
+    );
+}
+
+/// With `attacker`'s credentials, tries everything it should not be able
+/// to do on the host's broker at `url` (reply subjects into the host's
+/// account, forbidden publishes and subscriptions, streams of its own,
+/// more than `limit` connections) and checks the host's streams and
+/// buckets are unchanged. `honest` is another subscriber, whose inbox is
+/// one of the targets.
+async fn attack(
+    daemon: &Daemon,
+    url: &str,
+    attacker: &flowd::broker::grants::PullCredentials,
+    honest: &flowd::broker::grants::PullCredentials,
+    limit: usize,
+) {
+    use async_nats::jetstream;
+    let url = url.to_owned();
+    let before = host_snapshot(daemon).await;
     let refusals = Refusals::default();
     let client = refusals
-        .options(&attacker.user, &attacker.password, &attacker.inbox)
+        .options_for(attacker)
         .connect(url.clone())
         .await
         .expect("the attacker's user is admitted");
@@ -1652,12 +1700,11 @@ async fn a_subscriber_credential_cannot_reach_the_host_account() {
         "another flow's stream"
     );
     // More connections than its account allows are refused.
-    let limit = b.config.nats.subscribers.connections as usize;
     let mut extra = Vec::new();
     let mut refused = 0;
     for _ in 0..limit + 3 {
         match Refusals::default()
-            .options(&attacker.user, &attacker.password, &attacker.inbox)
+            .options_for(attacker)
             .connect(url.clone())
             .await
         {
@@ -1684,7 +1731,7 @@ async fn a_subscriber_credential_cannot_reach_the_host_account() {
     drop(extra);
     // Let whatever the server would deliver arrive, then compare.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = host_snapshot(&b.daemon).await;
+    let after = host_snapshot(daemon).await;
     let names = |s: &[StreamSnapshot]| s.iter().map(|(n, ..)| n.clone()).collect::<Vec<_>>();
     assert_eq!(
         names(&before),
@@ -1709,29 +1756,33 @@ async fn a_subscriber_credential_cannot_reach_the_host_account() {
             assert_eq!(was, now, "the host's {} is unchanged", was.0);
         }
     }
+}
 
-    // The honest subscriber pulls its copy: the 50 events and 10 000 more,
-    // each once.
-    admin_b
-        .block("WRITE FLOW time.flows.unix.ar", events("t", 50..10_050))
-        .await
-        .expect("written");
+/// Pulls `count` events of a subscriber's copy with its credentials,
+/// acknowledging each; their ids in the order they came.
+async fn pull(
+    url: &str,
+    creds: &flowd::broker::grants::PullCredentials,
+    count: usize,
+) -> Vec<String> {
+    use async_nats::jetstream;
+    use futures::StreamExt;
     let client = Refusals::default()
-        .options(&honest.user, &honest.password, &honest.inbox)
-        .connect(url.clone())
+        .options_for(creds)
+        .connect(url.to_owned())
         .await
-        .expect("the honest user is admitted");
+        .expect("the subscriber is admitted");
     let js = jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(2))
-        .api_prefix(&honest.api_prefix)
+        .api_prefix(&creds.api_prefix)
         .build(client.clone());
     let consumer: jetstream::consumer::PullConsumer = js
-        .get_consumer_from_stream(&honest.consumer, &honest.stream)
+        .get_consumer_from_stream(&creds.consumer, &creds.stream)
         .await
         .expect("its own consumer");
     let mut pulled = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while pulled.len() < 10_050 && tokio::time::Instant::now() < deadline {
+    while pulled.len() < count && tokio::time::Instant::now() < deadline {
         let mut batch = consumer
             .batch()
             .max_messages(256)
@@ -1751,8 +1802,7 @@ async fn a_subscriber_credential_cannot_reach_the_host_account() {
             message.ack().await.expect("acknowledged");
         }
     }
-    let expected: Vec<String> = (0..10_050).map(|i| format!("t-{i}")).collect();
-    assert_eq!(pulled, expected, "every event once, in order");
+    pulled
 }
 
 /// Every way access is taken away cuts the subscriber's broker credential
@@ -2139,4 +2189,318 @@ async fn the_embedded_broker_speaks_tls_and_credentials_need_a_protected_session
         described.contains(&"events=300".to_owned()),
         "{described:?}"
     );
+}
+
+/// A nats-server in operator mode (decentralized JWT authentication) as an
+/// operator would run it for a participant: an operator with a signing
+/// key, the system account, and the participant's account with JetStream,
+/// exporting the subscriber pull services bound to the importing account's
+/// key and importing `$SYS.REQ.CLAIMS.UPDATE`; a full resolver. Keys and
+/// tokens are made here with the same code the host mints with.
+struct OperatorNats {
+    _server: support::KillOnDrop,
+    dir: tempfile::TempDir,
+    url: String,
+    host_account: String,
+}
+
+impl OperatorNats {
+    fn start() -> OperatorNats {
+        use flowd::broker::jwt;
+        use serde_json::json;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let operator = nkeys::KeyPair::new_operator();
+        let signing = nkeys::KeyPair::new_operator();
+        let system = nkeys::KeyPair::new_account();
+        let host = nkeys::KeyPair::new_account();
+        let host_user = nkeys::KeyPair::new_user();
+        let unlimited = json!({"subs": -1, "data": -1, "payload": -1, "imports": -1,
+            "exports": -1, "wildcards": true, "conn": -1, "leaf": -1});
+        let operator_jwt = jwt::encode(
+            &operator.public_key(),
+            "test-operator",
+            json!({"type": "operator", "version": 2,
+                   "signing_keys": [signing.public_key()],
+                   "system_account": system.public_key()}),
+            &operator,
+        )
+        .expect("operator");
+        let system_jwt = jwt::encode(
+            &system.public_key(),
+            "SYS",
+            json!({"type": "account", "version": 2, "limits": unlimited,
+                   "exports": [{"name": "claims", "subject": "$SYS.REQ.CLAIMS.UPDATE",
+                                "type": "service"}]}),
+            &signing,
+        )
+        .expect("system account");
+        let mut host_limits = unlimited.clone();
+        host_limits["mem_storage"] = json!(-1);
+        host_limits["disk_storage"] = json!(-1);
+        host_limits["streams"] = json!(-1);
+        host_limits["consumer"] = json!(-1);
+        let host_jwt = jwt::encode(
+            &host.public_key(),
+            "participant",
+            json!({"type": "account", "version": 2, "limits": host_limits,
+                "exports": [
+                    {"name": "info", "subject": "$JS.API.CONSUMER.INFO.*.*",
+                     "type": "service", "account_token_position": 6},
+                    {"name": "next", "subject": "$JS.API.CONSUMER.MSG.NEXT.*.*",
+                     "type": "service", "response_type": "Stream", "account_token_position": 7},
+                    {"name": "ack", "subject": "$JS.ACK.*.*.>",
+                     "type": "service", "account_token_position": 4}],
+                "imports": [{"name": "claims", "subject": "$SYS.REQ.CLAIMS.UPDATE",
+                             "account": system.public_key(), "type": "service"}]}),
+            &signing,
+        )
+        .expect("host account");
+        let user_jwt = jwt::encode(
+            &host_user.public_key(),
+            "flowd",
+            json!({"type": "user", "version": 2, "pub": {}, "sub": {},
+                   "subs": -1, "data": -1, "payload": -1}),
+            &host,
+        )
+        .expect("host user");
+        std::fs::write(
+            dir.path().join("host.creds"),
+            jwt::creds(&user_jwt, &jwt::seed_of(&host_user).expect("seed")),
+        )
+        .expect("creds");
+        std::fs::write(
+            dir.path().join("signing.nk"),
+            jwt::seed_of(&signing).expect("seed"),
+        )
+        .expect("signing key");
+        let port = free_port();
+        let config = dir.path().join("server.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:{port}\"\nserver_name: operated\n\
+                 operator: \"{operator_jwt}\"\nsystem_account: \"{sys}\"\n\
+                 jetstream {{ store_dir: \"{js}\" }}\n\
+                 resolver {{ type: full, dir: \"{jwts}\", allow_delete: false, interval: \"2m\" }}\n\
+                 resolver_preload {{ {sys}: \"{system_jwt}\", {hostpub}: \"{host_jwt}\" }}\n",
+                sys = system.public_key(),
+                hostpub = host.public_key(),
+                js = dir.path().join("js").display(),
+                jwts = dir.path().join("jwt").display(),
+            ),
+        )
+        .expect("config");
+        let binary = flowd::broker::embedded::find_binary(None).expect("nats-server");
+        let child = std::process::Command::new(binary)
+            .arg("-c")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        OperatorNats {
+            _server: support::KillOnDrop(child),
+            dir,
+            url: format!("nats://127.0.0.1:{port}"),
+            host_account: host.public_key(),
+        }
+    }
+
+    /// Points a host at this server with its account and signing key.
+    fn configure(&self, c: &mut Config) {
+        c.nats.urls = vec![self.url.clone()];
+        c.nats.credentials = Some(self.dir.path().join("host.creds"));
+        c.nats.operator = Some(flowd::config::OperatorConfig {
+            signing_key: self.dir.path().join("signing.nk"),
+            account: self.host_account.clone(),
+        });
+    }
+}
+
+/// On an operator-run NATS the host mints each subscriber an account and a
+/// user JWT of its own: the same attacks change nothing of the host's
+/// account, the copy flows (10 000 events, ids checked) to a raw client and
+/// to a peer host's relay, across a restart of the host, and removing the
+/// subscriber cuts the credential off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_an_operator_run_nats_subscribers_get_accounts_of_their_own() {
+    use flowd::broker::grants::PullCredentials;
+    let nats = OperatorNats::start();
+    let dns_b = free_port();
+    let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
+        c.fns.listen = Some(dns(dns_b));
+        nats.configure(c);
+    })
+    .await;
+    let a = participant_with("fnaa.emiliano.ar", "flows.emiliano.ar", |c| {
+        c.fns.nameserver = Some(dns(dns_b));
+    })
+    .await;
+    let mut admin_b = b.admin().await;
+    admin_b
+        .command("CREATE FLOW time.flows.unix.ar PUBLIC")
+        .await
+        .expect("public flow");
+    admin_b
+        .command("CREATE FLOW secret.flows.unix.ar")
+        .await
+        .expect("private flow");
+    admin_b
+        .block("WRITE FLOW secret.flows.unix.ar", events("s", 0..10))
+        .await
+        .expect("written");
+    let b_fnap = b.daemon.fnap_addr().expect("FNAP").to_string();
+    let subscribe = || async {
+        let mut peer = Client::connect(&b_fnap, &Security::Plain)
+            .await
+            .expect("connects");
+        peer.authenticate_anonymous().await.expect("anonymous");
+        let (lines, _) = peer
+            .data("SUBSCRIBE time.flows.unix.ar")
+            .await
+            .expect("subscribed");
+        let creds = PullCredentials::from_lines(&lines[1..])
+            .expect("well formed")
+            .expect("B issues broker credentials");
+        (lines[0].clone(), creds)
+    };
+    let (_, honest) = subscribe().await;
+    let (attacker_copy, attacker) = subscribe().await;
+    assert!(honest.jwt.is_some() && honest.seed.is_some(), "{honest:?}");
+    assert!(honest.password.is_empty());
+    assert_ne!(honest.user, attacker.user, "an account each");
+    admin_b
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 0..50))
+        .await
+        .expect("written");
+    eventually(Duration::from_secs(20), "the copies are fed", || async {
+        let js = b.daemon.broker().jetstream();
+        let mut all = true;
+        for stream in [&honest.stream, &attacker.stream] {
+            let mut s = js.get_stream(stream).await.ok()?;
+            all &= s.info().await.ok()?.state.messages == 50;
+        }
+        all.then_some(())
+    })
+    .await;
+    let limit = b.config.nats.subscribers.connections as usize;
+    attack(&b.daemon, &nats.url, &attacker, &honest, limit).await;
+
+    // A peer host subscribes through DNS and relays from the broker.
+    eventually(Duration::from_secs(20), "A subscribes", || async {
+        a.admin()
+            .await
+            .data("SUBSCRIBE time.flows.unix.ar LOCAL t.flows.emiliano.ar")
+            .await
+            .ok()
+    })
+    .await;
+    admin_b
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 50..10_050))
+        .await
+        .expect("written");
+    let expected: Vec<String> = (0..10_050).map(|i| format!("t-{i}")).collect();
+    assert_eq!(
+        pull(&nats.url, &honest, expected.len()).await,
+        expected,
+        "every event once, in order"
+    );
+    let all: BTreeSet<String> = expected.iter().cloned().collect();
+    eventually(Duration::from_secs(60), "A has the events", || async {
+        let mut c = a.admin().await;
+        (ids(&mut c, "t.flows.emiliano.ar").await == all).then_some(())
+    })
+    .await;
+    let (subs, _) = a
+        .admin()
+        .await
+        .data("LIST SUBSCRIPTIONS")
+        .await
+        .expect("listed");
+    assert!(subs[0].contains(" remote+nats:"), "{subs:?}");
+    let copy = flow(subs[0].split(' ').nth(2).expect("copy column"));
+    let consumers: Vec<String> = {
+        use futures::StreamExt;
+        let stream = b
+            .daemon
+            .broker()
+            .jetstream()
+            .get_stream(copy.stream())
+            .await
+            .expect("A's copy");
+        stream
+            .consumer_names()
+            .map(|n| n.expect("name"))
+            .collect()
+            .await
+    };
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = b
+        .daemon
+        .broker()
+        .jetstream()
+        .get_consumer_from_stream(&consumers[0], copy.stream())
+        .await
+        .expect("the copy's consumer");
+    assert_eq!(
+        consumer
+            .info()
+            .await
+            .expect("info")
+            .ack_floor
+            .stream_sequence,
+        10_050,
+        "A pulled them through the broker"
+    );
+
+    // Across a restart of B, A's relay goes on.
+    let b = b.restart().await;
+    let mut admin_b = b.admin().await;
+    admin_b
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 10_050..10_550))
+        .await
+        .expect("written after the restart");
+    let all: BTreeSet<String> = (0..10_550).map(|i| format!("t-{i}")).collect();
+    eventually(
+        Duration::from_secs(60),
+        "A has the events after the restart",
+        || async {
+            let mut c = a.admin().await;
+            (ids(&mut c, "t.flows.emiliano.ar").await == all).then_some(())
+        },
+    )
+    .await;
+
+    // Removing a subscriber cuts its credential off by the reply.
+    let client = Refusals::default()
+        .options_for(&attacker)
+        .connect(nats.url.clone())
+        .await
+        .expect("admitted");
+    let since = std::time::Instant::now();
+    admin_b
+        .command(&format!("REMOVE SUBSCRIBER {attacker_copy}"))
+        .await
+        .expect("removed");
+    let deadline = since + Duration::from_secs(5);
+    while client.connection_state() == async_nats::connection::State::Connected {
+        assert!(std::time::Instant::now() < deadline, "still connected");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "operator mode: REMOVE SUBSCRIBER cut the credential off in {:?}",
+        since.elapsed()
+    );
+    let again = Refusals::default()
+        .options_for(&attacker)
+        .connect(nats.url.clone())
+        .await;
+    assert!(again.is_err(), "{again:?}");
 }

@@ -89,9 +89,10 @@ pub struct Agent {
     namespace_cache: std::sync::Arc<std::sync::Mutex<namespaces::NamespaceCache>>,
     /// How to reach other participants (remote subscriptions).
     federation: Option<std::sync::Arc<crate::federation::Federation>>,
-    /// The broker's users, when this host supervises its broker: then
-    /// subscribers get broker credentials of their own.
-    broker_users: Option<crate::broker::embedded::Users>,
+    /// Who issues subscribers broker credentials of their own, when this
+    /// host can (its embedded broker, or an operator-run NATS that gave it
+    /// a signing key).
+    issuer: Option<crate::broker::grants::Issuer>,
     /// The accounts the participant's hosts share.
     shared_accounts: Option<crate::accounts::SharedAccounts>,
 }
@@ -165,7 +166,7 @@ impl Agent {
             subscriptions,
             changes: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             federation: None,
-            broker_users: None,
+            issuer: None,
             shared_accounts: None,
             namespace_cache: Default::default(),
         })
@@ -186,8 +187,8 @@ impl Agent {
 
     /// Gives subscribers broker users of their own (see
     /// [`crate::broker::grants`]).
-    pub fn with_broker_users(mut self, users: crate::broker::embedded::Users) -> Agent {
-        self.broker_users = Some(users);
+    pub fn with_issuer(mut self, issuer: crate::broker::grants::Issuer) -> Agent {
+        self.issuer = Some(issuer);
         self
     }
 

@@ -18,7 +18,7 @@
 use super::access::{self, Principal};
 use super::{Agent, AgentError, NewProcessor, unavailable};
 use crate::broker::FlowName;
-use crate::broker::grants::{self, PullCredentials};
+use crate::broker::grants::PullCredentials;
 use crate::engine::spec::{self, RunLimits};
 use crate::fnap::command::{FlowOptions, Right};
 use crate::wasm::Kind;
@@ -38,6 +38,10 @@ pub struct Subscriber {
     /// Made by the host itself (a pipeline), which holds every right.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host: bool,
+    /// The subscriber's broker account on an operator-run NATS (its
+    /// public key), revoked with the copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_account: Option<String>,
 }
 
 /// Why a copy was revoked, kept a while after it is gone so that its
@@ -252,21 +256,20 @@ impl Agent {
         let user = principal.user().map(str::to_owned);
         let processor = format!("sub-{token}");
         self.relay(processor.clone(), remote, &copy, None).await?;
-        let credentials = match (&self.broker_users, local) {
-            (Some(users), None) if confidential => {
-                let credentials = PullCredentials::new(&token, &copy.stream(), users.tls());
+        let credentials = match (&self.issuer, local) {
+            (Some(issuer), None) if confidential => {
+                let credentials = issuer
+                    .credentials(&token, &copy.stream())
+                    .map_err(unavailable)?;
                 let issued = async {
                     self.broker
-                        .subscriber_consumer(&copy, grants::CONSUMER)
+                        .subscriber_consumer(&copy, &credentials.consumer)
                         .await?;
-                    let user = credentials
-                        .user()
-                        .map_err(|e| AgentError::Unavailable(e.to_string()))?;
-                    users.add(user).await.map_err(unavailable)
+                    issuer.admit(&credentials).await.map_err(unavailable)
                 };
                 if let Err(e) = issued.await {
                     // Nothing half-made stays behind.
-                    let _ = users.retain(|u| u != credentials.user).await;
+                    let _ = issuer.revoke(&token, Some(&credentials.user)).await;
                     let _ = self.delete_processor(&processor).await;
                     let _ = self.broker.delete_flow(&copy).await;
                     self.changed();
@@ -286,6 +289,10 @@ impl Agent {
                 processor,
                 created: chrono::Utc::now().to_rfc3339(),
                 host: principal == &Principal::Host,
+                broker_account: credentials
+                    .as_ref()
+                    .filter(|c| c.jwt.is_some())
+                    .map(|c| c.user.clone()),
             },
         )
         .await?;
@@ -437,7 +444,7 @@ impl Agent {
     /// Removes the broker users of subscribers that are no more (a host
     /// stopped between removing a subscriber and its user).
     pub async fn forget_stale_broker_users(&self) -> Result<(), AgentError> {
-        let Some(users) = &self.broker_users else {
+        let Some(crate::broker::grants::Issuer::Embedded(users)) = &self.issuer else {
             return Ok(());
         };
         let live: std::collections::BTreeSet<String> = self
@@ -605,9 +612,11 @@ impl Agent {
     /// event leaves after this), then its relay, its flow, its record, and
     /// any local subscription fed from it.
     async fn drop_subscriber(&self, sub: &Subscriber) -> Result<(), AgentError> {
-        if let Some(users) = &self.broker_users {
-            let user = PullCredentials::user_name(&sub.token);
-            users.retain(|u| u != user).await.map_err(unavailable)?;
+        if let Some(issuer) = &self.issuer {
+            issuer
+                .revoke(&sub.token, sub.broker_account.as_deref())
+                .await
+                .map_err(unavailable)?;
         }
         for local in self.records::<Subscription>("subscription.").await? {
             if local.copy == sub.copy {

@@ -80,6 +80,12 @@ pub struct PullCredentials {
     /// The broker's client port requires TLS.
     #[serde(default)]
     pub tls: bool,
+    /// On an operator-run NATS: the user's JWT and nkey seed (then
+    /// `password` is empty and `user` names the subscriber's account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<String>,
 }
 
 fn default_api_prefix() -> String {
@@ -96,6 +102,8 @@ impl std::fmt::Debug for PullCredentials {
             .field("inbox", &self.inbox)
             .field("api_prefix", &self.api_prefix)
             .field("tls", &self.tls)
+            .field("jwt", &self.jwt.as_ref().map(|_| "<token>"))
+            .field("seed", &self.seed.as_ref().map(|_| "<hidden>"))
             .finish()
     }
 }
@@ -253,6 +261,61 @@ impl Default for SubscriberLimits {
     }
 }
 
+/// Who issues subscribers' broker credentials on this host.
+#[derive(Clone)]
+pub enum Issuer {
+    /// The embedded broker: accounts in its configuration.
+    Embedded(super::embedded::Users),
+    /// An operator-run NATS: accounts as JWTs pushed to its resolver.
+    Operator(super::operator::Operator),
+}
+
+/// Why an issuer could not admit or revoke an account.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error(transparent)]
+    Embedded(#[from] super::embedded::EmbeddedError),
+    #[error(transparent)]
+    Operator(#[from] super::operator::OperatorError),
+    #[error(transparent)]
+    Grant(#[from] GrantError),
+}
+
+impl Issuer {
+    /// New credentials for subscription `token` pulling `stream`; nothing
+    /// is admitted until [`Issuer::admit`]. Make the consumer
+    /// `credentials.consumer` in between.
+    pub fn credentials(&self, token: &str, stream: &str) -> Result<PullCredentials, IssueError> {
+        match self {
+            Issuer::Embedded(users) => Ok(PullCredentials::new(token, stream, users.tls())),
+            Issuer::Operator(operator) => Ok(operator.credentials(token, stream)?),
+        }
+    }
+
+    /// Lets the credentials in: once this returns, they connect.
+    pub async fn admit(&self, credentials: &PullCredentials) -> Result<(), IssueError> {
+        match self {
+            Issuer::Embedded(users) => Ok(users.add(credentials.user()?).await?),
+            Issuer::Operator(operator) => Ok(operator.admit(credentials).await?),
+        }
+    }
+
+    /// Shuts the account of subscription `token` (`account`: its public key
+    /// on an operator-run NATS) out: once this returns, its connections are
+    /// closed and new ones refused.
+    pub async fn revoke(&self, token: &str, account: Option<&str>) -> Result<(), IssueError> {
+        match (self, account) {
+            (Issuer::Embedded(users), _) => {
+                let user = PullCredentials::user_name(token);
+                users.retain(|u| u != user).await?;
+                Ok(())
+            }
+            (Issuer::Operator(operator), Some(account)) => Ok(operator.revoke(account).await?),
+            (Issuer::Operator(_), None) => Ok(()),
+        }
+    }
+}
+
 /// Why credentials could not be made or read.
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
@@ -297,7 +360,31 @@ impl PullCredentials {
             inbox: format!("_INBOX_{token}"),
             api_prefix: API_PREFIX.to_owned(),
             tls,
+            jwt: None,
+            seed: None,
         }
+    }
+
+    /// Connection options that authenticate as these credentials.
+    pub fn connect_options(&self) -> async_nats::ConnectOptions {
+        match (&self.jwt, &self.seed) {
+            (Some(jwt), Some(seed)) => {
+                let seed = seed.clone();
+                async_nats::ConnectOptions::with_jwt(jwt.clone(), move |nonce| {
+                    let seed = seed.clone();
+                    async move {
+                        let key =
+                            nkeys::KeyPair::from_seed(&seed).map_err(async_nats::AuthError::new)?;
+                        key.sign(&nonce).map_err(async_nats::AuthError::new)
+                    }
+                })
+            }
+            _ => async_nats::ConnectOptions::with_user_and_password(
+                self.user.clone(),
+                self.password.clone(),
+            ),
+        }
+        .custom_inbox_prefix(&self.inbox)
     }
 
     /// The broker account and user that allow these credentials to pull,
@@ -317,12 +404,20 @@ impl PullCredentials {
         let mut lines = vec![
             "broker-type=nats".to_owned(),
             format!("broker-user={}", self.user),
-            format!("broker-password={}", self.password),
+        ];
+        match (&self.jwt, &self.seed) {
+            (Some(jwt), Some(seed)) => {
+                lines.push(format!("broker-jwt={jwt}"));
+                lines.push(format!("broker-seed={seed}"));
+            }
+            _ => lines.push(format!("broker-password={}", self.password)),
+        }
+        lines.extend([
             format!("broker-stream={}", self.stream),
             format!("broker-consumer={}", self.consumer),
             format!("broker-inbox={}", self.inbox),
             format!("broker-api={}", self.api_prefix),
-        ];
+        ]);
         if self.tls {
             lines.push("broker-tls=required".to_owned());
         }
@@ -353,14 +448,22 @@ impl PullCredentials {
             Some(other) => return Err(GrantError::Tls(other)),
         };
         let need = |key: &'static str| value(key).ok_or(GrantError::Missing(key));
+        let (jwt, seed) = (value("broker-jwt"), value("broker-seed"));
+        let password = match (&jwt, &seed) {
+            (Some(_), Some(_)) => String::new(),
+            (Some(_), None) => return Err(GrantError::Missing("broker-seed")),
+            _ => need("broker-password")?,
+        };
         Ok(Some(PullCredentials {
             user: need("broker-user")?,
-            password: need("broker-password")?,
+            password,
             stream: need("broker-stream")?,
             consumer: need("broker-consumer")?,
             inbox: need("broker-inbox")?,
             api_prefix: value("broker-api").unwrap_or_else(default_api_prefix),
             tls,
+            jwt,
+            seed,
         }))
     }
 }
@@ -371,6 +474,21 @@ mod tests {
 
     #[test]
     fn reply_lines_round_trip_and_absent_means_none() {
+        let mut with_jwt = PullCredentials::new("ksdj898", "FLOW_ksdj898_time", false);
+        with_jwt.password = String::new();
+        with_jwt.jwt = Some("eyJ.x.y".into());
+        with_jwt.seed = Some("SUAB".into());
+        let mut lines = with_jwt.to_lines();
+        assert!(!lines.iter().any(|l| l.starts_with("broker-password")));
+        assert_eq!(
+            PullCredentials::from_lines(&lines).expect("reads"),
+            Some(with_jwt)
+        );
+        lines.retain(|l| !l.starts_with("broker-seed"));
+        assert!(
+            PullCredentials::from_lines(&lines).is_err(),
+            "a token without its seed"
+        );
         for tls in [false, true] {
             let creds = PullCredentials::new("ksdj898", "FLOW_ksdj898_time", tls);
             let mut lines = vec!["ksdj898.time.flows.unix.ar".to_owned()];

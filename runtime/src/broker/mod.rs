@@ -7,7 +7,9 @@
 pub mod codec;
 pub mod embedded;
 pub mod grants;
+pub mod jwt;
 mod naming;
+pub mod operator;
 
 pub use naming::{FlowName, MAX_FLOW_NAME, NameError, NamespaceName};
 
@@ -30,6 +32,17 @@ pub enum BrokerError {
     Settings(String),
     #[error("broker request failed: {0}")]
     Request(String),
+}
+
+/// How the host authenticates to its broker.
+#[derive(Clone, Copy)]
+pub enum BrokerAuth<'a> {
+    None,
+    /// A user name and password (the embedded broker).
+    Password(&'a str, &'a str),
+    /// A credentials file's text: a user JWT and its nkey seed (an
+    /// operator-run NATS).
+    Credentials(&'a str),
 }
 
 fn request<E: std::fmt::Display>(e: E) -> BrokerError {
@@ -145,26 +158,28 @@ impl Broker {
     /// when the connection drops (in-flight requests fail and are retried by
     /// their callers).
     pub async fn connect(urls: &[String], name: &str) -> Result<Broker, BrokerError> {
-        Broker::connect_as(urls, name, None, None).await
+        Broker::connect_as(urls, name, BrokerAuth::None, None).await
     }
 
-    /// [`Broker::connect`] with a user name and password, and over TLS
-    /// with `tls`.
+    /// [`Broker::connect`] authenticated by `auth`, and over TLS with
+    /// `tls`.
     pub async fn connect_as(
         urls: &[String],
         name: &str,
-        user: Option<(&str, &str)>,
+        auth: BrokerAuth<'_>,
         tls: Option<rustls::ClientConfig>,
     ) -> Result<Broker, BrokerError> {
         let connect_error = |reason: String| BrokerError::Connect {
             urls: urls.join(","),
             reason,
         };
-        let mut options = match user {
-            Some((user, password)) => {
+        let mut options = match auth {
+            BrokerAuth::Password(user, password) => {
                 async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
             }
-            None => async_nats::ConnectOptions::new(),
+            BrokerAuth::Credentials(text) => async_nats::ConnectOptions::with_credentials(text)
+                .map_err(|e| connect_error(format!("the credentials: {e}")))?,
+            BrokerAuth::None => async_nats::ConnectOptions::new(),
         };
         if let Some(tls) = tls {
             options = options.require_tls(true).tls_client_config(tls);
