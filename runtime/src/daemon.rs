@@ -54,6 +54,18 @@ impl Daemon {
                 BrokerTls::Required => true,
                 BrokerTls::Auto => !crate::broker::embedded::is_loopback(listen),
             };
+            let limits = &config.nats.subscribers;
+            for (name, value) in [
+                ("connections", limits.connections),
+                ("subscriptions", limits.subscriptions),
+                ("payload", limits.payload),
+            ] {
+                anyhow::ensure!(
+                    (1..=i32::MAX as u32).contains(&value),
+                    "[nats.subscribers] {name} = {value}: use 1 to {}",
+                    i32::MAX
+                );
+            }
             let options = EmbeddedOptions {
                 limits: config.nats.subscribers,
                 tls: tls

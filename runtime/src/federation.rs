@@ -165,7 +165,12 @@ impl Federation {
                     "the remote host sent no subscription flow: {lines:?}"
                 ))
             })?;
-        let credentials = match PullCredentials::from_lines(&lines[1..]) {
+        let credentials = match PullCredentials::from_lines(&lines[1..])
+            .map_err(|e| e.to_string())
+            .and_then(|c| match c {
+                Some(c) => c.check_for(&copy.stream()).map(Some),
+                None => Ok(None),
+            }) {
             Ok(credentials) => credentials,
             Err(e) => {
                 let _ = self.unsubscribe(remote, &copy).await;

@@ -584,7 +584,6 @@ impl Refusals {
 async fn broker_credentials_pull_only_their_copy_and_removal_revokes_them() {
     use async_nats::jetstream;
     use flowd::broker::grants::PullCredentials;
-    use futures::StreamExt;
 
     let (b, a) = embedded_and_subscriber(|_| {}).await;
     let mut admin_b = b.admin().await;
@@ -645,32 +644,11 @@ async fn broker_credentials_pull_only_their_copy_and_removal_revokes_them() {
         .timeout(Duration::from_secs(2))
         .api_prefix(&creds.api_prefix)
         .build(client.clone());
-    let consumer: jetstream::consumer::PullConsumer = js
+    let _: jetstream::consumer::PullConsumer = js
         .get_consumer_from_stream(&creds.consumer, &creds.stream)
         .await
         .expect("its own consumer");
-    let mut pulled = BTreeSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while pulled.len() < 100 && tokio::time::Instant::now() < deadline {
-        let mut batch = consumer
-            .batch()
-            .max_messages(100)
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await
-            .expect("pull");
-        while let Some(message) = batch.next().await {
-            let message = message.expect("message");
-            let id = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("ce-id"))
-                .map(|v| v.to_string())
-                .unwrap_or_default();
-            pulled.insert(id);
-            message.ack().await.expect("acknowledged");
-        }
-    }
+    let pulled: BTreeSet<String> = pull(&url, &creds, 100).await.into_iter().collect();
     let expected: BTreeSet<String> = (0..100).map(|i| format!("t-{i}")).collect();
     assert_eq!(pulled, expected);
 
@@ -2015,6 +1993,65 @@ async fn every_revocation_path_cuts_the_broker_credential_off() {
         report.push(format!("{path}: p50 {p50:?}, max {max:?} over {tries}"));
     }
     println!("revocation cut-off:\n{}", report.join("\n"));
+
+    // A flow made private takes its copies along: the anonymous one is
+    // revoked, the one of an account that may still read it stays but is
+    // private too; why a copy went is told to its subscriber alone.
+    admin_b
+        .command("CREATE FLOW open.private.flows.unix.ar PUBLIC")
+        .await
+        .expect("flow");
+    admin_b
+        .command("GRANT reader READ ON private.flows.unix.ar")
+        .await
+        .expect("granted");
+    let reader = Some(("reader".to_owned(), "pw-reader-123456".to_owned()));
+    let (_reader_peer, reader_copy, reader_creds, reader_client) =
+        subscribe(reader, "open.private.flows.unix.ar".into()).await;
+    let (_anon_peer, anon_copy, _, _anon_client) =
+        subscribe(None, "open.private.flows.unix.ar".into()).await;
+    admin_b
+        .command("UPDATE FLOW open.private.flows.unix.ar PRIVATE")
+        .await
+        .expect("made private");
+    let mut stranger = Client::connect(&b_fnap, &Security::Plain)
+        .await
+        .expect("connects");
+    stranger.authenticate_anonymous().await.expect("anonymous");
+    assert_eq!(
+        code(
+            stranger
+                .command(&format!("DESCRIBE FLOW {reader_copy}"))
+                .await
+                .expect_err("private now")
+        ),
+        554,
+        "the reader's copy is no longer public"
+    );
+    assert_eq!(
+        reader_client.connection_state(),
+        async_nats::connection::State::Connected,
+        "the reader keeps its copy"
+    );
+    let described = stranger
+        .command(&format!("DESCRIBE FLOW {anon_copy}"))
+        .await;
+    assert!(
+        matches!(&described, Err(e) if e.code() == Some(550) && e.to_string().contains("no longer public")),
+        "an anonymous copy's reason is told to anonymous sessions: {described:?}"
+    );
+    admin_b
+        .command("REVOKE reader ON private.flows.unix.ar")
+        .await
+        .expect("revoked");
+    cut_off(reader_creds, reader_client, std::time::Instant::now()).await;
+    let described = stranger
+        .command(&format!("DESCRIBE FLOW {reader_copy}"))
+        .await;
+    assert!(
+        matches!(&described, Err(e) if e.code() == Some(554) && !e.to_string().contains("reader")),
+        "another session learns nothing of the reader's copy: {described:?}"
+    );
 }
 
 /// With TLS on the embedded broker, the subscriber pulls through TLS and

@@ -36,10 +36,10 @@ impl Agent {
         let readable = right.is_some_and(|r| r.covers(Right::Read));
         match self.broker.flow_info(flow).await {
             Ok(info) if readable || info.settings.public => Ok(info),
-            // A revoked subscription copy: whoever holds its (unguessable)
-            // name learns why it is gone.
+            // A revoked subscription copy: its subscriber learns why it is
+            // gone.
             Err(BrokerError::NoSuchFlow(_))
-                if let Some(reason) = self.revocation_of(flow).await =>
+                if let Some(reason) = self.revocation_of(flow, principal).await =>
             {
                 Err(AgentError::NotFound {
                     what: "subscription",
@@ -47,6 +47,8 @@ impl Agent {
                 })
             }
             Err(e) if readable => Err(e.into()),
+            // A fault says nothing of the flow: transient for anyone.
+            Err(e @ (BrokerError::Connect { .. } | BrokerError::Request(_))) => Err(e.into()),
             // Without a right, a missing flow and a private one look the same.
             _ => Err(access::denied(
                 principal,
@@ -125,11 +127,14 @@ impl Agent {
         options: &FlowOptions,
     ) -> Result<FlowInfo, AgentError> {
         let info = self.check_write(principal, flow).await?;
+        let was_public = info.settings.public;
         let mut settings = info.settings;
         apply(&mut settings, options);
         let updated = self.broker.update_flow(flow, &settings).await?;
-        if options.public == Some(false) {
-            self.review_subscribers().await?;
+        if was_public && !settings.public {
+            // Its copies follow it, and anonymous copies go.
+            self.make_copies_private(flow).await?;
+            self.review_subscribers_after("UPDATE FLOW").await;
         }
         Ok(updated)
     }
@@ -144,7 +149,7 @@ impl Agent {
         self.broker.delete_flow(flow).await?;
         self.changed();
         // Its subscribers' copies go with it.
-        self.review_subscribers().await?;
+        self.review_subscribers_after("DELETE FLOW").await;
         Ok(())
     }
 

@@ -263,7 +263,7 @@ impl Agent {
             .map_err(unavailable)?;
         self.forget_namespaces();
         self.changed();
-        self.review_subscribers().await?;
+        self.review_subscribers_after("DELETE NAMESPACE").await;
         Ok(())
     }
 
@@ -323,7 +323,7 @@ impl Agent {
         }
         self.put_namespace(&record).await?;
         // A right taken away (or lowered) takes the copies made with it.
-        self.review_subscribers().await?;
+        self.review_subscribers_after("a grant's change").await;
         Ok(record)
     }
 }

@@ -51,6 +51,9 @@ struct Revoked {
     copy: FlowName,
     reason: String,
     at: String,
+    /// The subscribing account (`None`: anonymous), the only one told.
+    #[serde(default)]
+    user: Option<String>,
 }
 
 /// A local flow fed from a subscription copy.
@@ -256,55 +259,74 @@ impl Agent {
         let user = principal.user().map(str::to_owned);
         let processor = format!("sub-{token}");
         self.relay(processor.clone(), remote, &copy, None).await?;
-        let credentials = match (&self.issuer, local) {
-            (Some(issuer), None) if confidential => {
-                let credentials = issuer
-                    .credentials(&token, &copy.stream())
-                    .map_err(unavailable)?;
-                let issued = async {
-                    self.broker
-                        .subscriber_consumer(&copy, &credentials.consumer)
-                        .await?;
-                    issuer.admit(&credentials).await.map_err(unavailable)
-                };
-                if let Err(e) = issued.await {
-                    // Nothing half-made stays behind.
-                    let _ = issuer.revoke(&token, Some(&credentials.user)).await;
-                    let _ = self.delete_processor(&processor).await;
-                    let _ = self.broker.delete_flow(&copy).await;
-                    self.changed();
-                    return Err(e);
-                }
-                Some(credentials)
+        let issuer = self
+            .issuer
+            .as_ref()
+            .filter(|_| local.is_none() && confidential);
+        let credentials = issuer
+            .map(|issuer| issuer.credentials(&token, &copy.stream()))
+            .transpose()
+            .map_err(unavailable);
+        let credentials = match credentials {
+            Ok(credentials) => credentials,
+            Err(e) => {
+                let _ = self.delete_processor(&processor).await;
+                let _ = self.broker.delete_flow(&copy).await;
+                self.changed();
+                return Err(e);
             }
-            _ => None,
         };
-        self.put_record(
-            &format!("subscriber.{token}"),
-            &Subscriber {
-                token: token.clone(),
-                source: remote.clone(),
-                copy: copy.clone(),
-                user: user.clone(),
-                processor,
-                created: chrono::Utc::now().to_rfc3339(),
-                host: principal == &Principal::Host,
-                broker_account: credentials
-                    .as_ref()
-                    .filter(|c| c.jwt.is_some())
-                    .map(|c| c.user.clone()),
-            },
-        )
-        .await?;
-        if let Some(local) = local {
-            let processor = format!("local-{token}");
-            self.relay(processor.clone(), &copy, local, user.clone())
+        // The record comes before the credentials are admitted, so that a
+        // review running meanwhile (a right revoked) sees this copy.
+        let record = Subscriber {
+            token: token.clone(),
+            source: remote.clone(),
+            copy: copy.clone(),
+            user: user.clone(),
+            processor,
+            created: chrono::Utc::now().to_rfc3339(),
+            host: principal == &Principal::Host,
+            broker_account: credentials
+                .as_ref()
+                .filter(|c| c.jwt.is_some())
+                .map(|c| c.user.clone()),
+        };
+        let made = async {
+            self.put_record(&format!("subscriber.{token}"), &record)
                 .await?;
-            self.put_record(
-                &format!("subscription.{token}"),
-                &Subscription::new(&token, local, remote, &copy, user, processor, None),
-            )
-            .await?;
+            if let (Some(issuer), Some(credentials)) = (issuer, &credentials) {
+                self.broker
+                    .subscriber_consumer(&copy, &credentials.consumer)
+                    .await?;
+                issuer.admit(credentials).await.map_err(unavailable)?;
+            }
+            if let Some(local) = local {
+                let processor = format!("local-{token}");
+                self.relay(processor.clone(), &copy, local, user.clone())
+                    .await?;
+                self.put_record(
+                    &format!("subscription.{token}"),
+                    &Subscription::new(&token, local, remote, &copy, user.clone(), processor, None),
+                )
+                .await?;
+            }
+            Ok::<(), AgentError>(())
+        };
+        if let Err(e) = made.await {
+            // Nothing half-made stays behind, credentials least of all.
+            if let Err(cleanup) = self.drop_subscriber(&record).await {
+                tracing::warn!(%copy, "cleaning up a failed subscription: {cleanup}");
+            }
+            return Err(e);
+        }
+        // Access taken away while the copy was being made takes it again.
+        if let Some(reason) = self.lost_access(&record).await? {
+            self.revoke_subscriber(&record, &reason).await?;
+            return Err(access::denied(
+                principal,
+                Right::Read,
+                &format!("read {remote}"),
+            ));
         }
         Ok(Subscribed { copy, credentials })
     }
@@ -462,7 +484,7 @@ impl Agent {
 
     /// Why a copy that was revoked is gone (`None`: no such copy was
     /// revoked here, or too long ago).
-    pub async fn revocation_of(&self, copy: &FlowName) -> Option<String> {
+    pub async fn revocation_of(&self, copy: &FlowName, principal: &Principal) -> Option<String> {
         let token = copy.as_str().split('.').next()?;
         let value = self
             .subscriptions
@@ -471,13 +493,22 @@ impl Agent {
             .ok()
             .flatten()?;
         let tombstone: Revoked = serde_json::from_slice(&value).ok()?;
-        (&tombstone.copy == copy).then_some(tombstone.reason)
+        let told = match &tombstone.user {
+            None => principal == &Principal::Anonymous || principal.is_admin(),
+            Some(user) => owns(principal, Some(user)),
+        };
+        (&tombstone.copy == copy && told).then_some(tombstone.reason)
     }
 
     /// Why `sub` may no longer read its source, if it may not: the flow or
     /// its namespace was deleted, the subscribing account was removed, its
     /// read right revoked, or (anonymous) the flow is no longer public.
     async fn lost_access(&self, sub: &Subscriber) -> Result<Option<String>, AgentError> {
+        if let Err(crate::broker::BrokerError::NoSuchFlow(_)) =
+            self.broker.flow_info(&sub.copy).await
+        {
+            return Ok(Some(format!("its copy {} was deleted", sub.copy)));
+        }
         let info = match self.broker.flow_info(&sub.source).await {
             Ok(info) => info,
             Err(crate::broker::BrokerError::NoSuchFlow(_)) => {
@@ -489,8 +520,18 @@ impl Agent {
         if chain.is_empty() {
             return Ok(Some(format!("the namespace of {} was deleted", sub.source)));
         }
+        // Records made before `host` was kept: only the host makes a copy
+        // without an account that also feeds a local flow.
+        let legacy_host = sub.user.is_none()
+            && !sub.host
+            && self
+                .subscriptions
+                .get(format!("subscription.{}", sub.token))
+                .await
+                .map_err(unavailable)?
+                .is_some();
         let principal = match (&sub.user, &self.shared_accounts) {
-            _ if sub.host => Principal::Host,
+            _ if sub.host || legacy_host => Principal::Host,
             (None, _) => Principal::Anonymous,
             (Some(user), _) if user == crate::user_agent::LOCAL_ADMIN => {
                 Principal::User(crate::accounts::Identity {
@@ -540,13 +581,44 @@ impl Agent {
         }
         self.forget_old_revocations().await;
         match failure {
-            Some(e) if revoked == 0 => Err(e),
-            _ => Ok(revoked),
+            Some(e) => Err(e),
+            None => Ok(revoked),
         }
     }
 
+    /// [`Agent::review_subscribers`] after a command changed access: a
+    /// failure is logged, not returned (the command's change is made), and
+    /// the periodic review of [`Agent::follow_accounts`] tries again.
+    pub(crate) async fn review_subscribers_after(&self, what: &str) {
+        if let Err(e) = self.review_subscribers().await {
+            tracing::warn!("reviewing subscribers after {what} (retried within 30 s): {e}");
+        }
+    }
+
+    /// Makes the copies of `flow` private (the flow was made private).
+    pub(crate) async fn make_copies_private(&self, flow: &FlowName) -> Result<(), AgentError> {
+        for sub in self.records::<Subscriber>("subscriber.").await? {
+            if &sub.source != flow {
+                continue;
+            }
+            match self.broker.flow_info(&sub.copy).await {
+                Ok(info) if info.settings.public => {
+                    let settings = crate::broker::FlowSettings {
+                        public: false,
+                        ..info.settings
+                    };
+                    self.broker.update_flow(&sub.copy, &settings).await?;
+                }
+                Ok(_) | Err(crate::broker::BrokerError::NoSuchFlow(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Reviews the subscribers whenever the participant's accounts change
-    /// (an account removed on any host takes its copies).
+    /// (an account removed on any host takes its copies), and every 30 s
+    /// (a review that failed is tried again).
     pub fn follow_accounts(&self) -> Option<tokio::task::JoinHandle<()>> {
         let shared = self.shared_accounts.clone()?;
         let agent = self.clone();
@@ -557,7 +629,13 @@ impl Agent {
                         // What changed before the watch began, then each change.
                         let changes = futures::stream::once(async {}).chain(changes);
                         let mut changes = std::pin::pin!(changes);
-                        while changes.next().await.is_some() {
+                        let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+                        every.tick().await;
+                        loop {
+                            tokio::select! {
+                                change = changes.next() => if change.is_none() { break },
+                                _ = every.tick() => {}
+                            }
                             // A changed file is published one account at a
                             // time: one review for the burst.
                             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -586,6 +664,7 @@ impl Agent {
             copy: sub.copy.clone(),
             reason: reason.to_owned(),
             at: chrono::Utc::now().to_rfc3339(),
+            user: sub.user.clone(),
         };
         self.put_record(&format!("revoked.{}", sub.token), &tombstone)
             .await?;

@@ -122,7 +122,18 @@ fn adopt_global_account(data_dir: &Path) -> Result<(), EmbeddedError> {
     let jetstream = data_dir.join("jetstream");
     let global = jetstream.join("$G");
     let host = jetstream.join(grants::HOST_ACCOUNT);
-    if global.is_dir() && !host.exists() {
+    let used = |dir: &Path| std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+    if used(&global) && used(&host) {
+        return Err(EmbeddedError::Io {
+            path: global,
+            source: std::io::Error::other(format!(
+                "both the global account's and {}'s JetStream data exist: keep one",
+                grants::HOST_ACCOUNT
+            )),
+        });
+    }
+    if global.is_dir() && !used(&host) {
+        let _ = std::fs::remove_dir(&host);
         tracing::info!(
             "moving the flows of the global broker account to {}",
             grants::HOST_ACCOUNT
@@ -297,6 +308,7 @@ impl EmbeddedNats {
                 pid: spec.pid.clone(),
                 monitor_port,
                 lock: tokio::sync::Mutex::new(()),
+                unread: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         users.write(&users.load()?)?;
@@ -389,6 +401,9 @@ struct UsersInner {
     monitor_port: u16,
     /// One change at a time: each rewrites the whole file.
     lock: tokio::sync::Mutex<()>,
+    /// The file was written but the server may not have read it (a reload
+    /// failed): the next change reloads whatever it changes.
+    unread: std::sync::atomic::AtomicBool,
 }
 
 impl Users {
@@ -440,9 +455,11 @@ impl Users {
     /// JetStream services have no responders until the next).
     async fn apply(&self, users: &[BrokerUser], reloads: usize) -> Result<(), EmbeddedError> {
         self.write(users)?;
+        self.inner.unread.store(true, Ordering::SeqCst);
         for _ in 0..reloads {
             self.reload().await?;
         }
+        self.inner.unread.store(false, Ordering::SeqCst);
         Ok(())
     }
 
@@ -496,6 +513,9 @@ impl Users {
         let before = users.len();
         users.retain(|u| keep(&u.user));
         if users.len() == before {
+            if self.inner.unread.load(Ordering::SeqCst) {
+                self.apply(&users, 1).await?;
+            }
             return Ok(false);
         }
         self.apply(&users, 1).await?;

@@ -365,6 +365,43 @@ impl PullCredentials {
         }
     }
 
+    /// These credentials if they can only pull the copy `stream` (a remote
+    /// host chooses every field: it must not point this host's relay at
+    /// another stream or API).
+    pub fn check_for(self, stream: &str) -> Result<PullCredentials, String> {
+        let name = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if self.stream != stream {
+            return Err(format!(
+                "the credentials name the stream {}, not the copy's {stream}",
+                self.stream
+            ));
+        }
+        if !name(&self.consumer) {
+            return Err(format!(
+                "the consumer name `{}` is not a plain name",
+                self.consumer
+            ));
+        }
+        if !self.inbox.starts_with("_INBOX_") || !name(&self.inbox) {
+            return Err(format!(
+                "the inbox `{}` is not an `_INBOX_` prefix",
+                self.inbox
+            ));
+        }
+        if self.api_prefix != API_PREFIX && self.api_prefix != DEFAULT_API_PREFIX {
+            return Err(format!(
+                "the API prefix `{}` is not one of ours",
+                self.api_prefix
+            ));
+        }
+        Ok(self)
+    }
+
     /// Connection options that authenticate as these credentials.
     pub fn connect_options(&self) -> async_nats::ConnectOptions {
         match (&self.jwt, &self.seed) {
@@ -541,6 +578,31 @@ mod tests {
         assert_eq!(streamed, [false, true, false]);
         assert_eq!(user.subscribe(), ["_INBOX_abc.>"]);
         assert!(!format!("{creds:?}").contains(&creds.password));
+    }
+
+    #[test]
+    fn a_remote_host_cannot_point_the_relay_elsewhere() {
+        let good = PullCredentials::new("abc", "FLOW_abc_x", false);
+        assert!(good.clone().check_for("FLOW_abc_x").is_ok());
+        assert!(
+            good.clone().check_for("FLOW_secret").is_err(),
+            "another stream"
+        );
+        let mut bad = good.clone();
+        bad.consumer = "processor.>".into();
+        assert!(
+            bad.check_for("FLOW_abc_x").is_err(),
+            "a subject in the consumer"
+        );
+        let mut bad = good.clone();
+        bad.inbox = "flow".into();
+        assert!(
+            bad.check_for("FLOW_abc_x").is_err(),
+            "an inbox outside _INBOX_"
+        );
+        let mut bad = good;
+        bad.api_prefix = "$JS.hub.API".into();
+        assert!(bad.check_for("FLOW_abc_x").is_err(), "another API");
     }
 
     #[test]

@@ -110,15 +110,13 @@ pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
 /// A client configuration that accepts exactly the certificate in
 /// `cert_file` (its first one) from whatever address it connects to: how
 /// the host reaches its own embedded broker, whose certificate it holds.
+/// The file is read again when the server presents another certificate
+/// (a renewed one: the broker reads the file at each reload).
 pub fn pinned_client_config(cert_file: &Path) -> Result<rustls::ClientConfig, TlsError> {
-    let pinned = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| file_error(cert_file, e))?
-        .next()
-        .ok_or_else(|| file_error(cert_file, "no certificate in the file"))?
-        .map_err(|e| file_error(cert_file, e))?;
+    first_certificate(cert_file)?;
     let provider = provider();
     let verifier = Pinned {
-        certificate: pinned,
+        file: cert_file.to_owned(),
         algorithms: provider.signature_verification_algorithms,
     };
     Ok(rustls::ClientConfig::builder_with_provider(provider)
@@ -155,10 +153,20 @@ pub fn named_client_config(ca: &Path, name: &str) -> Result<rustls::ClientConfig
         .with_no_client_auth())
 }
 
-/// Accepts one certificate, byte for byte, with valid handshake signatures.
+/// The first certificate of a PEM file.
+fn first_certificate(file: &Path) -> Result<CertificateDer<'static>, TlsError> {
+    CertificateDer::pem_file_iter(file)
+        .map_err(|e| file_error(file, e))?
+        .next()
+        .ok_or_else(|| file_error(file, "no certificate in the file"))?
+        .map_err(|e| file_error(file, e))
+}
+
+/// Accepts the first certificate of a file, byte for byte, with valid
+/// handshake signatures.
 #[derive(Debug)]
 struct Pinned {
-    certificate: CertificateDer<'static>,
+    file: PathBuf,
     algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
 }
 
@@ -171,7 +179,9 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         _ocsp_response: &[u8],
         _now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.certificate.as_ref() {
+        let pinned =
+            first_certificate(&self.file).map_err(|e| rustls::Error::General(e.to_string()))?;
+        if end_entity.as_ref() == pinned.as_ref() {
             Ok(rustls::client::danger::ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
