@@ -44,6 +44,11 @@ impl Daemon {
         let state_dir = config.participant.state_dir.clone();
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+        config
+            .nats
+            .subscribers
+            .check()
+            .map_err(|e| anyhow::anyhow!("[nats.subscribers] {e}"))?;
         let (embedded, nats_urls) = if config.nats.urls.is_empty() {
             let listen = config
                 .nats
@@ -54,18 +59,6 @@ impl Daemon {
                 BrokerTls::Required => true,
                 BrokerTls::Auto => !crate::broker::embedded::is_loopback(listen),
             };
-            let limits = &config.nats.subscribers;
-            for (name, value) in [
-                ("connections", limits.connections),
-                ("subscriptions", limits.subscriptions),
-                ("payload", limits.payload),
-            ] {
-                anyhow::ensure!(
-                    (1..=i32::MAX as u32).contains(&value),
-                    "[nats.subscribers] {name} = {value}: use 1 to {}",
-                    i32::MAX
-                );
-            }
             let options = EmbeddedOptions {
                 limits: config.nats.subscribers,
                 tls: tls

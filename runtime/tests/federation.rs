@@ -534,19 +534,10 @@ struct Refusals(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
 
 impl Refusals {
     fn options(&self, user: &str, password: &str, inbox: &str) -> async_nats::ConnectOptions {
-        let seen = self.clone();
-        async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-            .custom_inbox_prefix(inbox)
-            .event_callback(move |event| {
-                let seen = seen.clone();
-                async move {
-                    if let async_nats::Event::ServerError(e) = event
-                        && let Ok(mut seen) = seen.0.lock()
-                    {
-                        seen.push(e.to_string().to_lowercase());
-                    }
-                }
-            })
+        self.watching(
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+                .custom_inbox_prefix(inbox),
+        )
     }
 
     /// [`Refusals::options`] for a subscriber's credentials, whichever
@@ -555,8 +546,13 @@ impl Refusals {
         &self,
         creds: &flowd::broker::grants::PullCredentials,
     ) -> async_nats::ConnectOptions {
+        self.watching(creds.connect_options())
+    }
+
+    /// `options` that record what the broker refuses.
+    fn watching(&self, options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
         let seen = self.clone();
-        creds.connect_options().event_callback(move |event| {
+        options.event_callback(move |event| {
             let seen = seen.clone();
             async move {
                 if let async_nats::Event::ServerError(e) = event
@@ -1486,10 +1482,38 @@ async fn host_snapshot(daemon: &Daemon) -> Vec<StreamSnapshot> {
 /// than its account allows; and its own copy still flows, every event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_credential_cannot_reach_the_host_account() {
-    use flowd::broker::grants::PullCredentials;
-
     let (b, _a) = embedded_and_subscriber(|_| {}).await;
     let mut admin_b = b.admin().await;
+    let ((_, honest), (_, attacker)) = two_subscribers(&b, &mut admin_b).await;
+    let url = b.daemon.nats_urls()[0].clone();
+    let limit = b.config.nats.subscribers.connections as usize;
+    attack(&b.daemon, &url, &attacker, &honest, limit).await;
+
+    // The honest subscriber pulls its copy: the 50 events and 10 000 more,
+    // each once.
+    admin_b
+        .block("WRITE FLOW time.flows.unix.ar", events("t", 50..10_050))
+        .await
+        .expect("written");
+    let expected: Vec<String> = (0..10_050).map(|i| format!("t-{i}")).collect();
+    assert_eq!(
+        pull(&url, &honest, expected.len()).await,
+        expected,
+        "every event once, in order"
+    );
+}
+
+/// B's public flow `time` (50 events) with two anonymous subscribers, an
+/// honest one and an attacker, each with its copy (fed) and broker
+/// credentials; and the private flow `secret` (10 events).
+async fn two_subscribers(
+    b: &Participant,
+    admin_b: &mut Client,
+) -> (
+    (String, flowd::broker::grants::PullCredentials),
+    (String, flowd::broker::grants::PullCredentials),
+) {
+    use flowd::broker::grants::PullCredentials;
     admin_b
         .command("CREATE FLOW time.flows.unix.ar PUBLIC")
         .await
@@ -1512,44 +1536,29 @@ async fn a_subscriber_credential_cannot_reach_the_host_account() {
             .data("SUBSCRIBE time.flows.unix.ar")
             .await
             .expect("subscribed");
-        PullCredentials::from_lines(&lines[1..])
+        let creds = PullCredentials::from_lines(&lines[1..])
             .expect("well formed")
-            .expect("B issues broker credentials")
+            .expect("B issues broker credentials");
+        (lines[0].clone(), creds)
     };
-    // An honest subscriber, and an attacker holding credentials of its own.
     let honest = subscribe().await;
     let attacker = subscribe().await;
     admin_b
         .block("WRITE FLOW time.flows.unix.ar", events("t", 0..50))
         .await
         .expect("written");
-    // Both copies have the 50 events before the attack starts.
+    // Both copies have the 50 events before anything else.
     eventually(Duration::from_secs(20), "the copies are fed", || async {
         let js = b.daemon.broker().jetstream();
         let mut all = true;
-        for stream in [&honest.stream, &attacker.stream] {
+        for stream in [&honest.1.stream, &attacker.1.stream] {
             let mut s = js.get_stream(stream).await.ok()?;
             all &= s.info().await.ok()?.state.messages == 50;
         }
         all.then_some(())
     })
     .await;
-    let url = b.daemon.nats_urls()[0].clone();
-    let limit = b.config.nats.subscribers.connections as usize;
-    attack(&b.daemon, &url, &attacker, &honest, limit).await;
-
-    // The honest subscriber pulls its copy: the 50 events and 10 000 more,
-    // each once.
-    admin_b
-        .block("WRITE FLOW time.flows.unix.ar", events("t", 50..10_050))
-        .await
-        .expect("written");
-    let expected: Vec<String> = (0..10_050).map(|i| format!("t-{i}")).collect();
-    assert_eq!(
-        pull(&url, &honest, expected.len()).await,
-        expected,
-        "every event once, in order"
-    );
+    (honest, attacker)
 }
 
 /// With `attacker`'s credentials, tries everything it should not be able
@@ -2369,7 +2378,6 @@ impl OperatorNats {
 /// subscriber cuts the credential off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_an_operator_run_nats_subscribers_get_accounts_of_their_own() {
-    use flowd::broker::grants::PullCredentials;
     let nats = OperatorNats::start();
     let dns_b = free_port();
     let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
@@ -2382,52 +2390,10 @@ async fn on_an_operator_run_nats_subscribers_get_accounts_of_their_own() {
     })
     .await;
     let mut admin_b = b.admin().await;
-    admin_b
-        .command("CREATE FLOW time.flows.unix.ar PUBLIC")
-        .await
-        .expect("public flow");
-    admin_b
-        .command("CREATE FLOW secret.flows.unix.ar")
-        .await
-        .expect("private flow");
-    admin_b
-        .block("WRITE FLOW secret.flows.unix.ar", events("s", 0..10))
-        .await
-        .expect("written");
-    let b_fnap = b.daemon.fnap_addr().expect("FNAP").to_string();
-    let subscribe = || async {
-        let mut peer = Client::connect(&b_fnap, &Security::Plain)
-            .await
-            .expect("connects");
-        peer.authenticate_anonymous().await.expect("anonymous");
-        let (lines, _) = peer
-            .data("SUBSCRIBE time.flows.unix.ar")
-            .await
-            .expect("subscribed");
-        let creds = PullCredentials::from_lines(&lines[1..])
-            .expect("well formed")
-            .expect("B issues broker credentials");
-        (lines[0].clone(), creds)
-    };
-    let (_, honest) = subscribe().await;
-    let (attacker_copy, attacker) = subscribe().await;
+    let ((_, honest), (attacker_copy, attacker)) = two_subscribers(&b, &mut admin_b).await;
     assert!(honest.jwt.is_some() && honest.seed.is_some(), "{honest:?}");
     assert!(honest.password.is_empty());
     assert_ne!(honest.user, attacker.user, "an account each");
-    admin_b
-        .block("WRITE FLOW time.flows.unix.ar", events("t", 0..50))
-        .await
-        .expect("written");
-    eventually(Duration::from_secs(20), "the copies are fed", || async {
-        let js = b.daemon.broker().jetstream();
-        let mut all = true;
-        for stream in [&honest.stream, &attacker.stream] {
-            let mut s = js.get_stream(stream).await.ok()?;
-            all &= s.info().await.ok()?.state.messages == 50;
-        }
-        all.then_some(())
-    })
-    .await;
     let limit = b.config.nats.subscribers.connections as usize;
     attack(&b.daemon, &nats.url, &attacker, &honest, limit).await;
 

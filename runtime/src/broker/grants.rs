@@ -251,6 +251,24 @@ pub struct SubscriberLimits {
     pub payload: u32,
 }
 
+impl SubscriberLimits {
+    /// Each limit must be 1 to `i32::MAX`: nats-server reads them as 32-bit
+    /// signed numbers (a larger one would wrap to "unlimited"), and 0 would
+    /// shut every subscriber out.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, value) in [
+            ("connections", self.connections),
+            ("subscriptions", self.subscriptions),
+            ("payload", self.payload),
+        ] {
+            if !(1..=i32::MAX as u32).contains(&value) {
+                return Err(format!("{name} = {value}: use 1 to {}", i32::MAX));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for SubscriberLimits {
     fn default() -> SubscriberLimits {
         SubscriberLimits {
