@@ -2203,29 +2203,12 @@ async fn the_embedded_broker_speaks_tls_and_credentials_need_a_protected_session
         (ids(&mut c, "t.flows.emiliano.ar").await == expected).then_some(())
     })
     .await;
-    let (subs, _) = a
-        .admin()
-        .await
-        .data("LIST SUBSCRIPTIONS")
-        .await
-        .expect("listed");
-    assert!(subs[0].contains(" remote+nats:"), "{subs:?}");
     // ... through B's broker: the copy's consumer there delivered them all.
-    let copy = flow(subs[0].split(' ').nth(2).expect("copy column"));
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = b
-        .daemon
-        .broker()
-        .jetstream()
-        .get_consumer_from_stream("subscriber", copy.stream())
-        .await
-        .expect("the copy's consumer");
-    let floor = consumer
-        .info()
-        .await
-        .expect("info")
-        .ack_floor
-        .stream_sequence;
-    assert_eq!(floor, 300, "acknowledged through the broker");
+    assert_eq!(
+        relayed_through_broker(&a, &b).await,
+        300,
+        "acknowledged through the broker"
+    );
     // B's own connection to its broker is TLS too (it works at all).
     let (described, _) = admin_b
         .data("DESCRIBE FLOW time.flows.unix.ar")
@@ -2235,6 +2218,39 @@ async fn the_embedded_broker_speaks_tls_and_credentials_need_a_protected_session
         described.contains(&"events=300".to_owned()),
         "{described:?}"
     );
+}
+
+/// How far B's broker saw A's relay acknowledge A's one remote
+/// subscription (the stream sequence of the copy consumer's ack floor),
+/// after checking A lists it as pulled from the broker.
+async fn relayed_through_broker(a: &Participant, b: &Participant) -> u64 {
+    use futures::StreamExt;
+    let (subs, _) = a
+        .admin()
+        .await
+        .data("LIST SUBSCRIPTIONS")
+        .await
+        .expect("listed");
+    assert!(subs[0].contains(" remote+nats:"), "{subs:?}");
+    let copy = flow(subs[0].split(' ').nth(2).expect("copy column"));
+    let js = b.daemon.broker().jetstream();
+    let stream = js.get_stream(copy.stream()).await.expect("A's copy");
+    let consumers: Vec<String> = stream
+        .consumer_names()
+        .map(|n| n.expect("name"))
+        .collect()
+        .await;
+    assert_eq!(consumers.len(), 1, "one consumer: {consumers:?}");
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream(&consumers[0], copy.stream())
+        .await
+        .expect("the copy's consumer");
+    consumer
+        .info()
+        .await
+        .expect("info")
+        .ack_floor
+        .stream_sequence
 }
 
 /// A nats-server in operator mode (decentralized JWT authentication) as an
@@ -2422,43 +2438,8 @@ async fn on_an_operator_run_nats_subscribers_get_accounts_of_their_own() {
         (ids(&mut c, "t.flows.emiliano.ar").await == all).then_some(())
     })
     .await;
-    let (subs, _) = a
-        .admin()
-        .await
-        .data("LIST SUBSCRIPTIONS")
-        .await
-        .expect("listed");
-    assert!(subs[0].contains(" remote+nats:"), "{subs:?}");
-    let copy = flow(subs[0].split(' ').nth(2).expect("copy column"));
-    let consumers: Vec<String> = {
-        use futures::StreamExt;
-        let stream = b
-            .daemon
-            .broker()
-            .jetstream()
-            .get_stream(copy.stream())
-            .await
-            .expect("A's copy");
-        stream
-            .consumer_names()
-            .map(|n| n.expect("name"))
-            .collect()
-            .await
-    };
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = b
-        .daemon
-        .broker()
-        .jetstream()
-        .get_consumer_from_stream(&consumers[0], copy.stream())
-        .await
-        .expect("the copy's consumer");
     assert_eq!(
-        consumer
-            .info()
-            .await
-            .expect("info")
-            .ack_floor
-            .stream_sequence,
+        relayed_through_broker(&a, &b).await,
         10_050,
         "A pulled them through the broker"
     );
