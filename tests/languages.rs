@@ -6,15 +6,15 @@
 
 use cloudevents::event::ExtensionValue;
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
-use flowd::wasm::{CreateError, Limits};
 use flowd_tests::{call1, component, config_error, data, event, host, ids, processor};
+use flowd_wasm::{CreateError, Limits};
 use serde_json::json;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 const PY: &str = "flow_enrich_py";
 const JS: &str = "flow_filter_js";
 
-fn bridge(name: &str, config: &[(&str, &str)]) -> Result<flowd::wasm::Processor, CreateError> {
+fn bridge(name: &str, config: &[(&str, &str)]) -> Result<flowd_wasm::Processor, CreateError> {
     processor(name, config, &["in"], &["out"], Limits::default())
 }
 

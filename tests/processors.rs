@@ -3,8 +3,8 @@
 
 use cloudevents::event::ExtensionValue;
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
-use flowd::wasm::{CallError, CreateError, GuestError, Limits};
 use flowd_tests::{call, call1, config_error, data, event, ids, processor};
+use flowd_wasm::{CallError, CreateError, GuestError, Limits};
 use serde_json::json;
 
 #[test]

@@ -3,12 +3,12 @@
 //! (and the processor, with a fresh instance) keeps serving.
 
 use cloudevents::{AttributesReader, Event};
-use flowd::wasm::{CallError, CreateError, GuestError, Host, HostConfig, Limits, LoadError};
 use flowd_tests::{call1, component, event, host, processor, setup};
+use flowd_wasm::{CallError, CreateError, GuestError, Host, HostConfig, Limits, LoadError};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-fn hostile(limits: Limits) -> flowd::wasm::Processor {
+fn hostile(limits: Limits) -> flowd_wasm::Processor {
     processor("guest_hostile", &[], &["in"], &["out"], limits).expect("creates")
 }
 

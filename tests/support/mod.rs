@@ -2,32 +2,11 @@
 //! one shared Wasm host, and CloudEvents to feed processors.
 
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
-use flowd::event::packed;
-use flowd::wasm::{CallError, Host, HostConfig, Limits, Processor, ProcessorSetup};
-use std::path::PathBuf;
+use flowd_core::event::packed;
+use flowd_wasm::{CallError, Host, HostConfig, Limits, Processor, ProcessorSetup};
 use std::sync::OnceLock;
 
-/// Directory of the components built by `scripts/build-processors`.
-pub fn components_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("FLOWD_COMPONENTS_DIR") {
-        return PathBuf::from(dir);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("wasm32-wasip2/processor")
-}
-
-/// Path of a built component, e.g. `component("flow_filter")`.
-pub fn component(name: &str) -> PathBuf {
-    let path = components_dir().join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/build-processors first",
-        path.display()
-    );
-    path
-}
+pub use flowd_test_support::{component, components_dir};
 
 /// One host for the whole test binary (an engine is heavy; processors are not).
 pub fn host() -> &'static Host {
@@ -48,7 +27,7 @@ pub fn processor(
     inputs: &[&str],
     outputs: &[&str],
     limits: Limits,
-) -> Result<Processor, flowd::wasm::CreateError> {
+) -> Result<Processor, flowd_wasm::CreateError> {
     let component = host().load_file(&component(name)).expect("component loads");
     host().create(component, setup(name, config, inputs, outputs), limits)
 }
@@ -89,7 +68,7 @@ pub fn call(
     input: u32,
     events: &[Event],
 ) -> Result<Vec<(u32, Event)>, CallError> {
-    let outcome = processor.process(input, &packed::pack(events))?;
+    let outcome = processor.process(input, &packed::pack(events).into())?;
     outcome
         .resolve(events, processor.outputs().len())
         .map_err(CallError::from)
@@ -119,9 +98,9 @@ pub fn ids(events: &[Event]) -> Vec<&str> {
 }
 
 /// The message of a refused configuration (panics on anything else).
-pub fn config_error(result: Result<Processor, flowd::wasm::CreateError>) -> String {
+pub fn config_error(result: Result<Processor, flowd_wasm::CreateError>) -> String {
     match result {
-        Err(flowd::wasm::CreateError::Config(message)) => message,
+        Err(flowd_wasm::CreateError::Config(message)) => message,
         Err(other) => panic!("expected a configuration error, got: {other}"),
         Ok(_) => panic!("expected a configuration error, got a processor"),
     }

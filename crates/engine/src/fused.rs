@@ -1,0 +1,291 @@
+//! A fused segment: consecutive pipeline steps run in one runner, events
+//! passing from one step to the next in memory instead of through a flow.
+//!
+//! To the runner a segment looks like one processor: a batch in from the
+//! segment's input, an [`Outcome`] out whose ports are the flows the
+//! segment writes. Inside, the first step's outputs are split by port;
+//! a port that feeds a fused step becomes that step's batch, and so on
+//! down the tree. An event every step forwarded unchanged stays a forward
+//! of the original input (the runner then stores the original message);
+//! anything else is copied into the outcome's created batch.
+//!
+//! A call is all or nothing: if any step fails, the keyed state of every
+//! step is put back as it was before the call, so a retried batch sees
+//! the same state (as with a single processor).
+
+use super::spec::Port;
+use flow_abi::{Emit, Packer, View};
+use flowd_core::event::packed::{self, PackError};
+use flowd_wasm::state::KeyedState;
+use flowd_wasm::wit::types;
+use flowd_wasm::{CallError, GuestError, Outcome, Processor};
+
+/// One step of the segment and its running instance.
+pub(crate) struct Link {
+    pub id: String,
+    pub processor: Processor,
+    pub ports: Vec<Port>,
+    pub generation: u64,
+    /// When the current instance was created (ms since the epoch).
+    pub started_ms: u64,
+    pub events_in: u64,
+    pub events_out: u64,
+    pub errors: u64,
+}
+
+/// The steps of a segment: `links[0]` is the segment's own processor,
+/// `links[i + 1]` is fused step `i`.
+pub(crate) struct Chain {
+    pub links: Vec<Link>,
+}
+
+/// The segment's outcome being built.
+#[derive(Default)]
+struct Collector {
+    created: Packer,
+    emits: Vec<u32>,
+    ports: Vec<u32>,
+}
+
+impl Collector {
+    fn forward(&mut self, origin: u32, port: usize) {
+        self.emits.push(Emit::Forward(origin).to_word());
+        self.ports.push(port as u32);
+    }
+
+    fn copy(&mut self, view: &View<'_>, index: u32, port: usize) -> Result<(), CallError> {
+        let copied = view
+            .event(index as usize)
+            .and_then(|spans| self.created.copy_from(view, &spans))
+            .ok_or_else(|| out_of_range(index, view.len()))?;
+        self.emits.push(Emit::Created(copied).to_word());
+        self.ports.push(port as u32);
+        Ok(())
+    }
+
+    fn finish(self) -> Outcome {
+        Outcome {
+            created: types::Batch {
+                bytes: self.created.bytes,
+                events: self.created.events,
+                extensions: self.created.extensions,
+            },
+            emits: self.emits,
+            ports: Some(self.ports),
+        }
+    }
+}
+
+fn out_of_range(index: u32, len: usize) -> CallError {
+    CallError::InvalidOutput(PackError::EmitOutOfRange {
+        what: "input",
+        index,
+        len,
+    })
+}
+
+/// What one step is asked to do.
+enum Call<'a> {
+    Process(u32, &'a types::Batch),
+    Tick(u64),
+}
+
+impl Chain {
+    /// Runs a batch that arrived on the segment's input `port`.
+    pub(crate) fn process(
+        &mut self,
+        port: u32,
+        batch: &types::Batch,
+    ) -> Result<Outcome, CallError> {
+        let n = (batch.events.len() / flow_abi::EVENT_WORDS) as u32;
+        let origins: Vec<Option<u32>> = (0..n).map(Some).collect();
+        self.transaction(|chain, out| chain.step(0, Call::Process(port, batch), &origins, out))
+    }
+
+    /// Ticks every signal step; what they emit flows down the segment.
+    pub(crate) fn tick(&mut self, now_ms: u64) -> Result<Outcome, CallError> {
+        self.transaction(|chain, out| {
+            for i in 0..chain.links.len() {
+                if chain.links[i].processor.kind() == flowd_wasm::Kind::Signal {
+                    chain.step(i, Call::Tick(now_ms), &[], out)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn transaction(
+        &mut self,
+        run: impl FnOnce(&mut Chain, &mut Collector) -> Result<(), CallError>,
+    ) -> Result<Outcome, CallError> {
+        let snapshot: Vec<KeyedState> = self
+            .links
+            .iter_mut()
+            .map(|l| l.processor.state().clone())
+            .collect();
+        let mut out = Collector::default();
+        match run(self, &mut out) {
+            Ok(()) => Ok(out.finish()),
+            Err(e) => {
+                for (link, state) in self.links.iter_mut().zip(snapshot) {
+                    *link.processor.state() = state;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Calls link `at`, then routes what it emitted: to the segment's
+    /// outputs, or down to the fused steps its ports feed.
+    fn step(
+        &mut self,
+        at: usize,
+        call: Call<'_>,
+        origins: &[Option<u32>],
+        out: &mut Collector,
+    ) -> Result<(), CallError> {
+        let link = &mut self.links[at];
+        let (result, input) = match call {
+            Call::Process(port, batch) => {
+                link.events_in += (batch.events.len() / flow_abi::EVENT_WORDS) as u64;
+                (link.processor.process(port, batch), Some(batch))
+            }
+            Call::Tick(now) => (link.processor.tick(now), None),
+        };
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                link.errors += 1;
+                return Err(locate(&link.id, e, origins));
+            }
+        };
+        link.events_out += outcome.emits.len() as u64;
+        let ports = link.ports.clone();
+        let empty = types::Batch {
+            bytes: Vec::new(),
+            events: Vec::new(),
+            extensions: Vec::new(),
+        };
+        let input = input.unwrap_or(&empty);
+        let input = View::new(&input.bytes, &input.events, &input.extensions);
+        let created = View::new(
+            &outcome.created.bytes,
+            &outcome.created.events,
+            &outcome.created.extensions,
+        );
+        if let Some(p) = &outcome.ports
+            && p.len() != outcome.emits.len()
+        {
+            return Err(CallError::InvalidOutput(PackError::PortsMismatch {
+                emits: outcome.emits.len(),
+                ports: p.len(),
+            }));
+        }
+        let mut by_port: Vec<Vec<Emit>> = vec![Vec::new(); ports.len()];
+        for (i, word) in outcome.emits.iter().enumerate() {
+            let port = outcome.ports.as_ref().map_or(0, |p| p[i]);
+            let slot = by_port
+                .get_mut(port as usize)
+                .ok_or(CallError::InvalidOutput(PackError::PortOutOfRange {
+                    port,
+                    ports: ports.len(),
+                }))?;
+            let emit = Emit::from_word(*word);
+            if let Emit::Created(j) = emit {
+                // Validates every attribute before it goes anywhere.
+                packed::unpack_view(&created, j).map_err(CallError::InvalidOutput)?;
+            }
+            slot.push(emit);
+        }
+        for (port, emits) in by_port.into_iter().enumerate() {
+            if emits.is_empty() {
+                continue;
+            }
+            match ports[port] {
+                Port::Flow(k) => {
+                    for emit in emits {
+                        match emit {
+                            Emit::Forward(j) => match origins.get(j as usize) {
+                                Some(Some(origin)) => out.forward(*origin, k),
+                                Some(None) => out.copy(&input, j, k)?,
+                                None => return Err(out_of_range(j, origins.len())),
+                            },
+                            Emit::Created(j) => out.copy(&created, j, k)?,
+                        }
+                    }
+                }
+                Port::Step(child) => {
+                    let mut batch = Packer::default();
+                    let mut child_origins = Vec::with_capacity(emits.len());
+                    for emit in emits {
+                        let (view, j, origin) = match emit {
+                            Emit::Forward(j) => (
+                                &input,
+                                j,
+                                *origins
+                                    .get(j as usize)
+                                    .ok_or_else(|| out_of_range(j, origins.len()))?,
+                            ),
+                            Emit::Created(j) => (&created, j, None),
+                        };
+                        view.event(j as usize)
+                            .and_then(|spans| batch.copy_from(view, &spans))
+                            .ok_or_else(|| out_of_range(j, view.len()))?;
+                        child_origins.push(origin);
+                    }
+                    let batch = types::Batch {
+                        bytes: batch.bytes,
+                        events: batch.events,
+                        extensions: batch.extensions,
+                    };
+                    self.step(child + 1, Call::Process(0, &batch), &child_origins, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keyed-state changes since the last call, with the step they belong to.
+    pub(crate) fn state_changes(&mut self) -> Vec<(String, String, Option<Vec<u8>>)> {
+        let mut all = Vec::new();
+        for link in &mut self.links {
+            for (key, value) in link.processor.state().take_changes() {
+                all.push((link.id.clone(), key, value));
+            }
+        }
+        all
+    }
+
+    pub(crate) fn teardown(self) {
+        for link in self.links {
+            if let Err(e) = link.processor.teardown() {
+                tracing::debug!(step = link.id, "teardown: {e}");
+            }
+        }
+    }
+}
+
+/// Names the failing step, and maps an event error back to the segment's
+/// input event when the failing event is one (an unchanged forward).
+fn locate(step: &str, e: CallError, origins: &[Option<u32>]) -> CallError {
+    match e {
+        CallError::Guest(GuestError::Event { index, message }) => {
+            match origins.get(index as usize).copied().flatten() {
+                Some(origin) => CallError::Guest(GuestError::Event {
+                    index: origin,
+                    message: format!("step {step}: {message}"),
+                }),
+                None => CallError::Guest(GuestError::Failed(format!(
+                    "step {step}: event {index}: {message}"
+                ))),
+            }
+        }
+        CallError::Guest(GuestError::Failed(message)) => {
+            CallError::Guest(GuestError::Failed(format!("step {step}: {message}")))
+        }
+        CallError::Trap { message } => CallError::Trap {
+            message: format!("step {step}: {message}"),
+        },
+        other => other,
+    }
+}

@@ -1,0 +1,440 @@
+//! The component registry: processor components uploaded to a running host,
+//! named and versioned (`filter@1.2.0`).
+//!
+//! The bytes live once per content in the broker's object store
+//! (`flowd-components`, keyed by `sha256:<hex>`, the store processors are
+//! started from), and a record per `name@version` in the KV bucket
+//! `flowd-registry`. Both are in JetStream, so every host on the same NATS
+//! sees every upload. A version is immutable: uploading other bytes under a
+//! taken `name@version` is refused, uploading the same bytes again is a
+//! no-op.
+
+use crate::spec::{self, ProcessorSpec};
+use async_nats::jetstream::{kv, object_store::ObjectStore};
+use flowd_broker::{Broker, BrokerError};
+use flowd_wasm::{Host, Kind, LoadError};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use flowd_broker::{RecordError, Records};
+pub use flowd_core::buckets::REGISTRY;
+
+/// Largest component accepted (the object store chunks it; a host loads it
+/// whole into memory to compile it).
+pub const MAX_COMPONENT_BYTES: usize = 256 << 20;
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("refused: {0}")]
+    Refused(#[from] LoadError),
+    #[error("refused: the component is larger than {MAX_COMPONENT_BYTES} bytes")]
+    TooLarge,
+    #[error("no such component: {0}")]
+    NotFound(String),
+    #[error("{reference} already holds another component ({digest}); versions are immutable")]
+    VersionTaken { reference: String, digest: String },
+    #[error("{reference} is in use by processor(s) {}", .by.join(", "))]
+    InUse { reference: String, by: Vec<String> },
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record that does not decode.
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+impl From<BrokerError> for RegistryError {
+    fn from(e: BrokerError) -> Self {
+        RegistryError::Unavailable(e.to_string())
+    }
+}
+
+/// A broker failure is transient; an unreadable record is not.
+fn record_error(e: RecordError) -> RegistryError {
+    match e {
+        e @ RecordError::Unavailable { .. } => RegistryError::Unavailable(e.to_string()),
+        e @ RecordError::Unreadable { .. } => RegistryError::Unreadable(e.to_string()),
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::Unavailable(e.to_string())
+}
+
+/// What the registry knows of one `name@version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentRecord {
+    pub name: String,
+    pub version: String,
+    /// `sha256:<hex>` of the bytes, their key in the object store.
+    pub digest: String,
+    pub kind: Kind,
+    /// The WIT world it implements.
+    pub world: String,
+    pub imports: Vec<String>,
+    pub size: u64,
+    /// Milliseconds since the Unix epoch.
+    pub uploaded_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploaded_by: Option<String>,
+}
+
+impl ComponentRecord {
+    /// `name@version`.
+    pub fn reference(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+/// How a component is named: `name@version`, `name` (the newest upload of
+/// that name) or `sha256:<hex>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentRef {
+    Version { name: String, version: String },
+    Latest(String),
+    Digest(String),
+}
+
+impl std::str::FromStr for ComponentRef {
+    type Err = RegistryError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if let Some(hex) = text.strip_prefix("sha256:") {
+            if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(ComponentRef::Digest(format!(
+                    "sha256:{}",
+                    hex.to_ascii_lowercase()
+                )));
+            }
+            return Err(RegistryError::InvalidName(format!(
+                "`{text}`: a digest is sha256: and 64 hex digits"
+            )));
+        }
+        match text.split_once('@') {
+            Some((name, version)) => {
+                check_name(name)?;
+                check_version(version)?;
+                Ok(ComponentRef::Version {
+                    name: name.to_owned(),
+                    version: version.to_owned(),
+                })
+            }
+            None => {
+                check_name(text)?;
+                Ok(ComponentRef::Latest(text.to_owned()))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ComponentRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ComponentRef::Version { name, version } => write!(f, "{name}@{version}"),
+            ComponentRef::Latest(name) => f.write_str(name),
+            ComponentRef::Digest(digest) => f.write_str(digest),
+        }
+    }
+}
+
+/// Checks a component name: it is part of KV keys and manifests.
+pub fn check_name(name: &str) -> Result<(), RegistryError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::InvalidName(format!(
+            "component name `{name}`: use 1 to 64 lower-case letters, digits, `-` and `_`"
+        )))
+    }
+}
+
+/// Checks a version (`1.2.0`, `2024-01-rc1` ...).
+pub fn check_version(version: &str) -> Result<(), RegistryError> {
+    let ok = !version.is_empty()
+        && version.len() <= 64
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::InvalidName(format!(
+            "version `{version}`: use 1 to 64 letters, digits, `.`, `-` and `_`"
+        )))
+    }
+}
+
+fn key(name: &str, version: &str) -> String {
+    format!("{name}/{version}")
+}
+
+/// The registry of one broker.
+#[derive(Clone)]
+pub struct Registry {
+    records: kv::Store,
+    objects: ObjectStore,
+    host: Arc<Host>,
+}
+
+impl Registry {
+    /// Opens the registry's buckets; `host` validates uploads (its import
+    /// policy is the one applied).
+    pub async fn open(broker: &Broker, host: Arc<Host>) -> Result<Registry, RegistryError> {
+        Ok(Registry {
+            records: broker.kv(REGISTRY).await?,
+            objects: broker.objects(spec::COMPONENTS).await?,
+            host,
+        })
+    }
+
+    /// The Wasm host that validates components.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Validates and stores a component under `name@version`. Nothing is
+    /// stored when the bytes are refused.
+    pub async fn upload(
+        &self,
+        name: &str,
+        version: &str,
+        bytes: Vec<u8>,
+        by: Option<&str>,
+    ) -> Result<ComponentRecord, RegistryError> {
+        check_name(name)?;
+        check_version(version)?;
+        if bytes.len() > MAX_COMPONENT_BYTES {
+            return Err(RegistryError::TooLarge);
+        }
+        let digest = flowd_wasm::digest(&bytes);
+        if let Some(existing) = self.record(name, version).await? {
+            if existing.digest == digest {
+                return Ok(existing);
+            }
+            return Err(RegistryError::VersionTaken {
+                reference: existing.reference(),
+                digest: existing.digest,
+            });
+        }
+        // Compiling is CPU-heavy: off the async threads.
+        let host = self.host.clone();
+        let (bytes, loaded) = tokio::task::spawn_blocking(move || {
+            let loaded = host.load(&bytes);
+            (bytes, loaded)
+        })
+        .await
+        .map_err(|e| unavailable(format!("validating: {e}")))?;
+        let component = loaded?;
+        crate::store_component(&self.objects, &bytes)
+            .await
+            .map_err(unavailable)?;
+        let record = ComponentRecord {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            digest,
+            kind: component.kind(),
+            world: component.kind().world().to_owned(),
+            imports: component.imports().to_vec(),
+            size: bytes.len() as u64,
+            uploaded_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
+            uploaded_by: by.map(str::to_owned),
+        };
+        let json = serde_json::to_vec(&record).map_err(unavailable)?;
+        // `create` fails if another host stored the same version meanwhile.
+        if let Err(e) = self.records.create(key(name, version), json.into()).await {
+            return match self.record(name, version).await? {
+                Some(existing) if existing.digest == record.digest => Ok(existing),
+                Some(existing) => Err(RegistryError::VersionTaken {
+                    reference: existing.reference(),
+                    digest: existing.digest,
+                }),
+                None => Err(unavailable(e)),
+            };
+        }
+        Ok(record)
+    }
+
+    async fn record(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<ComponentRecord>, RegistryError> {
+        self.stored()
+            .get(&key(name, version))
+            .await
+            .map_err(record_error)
+    }
+
+    fn stored(&self) -> Records<ComponentRecord> {
+        Records::new(self.records.clone(), REGISTRY)
+    }
+
+    /// Every record, by name then upload time.
+    pub async fn list(&self) -> Result<Vec<ComponentRecord>, RegistryError> {
+        let mut records: Vec<ComponentRecord> = self
+            .stored()
+            .list("")
+            .await
+            .map_err(record_error)?
+            .into_iter()
+            .filter(|(key, _)| key.contains('/'))
+            .map(|(_, record)| record)
+            .collect();
+        records.sort_by(|a, b| {
+            (a.name.as_str(), a.uploaded_ms, a.version.as_str()).cmp(&(
+                b.name.as_str(),
+                b.uploaded_ms,
+                b.version.as_str(),
+            ))
+        });
+        Ok(records)
+    }
+
+    /// The record a reference names. A bare digest that was uploaded
+    /// without a name (FNAP `PUT COMPONENT`) gets a record named after it.
+    pub async fn resolve(
+        &self,
+        reference: &ComponentRef,
+    ) -> Result<ComponentRecord, RegistryError> {
+        let not_found = || RegistryError::NotFound(reference.to_string());
+        match reference {
+            ComponentRef::Version { name, version } => {
+                self.record(name, version).await?.ok_or_else(not_found)
+            }
+            ComponentRef::Latest(name) => self
+                .list()
+                .await?
+                .into_iter()
+                .rfind(|r| &r.name == name)
+                .ok_or_else(not_found),
+            ComponentRef::Digest(digest) => {
+                if let Some(found) = self.list().await?.into_iter().find(|r| &r.digest == digest) {
+                    return Ok(found);
+                }
+                let bytes = self.bytes(digest).await.map_err(|_| not_found())?;
+                let host = self.host.clone();
+                let component = tokio::task::spawn_blocking(move || host.load(&bytes))
+                    .await
+                    .map_err(unavailable)??;
+                Ok(ComponentRecord {
+                    name: String::new(),
+                    version: String::new(),
+                    digest: digest.clone(),
+                    kind: component.kind(),
+                    world: component.kind().world().to_owned(),
+                    imports: component.imports().to_vec(),
+                    size: component.size() as u64,
+                    uploaded_ms: 0,
+                    uploaded_by: None,
+                })
+            }
+        }
+    }
+
+    /// The bytes stored under `digest`.
+    pub async fn bytes(&self, digest: &str) -> Result<Vec<u8>, RegistryError> {
+        crate::read_component(&self.objects, digest)
+            .await
+            .map_err(|e| match e {
+                crate::ComponentError::NotFound(d) => RegistryError::NotFound(d),
+                e @ crate::ComponentError::Unavailable { .. } => {
+                    RegistryError::Unavailable(e.to_string())
+                }
+            })
+    }
+
+    /// Removes `name@version` (or every version of `name`), refused while a
+    /// processor in `processors` runs it. The bytes go when no record and
+    /// no processor refers to them any more.
+    pub async fn delete(
+        &self,
+        reference: &ComponentRef,
+        processors: &[ProcessorSpec],
+    ) -> Result<Vec<ComponentRecord>, RegistryError> {
+        let all = self.list().await?;
+        let doomed: Vec<ComponentRecord> = match reference {
+            ComponentRef::Version { name, version } => all
+                .iter()
+                .filter(|r| &r.name == name && &r.version == version)
+                .cloned()
+                .collect(),
+            ComponentRef::Latest(name) => all.iter().filter(|r| &r.name == name).cloned().collect(),
+            ComponentRef::Digest(digest) => all
+                .iter()
+                .filter(|r| &r.digest == digest)
+                .cloned()
+                .collect(),
+        };
+        if doomed.is_empty() {
+            return Err(RegistryError::NotFound(reference.to_string()));
+        }
+        let mut by: Vec<String> = processors
+            .iter()
+            .flat_map(|p| {
+                std::iter::once((&p.id, &p.component))
+                    .chain(p.fused.iter().map(|f| (&f.id, &f.component)))
+            })
+            .filter(|(_, component)| doomed.iter().any(|r| &&r.digest == component))
+            .map(|(id, _)| id.clone())
+            .collect();
+        by.sort();
+        if !by.is_empty() {
+            return Err(RegistryError::InUse {
+                reference: reference.to_string(),
+                by,
+            });
+        }
+        for record in &doomed {
+            self.records
+                .purge(key(&record.name, &record.version))
+                .await
+                .map_err(unavailable)?;
+        }
+        for record in &doomed {
+            let still_named = all
+                .iter()
+                .any(|r| r.digest == record.digest && !doomed.contains(r));
+            if !still_named && let Err(e) = self.objects.delete(record.digest.as_str()).await {
+                tracing::debug!("deleting {}: {e}", record.digest);
+            }
+        }
+        Ok(doomed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_parse() {
+        assert_eq!(
+            "filter@1.2.0".parse::<ComponentRef>().expect("valid"),
+            ComponentRef::Version {
+                name: "filter".into(),
+                version: "1.2.0".into()
+            }
+        );
+        assert_eq!(
+            "filter".parse::<ComponentRef>().expect("valid"),
+            ComponentRef::Latest("filter".into())
+        );
+        let digest = format!("sha256:{}", "AB".repeat(32));
+        assert_eq!(
+            digest.parse::<ComponentRef>().expect("valid"),
+            ComponentRef::Digest(format!("sha256:{}", "ab".repeat(32)))
+        );
+        for bad in ["", "Filter@1", "a b", "x@", "x@1/2", "sha256:12", "@1"] {
+            assert!(bad.parse::<ComponentRef>().is_err(), "{bad}");
+        }
+    }
+}

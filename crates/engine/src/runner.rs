@@ -1,0 +1,847 @@
+//! One running processor: pulls batches from its durable consumers, calls
+//! the component, stores every output, persists keyed state, and only then
+//! acknowledges the inputs. A crash anywhere before the acknowledgement
+//! replays the batch; output message ids derived from each event's
+//! `source`+`id` make the replay a no-op in the output streams.
+
+use super::Context;
+use super::fused::{Chain, Link};
+use super::metrics::Metrics;
+use super::spec::{self, FusedStep, Phase, ProcessorSpec, Status};
+use anyhow::{Context as _, Result, anyhow};
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use flow_abi::{Emit, EventSpans, Packer, View};
+use flowd_broker::codec::{self, Origin};
+use flowd_broker::{FlowName, Outgoing};
+use flowd_core::event::packed;
+use flowd_wasm::state::KeyedState;
+use flowd_wasm::{CallError, Kind, Outcome, Processor, ProcessorSetup};
+use futures::StreamExt;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Longest wait for the answer to one pull request.
+const FETCH_LIMIT: Duration = Duration::from_secs(10);
+
+/// A running processor's task.
+pub(crate) struct RunnerHandle {
+    stop: watch::Sender<bool>,
+    update: watch::Sender<ProcessorSpec>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunnerHandle {
+    /// Asks the runner to stop after its current batch and waits for it.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Hands a fused segment a new spec of the same shape
+    /// ([`ProcessorSpec::same_shape`]): between two batches, the runner
+    /// replaces the instances of the steps that changed and keeps the rest.
+    pub(crate) fn update(&self, spec: ProcessorSpec) {
+        let _ = self.update.send(spec);
+    }
+}
+
+pub(crate) fn spawn(ctx: Context, spec: ProcessorSpec) -> RunnerHandle {
+    let (stop, stopped) = watch::channel(false);
+    let (update, updates) = watch::channel(spec);
+    let task = tokio::spawn(supervise(ctx, updates, stopped));
+    RunnerHandle { stop, update, task }
+}
+
+/// Runs the processor, restarting it (with back-off) after infrastructure
+/// failures such as a lost broker or a component that cannot be loaded.
+async fn supervise(
+    ctx: Context,
+    mut updates: watch::Receiver<ProcessorSpec>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    let mut status = Status::new(Phase::Starting, updates.borrow().generation);
+    loop {
+        // The newest spec: an in-place update may have come meanwhile.
+        let spec = updates.borrow_and_update().clone();
+        match Runner::start(&ctx, &spec, &mut status, stopped.clone()).await {
+            Ok(mut runner) => {
+                backoff = Duration::from_millis(200);
+                let result = runner.run(&mut stopped, &mut updates, &mut status).await;
+                runner.finish();
+                match result {
+                    Ok(()) => return,
+                    Err(e) => fail(&ctx, &spec, &mut status, &e).await,
+                }
+            }
+            Err(e) => fail(&ctx, &spec, &mut status, &e).await,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stopped.changed() => return,
+        }
+        if *stopped.borrow() {
+            return;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn fail(ctx: &Context, spec: &ProcessorSpec, status: &mut Status, e: &anyhow::Error) {
+    tracing::warn!(processor = spec.id, "processor failed, will restart: {e:#}");
+    status.phase = Phase::Failed;
+    status.last_error = Some(format!("{e:#}"));
+    ctx.write_status(&spec.id, status).await;
+}
+
+struct Runner {
+    ctx: Context,
+    spec: ProcessorSpec,
+    /// Set when the runner is asked to stop.
+    stopped: watch::Receiver<bool>,
+    work: Option<Work>,
+    consumers: Vec<(FlowName, PullConsumer)>,
+    /// The subject of each output flow.
+    subjects: Vec<String>,
+    label: super::metrics::ProcessorLabel,
+    last_status: Instant,
+}
+
+/// What a runner calls: one processor, or a fused segment of steps.
+enum Work {
+    Single(Box<Processor>),
+    Chain(Chain),
+}
+
+impl Work {
+    fn process(&mut self, port: u32, batch: &flowd_wasm::Batch) -> Result<Outcome, CallError> {
+        match self {
+            Work::Single(p) => p.process(port, batch),
+            Work::Chain(c) => c.process(port, batch),
+        }
+    }
+
+    fn tick(&mut self, now_ms: u64) -> Result<Outcome, CallError> {
+        match self {
+            Work::Single(p) => p.tick(now_ms),
+            Work::Chain(c) => c.tick(now_ms),
+        }
+    }
+}
+
+/// Instantiates one step's component with its state from the broker.
+async fn instantiate(
+    ctx: &Context,
+    id: &str,
+    component: &str,
+    setup: ProcessorSetup,
+    limits: flowd_wasm::Limits,
+) -> Result<Processor> {
+    let bytes = ctx.component_bytes(component).await?;
+    let host = ctx.host.clone();
+    let state = ctx.load_state(id).await?;
+    tokio::task::spawn_blocking(move || -> Result<Processor> {
+        let component = host.load(&bytes)?;
+        let state = KeyedState::restore(state, limits.state);
+        Ok(host.create_with_state(component, setup, limits, state)?)
+    })
+    .await?
+    .with_context(|| format!("step {id}"))
+}
+
+fn now_ms() -> u64 {
+    chrono::Utc::now().timestamp_millis().max(0) as u64
+}
+
+/// The links of a fused segment, from its spec.
+async fn chain(ctx: &Context, spec: &ProcessorSpec) -> Result<Chain> {
+    let mut links = Vec::with_capacity(spec.fused.len() + 1);
+    let root = instantiate(
+        ctx,
+        &spec.id,
+        &spec.component,
+        root_setup(spec),
+        spec.limits.wasm(),
+    )
+    .await?;
+    links.push(Link {
+        id: spec.id.clone(),
+        processor: root,
+        ports: spec.ports.clone(),
+        generation: spec.generation,
+        started_ms: now_ms(),
+        events_in: 0,
+        events_out: 0,
+        errors: 0,
+    });
+    for step in &spec.fused {
+        links.push(fused_link(ctx, step).await?);
+    }
+    Ok(Chain { links })
+}
+
+fn root_setup(spec: &ProcessorSpec) -> ProcessorSetup {
+    ProcessorSetup {
+        name: spec.id.clone(),
+        config: spec.config.clone(),
+        inputs: spec.own_inputs(),
+        outputs: spec.own_outputs(),
+    }
+}
+
+async fn fused_link(ctx: &Context, step: &FusedStep) -> Result<Link> {
+    // A fused step's component sees the pipeline's edge names.
+    let setup = ProcessorSetup {
+        name: step.id.clone(),
+        config: step.config.clone(),
+        inputs: vec![step.input_name.clone()],
+        outputs: step.output_names.clone(),
+    };
+    let processor = instantiate(ctx, &step.id, &step.component, setup, step.limits.wasm()).await?;
+    Ok(Link {
+        id: step.id.clone(),
+        processor,
+        ports: step.ports.clone(),
+        generation: step.generation,
+        started_ms: now_ms(),
+        events_in: 0,
+        events_out: 0,
+        errors: 0,
+    })
+}
+
+/// One stored input message, with what is needed to pack and acknowledge it.
+struct Input {
+    message: jetstream::Message,
+    stream: String,
+    sequence: u64,
+}
+
+impl Input {
+    fn pack_into(&self, packer: &mut Packer) -> u32 {
+        codec::pack_message(
+            packer,
+            self.message.headers.as_ref(),
+            &self.message.payload,
+            Origin {
+                stream: &self.stream,
+                sequence: self.sequence,
+                subject: &self.message.subject,
+            },
+        )
+    }
+}
+
+/// A failing input event, with why.
+struct DeadLetter {
+    index: usize,
+    error: String,
+}
+
+impl Runner {
+    async fn start(
+        ctx: &Context,
+        spec: &ProcessorSpec,
+        status: &mut Status,
+        stopped: watch::Receiver<bool>,
+    ) -> Result<Runner> {
+        status.phase = Phase::Starting;
+        ctx.write_status(&spec.id, status).await;
+        let work = if spec.is_relay() {
+            None
+        } else if spec.fused.is_empty() {
+            let setup = root_setup(spec);
+            Some(Work::Single(Box::new(
+                instantiate(ctx, &spec.id, &spec.component, setup, spec.limits.wasm()).await?,
+            )))
+        } else {
+            Some(Work::Chain(chain(ctx, spec).await?))
+        };
+        ctx.broker
+            .ensure_flow(&spec.dead_letter, &Default::default())
+            .await?;
+        let mut consumers = Vec::new();
+        let pending = (spec.limits.batch.max(1) * 2) as i64;
+        for (port, flow) in spec.inputs.iter().enumerate() {
+            let (name, previous) = (spec.consumer(port), spec.other_consumer(port));
+            let consumer = if spec.parallelism > 1 {
+                let pending = pending * i64::from(spec.parallelism);
+                ctx.broker
+                    .shared_consumer(flow, &name, pending, Some(&previous))
+                    .await
+            } else {
+                ctx.broker
+                    .durable_consumer(flow, &name, pending, Some(&previous))
+                    .await
+            }
+            .with_context(|| format!("input {flow}"))?;
+            consumers.push((flow.clone(), consumer));
+        }
+        status.phase = Phase::Running;
+        status.generation = spec.generation;
+        status.started_ms = now_ms();
+        status.last_error = None;
+        ctx.write_status(&spec.id, status).await;
+        tracing::info!(processor = spec.id, kind = %spec.kind, "processor running");
+        Ok(Runner {
+            ctx: ctx.clone(),
+            spec: spec.clone(),
+            stopped,
+            work,
+            consumers,
+            subjects: spec.outputs.iter().map(FlowName::subject).collect(),
+            label: Metrics::label(&spec.id),
+            last_status: Instant::now(),
+        })
+    }
+
+    /// Calls teardown and drops the instances.
+    fn finish(&mut self) {
+        match self.work.take() {
+            Some(Work::Single(p)) => {
+                if let Err(e) = p.teardown() {
+                    tracing::debug!(processor = self.spec.id, "teardown: {e}");
+                }
+            }
+            Some(Work::Chain(c)) => c.teardown(),
+            None => {}
+        }
+    }
+
+    /// Applies a same-shape spec of a fused segment: the steps whose
+    /// component, configuration or limits changed get a new instance (with
+    /// their state from the broker, where the last batch left it); the
+    /// others keep running as they are.
+    async fn apply(&mut self, new: ProcessorSpec, status: &mut Status) -> Result<()> {
+        let Some(Work::Chain(chain)) = self.work.as_mut() else {
+            return Err(anyhow!(
+                "an in-place update reached a runner without fused steps"
+            ));
+        };
+        let root_changed = self.spec.component != new.component
+            || self.spec.config != new.config
+            || self.spec.limits != new.limits;
+        if root_changed {
+            let processor = instantiate(
+                &self.ctx,
+                &new.id,
+                &new.component,
+                root_setup(&new),
+                new.limits.wasm(),
+            )
+            .await?;
+            let old = std::mem::replace(&mut chain.links[0].processor, processor);
+            let _ = old.teardown();
+            chain.links[0].started_ms = now_ms();
+            status.started_ms = chain.links[0].started_ms;
+            tracing::info!(processor = new.id, "step restarted in place");
+        }
+        chain.links[0].generation = new.generation;
+        status.generation = new.generation;
+        for (i, (old, step)) in self.spec.fused.iter().zip(&new.fused).enumerate() {
+            let link = &mut chain.links[i + 1];
+            if !old.same_work(step) {
+                let fresh = fused_link(&self.ctx, step).await?;
+                let previous = std::mem::replace(link, fresh);
+                let _ = previous.processor.teardown();
+                tracing::info!(processor = step.id, "step restarted in place");
+            }
+            link.generation = step.generation;
+        }
+        self.spec = new;
+        self.write_link_statuses(Phase::Running).await;
+        Ok(())
+    }
+
+    /// The status of each fused step (the segment's own is `status`).
+    async fn write_link_statuses(&mut self, phase: Phase) {
+        let Some(Work::Chain(chain)) = &self.work else {
+            return;
+        };
+        // Collected first: a link holds a processor, which is not `Sync`.
+        let statuses: Vec<(String, Status)> = chain
+            .links
+            .iter()
+            .skip(1)
+            .map(|link| {
+                (
+                    link.id.clone(),
+                    Status {
+                        phase,
+                        generation: link.generation,
+                        events_in: link.events_in,
+                        events_out: link.events_out,
+                        errors: link.errors,
+                        dead_lettered: 0,
+                        last_error: None,
+                        started_ms: link.started_ms,
+                        updated_ms: 0,
+                    },
+                )
+            })
+            .collect();
+        for (id, status) in statuses {
+            self.ctx.write_status(&id, &status).await;
+        }
+    }
+
+    async fn run(
+        &mut self,
+        stopped: &mut watch::Receiver<bool>,
+        updates: &mut watch::Receiver<ProcessorSpec>,
+        status: &mut Status,
+    ) -> Result<()> {
+        self.write_link_statuses(Phase::Running).await;
+        let tick = Duration::from_millis(self.spec.limits.tick_ms.max(10));
+        let mut next_tick = Instant::now() + tick;
+        // Idle polling backs off from 1 ms to 50 ms, so a busy chain reacts
+        // fast and an idle processor costs a few requests per second.
+        let mut idle_wait = Duration::from_millis(1);
+        // A dropped handle (its sender gone) counts as a stop.
+        while !*stopped.borrow() && stopped.has_changed().is_ok() {
+            if updates.has_changed().unwrap_or(false) {
+                let new = updates.borrow_and_update().clone();
+                self.apply(new, status).await?;
+            }
+            let mut idle = true;
+            for port in 0..self.consumers.len() {
+                let inputs = self.fetch(port).await?;
+                if inputs.is_empty() {
+                    continue;
+                }
+                idle = false;
+                self.handle(port as u32, inputs, status).await?;
+            }
+            if self.spec.kind == Kind::Signal && Instant::now() >= next_tick {
+                next_tick = Instant::now() + tick;
+                self.tick(status).await?;
+            }
+            if self.last_status.elapsed() > Duration::from_millis(500) {
+                self.last_status = Instant::now();
+                self.ctx.write_status(&self.spec.id, status).await;
+                self.write_link_statuses(Phase::Running).await;
+            }
+            if idle {
+                tokio::select! {
+                    _ = tokio::time::sleep(idle_wait) => {}
+                    _ = stopped.changed() => {}
+                }
+                idle_wait = (idle_wait * 2).min(Duration::from_millis(50));
+            } else {
+                idle_wait = Duration::from_millis(1);
+            }
+        }
+        status.phase = Phase::Paused;
+        self.ctx.write_status(&self.spec.id, status).await;
+        self.write_link_statuses(Phase::Paused).await;
+        Ok(())
+    }
+
+    /// One batch from input `port`. A pull request whose answer never
+    /// comes (lost while the broker restarted) would wait forever: past
+    /// `FETCH_LIMIT` it fails, and the supervisor restarts the runner from
+    /// the acknowledgement floor.
+    async fn fetch(&mut self, port: usize) -> Result<Vec<Input>> {
+        let (flow, consumer) = &self.consumers[port];
+        let max = self.spec.limits.batch.max(1);
+        let pull = async {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(max)
+                .messages()
+                .await
+                .map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
+            let mut inputs = Vec::new();
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
+                let info = message.info().map_err(|e| anyhow!("message info: {e}"))?;
+                let (stream, sequence) = (info.stream.to_owned(), info.stream_sequence);
+                inputs.push(Input {
+                    message,
+                    stream,
+                    sequence,
+                });
+            }
+            Ok(inputs)
+        };
+        tokio::time::timeout(FETCH_LIMIT, pull)
+            .await
+            .map_err(|_| anyhow!("fetching from {flow}: no answer within {FETCH_LIMIT:?}"))?
+    }
+
+    fn pack(inputs: &[Input], group: &[usize]) -> Packer {
+        let mut packer = Packer::with_capacity(group.len(), 256 * group.len());
+        for &i in group {
+            inputs[i].pack_into(&mut packer);
+        }
+        packer
+    }
+
+    /// Calls the component on `packer` in a blocking thread.
+    async fn call(
+        &mut self,
+        port: Option<u32>,
+        packer: Packer,
+    ) -> Result<(Packer, Result<Outcome, CallError>)> {
+        if self.spec.is_relay() {
+            // The relay forwards every input unchanged, natively.
+            let n = packer.events.len() / flow_abi::EVENT_WORDS;
+            let outcome = Outcome {
+                created: flowd_wasm::Batch {
+                    bytes: Vec::new(),
+                    events: Vec::new(),
+                    extensions: Vec::new(),
+                },
+                emits: (0..n as u32).map(|i| Emit::Forward(i).to_word()).collect(),
+                ports: None,
+            };
+            return Ok((packer, Ok(outcome)));
+        }
+        let mut work = self
+            .work
+            .take()
+            .ok_or_else(|| anyhow!("processor instance lost"))?;
+        let (work, packer, result) = tokio::task::spawn_blocking(move || {
+            let batch = flowd_wasm::Batch {
+                bytes: packer.bytes,
+                events: packer.events,
+                extensions: packer.extensions,
+            };
+            let result = match port {
+                Some(port) => work.process(port, &batch),
+                None => work.tick(now_ms()),
+            };
+            let packer = Packer {
+                bytes: batch.bytes,
+                events: batch.events,
+                extensions: batch.extensions,
+            };
+            (work, packer, result)
+        })
+        .await
+        .map_err(|e| anyhow!("processor call panicked: {e}"))?;
+        self.work = Some(work);
+        Ok((packer, result))
+    }
+
+    /// Processes one fetched batch from input `port`: call (with retries
+    /// and isolation of failing events), store outputs and dead letters,
+    /// persist state, acknowledge.
+    async fn handle(&mut self, port: u32, inputs: Vec<Input>, status: &mut Status) -> Result<()> {
+        let started = Instant::now();
+        let n = inputs.len();
+        self.ctx
+            .metrics
+            .events_in
+            .get_or_create(&self.label)
+            .inc_by(n as u64);
+        status.events_in += n as u64;
+
+        let mut outgoing = Vec::new();
+        let mut dead = Vec::new();
+        let mut work: VecDeque<Vec<usize>> = VecDeque::from([(0..n).collect::<Vec<_>>()]);
+        while let Some(group) = work.pop_front() {
+            match self.attempt(port, &inputs, &group, status).await? {
+                Ok(out) => outgoing.extend(out),
+                Err(e) => match e.event_index().map(|k| k as usize) {
+                    Some(k) if k < group.len() && group.len() > 1 => {
+                        dead.push(DeadLetter {
+                            index: group[k],
+                            error: e.to_string(),
+                        });
+                        let rest: Vec<usize> = group
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| *i != k)
+                            .map(|(_, g)| *g)
+                            .collect();
+                        work.push_front(rest);
+                    }
+                    _ if group.len() > 1 => {
+                        for single in group.into_iter().rev() {
+                            work.push_front(vec![single]);
+                        }
+                    }
+                    _ => dead.push(DeadLetter {
+                        index: group[0],
+                        error: e.to_string(),
+                    }),
+                },
+            }
+        }
+        let dead_count = dead.len() as u64;
+        for letter in &dead {
+            outgoing.push(self.dead_letter(port, &inputs[letter.index], &letter.error));
+        }
+        let written = outgoing.len() as u64 - dead_count;
+        self.store(outgoing).await?;
+        self.persist_state().await?;
+        // A single instance's consumer acknowledges cumulatively: the last
+        // event acknowledges the batch. Instances sharing a consumer
+        // acknowledge each event (see `Broker::shared_consumer`). A lost ack
+        // only means a redelivery, which the output message ids turn into a
+        // no-op.
+        if self.spec.parallelism > 1 {
+            for input in &inputs {
+                let _ = input.message.ack().await;
+            }
+        } else if let Some(last) = inputs.last() {
+            let _ = last.message.ack().await;
+        }
+        self.ctx
+            .processed
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        let m = &self.ctx.metrics;
+        m.events_out.get_or_create(&self.label).inc_by(written);
+        m.dead_lettered
+            .get_or_create(&self.label)
+            .inc_by(dead_count);
+        m.batch_seconds
+            .get_or_create(&self.label)
+            .observe(started.elapsed().as_secs_f64());
+        status.events_out += written;
+        status.dead_lettered += dead_count;
+        Ok(())
+    }
+
+    /// Calls the processor on `group` of `inputs`, retrying with back-off;
+    /// returns the outputs, or the last error after `max_attempts`.
+    async fn attempt(
+        &mut self,
+        port: u32,
+        inputs: &[Input],
+        group: &[usize],
+        status: &mut Status,
+    ) -> Result<Result<Vec<Outgoing>, CallError>> {
+        let attempts = self.spec.limits.max_attempts.max(1);
+        let mut last = None;
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(10 << attempt.min(8))).await;
+            }
+            let packer = Self::pack(inputs, group);
+            let (packer, result) = self.call(Some(port), packer).await?;
+            let failure = match result {
+                Ok(outcome) => match self.outgoing(&outcome, Some((inputs, group, &packer))) {
+                    Ok(out) => return Ok(Ok(out)),
+                    Err(e) => CallError::InvalidOutput(e),
+                },
+                Err(e) => e,
+            };
+            self.ctx.metrics.errors.get_or_create(&self.label).inc();
+            status.errors += 1;
+            status.last_error = Some(failure.to_string());
+            tracing::debug!(processor = self.spec.id, attempt, "call failed: {failure}");
+            last = Some(failure);
+        }
+        Ok(Err(last.unwrap_or(CallError::Instantiate {
+            reason: "no attempt made".into(),
+        })))
+    }
+
+    async fn tick(&mut self, status: &mut Status) -> Result<()> {
+        let (_, result) = self.call(None, Packer::default()).await?;
+        match result
+            .map_err(|e| e.to_string())
+            .and_then(|o| self.outgoing(&o, None).map_err(|e| e.to_string()))
+        {
+            Ok(out) => {
+                let n = out.len() as u64;
+                self.store(out).await?;
+                self.persist_state().await?;
+                status.events_out += n;
+                self.ctx
+                    .metrics
+                    .events_out
+                    .get_or_create(&self.label)
+                    .inc_by(n);
+            }
+            Err(e) => {
+                status.errors += 1;
+                status.last_error = Some(e);
+                self.ctx.metrics.errors.get_or_create(&self.label).inc();
+            }
+        }
+        Ok(())
+    }
+
+    /// The messages that store what a call emitted, in order.
+    fn outgoing(
+        &self,
+        outcome: &Outcome,
+        inputs: Option<(&[Input], &[usize], &Packer)>,
+    ) -> Result<Vec<Outgoing>, packed::PackError> {
+        let created = View::new(
+            &outcome.created.bytes,
+            &outcome.created.events,
+            &outcome.created.extensions,
+        );
+        let outputs = self.spec.outputs.len();
+        if let Some(ports) = &outcome.ports
+            && ports.len() != outcome.emits.len()
+        {
+            return Err(packed::PackError::PortsMismatch {
+                emits: outcome.emits.len(),
+                ports: ports.len(),
+            });
+        }
+        let mut out = Vec::with_capacity(outcome.emits.len());
+        for (i, word) in outcome.emits.iter().enumerate() {
+            let port = outcome.ports.as_ref().map_or(0, |p| p[i]);
+            if port as usize >= outputs {
+                return Err(packed::PackError::PortOutOfRange {
+                    port,
+                    ports: outputs,
+                });
+            }
+            let (headers, payload, view, spans) = match Emit::from_word(*word) {
+                Emit::Forward(j) => {
+                    let (inputs, group, packer) =
+                        inputs.ok_or(packed::PackError::EmitOutOfRange {
+                            what: "input",
+                            index: j,
+                            len: 0,
+                        })?;
+                    let view = View::new(&packer.bytes, &packer.events, &packer.extensions);
+                    let (spans, input) = view
+                        .event(j as usize)
+                        .zip(group.get(j as usize).map(|&g| &inputs[g]))
+                        .ok_or(packed::PackError::EmitOutOfRange {
+                            what: "input",
+                            index: j,
+                            len: group.len(),
+                        })?;
+                    let message = &input.message;
+                    let is_cloudevent = message.headers.as_ref().is_some_and(|h| {
+                        h.iter().any(|(n, _)| {
+                            AsRef::<str>::as_ref(n).eq_ignore_ascii_case("ce-specversion")
+                        })
+                    });
+                    let (headers, payload) = if is_cloudevent {
+                        // Fast path: the stored message as it is.
+                        (
+                            message.headers.clone().unwrap_or_default(),
+                            message.payload.clone(),
+                        )
+                    } else {
+                        codec::message_for(&view, &spans)
+                    };
+                    (headers, payload, view, spans)
+                }
+                Emit::Created(j) => {
+                    // Validates every attribute before anything is stored.
+                    packed::unpack_view(&created, j)?;
+                    let spans = created.event(j as usize).unwrap_or_default();
+                    let (headers, payload) = codec::message_for(&created, &spans);
+                    (headers, payload, created, spans)
+                }
+            };
+            out.push(Outgoing {
+                subject: self.subjects[port as usize].clone(),
+                message_id: identity(&self.spec.id, port, &view, &spans),
+                headers,
+                payload,
+            });
+        }
+        Ok(out)
+    }
+
+    fn dead_letter(&self, port: u32, input: &Input, error: &str) -> Outgoing {
+        let mut packer = Packer::default();
+        input.pack_into(&mut packer);
+        let view = View::new(&packer.bytes, &packer.events, &packer.extensions);
+        let spans = view.event(0).unwrap_or_default();
+        let (mut headers, payload) = codec::message_for(&view, &spans);
+        let encode = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+        headers.insert("ce-deadlettererror", encode(error));
+        headers.insert("ce-deadletterprocessor", encode(&self.spec.id));
+        let flow = self.spec.inputs.get(port as usize).map(FlowName::as_str);
+        headers.insert("ce-deadletterflow", encode(flow.unwrap_or_default()));
+        Outgoing {
+            subject: self.spec.dead_letter.subject(),
+            message_id: identity(&format!("dead-letter:{}", self.spec.id), 0, &view, &spans),
+            headers,
+            payload,
+        }
+    }
+
+    /// Publishes until stored; a broker outage makes this wait, not fail.
+    async fn store(&mut self, messages: Vec<Outgoing>) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.ctx.broker.publish(messages.iter().cloned()).await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    // A runner asked to stop gives up (its output flow may
+                    // be gone); its inputs stay unacknowledged and are
+                    // delivered again to whoever runs it next.
+                    if *self.stopped.borrow() {
+                        return Err(anyhow!("stopped while storing outputs: {e}"));
+                    }
+                    tracing::warn!(
+                        processor = self.spec.id,
+                        "storing outputs: {e}; retrying in {backoff:?}"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Writes the keyed-state changes of the last calls to the broker.
+    async fn persist_state(&mut self) -> Result<()> {
+        let changes: Vec<(String, String, Option<Vec<u8>>)> = match self.work.as_mut() {
+            None => return Ok(()),
+            Some(Work::Single(p)) => p
+                .state()
+                .take_changes()
+                .into_iter()
+                .map(|(k, v)| (self.spec.id.clone(), k, v))
+                .collect(),
+            Some(Work::Chain(c)) => c.state_changes(),
+        };
+        for (owner, key, value) in changes {
+            let kv_key = spec::state_key(&owner, &key);
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let result = match &value {
+                    Some(v) => self
+                        .ctx
+                        .state
+                        .put(&kv_key, bytes::Bytes::copy_from_slice(v))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    None => self
+                        .ctx
+                        .state
+                        .delete(&kv_key)
+                        .await
+                        .map_err(|e| e.to_string()),
+                };
+                match result {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(processor = self.spec.id, "persisting state: {e}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The output message id of an event: its CloudEvents identity, scoped.
+fn identity(scope: &str, port: u32, view: &View<'_>, spans: &EventSpans) -> String {
+    let source = view.slice(spans.source).unwrap_or_default();
+    let id = view.slice(spans.id).unwrap_or_default();
+    codec::message_id(scope, port, source, id)
+}

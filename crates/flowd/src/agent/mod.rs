@@ -1,0 +1,610 @@
+//! The Flow Namespace Accessing Agent's operations: what FNAP commands do to
+//! namespaces, flows, subscriptions and processors, over the broker.
+//!
+//! The methods of [`Agent`] in this file act as the host itself (no access
+//! checks); the FNAP server calls the `*_as` methods of [`namespaces`],
+//! [`flows`], [`subscriptions`] and [`processors`], which check what the
+//! session's [`Principal`] may do first.
+
+pub mod access;
+pub mod flows;
+pub mod namespaces;
+pub mod processors;
+pub mod subscriptions;
+
+pub use access::{NamespaceRecord, Principal};
+
+use anyhow::{Context, Result, anyhow, bail};
+use flowd_broker::codec;
+use flowd_broker::{Broker, BrokerError, FlowInfo, FlowName, FlowSettings, Outgoing, Published};
+use flowd_core::event::Event;
+use flowd_engine::Buckets;
+use flowd_engine::spec::{self, ProcessorSpec, RunLimits, Status};
+use flowd_wasm::{Host, HostConfig, Kind};
+use futures::StreamExt;
+use std::time::Duration;
+
+/// Why an agent operation failed; each variant has its FNAP reply code.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("no such {what}: {name}")]
+    NotFound { what: &'static str, name: String },
+    #[error("{what} already exists: {name}")]
+    Exists { what: &'static str, name: String },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<BrokerError> for AgentError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::NoSuchFlow(flow) => AgentError::NotFound {
+                what: "flow",
+                name: flow.to_string(),
+            },
+            BrokerError::FlowExists(flow) => AgentError::Exists {
+                what: "flow",
+                name: flow.to_string(),
+            },
+            BrokerError::Settings(s) => AgentError::Invalid(s),
+            e @ (BrokerError::Connect { .. } | BrokerError::Request(_)) => {
+                AgentError::Unavailable(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<crate::peers::PeerError> for AgentError {
+    fn from(e: crate::peers::PeerError) -> Self {
+        use crate::peers::PeerError;
+        match e {
+            PeerError::NotFound { what, name } => AgentError::NotFound { what, name },
+            PeerError::Forbidden(s) => AgentError::Forbidden(s),
+            PeerError::Refused(s) => AgentError::Invalid(s),
+            PeerError::Unavailable(s) => AgentError::Unavailable(s),
+        }
+    }
+}
+
+impl From<flowd_broker::RecordError> for AgentError {
+    fn from(e: flowd_broker::RecordError) -> Self {
+        match e {
+            e @ flowd_broker::RecordError::Unavailable { .. } => {
+                AgentError::Unavailable(e.to_string())
+            }
+            e @ flowd_broker::RecordError::Unreadable { .. } => AgentError::Invalid(e.to_string()),
+        }
+    }
+}
+
+impl From<flowd_engine::ComponentError> for AgentError {
+    fn from(e: flowd_engine::ComponentError) -> Self {
+        match e {
+            flowd_engine::ComponentError::NotFound(digest) => AgentError::NotFound {
+                what: "component",
+                name: digest,
+            },
+            e @ flowd_engine::ComponentError::Unavailable { .. } => {
+                AgentError::Unavailable(e.to_string())
+            }
+        }
+    }
+}
+
+/// A broker operation that failed (the broker is down, overloaded or
+/// timing out): transient, so [`AgentError::Unavailable`].
+fn broker_failed(what: impl std::fmt::Display, e: impl std::fmt::Display) -> AgentError {
+    AgentError::Unavailable(format!("{what}: {e}"))
+}
+
+impl From<anyhow::Error> for AgentError {
+    /// Keeps the class of a typed error carried by `e` (broker, records,
+    /// components, the agent's own); anything else is a request that
+    /// cannot be done (a component that fails its checks, a bad id).
+    fn from(e: anyhow::Error) -> Self {
+        let e = match e.downcast::<BrokerError>() {
+            Ok(broker) => return broker.into(),
+            Err(e) => e,
+        };
+        let e = match e.downcast::<flowd_broker::RecordError>() {
+            Ok(record) => return record.into(),
+            Err(e) => e,
+        };
+        let e = match e.downcast::<flowd_engine::ComponentError>() {
+            Ok(component) => return component.into(),
+            Err(e) => e,
+        };
+        match e.downcast::<AgentError>() {
+            Ok(agent) => agent,
+            Err(e) => AgentError::Invalid(format!("{e:#}")),
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> AgentError {
+    AgentError::Unavailable(e.to_string())
+}
+
+/// The host's records in the broker, and the operations on them.
+#[derive(Clone)]
+pub struct Agent {
+    broker: Broker,
+    buckets: Buckets,
+    namespaces: async_nats::jetstream::kv::Store,
+    subscriptions: async_nats::jetstream::kv::Store,
+    /// Bumped when flows are created or deleted (name service publishers
+    /// follow it).
+    changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// The namespace records as last read (access checks read them all the
+    /// time).
+    namespace_cache: std::sync::Arc<std::sync::Mutex<namespaces::NamespaceCache>>,
+    /// How to reach other participants (remote subscriptions).
+    federation: Option<std::sync::Arc<crate::peers::Federation>>,
+    /// Who issues subscribers broker credentials of their own, when this
+    /// host can (its embedded broker, or an operator-run NATS that gave it
+    /// a signing key).
+    issuer: Option<flowd_broker::grants::Issuer>,
+    /// The accounts the participant's hosts share.
+    shared_accounts: Option<crate::accounts::SharedAccounts>,
+}
+
+/// Reads a flow batch by batch (FNAP `READ FLOW`).
+pub struct FlowReader {
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    stream: String,
+    flow: FlowName,
+}
+
+impl FlowReader {
+    /// Up to `max` next events with their stream sequences, waiting at most
+    /// `wait` when none is there yet.
+    pub async fn next(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<(u64, Event)>, AgentError> {
+        let flow = &self.flow;
+        let mut batch = self
+            .consumer
+            .batch()
+            .max_messages(max.max(1))
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|e| AgentError::Unavailable(format!("reading {flow}: {e}")))?;
+        let mut events = Vec::new();
+        while let Some(message) = batch.next().await {
+            let message =
+                message.map_err(|e| AgentError::Unavailable(format!("reading {flow}: {e}")))?;
+            let (sequence, event) = codec::stored_event(&message, &self.stream);
+            let event = event
+                .map_err(|e| AgentError::Invalid(format!("event {sequence} of {flow}: {e}")))?;
+            events.push((sequence, event));
+        }
+        Ok(events)
+    }
+}
+
+/// What a new processor is made of.
+#[derive(Debug, Clone)]
+pub struct NewProcessor {
+    pub id: String,
+    /// The kind the command asks for (`flow replicate` is a bridge, ...).
+    pub kind: Kind,
+    pub component: Vec<u8>,
+    pub config: Vec<(String, String)>,
+    pub inputs: Vec<FlowName>,
+    pub outputs: Vec<FlowName>,
+    pub dead_letter: Option<FlowName>,
+    pub limits: RunLimits,
+    pub owner: Option<String>,
+}
+
+/// The name service publishes the agent's namespaces and flows.
+#[async_trait::async_trait]
+impl flowd_fns::Source for Agent {
+    async fn namespaces(&self) -> Result<Vec<flowd_core::NamespaceName>, flowd_fns::SourceError> {
+        Ok(self
+            .namespace_records()
+            .await?
+            .into_iter()
+            .map(|r| r.name)
+            .collect())
+    }
+
+    async fn flows(&self) -> Result<Vec<FlowName>, flowd_fns::SourceError> {
+        Ok(self.broker.flows().await?)
+    }
+
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        Agent::changes(self)
+    }
+}
+
+impl Agent {
+    pub async fn connect(urls: &[String]) -> Result<Agent> {
+        let broker = Broker::connect(urls, "flow").await?;
+        Agent::new(broker).await
+    }
+
+    pub async fn new(broker: Broker) -> Result<Agent> {
+        let buckets = Buckets::open(&broker).await?;
+        let namespaces = broker.kv(spec::NAMESPACES).await?;
+        let subscriptions = broker.kv(spec::SUBSCRIPTIONS).await?;
+        Ok(Agent {
+            broker,
+            buckets,
+            namespaces,
+            subscriptions,
+            changes: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+            federation: None,
+            issuer: None,
+            shared_accounts: None,
+            namespace_cache: Default::default(),
+        })
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Lets `SUBSCRIBE` reach flows of other participants.
+    pub fn with_federation(
+        mut self,
+        federation: std::sync::Arc<crate::peers::Federation>,
+    ) -> Agent {
+        self.federation = Some(federation);
+        self
+    }
+
+    /// Gives subscribers broker users of their own (see
+    /// [`flowd_broker::grants`]).
+    pub fn with_issuer(mut self, issuer: flowd_broker::grants::Issuer) -> Agent {
+        self.issuer = Some(issuer);
+        self
+    }
+
+    /// Also accepts the accounts other hosts of the participant share.
+    pub fn with_shared_accounts(mut self, shared: crate::accounts::SharedAccounts) -> Agent {
+        self.shared_accounts = Some(shared);
+        self
+    }
+
+    /// Checks a log-in (FNAP and the management API): the host's own
+    /// accounts and local administrator first, then the accounts shared by
+    /// the participant's other hosts.
+    pub async fn login(
+        &self,
+        state_dir: &std::path::Path,
+        user: &str,
+        password: &str,
+    ) -> Result<Option<crate::accounts::Identity>, crate::accounts::AccountError> {
+        let (dir, u, p) = (state_dir.to_owned(), user.to_owned(), password.to_owned());
+        let local = tokio::task::spawn_blocking(move || crate::accounts::login(&dir, &u, &p))
+            .await
+            .map_err(|e| crate::accounts::AccountError::Invalid(e.to_string()))??;
+        match (&local, &self.shared_accounts) {
+            (None, Some(shared)) if user != crate::accounts::local::LOCAL_ADMIN => {
+                Ok(shared.verify(user, password).await)
+            }
+            _ => Ok(local),
+        }
+    }
+
+    /// Whether this agent can reach other participants (remote
+    /// subscriptions).
+    pub fn reaches_others(&self) -> bool {
+        self.federation.is_some()
+    }
+
+    /// Changes after flows are created or deleted through this agent.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub(crate) fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    pub async fn create_flow(&self, flow: &FlowName, settings: &FlowSettings) -> Result<FlowInfo> {
+        Ok(self.broker.create_flow(flow, settings).await?)
+    }
+
+    pub async fn delete_flow(&self, flow: &FlowName) -> Result<()> {
+        Ok(self.broker.delete_flow(flow).await?)
+    }
+
+    pub async fn describe_flow(&self, flow: &FlowName) -> Result<FlowInfo> {
+        Ok(self.broker.flow_info(flow).await?)
+    }
+
+    pub async fn flows(&self) -> Result<Vec<FlowInfo>> {
+        let mut infos = Vec::new();
+        for flow in self.broker.flows().await? {
+            infos.push(self.broker.flow_info(&flow).await?);
+        }
+        Ok(infos)
+    }
+
+    /// Writes events to a flow; acknowledged when stored. Writing the same
+    /// event (same `source` and `id`) again within the flow's duplicate
+    /// window stores it once.
+    pub async fn write(&self, flow: &FlowName, events: &[Event]) -> Result<Published> {
+        self.write_scoped(flow, events, "write").await
+    }
+
+    /// Writes events with message ids in `scope`: the same event written
+    /// twice in one scope (within the duplicate window) is stored once.
+    pub async fn write_scoped(
+        &self,
+        flow: &FlowName,
+        events: &[Event],
+        scope: &str,
+    ) -> Result<Published> {
+        self.broker.flow_info(flow).await?;
+        // Collected first: a borrowing iterator held across the publish
+        // would make this future not `Send`.
+        let messages: Vec<Outgoing> = events
+            .iter()
+            .map(|event| {
+                let (headers, payload) = codec::message_for_event(event);
+                Outgoing {
+                    subject: flow.subject(),
+                    message_id: codec::message_id(
+                        scope,
+                        0,
+                        cloudevents::AttributesReader::source(event).as_bytes(),
+                        cloudevents::AttributesReader::id(event).as_bytes(),
+                    ),
+                    headers,
+                    payload,
+                }
+            })
+            .collect();
+        Ok(self.broker.publish(messages).await?)
+    }
+
+    /// Reads a flow: from its first event (`from_start`) or only new ones,
+    /// until `count` events, or forever with `follow` (else until no event
+    /// arrives for `idle`).
+    pub async fn read(
+        &self,
+        flow: &FlowName,
+        from_start: bool,
+        count: Option<usize>,
+        follow: bool,
+        idle: Duration,
+        mut each: impl FnMut(Event) -> Result<()>,
+    ) -> Result<usize> {
+        let mut reader = self.reader(flow, from_start.then_some(1)).await?;
+        let mut seen = 0;
+        loop {
+            let want = count.map_or(256, |c| (c - seen).min(256));
+            if want == 0 {
+                return Ok(seen);
+            }
+            let batch = reader.next(want, idle).await?;
+            if batch.is_empty() && !follow {
+                return Ok(seen);
+            }
+            for (_, event) in batch {
+                each(event)?;
+                seen += 1;
+            }
+        }
+    }
+
+    /// A reader of a flow from `start` (a stream sequence; `None`: only
+    /// events written from now on).
+    pub async fn reader(
+        &self,
+        flow: &FlowName,
+        start: Option<u64>,
+    ) -> Result<FlowReader, AgentError> {
+        Ok(FlowReader {
+            consumer: self.broker.reader(flow, start).await?,
+            stream: flow.stream(),
+            flow: flow.clone(),
+        })
+    }
+
+    /// Stores a component in the broker's object store; returns its digest.
+    pub async fn upload_component(&self, bytes: &[u8]) -> Result<String> {
+        Ok(flowd_engine::store_component(&self.buckets.components, bytes).await?)
+    }
+
+    /// Declares a processor; the host starts it. The component is checked
+    /// here first: it must be of the kind the command asked for and accept
+    /// its configuration.
+    pub async fn create_processor(&self, new: NewProcessor) -> Result<ProcessorSpec> {
+        spec::check_id(&new.id).map_err(|e| anyhow!(e))?;
+        if new.inputs.is_empty() || new.outputs.is_empty() {
+            bail!("a processor needs at least one input and one output flow");
+        }
+        if self
+            .buckets
+            .processors
+            .get(&new.id)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            bail!("processor `{}` already exists", new.id);
+        }
+        if new.component != spec::RELAY.as_bytes() {
+            check_component(&new)?;
+        }
+        for flow in new.inputs.iter().chain(&new.outputs) {
+            self.broker
+                .flow_info(flow)
+                .await
+                .with_context(|| format!("flow {flow}"))?;
+        }
+        let digest = if new.component == spec::RELAY.as_bytes() {
+            spec::RELAY.to_owned()
+        } else {
+            self.upload_component(&new.component).await?
+        };
+        let dead_letter = match new.dead_letter {
+            Some(flow) => flow,
+            None => FlowName::parse(&format!("{}.deadletter.{}", new.id, new.outputs[0]))
+                .or_else(|_| FlowName::parse(&format!("{}.deadletter.flowd", new.id)))?,
+        };
+        let spec = ProcessorSpec {
+            id: new.id,
+            kind: new.kind,
+            component: digest,
+            config: new.config,
+            inputs: new.inputs,
+            outputs: new.outputs,
+            dead_letter,
+            paused: false,
+            generation: 1,
+            limits: new.limits,
+            owner: new.owner,
+            pipeline: None,
+            fused: Vec::new(),
+            ports: Vec::new(),
+            input_names: Vec::new(),
+            output_names: Vec::new(),
+            parallelism: 1,
+        };
+        self.put(&spec).await?;
+        Ok(spec)
+    }
+
+    pub(crate) async fn put(&self, spec: &ProcessorSpec) -> Result<(), AgentError> {
+        let json = serde_json::to_vec(spec)
+            .map_err(|e| AgentError::Invalid(format!("processor {}: {e}", spec.id)))?;
+        self.buckets
+            .processors
+            .put(&spec.id, json.into())
+            .await
+            .map_err(|e| broker_failed(format!("storing processor {}", spec.id), e))?;
+        Ok(())
+    }
+
+    /// A processor's spec and last status. A broker that cannot be asked is
+    /// [`AgentError::Unavailable`], never "not found".
+    pub async fn processor(&self, id: &str) -> Result<(ProcessorSpec, Option<Status>), AgentError> {
+        let spec = self
+            .specs()
+            .get(id)
+            .await?
+            .ok_or_else(|| AgentError::NotFound {
+                what: "processor",
+                name: id.to_owned(),
+            })?;
+        let status = self.status(id).await;
+        Ok((spec, status))
+    }
+
+    /// The processor specs, as typed records.
+    fn specs(&self) -> flowd_broker::Records<ProcessorSpec> {
+        flowd_broker::Records::new(
+            self.buckets.processors.clone(),
+            flowd_core::buckets::PROCESSORS,
+        )
+    }
+
+    /// What the host last reported of a processor (or of a fused step).
+    pub async fn status(&self, id: &str) -> Option<Status> {
+        self.buckets
+            .status
+            .get(id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice(&v).ok())
+    }
+
+    pub async fn processors(&self) -> Result<Vec<(ProcessorSpec, Option<Status>)>, AgentError> {
+        let specs = self.specs().list("").await?;
+        let mut out = Vec::new();
+        for (id, spec) in specs {
+            let status = self.status(&id).await;
+            out.push((spec, status));
+        }
+        Ok(out)
+    }
+
+    /// Pauses or resumes a processor (figure 6).
+    pub async fn set_paused(&self, id: &str, paused: bool) -> Result<ProcessorSpec, AgentError> {
+        let (mut spec, _) = self.processor(id).await?;
+        spec.paused = paused;
+        self.put(&spec).await?;
+        Ok(spec)
+    }
+
+    /// Updates a processor in place (figure 6): a new configuration and/or
+    /// component version. The host switches between two batches: no event is
+    /// lost or processed twice.
+    pub async fn update_processor(
+        &self,
+        id: &str,
+        config: Option<Vec<(String, String)>>,
+        component: Option<Vec<u8>>,
+    ) -> Result<ProcessorSpec> {
+        let (mut spec, _) = self.processor(id).await?;
+        let check = NewProcessor {
+            id: spec.id.clone(),
+            kind: spec.kind,
+            component: match &component {
+                Some(bytes) => bytes.clone(),
+                None => {
+                    flowd_engine::read_component(&self.buckets.components, &spec.component).await?
+                }
+            },
+            config: config.clone().unwrap_or_else(|| spec.config.clone()),
+            inputs: spec.inputs.clone(),
+            outputs: spec.outputs.clone(),
+            dead_letter: Some(spec.dead_letter.clone()),
+            limits: spec.limits.clone(),
+            owner: spec.owner.clone(),
+        };
+        check_component(&check)?;
+        if let Some(bytes) = component {
+            spec.component = self.upload_component(&bytes).await?;
+        }
+        if let Some(config) = config {
+            spec.config = config;
+        }
+        spec.generation += 1;
+        self.put(&spec).await?;
+        Ok(spec)
+    }
+
+    /// Destroys a processor (figure 6); the host stops it and removes its
+    /// consumers and state.
+    pub async fn delete_processor(&self, id: &str) -> Result<(), AgentError> {
+        self.processor(id).await?;
+        self.buckets
+            .processors
+            .delete(id)
+            .await
+            .map_err(|e| broker_failed(format!("deleting processor {id}"), e))?;
+        Ok(())
+    }
+}
+
+/// Loads the component in a local sandbox: right kind, ports that fit, and a
+/// configuration it accepts.
+fn check_component(new: &NewProcessor) -> Result<()> {
+    let host = Host::new(HostConfig {
+        max_instances: 2,
+        ..HostConfig::default()
+    })?;
+    let setup = flowd_wasm::ProcessorSetup {
+        name: new.id.clone(),
+        config: new.config.clone(),
+        inputs: new.inputs.iter().map(|f| f.to_string()).collect(),
+        outputs: new.outputs.iter().map(|f| f.to_string()).collect(),
+    };
+    host.check(&new.component, Some(new.kind), setup, new.limits.wasm())?;
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! Processors with access checks (`flow replicate|collect|distribute|signal`
+//! and figure 6's lifecycle over FNAP). A processor belongs to the account
+//! that created it; it needs `read` on its inputs and `write` on its outputs.
+
+use super::access::{self, Principal};
+use super::{Agent, AgentError, NewProcessor};
+use flowd_broker::FlowName;
+use flowd_core::Right;
+use flowd_engine::spec::{ProcessorSpec, RunLimits, Status};
+use flowd_wasm::Kind;
+
+/// A processor request as `CREATE PROCESSOR` / `UPDATE PROCESSOR` carry it:
+/// `key=value` lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessorRequest {
+    pub kind: Option<Kind>,
+    /// `sha256:<hex>` of an uploaded component.
+    pub component: Option<String>,
+    pub inputs: Vec<FlowName>,
+    pub outputs: Vec<FlowName>,
+    pub dead_letter: Option<FlowName>,
+    /// `None`: unchanged (update) or empty (create).
+    pub config: Option<Vec<(String, String)>>,
+    pub limits: Vec<(String, u64)>,
+}
+
+impl ProcessorRequest {
+    /// Reads `kind=`, `component=`, `input=` (repeatable), `output=`
+    /// (repeatable), `dead-letter=`, `config.<key>=` and `limit.<name>=`.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<ProcessorRequest, AgentError> {
+        let mut r = ProcessorRequest::default();
+        let flow = |v: &str| FlowName::parse(v).map_err(|e| AgentError::Invalid(e.to_string()));
+        for (key, value) in pairs {
+            match key {
+                "kind" => {
+                    r.kind = Some(value.parse().map_err(|_| {
+                        AgentError::Invalid(format!(
+                            "kind `{value}`: use bridge, collector, distributor or signal"
+                        ))
+                    })?)
+                }
+                "component" => r.component = Some(value.to_owned()),
+                "input" => r.inputs.push(flow(value)?),
+                "output" => r.outputs.push(flow(value)?),
+                "dead-letter" => r.dead_letter = Some(flow(value)?),
+                _ => {
+                    if let Some(k) = key.strip_prefix("config.") {
+                        r.config
+                            .get_or_insert_with(Vec::new)
+                            .push((k.to_owned(), value.to_owned()));
+                    } else if let Some(name) = key.strip_prefix("limit.") {
+                        let n = value.parse().map_err(|_| {
+                            AgentError::Invalid(format!("limit.{name}: `{value}` is not a number"))
+                        })?;
+                        r.limits.push((name.to_owned(), n));
+                    } else {
+                        return Err(AgentError::Invalid(format!("unknown key `{key}`")));
+                    }
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    fn run_limits(&self, mut limits: RunLimits) -> Result<RunLimits, AgentError> {
+        for (name, n) in &self.limits {
+            match name.as_str() {
+                "memory-mib" => limits.memory_mib = *n as usize,
+                "deadline-ms" => limits.deadline_ms = *n,
+                "batch" => limits.batch = *n as usize,
+                "max-attempts" => limits.max_attempts = *n as u32,
+                "tick-ms" => limits.tick_ms = *n,
+                _ => {
+                    return Err(AgentError::Invalid(format!(
+                        "unknown limit `{name}` (memory-mib, deadline-ms, batch, max-attempts, tick-ms)"
+                    )));
+                }
+            }
+        }
+        Ok(limits)
+    }
+}
+
+fn may_manage(principal: &Principal, spec: &ProcessorSpec) -> Result<(), AgentError> {
+    if principal.is_admin()
+        || (principal.user().is_some() && principal.user() == spec.owner.as_deref())
+    {
+        Ok(())
+    } else {
+        Err(AgentError::Forbidden(format!(
+            "processor {} belongs to {}",
+            spec.id,
+            spec.owner.as_deref().unwrap_or("the host")
+        )))
+    }
+}
+
+/// A pipeline's steps change with its manifest, not one by one (the next
+/// apply would undo it).
+fn pipeline_step(spec: &ProcessorSpec) -> Result<(), AgentError> {
+    match &spec.pipeline {
+        Some(pipeline) => Err(AgentError::Invalid(format!(
+            "processor {} is a step of pipeline {pipeline}: change or delete the pipeline instead",
+            spec.id
+        ))),
+        None => Ok(()),
+    }
+}
+
+impl Agent {
+    /// Stores an uploaded component; anonymous sessions may not.
+    pub async fn put_component_as(
+        &self,
+        principal: &Principal,
+        bytes: &[u8],
+    ) -> Result<String, AgentError> {
+        if principal == &Principal::Anonymous {
+            return Err(AgentError::Forbidden(
+                "anonymous sessions cannot upload components".into(),
+            ));
+        }
+        Ok(self.upload_component(bytes).await?)
+    }
+
+    pub async fn create_processor_as(
+        &self,
+        principal: &Principal,
+        id: &str,
+        request: ProcessorRequest,
+        defaults: &RunLimits,
+    ) -> Result<ProcessorSpec, AgentError> {
+        let kind = request
+            .kind
+            .ok_or_else(|| AgentError::Invalid("missing kind=".into()))?;
+        let digest = request.component.as_deref().ok_or_else(|| {
+            AgentError::Invalid("missing component= (PUT COMPONENT first)".into())
+        })?;
+        let fused_step = self
+            .processors()
+            .await?
+            .iter()
+            .any(|(p, _)| p.fused.iter().any(|f| f.id == id));
+        if fused_step || self.processor(id).await.is_ok() {
+            return Err(AgentError::Exists {
+                what: "processor",
+                name: id.to_owned(),
+            });
+        }
+        for flow in &request.inputs {
+            self.check_read(principal, flow).await?;
+        }
+        for flow in request.outputs.iter().chain(&request.dead_letter) {
+            let (right, _) = self.flow_right(principal, flow).await?;
+            access::require(principal, right, Right::Write, &format!("write to {flow}"))?;
+        }
+        let component = flowd_engine::read_component(&self.buckets.components, digest).await?;
+        if component == flowd_engine::spec::RELAY.as_bytes() {
+            return Err(AgentError::Invalid(format!("{digest} is not a component")));
+        }
+        if request.inputs.is_empty() || request.outputs.is_empty() {
+            return Err(AgentError::Invalid(
+                "a processor needs input= and output= lines".into(),
+            ));
+        }
+        let limits = request.run_limits(defaults.clone())?;
+        Ok(self
+            .create_processor(NewProcessor {
+                id: id.to_owned(),
+                kind,
+                component,
+                config: request.config.unwrap_or_default(),
+                inputs: request.inputs,
+                outputs: request.outputs,
+                dead_letter: request.dead_letter,
+                limits,
+                owner: principal.user().map(str::to_owned),
+            })
+            .await?)
+    }
+
+    pub async fn describe_processor_as(
+        &self,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<(ProcessorSpec, Option<Status>), AgentError> {
+        let found = self.processor(id).await?;
+        may_manage(principal, &found.0)?;
+        Ok(found)
+    }
+
+    /// The live hosts sharing this broker (their heartbeats); not for
+    /// anonymous sessions.
+    pub async fn list_agents_as(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<flowd_broker::cluster::AgentRecord>, AgentError> {
+        if principal == &Principal::Anonymous {
+            return Err(AgentError::Forbidden(
+                "listing the hosts needs an account".into(),
+            ));
+        }
+        let bucket = self
+            .broker
+            .jetstream()
+            .get_key_value(flowd_broker::cluster::AGENTS)
+            .await
+            .map_err(|e| AgentError::Unavailable(format!("the hosts' heartbeats: {e}")))?;
+        Ok(flowd_broker::cluster::read_agents(&bucket).await?)
+    }
+
+    pub async fn list_processors_as(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<(ProcessorSpec, Option<Status>)>, AgentError> {
+        Ok(self
+            .processors()
+            .await?
+            .into_iter()
+            .filter(|(spec, _)| may_manage(principal, spec).is_ok())
+            .collect())
+    }
+
+    pub async fn pause_processor_as(
+        &self,
+        principal: &Principal,
+        id: &str,
+        paused: bool,
+    ) -> Result<ProcessorSpec, AgentError> {
+        self.describe_processor_as(principal, id).await?;
+        self.set_paused(id, paused).await
+    }
+
+    pub async fn update_processor_as(
+        &self,
+        principal: &Principal,
+        id: &str,
+        request: ProcessorRequest,
+    ) -> Result<ProcessorSpec, AgentError> {
+        let (spec, _) = self.describe_processor_as(principal, id).await?;
+        pipeline_step(&spec)?;
+        if spec.is_relay() {
+            return Err(AgentError::Invalid(format!(
+                "{id} is a subscription relay; it has no component or configuration"
+            )));
+        }
+        if request.kind.is_some()
+            || !request.inputs.is_empty()
+            || !request.outputs.is_empty()
+            || request.dead_letter.is_some()
+            || !request.limits.is_empty()
+        {
+            return Err(AgentError::Invalid(
+                "an update changes component= and config.* only; create a new processor to rewire"
+                    .into(),
+            ));
+        }
+        let component = match request.component.as_deref() {
+            Some(digest) => {
+                Some(flowd_engine::read_component(&self.buckets.components, digest).await?)
+            }
+            None => None,
+        };
+        Ok(self.update_processor(id, request.config, component).await?)
+    }
+
+    pub async fn delete_processor_as(
+        &self,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<(), AgentError> {
+        let (spec, _) = self.describe_processor_as(principal, id).await?;
+        pipeline_step(&spec)?;
+        self.delete_processor(id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_read_key_value_lines() {
+        let r = ProcessorRequest::from_pairs([
+            ("kind", "distributor"),
+            ("component", "sha256:ab"),
+            ("input", "in.example.com"),
+            ("output", "a.example.com"),
+            ("output", "b.example.com"),
+            ("config.expr", "a = b"),
+            ("limit.batch", "10"),
+        ])
+        .expect("valid");
+        assert_eq!(r.kind, Some(Kind::Distributor));
+        assert_eq!(r.outputs.len(), 2);
+        assert_eq!(r.config, Some(vec![("expr".into(), "a = b".into())]));
+        assert_eq!(r.run_limits(RunLimits::default()).expect("ok").batch, 10);
+        assert!(ProcessorRequest::from_pairs([("kind", "blender")]).is_err());
+        assert!(ProcessorRequest::from_pairs([("colour", "red")]).is_err());
+        assert!(ProcessorRequest::from_pairs([("input", "not a flow")]).is_err());
+    }
+}

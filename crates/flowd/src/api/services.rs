@@ -1,0 +1,407 @@
+//! The three services of the management API.
+
+use super::proto::{self, pipelines_server, processors_server, registry_server};
+use super::{ApiContext, convert};
+use crate::agent::Principal;
+use crate::agent::processors::ProcessorRequest;
+use flowd_broker::FlowName;
+use flowd_engine::registry::{self, ComponentRef};
+use futures::StreamExt;
+use std::sync::Arc;
+use tonic::{Request, Response, Status, Streaming};
+
+type Reply<T> = Result<Response<T>, Status>;
+
+async fn principal<T>(ctx: &ApiContext, request: &Request<T>) -> Result<Principal, Status> {
+    convert::principal(request, &ctx.agent, &ctx.state_dir).await
+}
+
+fn reference(text: &str) -> Result<ComponentRef, Status> {
+    text.parse().map_err(convert::registry_status)
+}
+
+/// The digest a component reference names.
+async fn digest(ctx: &ApiContext, text: &str) -> Result<String, Status> {
+    let record = ctx
+        .registry
+        .resolve(&reference(text)?)
+        .await
+        .map_err(convert::registry_status)?;
+    Ok(record.digest)
+}
+
+pub(super) struct RegistryService(pub Arc<ApiContext>);
+
+impl RegistryService {
+    async fn used_by(&self, digest: &str) -> Vec<String> {
+        self.0
+            .agent
+            .processors()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|(spec, _)| {
+                let fused: Vec<(String, String)> = spec
+                    .fused
+                    .iter()
+                    .map(|f| (f.id.clone(), f.component.clone()))
+                    .collect();
+                std::iter::once((spec.id, spec.component)).chain(fused)
+            })
+            .filter(|(_, component)| component == digest)
+            .map(|(id, _)| id)
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl registry_server::Registry for RegistryService {
+    async fn upload(
+        &self,
+        request: Request<Streaming<proto::UploadChunk>>,
+    ) -> Reply<proto::Component> {
+        let who = principal(&self.0, &request).await?;
+        let mut chunks = request.into_inner();
+        let header = match chunks.next().await {
+            Some(Ok(proto::UploadChunk {
+                part: Some(proto::upload_chunk::Part::Header(header)),
+            })) => header,
+            Some(Err(e)) => return Err(e),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of an upload is its header (name, version)",
+                ));
+            }
+        };
+        registry::check_name(&header.name).map_err(convert::registry_status)?;
+        registry::check_version(&header.version).map_err(convert::registry_status)?;
+        if header.size as usize > registry::MAX_COMPONENT_BYTES {
+            return Err(convert::registry_status(registry::RegistryError::TooLarge));
+        }
+        // The announced size is only a hint: capped, so a header alone
+        // cannot reserve much memory.
+        let mut bytes = Vec::with_capacity((header.size as usize).min(16 << 20));
+        while let Some(chunk) = chunks.next().await {
+            match chunk?.part {
+                Some(proto::upload_chunk::Part::Data(data)) => {
+                    if bytes.len() + data.len() > registry::MAX_COMPONENT_BYTES {
+                        return Err(convert::registry_status(registry::RegistryError::TooLarge));
+                    }
+                    bytes.extend_from_slice(&data);
+                }
+                _ => return Err(Status::invalid_argument("only data may follow the header")),
+            }
+        }
+        if header.size != 0 && header.size != bytes.len() as u64 {
+            return Err(Status::invalid_argument(format!(
+                "the header announced {} bytes, {} arrived",
+                header.size,
+                bytes.len()
+            )));
+        }
+        let record = self
+            .0
+            .registry
+            .upload(&header.name, &header.version, bytes, who.user())
+            .await
+            .map_err(convert::registry_status)?;
+        tracing::info!(
+            component = record.reference(),
+            digest = record.digest,
+            by = who.name(),
+            "component uploaded"
+        );
+        let used_by = self.used_by(&record.digest).await;
+        Ok(Response::new(convert::component(&record, used_by)))
+    }
+
+    async fn list(
+        &self,
+        request: Request<proto::ListComponentsRequest>,
+    ) -> Reply<proto::ListComponentsResponse> {
+        principal(&self.0, &request).await?;
+        let records = self
+            .0
+            .registry
+            .list()
+            .await
+            .map_err(convert::registry_status)?;
+        let mut components = Vec::new();
+        for record in &records {
+            components.push(convert::component(
+                record,
+                self.used_by(&record.digest).await,
+            ));
+        }
+        Ok(Response::new(proto::ListComponentsResponse { components }))
+    }
+
+    async fn describe(&self, request: Request<proto::ComponentRef>) -> Reply<proto::Component> {
+        principal(&self.0, &request).await?;
+        let reference = reference(&request.get_ref().reference)?;
+        let record = self
+            .0
+            .registry
+            .resolve(&reference)
+            .await
+            .map_err(convert::registry_status)?;
+        let used_by = self.used_by(&record.digest).await;
+        Ok(Response::new(convert::component(&record, used_by)))
+    }
+
+    async fn delete(&self, request: Request<proto::ComponentRef>) -> Reply<proto::DeleteResponse> {
+        let who = principal(&self.0, &request).await?;
+        let reference = reference(&request.get_ref().reference)?;
+        if !who.is_admin() {
+            let all = self
+                .0
+                .registry
+                .list()
+                .await
+                .map_err(convert::registry_status)?;
+            if let Some(other) = all.iter().find(|r| {
+                let named = match &reference {
+                    ComponentRef::Version { name, version } => {
+                        &r.name == name && &r.version == version
+                    }
+                    ComponentRef::Latest(name) => &r.name == name,
+                    ComponentRef::Digest(digest) => &r.digest == digest,
+                };
+                named && r.uploaded_by.as_deref() != who.user()
+            }) {
+                return Err(Status::permission_denied(format!(
+                    "{} was uploaded by {}",
+                    other.reference(),
+                    other.uploaded_by.as_deref().unwrap_or("the host")
+                )));
+            }
+        }
+        let processors: Vec<_> = self
+            .0
+            .agent
+            .processors()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .into_iter()
+            .map(|(spec, _)| spec)
+            .collect();
+        self.0
+            .registry
+            .delete(&reference, &processors)
+            .await
+            .map_err(convert::registry_status)?;
+        Ok(Response::new(proto::DeleteResponse {}))
+    }
+}
+
+pub(super) struct ProcessorsService(pub Arc<ApiContext>);
+
+impl ProcessorsService {
+    async fn set_paused(
+        &self,
+        request: Request<proto::ProcessorRef>,
+        paused: bool,
+    ) -> Reply<proto::Processor> {
+        let who = principal(&self.0, &request).await?;
+        let spec = self
+            .0
+            .agent
+            .pause_processor_as(&who, &request.get_ref().id, paused)
+            .await
+            .map_err(convert::agent_status)?;
+        Ok(Response::new(convert::processor(&spec, None)))
+    }
+}
+
+fn flows(names: &[String]) -> Result<Vec<FlowName>, Status> {
+    names
+        .iter()
+        .map(|n| FlowName::parse(n).map_err(|e| Status::invalid_argument(format!("`{n}`: {e}"))))
+        .collect()
+}
+
+#[tonic::async_trait]
+impl processors_server::Processors for ProcessorsService {
+    async fn create(
+        &self,
+        request: Request<proto::CreateProcessorRequest>,
+    ) -> Reply<proto::Processor> {
+        let who = principal(&self.0, &request).await?;
+        let r = request.into_inner();
+        let kind = r.kind.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "kind `{}`: use bridge, collector, distributor or signal",
+                r.kind
+            ))
+        })?;
+        let dead_letter = if r.dead_letter.is_empty() {
+            None
+        } else {
+            flows(std::slice::from_ref(&r.dead_letter))?.pop()
+        };
+        let request = ProcessorRequest {
+            kind: Some(kind),
+            component: Some(digest(&self.0, &r.component).await?),
+            inputs: flows(&r.inputs)?,
+            outputs: flows(&r.outputs)?,
+            dead_letter,
+            config: Some(convert::pairs(r.config)),
+            limits: r
+                .limits
+                .as_ref()
+                .map(convert::limit_pairs)
+                .unwrap_or_default(),
+        };
+        let spec = self
+            .0
+            .agent
+            .create_processor_as(&who, &r.id, request, &self.0.defaults)
+            .await
+            .map_err(convert::agent_status)?;
+        Ok(Response::new(convert::processor(&spec, None)))
+    }
+
+    async fn update(
+        &self,
+        request: Request<proto::UpdateProcessorRequest>,
+    ) -> Reply<proto::Processor> {
+        let who = principal(&self.0, &request).await?;
+        let r = request.into_inner();
+        let component = if r.component.is_empty() {
+            None
+        } else {
+            Some(digest(&self.0, &r.component).await?)
+        };
+        let request = ProcessorRequest {
+            component,
+            config: r.replace_config.then(|| convert::pairs(r.config)),
+            ..ProcessorRequest::default()
+        };
+        let spec = self
+            .0
+            .agent
+            .update_processor_as(&who, &r.id, request)
+            .await
+            .map_err(convert::agent_status)?;
+        Ok(Response::new(convert::processor(&spec, None)))
+    }
+
+    async fn pause(&self, request: Request<proto::ProcessorRef>) -> Reply<proto::Processor> {
+        self.set_paused(request, true).await
+    }
+
+    async fn resume(&self, request: Request<proto::ProcessorRef>) -> Reply<proto::Processor> {
+        self.set_paused(request, false).await
+    }
+
+    async fn destroy(&self, request: Request<proto::ProcessorRef>) -> Reply<proto::DeleteResponse> {
+        let who = principal(&self.0, &request).await?;
+        self.0
+            .agent
+            .delete_processor_as(&who, &request.get_ref().id)
+            .await
+            .map_err(convert::agent_status)?;
+        Ok(Response::new(proto::DeleteResponse {}))
+    }
+
+    async fn list(
+        &self,
+        request: Request<proto::ListProcessorsRequest>,
+    ) -> Reply<proto::ListProcessorsResponse> {
+        let who = principal(&self.0, &request).await?;
+        let found = self
+            .0
+            .agent
+            .list_processors_as(&who)
+            .await
+            .map_err(convert::agent_status)?;
+        Ok(Response::new(proto::ListProcessorsResponse {
+            processors: found
+                .iter()
+                .map(|(spec, st)| convert::processor(spec, st.as_ref()))
+                .collect(),
+        }))
+    }
+
+    async fn status(&self, request: Request<proto::ProcessorRef>) -> Reply<proto::Processor> {
+        let who = principal(&self.0, &request).await?;
+        let (spec, st) = self
+            .0
+            .agent
+            .describe_processor_as(&who, &request.get_ref().id)
+            .await
+            .map_err(convert::agent_status)?;
+        Ok(Response::new(convert::processor(&spec, st.as_ref())))
+    }
+}
+
+pub(super) struct PipelinesService(pub Arc<ApiContext>);
+
+#[tonic::async_trait]
+impl pipelines_server::Pipelines for PipelinesService {
+    async fn apply(&self, request: Request<proto::ApplyRequest>) -> Reply<proto::ApplyResponse> {
+        let who = principal(&self.0, &request).await?;
+        let r = request.get_ref();
+        let report = self
+            .0
+            .pipelines
+            .apply_as(&who, &r.manifest, r.dry_run)
+            .await
+            .map_err(convert::pipeline_status)?;
+        Ok(Response::new(proto::ApplyResponse {
+            name: report.name,
+            created: report.created,
+            updated: report.updated,
+            unchanged: report.unchanged,
+            removed: report.removed,
+        }))
+    }
+
+    async fn get(&self, request: Request<proto::PipelineRef>) -> Reply<proto::Pipeline> {
+        let who = principal(&self.0, &request).await?;
+        let view = self
+            .0
+            .pipelines
+            .get_as(&who, &request.get_ref().name)
+            .await
+            .map_err(convert::pipeline_status)?;
+        Ok(Response::new(convert::pipeline(&view, true)))
+    }
+
+    async fn list(
+        &self,
+        request: Request<proto::ListPipelinesRequest>,
+    ) -> Reply<proto::ListPipelinesResponse> {
+        let who = principal(&self.0, &request).await?;
+        let views = self
+            .0
+            .pipelines
+            .list_as(&who)
+            .await
+            .map_err(convert::pipeline_status)?;
+        Ok(Response::new(proto::ListPipelinesResponse {
+            pipelines: views.iter().map(|v| convert::pipeline(v, false)).collect(),
+        }))
+    }
+
+    async fn delete(&self, request: Request<proto::PipelineRef>) -> Reply<proto::DeleteResponse> {
+        let who = principal(&self.0, &request).await?;
+        self.0
+            .pipelines
+            .delete_as(&who, &request.get_ref().name)
+            .await
+            .map_err(convert::pipeline_status)?;
+        Ok(Response::new(proto::DeleteResponse {}))
+    }
+
+    async fn status(&self, request: Request<proto::PipelineRef>) -> Reply<proto::Pipeline> {
+        let who = principal(&self.0, &request).await?;
+        let view = self
+            .0
+            .pipelines
+            .get_as(&who, &request.get_ref().name)
+            .await
+            .map_err(convert::pipeline_status)?;
+        Ok(Response::new(convert::pipeline(&view, false)))
+    }
+}

@@ -1,0 +1,27 @@
+//! flowd, the participant host of the Event Streaming Open Network (ESON):
+//! the daemon that joins the other crates into one host. See
+//! `docs/architecture.md` for the crate graph.
+//!
+//! - [`accounts`]: who may log in, and the local administrator;
+//! - [`agent`]: the FNAA's operations on namespaces, flows, subscriptions
+//!   and processors, with access control;
+//! - [`server`]: the FNAP server (the protocol is `flowd-fnap`);
+//! - [`tls`]: the host's certificate;
+//! - [`peers`]: sessions with other participants' hosts; [`relays`]: remote
+//!   subscriptions carried into local flows;
+//! - [`pipeline`]: chains of processors declared by YAML manifests;
+//! - [`api`]: the gRPC management API (registry, processors, pipelines);
+//! - [`user_agent`]: the `flow` user agent's configuration and log-in;
+//! - [`daemon`]: `flowd serve`, the host as a daemon; [`config`]: its TOML.
+
+pub mod accounts;
+pub mod agent;
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod peers;
+pub mod pipeline;
+pub mod relays;
+pub mod server;
+pub mod tls;
+pub mod user_agent;

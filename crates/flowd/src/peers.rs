@@ -1,0 +1,406 @@
+//! Sessions with other participants' hosts (figures 9 and 10 of the draft):
+//! the FNAA of a remote flow found through the Flow Name Service, an FNAP
+//! session to it (STARTTLS when the peer offers TLS and a CA is configured
+//! for it), authenticated with the credentials configured for the remote
+//! namespace (else `ANONYMOUS`, enough for public flows); `SUBSCRIBE` and
+//! `UNSUBSCRIBE` there, and where the remote flow's broker is.
+//!
+//! Errors keep their class: a remote host that cannot be reached, or that
+//! answers 4xx, is [`PeerError::Unavailable`] (try again later); only a
+//! 5xx refusal is permanent. [`crate::relays`] carries subscriptions.
+
+use flowd_broker::FlowName;
+use flowd_broker::grants::PullCredentials;
+use flowd_fnap::Code;
+use flowd_fnap::client::{Client, ClientError, Security};
+use flowd_fnap::data::{BrokerAuth, BrokerCredentials, DataError, SubscribeReply};
+use flowd_fns::{Discovery, DiscoveryError};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Credentials for the FNAA of other participants' namespaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The remote namespace (its flows and those below).
+    pub namespace: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// Certificate(s) to trust for the peer's TLS; with it, sessions use
+    /// STARTTLS when the peer advertises TLS.
+    pub ca: Option<PathBuf>,
+}
+
+/// Why a peer could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The remote host says the flow (or copy) does not exist.
+    #[error("no such {what}: {name}")]
+    NotFound {
+        /// What was looked for.
+        what: &'static str,
+        /// Its name, with the remote reply.
+        name: String,
+    },
+    /// The remote host refused this host's credentials or rights.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The remote host refused the request for good (another 5xx).
+    #[error("{0}")]
+    Refused(String),
+    /// The remote host did not answer, answered 4xx, or sent something
+    /// this host cannot use: it may work later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// What `SUBSCRIBE` made: the copy, and the credentials to pull it from
+/// the broker when the host issues them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The copy of the flow made for this subscription.
+    pub copy: FlowName,
+    /// Credentials to pull the copy from the remote broker.
+    pub credentials: Option<PullCredentials>,
+}
+
+impl Subscribed {
+    /// The `SUBSCRIBE` reply, as the protocol crate encodes it.
+    pub fn reply(&self) -> SubscribeReply {
+        SubscribeReply {
+            copy: self.copy.clone(),
+            broker: self.credentials.as_ref().map(wire_credentials),
+        }
+    }
+
+    /// The data lines of the `SUBSCRIBE` reply: the copy's name (as in the
+    /// draft), then the broker credentials as `key=value` lines.
+    pub fn lines(&self) -> Vec<String> {
+        self.reply().encode()
+    }
+}
+
+/// Broker credentials this host issued, in their wire form.
+pub fn wire_credentials(c: &PullCredentials) -> BrokerCredentials {
+    BrokerCredentials {
+        user: c.user.clone(),
+        auth: match (&c.jwt, &c.seed) {
+            (Some(jwt), Some(seed)) => BrokerAuth::Jwt {
+                jwt: jwt.clone(),
+                seed: seed.clone(),
+            },
+            _ => BrokerAuth::Password(c.password.clone()),
+        },
+        stream: c.stream.clone(),
+        consumer: c.consumer.clone(),
+        inbox: c.inbox.clone(),
+        api_prefix: c.api_prefix.clone(),
+        tls: c.tls,
+    }
+}
+
+/// Broker credentials a remote host sent (already checked by
+/// [`SubscribeReply::decode`]), as the broker crate connects with them.
+pub fn pull_credentials_of(c: BrokerCredentials) -> PullCredentials {
+    let (password, jwt, seed) = match c.auth {
+        BrokerAuth::Password(password) => (password, None, None),
+        BrokerAuth::Jwt { jwt, seed } => (String::new(), Some(jwt), Some(seed)),
+    };
+    PullCredentials {
+        user: c.user,
+        password,
+        stream: c.stream,
+        consumer: c.consumer,
+        inbox: c.inbox,
+        api_prefix: c.api_prefix,
+        tls: c.tls,
+        jwt,
+        seed,
+    }
+}
+
+/// The broker credentials of a `SUBSCRIBE` reply's data lines, if any.
+pub fn pull_credentials<S: AsRef<str>>(lines: &[S]) -> Result<Option<PullCredentials>, DataError> {
+    Ok(SubscribeReply::decode(lines)?
+        .broker
+        .map(pull_credentials_of))
+}
+
+/// How this host reaches other hosts.
+pub struct Federation {
+    discovery: Discovery,
+    peers: Vec<PeerConfig>,
+}
+
+/// A failed exchange with a remote host, by class: what the remote host
+/// refused for good (5xx) stays permanent, anything else (4xx, a broken
+/// connection, a time-out) is [`PeerError::Unavailable`].
+pub(crate) fn refused(e: ClientError, what: &str) -> PeerError {
+    match e {
+        ClientError::Refused(reply) => match reply.code {
+            Code::NotFound => PeerError::NotFound {
+                what: "remote flow",
+                name: format!("{what} ({reply})"),
+            },
+            Code::AuthRequired | Code::EncryptionRequired | Code::AuthFailed | Code::Forbidden => {
+                PeerError::Forbidden(format!("the remote host refused {what}: {reply}"))
+            }
+            code if code.is_permanent() => {
+                PeerError::Refused(format!("the remote host refused {what}: {reply}"))
+            }
+            _ => PeerError::Unavailable(format!("the remote host failed {what}: {reply}")),
+        },
+        other => PeerError::Unavailable(format!("{what}: {other}")),
+    }
+}
+
+impl Federation {
+    pub fn new(
+        nameserver: Option<SocketAddr>,
+        peers: Vec<PeerConfig>,
+    ) -> Result<Federation, DiscoveryError> {
+        Ok(Federation {
+            discovery: Discovery::new(nameserver)?,
+            peers,
+        })
+    }
+
+    fn peer(&self, flow: &FlowName) -> Option<&PeerConfig> {
+        self.peers
+            .iter()
+            .filter(|p| flow.as_str().ends_with(&format!(".{}", p.namespace)))
+            .max_by_key(|p| p.namespace.len())
+    }
+
+    /// An authenticated session with the FNAA serving `flow`, and its
+    /// address.
+    pub async fn session(&self, flow: &FlowName) -> Result<(Client, SocketAddr), PeerError> {
+        let location = self.discovery.locate(flow).await.map_err(|e| match e {
+            DiscoveryError::NoSuchFlow(flow) | DiscoveryError::NotServed(flow) => {
+                PeerError::NotFound {
+                    what: "flow in DNS",
+                    name: flow.to_string(),
+                }
+            }
+            other => PeerError::Unavailable(other.to_string()),
+        })?;
+        let peer = self.peer(flow);
+        let security = match (location.tls, peer.and_then(|p| p.ca.clone())) {
+            (true, Some(ca)) => Security::StartTls { ca },
+            _ => Security::Plain,
+        };
+        let mut last = None;
+        for addr in location.agent_addrs() {
+            match Client::connect_named(&addr.to_string(), &location.host, &security).await {
+                Ok(mut client) => {
+                    let password = peer.and_then(|p| {
+                        p.password.clone().or_else(|| {
+                            p.password_env
+                                .as_deref()
+                                .and_then(|v| std::env::var(v).ok())
+                        })
+                    });
+                    let auth = match (peer.and_then(|p| p.username.as_deref()), password) {
+                        (Some(user), Some(password)) => {
+                            client.authenticate_plain(user, &password).await
+                        }
+                        _ => client.authenticate_anonymous().await,
+                    };
+                    auth.map_err(|e| refused(e, &format!("authenticating at {addr}")))?;
+                    return Ok((client, addr));
+                }
+                Err(e) => last = Some(format!("{addr}: {e}")),
+            }
+        }
+        Err(PeerError::Unavailable(format!(
+            "the FNAA of {flow} ({}) is unreachable: {}",
+            location.host,
+            last.unwrap_or_else(|| "no address".into())
+        )))
+    }
+
+    /// `SUBSCRIBE <remote>` at the remote host: the copy it made (with the
+    /// broker credentials it issued, if any), and the address of the agent.
+    pub async fn subscribe(
+        &self,
+        remote: &FlowName,
+    ) -> Result<(Subscribed, SocketAddr), PeerError> {
+        let (mut client, addr) = self.session(remote).await?;
+        let (lines, _) = client
+            .data(&format!("SUBSCRIBE {remote}"))
+            .await
+            .map_err(|e| refused(e, &format!("SUBSCRIBE {remote}")))?;
+        let _ = client.quit().await;
+        let reply = match SubscribeReply::decode(&lines) {
+            Ok(reply) => reply,
+            Err(e) => {
+                // Credentials this host cannot use are worth nothing: a
+                // copy it can name is cancelled again.
+                if let Some(copy) = lines.first().and_then(|l| FlowName::parse(l).ok()) {
+                    let _ = self.unsubscribe(remote, &copy).await;
+                }
+                return Err(PeerError::Unavailable(format!("SUBSCRIBE {remote}: {e}")));
+            }
+        };
+        Ok((
+            Subscribed {
+                copy: reply.copy,
+                credentials: reply.broker.map(pull_credentials_of),
+            },
+            addr,
+        ))
+    }
+
+    /// How to reach the broker publishing `flow` with `credentials`:
+    /// over TLS checked against the broker's name in DNS when the broker
+    /// requires it (which needs the peer's CA), in plain text only on
+    /// loopback. `None`: the credentials cannot be used safely, the copy is
+    /// read over FNAP.
+    pub(crate) async fn broker(
+        &self,
+        flow: &FlowName,
+        credentials: &PullCredentials,
+    ) -> Result<Option<RemoteBroker>, PeerError> {
+        let (host, urls, loopback) = self.broker_urls(flow).await?;
+        if !credentials.tls {
+            if loopback {
+                return Ok(Some(RemoteBroker { urls, tls: None }));
+            }
+            tracing::warn!(%flow, "the remote broker is plain text beyond loopback: reading over FNAP");
+            return Ok(None);
+        }
+        let Some(ca) = self.peer(flow).and_then(|p| p.ca.clone()) else {
+            tracing::warn!(%flow, "the remote broker requires TLS and no [[peers]] ca is set for it: reading over FNAP");
+            return Ok(None);
+        };
+        let tls = crate::tls::named_client_config(&ca, &host)
+            .map_err(|e| PeerError::Unavailable(format!("TLS to the broker of {flow}: {e}")))?;
+        Ok(Some(RemoteBroker {
+            urls,
+            tls: Some(tls),
+        }))
+    }
+
+    /// The broker host publishing `flow` (its `_queue` SRV record), the
+    /// `nats://` URLs of its addresses, and whether they are all loopback.
+    async fn broker_urls(&self, flow: &FlowName) -> Result<(String, Vec<String>, bool), PeerError> {
+        let unavailable = |e: DiscoveryError| PeerError::Unavailable(e.to_string());
+        let location = self.discovery.locate(flow).await.map_err(unavailable)?;
+        let Some((host, port, _)) = location.broker else {
+            return Err(PeerError::Unavailable(format!(
+                "{flow} publishes no broker (no _queue._flow._tcp SRV record)"
+            )));
+        };
+        let addresses = self.discovery.addresses(&host).await.map_err(unavailable)?;
+        if addresses.is_empty() {
+            return Err(PeerError::Unavailable(format!(
+                "the broker host {host} of {flow} has no address"
+            )));
+        }
+        let loopback = addresses
+            .iter()
+            .all(|ip| flowd_broker::embedded::is_loopback(*ip));
+        let urls = addresses
+            .into_iter()
+            .map(|ip| format!("nats://{}", SocketAddr::new(ip, port)))
+            .collect();
+        Ok((host, urls, loopback))
+    }
+
+    /// `UNSUBSCRIBE <copy>` at the remote host.
+    pub async fn unsubscribe(&self, remote: &FlowName, copy: &FlowName) -> Result<(), PeerError> {
+        let (mut client, _) = self.session(remote).await?;
+        client
+            .command(&format!("UNSUBSCRIBE {copy}"))
+            .await
+            .map_err(|e| refused(e, &format!("UNSUBSCRIBE {copy}")))?;
+        let _ = client.quit().await;
+        Ok(())
+    }
+}
+
+/// Where and how a remote broker is reached.
+pub(crate) struct RemoteBroker {
+    pub(crate) urls: Vec<String>,
+    pub(crate) tls: Option<rustls::ClientConfig>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowd_fnap::data::KeyValues;
+
+    /// The `broker-*` lines of a reply, read back as the relay reads them.
+    fn from_lines<S: AsRef<str>>(lines: &[S]) -> Result<Option<PullCredentials>, DataError> {
+        Ok(BrokerCredentials::decode(&KeyValues::decode(lines)?)?.map(pull_credentials_of))
+    }
+
+    fn to_lines(c: &PullCredentials) -> Vec<String> {
+        wire_credentials(c).encode()
+    }
+
+    /// These credentials if they can only pull the copy `stream`.
+    fn check_for(c: PullCredentials, stream: &str) -> Result<PullCredentials, DataError> {
+        let wire = wire_credentials(&c);
+        wire.check()?;
+        if wire.stream != stream {
+            return Err(DataError::Missing("broker-stream of the copy"));
+        }
+        Ok(pull_credentials_of(wire))
+    }
+
+    #[test]
+    fn reply_lines_round_trip_and_absent_means_none() {
+        let mut with_jwt = PullCredentials::new("ksdj898", "FLOW_ksdj898_time", false);
+        with_jwt.password = String::new();
+        with_jwt.jwt = Some("eyJ.x.y".into());
+        with_jwt.seed = Some("SUAB".into());
+        let mut lines = to_lines(&with_jwt);
+        assert!(!lines.iter().any(|l| l.starts_with("broker-password")));
+        assert_eq!(from_lines(&lines).expect("reads"), Some(with_jwt));
+        lines.retain(|l| !l.starts_with("broker-seed"));
+        assert!(from_lines(&lines).is_err(), "a token without its seed");
+        for tls in [false, true] {
+            let creds = PullCredentials::new("ksdj898", "FLOW_ksdj898_time", tls);
+            let mut lines = vec!["ksdj898.time".to_owned()];
+            lines.extend(to_lines(&creds));
+            assert_eq!(from_lines(&lines[1..]).expect("reads"), Some(creds.clone()));
+            assert_eq!(pull_credentials(&lines).expect("reads"), Some(creds));
+        }
+        assert_eq!(pull_credentials(&["x.y".to_owned()]).expect("reads"), None);
+        let err = from_lines(&["broker-type=kafka"]).expect_err("kafka");
+        assert!(err.to_string().contains("kafka"), "{err}");
+        let err = from_lines(&["broker-type=nats", "broker-user=u"]).expect_err("incomplete");
+        assert!(err.to_string().contains("broker-password"), "{err}");
+        let err = from_lines(&["broker-type=nats", "broker-tls=maybe"]).expect_err("unknown tls");
+        assert!(err.to_string().contains("maybe"), "{err}");
+    }
+
+    #[test]
+    fn a_remote_host_cannot_point_the_relay_elsewhere() {
+        let good = PullCredentials::new("abc", "FLOW_abc_x", false);
+        assert!(check_for(good.clone(), "FLOW_abc_x").is_ok());
+        assert!(
+            check_for(good.clone(), "FLOW_secret").is_err(),
+            "another stream"
+        );
+        let mut bad = good.clone();
+        bad.consumer = "processor.>".into();
+        assert!(
+            check_for(bad, "FLOW_abc_x").is_err(),
+            "a subject in the consumer"
+        );
+        let mut bad = good.clone();
+        bad.inbox = "flow".into();
+        assert!(
+            check_for(bad, "FLOW_abc_x").is_err(),
+            "an inbox outside _INBOX_"
+        );
+        let mut bad = good;
+        bad.api_prefix = "$JS.hub.API".into();
+        assert!(check_for(bad, "FLOW_abc_x").is_err(), "another API");
+    }
+}

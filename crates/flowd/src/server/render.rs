@@ -1,0 +1,130 @@
+//! Replies and data blocks from agent results.
+
+use super::*;
+
+/// What a command handler sends back.
+pub(super) enum Response {
+    One(Reply),
+    /// `220 DATA`, the lines, then the final reply.
+    Data(Vec<String>, Reply),
+    /// The handler wrote its reply itself (streamed data).
+    Sent {
+        success: bool,
+    },
+}
+
+pub(super) fn ok(text: impl Into<String>) -> Response {
+    Response::One(Reply::ok(text))
+}
+
+pub(super) fn error_reply(e: &AgentError) -> Reply {
+    let code = match e {
+        AgentError::NotFound { .. } => Code::NotFound,
+        AgentError::Exists { .. } => Code::Exists,
+        AgentError::Forbidden(_) => Code::Forbidden,
+        AgentError::Invalid(_) => Code::Invalid,
+        AgentError::Unavailable(_) => Code::TryLater,
+    };
+    Reply::new(code, e.to_string())
+}
+
+/// `key=value` lines (blank lines and `#` comments skipped).
+pub(super) fn key_values(lines: &[String]) -> Result<Vec<(String, String)>, Reply> {
+    let mut pairs = Vec::new();
+    for line in lines {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = framing::key_value(line)
+            .ok_or_else(|| Reply::new(Code::Arguments, format!("not key=value: {line}")))?;
+        pairs.push((k.to_owned(), v.to_owned()));
+    }
+    Ok(pairs)
+}
+
+pub(super) fn describe_flow(
+    info: &FlowInfo,
+    namespace: Option<flowd_broker::NamespaceName>,
+    urls: &str,
+) -> Vec<String> {
+    let s = &info.settings;
+    vec![
+        format!("flow={}", info.name),
+        format!("uri={}", info.uri),
+        format!(
+            "namespace={}",
+            namespace.map_or_else(|| "(none)".to_owned(), |n| n.to_string())
+        ),
+        "type=nats-jetstream".to_owned(),
+        format!("stream={}", info.stream),
+        format!("subject={}", info.subject),
+        format!("server={urls}"),
+        format!("public={}", s.public),
+        format!("events={}", info.events),
+        format!("bytes={}", info.bytes),
+        format!("first-sequence={}", info.first_sequence),
+        format!("last-sequence={}", info.last_sequence),
+        format!("max-age={}", s.max_age_secs),
+        format!("max-bytes={}", s.max_bytes),
+        format!("duplicate-window={}", s.duplicate_window_secs),
+    ]
+}
+
+pub(super) fn describe_processor(
+    spec: &flowd_engine::ProcessorSpec,
+    status: Option<&flowd_engine::Status>,
+) -> Vec<String> {
+    let mut lines = vec![
+        format!("id={}", spec.id),
+        format!("kind={}", spec.kind),
+        format!("component={}", spec.component),
+        format!("owner={}", spec.owner.as_deref().unwrap_or("(host)")),
+        format!("paused={}", spec.paused),
+        format!("generation={}", spec.generation),
+    ];
+    lines.extend(spec.inputs.iter().map(|f| format!("input={f}")));
+    lines.extend(spec.outputs.iter().map(|f| format!("output={f}")));
+    lines.push(format!("dead-letter={}", spec.dead_letter));
+    lines.extend(spec.config.iter().map(|(k, v)| format!("config.{k}={v}")));
+    if let Some(s) = status {
+        let phase = serde_json::to_value(s.phase)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        lines.push(format!("phase={phase}"));
+        lines.push(format!("events-in={}", s.events_in));
+        lines.push(format!("events-out={}", s.events_out));
+        lines.push(format!("errors={}", s.errors));
+        lines.push(format!("dead-lettered={}", s.dead_lettered));
+        if let Some(e) = &s.last_error {
+            lines.push(format!("last-error={e}"));
+        }
+    }
+    lines
+}
+
+pub(super) fn help(topic: Option<String>) -> Response {
+    match topic {
+        None => Response::Data(
+            command::USAGE
+                .iter()
+                .map(|(_, u)| (*u).to_owned())
+                .collect(),
+            Reply::ok("OK"),
+        ),
+        Some(topic) => match command::USAGE.iter().find(|(n, _)| *n == topic) {
+            Some((_, usage)) => Response::Data(vec![(*usage).to_owned()], Reply::ok("OK")),
+            None => Response::One(Reply::new(Code::Arguments, format!("no command {topic}"))),
+        },
+    }
+}
+
+pub(super) async fn write_line(writer: &mut Writer, line: &str) -> std::io::Result<()> {
+    writer.write_all(line.as_bytes()).await?;
+    writer.write_all(b"\r\n").await
+}
+
+pub(super) async fn send(writer: &mut Writer, reply: &Reply) -> std::io::Result<()> {
+    write_line(writer, &reply.to_string()).await?;
+    writer.flush().await
+}

@@ -1,0 +1,552 @@
+//! The binaries, end to end: `flowd run` over JSON lines, `flowd serve` with
+//! its embedded broker driven by the `flow` CLI, and `flow describe
+//! component`, with the real components built by `scripts/build-processors`.
+
+mod support;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use support::component;
+
+fn tour_events() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/tour/invoices.jsonl");
+    std::fs::read_to_string(path).expect("tour events")
+}
+
+fn run(bin: &str, args: &[&str], stdin: &str) -> Output {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("FLOWD_CACHE_DIR", cache.path())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("writes");
+    child.wait_with_output().expect("exits")
+}
+
+fn lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+const FLOWD: &str = env!("CARGO_BIN_EXE_flowd");
+
+#[test]
+fn flowd_run_filters_stdin_events() {
+    let filter = component("flow_filter");
+    let out = run(
+        FLOWD,
+        &[
+            "run",
+            "-c",
+            filter.to_str().unwrap_or_default(),
+            "-C",
+            "where=data.amount > 100",
+        ],
+        &tour_events(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = lines(&out);
+    let amounts: Vec<f64> = events
+        .iter()
+        .map(|e| e["data"]["amount"].as_f64().unwrap_or_default())
+        .collect();
+    assert_eq!(amounts, [250.0, 990.5, 120.0, 500.0]);
+    assert_eq!(events[3]["type"], "eson.raw", "the raw line was wrapped");
+    assert_eq!(events[0]["id"], "inv-1001");
+}
+
+#[test]
+fn flowd_run_tags_lines_with_outputs_for_a_distributor() {
+    let router = component("flow_router");
+    let out = run(
+        FLOWD,
+        &[
+            "run",
+            "-c",
+            router.to_str().unwrap_or_default(),
+            "-C",
+            "by=data.region",
+            "-o",
+            "eu",
+            "-o",
+            "us",
+        ],
+        &tour_events(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let routed: Vec<(String, String)> = lines(&out)
+        .iter()
+        .map(|l| {
+            (
+                l["output"].as_str().unwrap_or_default().to_owned(),
+                l["event"]["data"]["cust"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routed,
+        [
+            ("eu".to_string(), "acme".to_string()),
+            ("us".into(), "globex".into()),
+            ("us".into(), "initech".into()),
+            ("eu".into(), "hooli".into()),
+        ]
+    );
+}
+
+#[test]
+fn flowd_run_reports_a_failing_event_and_keeps_the_others() {
+    let transform = component("flow_transform");
+    let input = format!(
+        "{}\n{}\n",
+        r#"{"specversion":"1.0","id":"good","source":"urn:s","type":"t","datacontenttype":"application/json","data":{"a":1}}"#,
+        r#"{"specversion":"1.0","id":"bad","source":"urn:s","type":"t","datacontenttype":"text/plain","data":"not json"}"#
+    );
+    let out = run(
+        FLOWD,
+        &[
+            "run",
+            "-c",
+            transform.to_str().unwrap_or_default(),
+            "-C",
+            "set.data.b=2",
+        ],
+        &input,
+    );
+    assert!(out.status.success());
+    let events = lines(&out);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["data"], serde_json::json!({"a": 1, "b": 2}));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("event bad:") && stderr.contains("data is not JSON"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn flowd_run_fails_clearly_on_bad_config_and_bad_components() {
+    let filter = component("flow_filter");
+    let out = run(
+        FLOWD,
+        &[
+            "run",
+            "-c",
+            filter.to_str().unwrap_or_default(),
+            "-C",
+            "where=x ?? y",
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("rejected its configuration") && stderr.contains("`??`"),
+        "{stderr}"
+    );
+
+    let garbage = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(garbage.path(), b"not wasm at all").expect("write");
+    let out = run(
+        FLOWD,
+        &["run", "-c", garbage.path().to_str().unwrap_or_default()],
+        "",
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a WebAssembly component"), "{stderr}");
+}
+
+#[test]
+fn flow_describe_component_shows_kind_and_digest() {
+    let merge = component("flow_merge");
+    let out = run(
+        env!("CARGO_BIN_EXE_flow"),
+        &[
+            "describe",
+            "component",
+            merge.to_str().unwrap_or_default(),
+            "-o",
+            "json",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["kind"], "collector");
+    assert_eq!(json["world"], "eson:flow/collector-processor@0.1.0");
+    assert!(
+        json["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("sha256:")
+    );
+}
+
+#[test]
+fn flowd_account_adds_lists_and_removes_accounts() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let dir = state.path().to_str().unwrap_or_default();
+    let account = |args: &[&str], stdin: &str| {
+        let mut all = vec!["account", "--state-dir", dir];
+        all.extend_from_slice(args);
+        run(FLOWD, &all, stdin)
+    };
+    assert!(account(&["add", "alice"], "s3cret\n").status.success());
+    assert!(
+        account(&["add", "root", "--admin"], "pw\n")
+            .status
+            .success()
+    );
+    let listed = account(&["list"], "");
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout),
+        "alice\nroot admin\n"
+    );
+    let again = account(&["add", "alice"], "x\n");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("account `alice` already exists"));
+    let reserved = account(&["add", "local"], "x\n");
+    assert!(String::from_utf8_lossy(&reserved.stderr).contains("reserved"));
+    let empty = account(&["add", "bob"], "\n");
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("empty password"));
+    assert!(account(&["remove", "alice"], "").status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&account(&["list"], "").stdout),
+        "root admin\n"
+    );
+    let stored = std::fs::read_to_string(state.path().join("accounts.json")).expect("file");
+    assert!(stored.contains("$argon2id$"), "argon2id hashes: {stored}");
+    assert!(!stored.contains("s3cret"), "no password in clear");
+}
+
+/// The README's tour: `flowd serve` with no broker configured starts its own
+/// nats-server; the `flow` CLI finds the host, creates flows and a
+/// processor, writes and reads; `/metrics` reports the processor.
+#[test]
+fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let metrics_port = support::free_port();
+    let _host = support::KillOnDrop(
+        Command::new(FLOWD)
+            .args([
+                "serve",
+                "--metrics",
+                &format!("127.0.0.1:{metrics_port}"),
+                "--fnap",
+                "127.0.0.1:0",
+                "--fnap-tls",
+                "127.0.0.1:0",
+                "--fns",
+                "127.0.0.1:0",
+                "--api",
+                "127.0.0.1:0",
+                "--state-dir",
+            ])
+            .arg(state.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("flowd serve starts"),
+    );
+    let host_file = state.path().join("host.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !host_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flowd never became ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let flow = |args: &[&str], stdin: &str| {
+        let mut all = vec!["--state-dir", state.path().to_str().unwrap_or_default()];
+        all.extend_from_slice(args);
+        let out = run(env!("CARGO_BIN_EXE_flow"), &all, stdin);
+        assert!(
+            out.status.success(),
+            "flow {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    flow(&["create", "namespace", "tour.example.com"], "");
+    flow(&["create", "flow", "invoices.tour.example.com"], "");
+    flow(&["create", "flow", "large.tour.example.com"], "");
+    let filter = component("flow_filter");
+    let created = flow(
+        &[
+            "replicate",
+            "invoices.tour.example.com",
+            "large.tour.example.com",
+            "-c",
+            filter.to_str().unwrap_or_default(),
+            "-C",
+            "where=data.amount > 100",
+            "--id",
+            "large",
+        ],
+        "",
+    );
+    assert!(
+        created.contains("created bridge processor large"),
+        "{created}"
+    );
+    let wrote = flow(&["write", "invoices.tour.example.com"], &tour_events());
+    assert!(wrote.contains("wrote 5 event(s)"), "{wrote}");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let read = loop {
+        let read = flow(&["read", "large.tour.example.com", "--from-start"], "");
+        if read.lines().count() >= 4 || std::time::Instant::now() > deadline {
+            break read;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let ids: Vec<String> = read
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")["id"].to_string())
+        .collect();
+    assert_eq!(ids.len(), 4, "{read}");
+    assert!(ids.contains(&"\"inv-1003\"".to_string()));
+
+    let processors = flow(&["get", "processors"], "");
+    assert!(
+        processors.contains("large") && processors.contains("running"),
+        "{processors}"
+    );
+    let described = flow(&["describe", "flow", "large.tour.example.com"], "");
+    assert!(described.contains("events=4"), "{described}");
+
+    // The host's name service answers for the namespace it serves.
+    let host: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&host_file).expect("host.json"))
+            .expect("JSON");
+    let dns = host["fns"].as_str().expect("name service address");
+    let fnap = host["fnap"].as_str().expect("FNAP address");
+    let port = fnap.rsplit_once(':').map(|(_, p)| p).unwrap_or_default();
+    // (`tour.example.com` was created with `flow create namespace`; a
+    // top-level namespace gets its own zone.)
+    let nameserver = flow(
+        &[
+            "describe",
+            "nameserver",
+            "tour.example.com",
+            "--nameserver",
+            dns,
+        ],
+        "",
+    );
+    assert!(
+        nameserver.contains("agent=localhost")
+            && nameserver.contains(&format!("port={port}"))
+            && nameserver.contains("addresses=127.0.0.1"),
+        "{nameserver}"
+    );
+
+    let mut metrics = String::new();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).expect("metrics");
+    std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.0\r\n\r\n").expect("request");
+    std::io::Read::read_to_string(&mut stream, &mut metrics).expect("response");
+    assert!(
+        metrics.contains("flowd_processor_events_in_total{processor=\"large\"} 5"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("flowd_processor_events_out_total{processor=\"large\"} 4"));
+
+    let fails = |args: &[&str], expected: &str| {
+        let mut all = vec!["--state-dir", state.path().to_str().unwrap_or_default()];
+        all.extend_from_slice(args);
+        let out = run(env!("CARGO_BIN_EXE_flow"), &all, "");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "flow {args:?} should fail");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.contains(expected),
+            "flow {args:?}: the first line says why: {stderr}"
+        );
+    };
+    fails(
+        &["describe", "processor", "nope"],
+        "550 no such processor: nope",
+    );
+    fails(
+        &["create", "flow", "bad_name.tour.example.com"],
+        "label `bad_name`",
+    );
+    fails(
+        &["create", "flow", "large.tour.example.com"],
+        "553 flow already exists",
+    );
+    fails(
+        &["--anonymous", "write", "large.tour.example.com", "{}"],
+        "554 anonymous sessions cannot write",
+    );
+    fails(
+        &["create", "flow", "orders.elsewhere.example.org"],
+        "550 no such namespace",
+    );
+    let router = component("flow_router");
+    fails(
+        &[
+            "replicate",
+            "invoices.tour.example.com",
+            "large.tour.example.com",
+            "-c",
+            router.to_str().unwrap_or_default(),
+        ],
+        "the component is a distributor processor, but this command creates a bridge",
+    );
+    fails(
+        &[
+            "replicate",
+            "invoices.tour.example.com",
+            "missing.tour.example.com",
+            "-c",
+            filter.to_str().unwrap_or_default(),
+            "-C",
+            "where=type exists",
+        ],
+        "no such flow: missing.tour.example.com",
+    );
+
+    // The README's pipeline part: components pushed over the management
+    // API, a manifest applied twice (the second time changes nothing),
+    // events through Python, JavaScript and Rust steps.
+    for (file, name) in [
+        ("flow_enrich_py", "enrich-py"),
+        ("flow_filter_js", "filter-js"),
+        ("flow_transform", "transform"),
+        ("flow_router", "router"),
+    ] {
+        let path = component(file);
+        let pushed = flow(
+            &[
+                "component",
+                "push",
+                path.to_str().unwrap_or_default(),
+                "--name",
+                name,
+                "--version",
+                "1.0.0",
+            ],
+            "",
+        );
+        assert!(
+            pushed.starts_with(&format!("OK {name}@1.0.0 sha256:")),
+            "{pushed}"
+        );
+    }
+    let listed = flow(&["component", "ls"], "");
+    assert_eq!(listed.lines().count(), 4, "{listed}");
+    for f in ["orders", "eu", "us", "rest"] {
+        let _ = run(
+            env!("CARGO_BIN_EXE_flow"),
+            &[
+                "--state-dir",
+                state.path().to_str().unwrap_or_default(),
+                "create",
+                "flow",
+                &format!("{f}.tour.example.com"),
+            ],
+            "",
+        );
+    }
+    let manifest = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/tour/pipeline.yaml"),
+    )
+    .expect("tour manifest")
+    .replace("shop.example.com", "tour.example.com");
+    let applied = flow(&["apply", "-f", "-"], &manifest);
+    assert!(
+        applied.contains("created enrich,created,tag,route"),
+        "{applied}"
+    );
+    let again = flow(&["apply", "-f", "-"], &manifest);
+    assert!(
+        again.contains("created -, updated -, unchanged enrich,created,tag,route"),
+        "{again}"
+    );
+    let orders = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/tour/orders.jsonl"),
+    )
+    .expect("tour orders");
+    flow(&["write", "orders.tour.example.com"], &orders);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let eu = loop {
+        let read = flow(&["read", "eu.tour.example.com", "--from-start"], "");
+        if read.lines().count() >= 3 || std::time::Instant::now() > deadline {
+            break read;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    // Orders 3, 6 and 9 are created orders in region eu (n % 3 == 0); 12
+    // is cancelled.
+    let eu: Vec<serde_json::Value> = eu
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    let ids: Vec<&str> = eu.iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!(ids, ["order-3", "order-6", "order-9"], "{eu:?}");
+    for e in &eu {
+        assert_eq!(e["data"]["channel"], "web");
+        assert_eq!(e["data"]["tag"], "tour");
+    }
+    let described = flow(&["describe", "pipeline", "orders"], "");
+    assert!(
+        described.contains("step=route processor=orders-route runner=orders-enrich phase=running"),
+        "{described}"
+    );
+    let pipelines = flow(&["get", "pipelines"], "");
+    assert!(
+        pipelines.contains("orders") && pipelines.contains("4/4 steps running"),
+        "{pipelines}"
+    );
+    flow(&["delete", "pipeline", "orders"], "");
+    let bad = run(
+        env!("CARGO_BIN_EXE_flow"),
+        &[
+            "--state-dir",
+            state.path().to_str().unwrap_or_default(),
+            "apply",
+            "-f",
+            "-",
+        ],
+        &manifest.replace("filter-js@1.0.0", "filter-js@9.9.9"),
+    );
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr
+            .contains("-: line 19, column 16: step `created`: no such component: filter-js@9.9.9"),
+        "{stderr}"
+    );
+}

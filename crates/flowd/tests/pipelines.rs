@@ -1,0 +1,852 @@
+//! The management API (gRPC) and pipelines, against `flowd serve` processes
+//! on a real nats-server: uploads and their refusals, a manifest chaining
+//! Rust, Python and JavaScript components, idempotent re-application,
+//! a config change mid-stream, validation errors.
+
+mod support;
+
+use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
+use flowd::agent::Agent;
+use flowd::api::client::{ApiClient, Credentials};
+use flowd::api::proto;
+use flowd::config::HostFile;
+use flowd_broker::FlowName;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use support::flows::data;
+use support::{Flowd, Nats, api, component, eventually, flows};
+
+fn flow(name: &str) -> FlowName {
+    FlowName::parse(&format!("{name}.pipe.example.com")).expect("valid flow name")
+}
+
+async fn push(
+    api: &ApiClient,
+    name: &str,
+    version: &str,
+    bytes: Vec<u8>,
+) -> Result<proto::Component, tonic::Status> {
+    api.push(name, version, bytes, |_| {}).await
+}
+
+async fn push_file(api: &ApiClient, name: &str, file: &str) -> proto::Component {
+    let bytes = std::fs::read(component(file)).expect("component built");
+    push(api, name, "1.0.0", bytes)
+        .await
+        .expect("upload accepted")
+}
+
+async fn names(api: &ApiClient) -> BTreeSet<String> {
+    api.registry()
+        .list(proto::ListComponentsRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .components
+        .into_iter()
+        .map(|c| format!("{}@{}", c.name, c.version))
+        .collect()
+}
+
+async fn create_flows(agent: &Agent, names: &[&str]) {
+    for name in names {
+        flows::create(agent, &flow(name)).await;
+    }
+}
+
+async fn read_all(agent: &Agent, name: &str) -> Vec<Event> {
+    flows::read_all(agent, &flow(name)).await
+}
+
+async fn count(agent: &Agent, name: &str) -> u64 {
+    flows::count(agent, &flow(name)).await
+}
+
+async fn wait_count(agent: &Agent, name: &str, n: u64, within: Duration) {
+    flows::wait_count(agent, &flow(name), n, within).await
+}
+
+const REGIONS: [&str; 3] = ["eu", "us", "apac"];
+
+fn order(i: usize) -> Event {
+    EventBuilderV10::new()
+        .id(format!("o-{i}"))
+        .source("urn:test:shop")
+        .ty(if i.is_multiple_of(5) {
+            "cancelled.order"
+        } else {
+            "created.order"
+        })
+        .data(
+            "application/json",
+            json!({"n": i, "amount": i % 100, "region": REGIONS[i % 3]}),
+        )
+        .build()
+        .expect("valid event")
+}
+
+async fn write(agent: &Agent, name: &str, events: &[Event]) {
+    flows::write(agent, &flow(name), events).await
+}
+
+fn manifest(tag: &str) -> String {
+    format!(
+        "\
+apiVersion: flowd/v1
+kind: Pipeline
+name: orders
+inputs:
+  orders: flow://orders.pipe.example.com
+outputs:
+  eu: flow://eu.pipe.example.com
+  us: flow://us.pipe.example.com
+  rest: flow://rest.pipe.example.com
+steps:
+  - name: enrich                 # Python
+    component: enrich-py@1.0.0
+    from: orders
+    config:
+      set: channel=web
+  - name: created                # JavaScript
+    component: filter-js@1.0.0
+    from: enrich
+    config:
+      type: created.order
+  - name: tag                    # Rust
+    component: transform@1.0.0
+    from: created
+    config:
+      set.data.tag: {tag}
+  - name: route                  # Rust, fan-out, through a durable edge
+    component: router@1.0.0
+    kind: distributor
+    durable: true
+    from: tag
+    to: [eu, us, rest]
+    config:
+      by: data.region
+      route.eu: eu
+      route.us: us
+      default: rest
+limits:
+  deadline-ms: 5000
+  memory-mib: 256
+"
+    )
+}
+
+async fn pipeline(api: &ApiClient, name: &str) -> BTreeMap<String, proto::Processor> {
+    api.pipelines()
+        .get(proto::PipelineRef { name: name.into() })
+        .await
+        .expect("pipeline")
+        .into_inner()
+        .steps
+        .into_iter()
+        .map(|s| (s.name, s.processor.expect("processor")))
+        .collect()
+}
+
+/// (generation, started_ms) of every step, once each has started.
+async fn runs(api: &ApiClient) -> BTreeMap<String, (u64, u64)> {
+    eventually(Duration::from_secs(60), "every step running", || async {
+        let steps = pipeline(api, "orders").await;
+        let runs: BTreeMap<String, (u64, u64)> = steps
+            .iter()
+            .filter_map(|(name, p)| {
+                let st = p.status.as_ref()?;
+                (st.phase == "running" && st.generation == p.generation && st.started_ms > 0)
+                    .then(|| (name.clone(), (p.generation, st.started_ms)))
+            })
+            .collect();
+        (runs.len() == steps.len()).then_some(runs)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_chains_rust_python_and_javascript_steps_and_reapplies_minimally() {
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let _host = Flowd::start(&nats.url(), state.path());
+    let api = api(state.path()).await;
+    let agent = Agent::connect(&[nats.url()]).await.expect("agent");
+    create_flows(&agent, &["orders", "eu", "us", "rest"]).await;
+
+    for (name, file) in [
+        ("enrich-py", "flow_enrich_py"),
+        ("filter-js", "flow_filter_js"),
+        ("transform", "flow_transform"),
+        ("router", "flow_router"),
+    ] {
+        let c = push_file(&api, name, file).await;
+        assert_eq!(
+            c.kind,
+            if name == "router" {
+                "distributor"
+            } else {
+                "bridge"
+            }
+        );
+    }
+
+    let applied = api
+        .pipelines()
+        .apply(proto::ApplyRequest {
+            manifest: manifest("v1"),
+            dry_run: false,
+        })
+        .await
+        .expect("applied")
+        .into_inner();
+    assert_eq!(applied.created, vec!["enrich", "created", "tag", "route"]);
+    // enrich -> created -> tag run fused in one runner; route reads a flow.
+    let runners: BTreeMap<String, String> = api
+        .pipelines()
+        .get(proto::PipelineRef {
+            name: "orders".into(),
+        })
+        .await
+        .expect("pipeline")
+        .into_inner()
+        .steps
+        .into_iter()
+        .map(|s| (s.name, s.runner))
+        .collect();
+    assert_eq!(
+        runners,
+        [
+            ("created", "orders-enrich"),
+            ("enrich", "orders-enrich"),
+            ("route", "orders-route"),
+            ("tag", "orders-enrich"),
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .into()
+    );
+
+    // A first run, checked event by event.
+    let first: Vec<Event> = (0..300).map(order).collect();
+    write(&agent, "orders", &first).await;
+    let created: Vec<usize> = (0..300).filter(|i| i % 5 != 0).collect();
+    let per_region = |r: usize| created.iter().filter(|i| *i % 3 == r).count() as u64;
+    wait_count(&agent, "eu", per_region(0), Duration::from_secs(120)).await;
+    wait_count(&agent, "us", per_region(1), Duration::from_secs(30)).await;
+    wait_count(&agent, "rest", per_region(2), Duration::from_secs(30)).await;
+    for (name, region) in [("eu", 0), ("us", 1), ("rest", 2)] {
+        let events = read_all(&agent, name).await;
+        let ids: BTreeSet<String> = events.iter().map(|e| e.id().to_owned()).collect();
+        let want: BTreeSet<String> = created
+            .iter()
+            .filter(|i| *i % 3 == region)
+            .map(|i| format!("o-{i}"))
+            .collect();
+        assert_eq!(ids, want, "ids in {name}");
+        for e in &events {
+            let d = data(e);
+            assert_eq!(d["channel"], "web", "Python step enriched {}", e.id());
+            assert_eq!(d["tag"], "v1", "Rust step tagged {}", e.id());
+            assert_eq!(
+                e.ty(),
+                "created.order",
+                "JavaScript step filtered {}",
+                e.id()
+            );
+        }
+    }
+
+    // The same manifest again: nothing restarts.
+    let before = runs(&api).await;
+    let again = api
+        .pipelines()
+        .apply(proto::ApplyRequest {
+            manifest: manifest("v1"),
+            dry_run: false,
+        })
+        .await
+        .expect("re-applied")
+        .into_inner();
+    assert!(again.created.is_empty() && again.updated.is_empty() && again.removed.is_empty());
+    assert_eq!(again.unchanged.len(), 4);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(runs(&api).await, before, "no step restarted");
+
+    // One step's configuration changes in the middle of 50 000 events:
+    // only that step restarts, every event arrives once.
+    let total = 50_000;
+    let second: Vec<Event> = (300..300 + total).map(order).collect();
+    let (head, tail) = second.split_at(total / 2);
+    write(&agent, "orders", head).await;
+    let changed = api
+        .pipelines()
+        .apply(proto::ApplyRequest {
+            manifest: manifest("v2"),
+            dry_run: false,
+        })
+        .await
+        .expect("changed")
+        .into_inner();
+    assert_eq!(changed.updated, vec!["tag"]);
+    assert_eq!(changed.unchanged.len(), 3);
+    write(&agent, "orders", tail).await;
+    let expected: Vec<usize> = (0..300 + total).filter(|i| i % 5 != 0).collect();
+    let want = |r: usize| expected.iter().filter(|i| *i % 3 == r).count() as u64;
+    wait_count(&agent, "eu", want(0), Duration::from_secs(600)).await;
+    wait_count(&agent, "us", want(1), Duration::from_secs(60)).await;
+    wait_count(&agent, "rest", want(2), Duration::from_secs(60)).await;
+    let mut seen = BTreeSet::new();
+    let mut tags = BTreeMap::<String, usize>::new();
+    for name in ["eu", "us", "rest"] {
+        for e in read_all(&agent, name).await {
+            assert!(seen.insert(e.id().to_owned()), "{} arrived twice", e.id());
+            *tags
+                .entry(data(&e)["tag"].as_str().unwrap_or("").to_owned())
+                .or_default() += 1;
+        }
+    }
+    let want_ids: BTreeSet<String> = expected.iter().map(|i| format!("o-{i}")).collect();
+    assert_eq!(seen, want_ids, "every created order exactly once");
+    assert!(
+        tags.get("v2").copied().unwrap_or(0) > 0,
+        "the new configuration is in effect: {tags:?}"
+    );
+    assert_eq!(
+        tags.keys().cloned().collect::<BTreeSet<_>>(),
+        ["v1", "v2"].map(String::from).into()
+    );
+    let after = runs(&api).await;
+    for (step, run) in &after {
+        if step == "tag" {
+            assert_ne!(run, &before[step], "the changed step restarted");
+            assert_eq!(run.0, before[step].0 + 1);
+        } else {
+            assert_eq!(run, &before[step], "{step} did not restart");
+        }
+    }
+
+    // Steps change with the manifest, not one by one.
+    let refused = api
+        .processors()
+        .destroy(proto::ProcessorRef {
+            id: "orders-route".into(),
+        })
+        .await
+        .expect_err("a step is not destroyed alone");
+    assert!(
+        refused.message().contains("step of pipeline orders"),
+        "{refused:?}"
+    );
+
+    // Deleting tears every step down.
+    api.pipelines()
+        .delete(proto::PipelineRef {
+            name: "orders".into(),
+        })
+        .await
+        .expect("deleted");
+    let left = api
+        .processors()
+        .list(proto::ListProcessorsRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .processors;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_validated_shared_and_protected_while_in_use() {
+    let nats = Nats::start();
+    let (state_a, state_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let _a = Flowd::start(&nats.url(), state_a.path());
+    let _b = Flowd::start(&nats.url(), state_b.path());
+    let (a, b) = (api(state_a.path()).await, api(state_b.path()).await);
+
+    let filter = push_file(&a, "filter", "flow_filter").await;
+    assert_eq!(filter.kind, "bridge");
+    assert_eq!(filter.world, "eson:flow/bridge-processor@0.1.0");
+    assert!(filter.digest.starts_with("sha256:"));
+    // Pushing the same bytes again is a no-op; other bytes under the same
+    // version are refused.
+    push_file(&a, "filter", "flow_filter").await;
+    let taken = push(
+        &a,
+        "filter",
+        "1.0.0",
+        std::fs::read(component("flow_transform")).expect("built"),
+    )
+    .await
+    .expect_err("version taken");
+    assert_eq!(taken.code(), tonic::Code::AlreadyExists, "{taken:?}");
+
+    let refusals: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "garbage",
+            b"definitely not wasm".to_vec(),
+            "not a WebAssembly component",
+        ),
+        ("core", b"\0asm\x01\0\0\0".to_vec(), "core Wasm module"),
+        (
+            "command",
+            std::fs::read(component("guest-command")).expect("built"),
+            "not a flow processor",
+        ),
+        (
+            "netclient",
+            std::fs::read(component("guest_netclient")).expect("built"),
+            "wasi:sockets",
+        ),
+    ];
+    for (name, bytes, needle) in refusals {
+        let e = push(&a, name, "1.0.0", bytes).await.expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{name}: {e:?}");
+        assert!(e.message().contains(needle), "{name}: {}", e.message());
+    }
+    assert_eq!(
+        names(&a).await,
+        ["filter@1.0.0".to_owned()].into(),
+        "nothing else stored"
+    );
+
+    // The other host sees the upload (one object store on the broker).
+    assert_eq!(names(&b).await, names(&a).await);
+    let described = b
+        .registry()
+        .describe(proto::ComponentRef {
+            reference: "filter".into(),
+        })
+        .await
+        .expect("described")
+        .into_inner();
+    assert_eq!(described.digest, filter.digest);
+
+    // In use: refused; once the processor is gone, removed everywhere.
+    let agent = Agent::connect(&[nats.url()]).await.expect("agent");
+    create_flows(&agent, &["src", "dst"]).await;
+    b.processors()
+        .create(proto::CreateProcessorRequest {
+            id: "keep".into(),
+            kind: "bridge".into(),
+            component: "filter@1.0.0".into(),
+            config: vec![proto::ConfigEntry {
+                key: "where".into(),
+                value: "type == x".into(),
+            }],
+            inputs: vec![flow("src").to_string()],
+            outputs: vec![flow("dst").to_string()],
+            ..Default::default()
+        })
+        .await
+        .expect("processor created from a registered component");
+    let in_use = a
+        .registry()
+        .delete(proto::ComponentRef {
+            reference: "filter@1.0.0".into(),
+        })
+        .await
+        .expect_err("in use");
+    assert_eq!(in_use.code(), tonic::Code::FailedPrecondition);
+    assert!(in_use.message().contains("keep"), "{}", in_use.message());
+    a.processors()
+        .destroy(proto::ProcessorRef { id: "keep".into() })
+        .await
+        .expect("destroyed");
+    a.registry()
+        .delete(proto::ComponentRef {
+            reference: "filter@1.0.0".into(),
+        })
+        .await
+        .expect("removed");
+    assert!(names(&b).await.is_empty());
+
+    // Without credentials, nothing.
+    let host = HostFile::read(state_a.path())
+        .and_then(|h| h.api)
+        .expect("api");
+    let stranger = ApiClient::connect(
+        &format!("http://{host}"),
+        &Credentials::Password {
+            user: "nobody".into(),
+            password: "guess".into(),
+        },
+        None,
+    )
+    .await
+    .expect("connects");
+    let e = stranger
+        .registry()
+        .list(proto::ListComponentsRequest {})
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_errors_are_located_and_nothing_is_half_applied() {
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let _host = Flowd::start(&nats.url(), state.path());
+    let api = api(state.path()).await;
+    let agent = Agent::connect(&[nats.url()]).await.expect("agent");
+    create_flows(&agent, &["in", "out"]).await;
+    push_file(&api, "filter", "flow_filter").await;
+    push_file(&api, "router", "flow_router").await;
+
+    let cases: [(&str, &str, &str); 6] = [
+        (
+            "unknown component",
+            "name: p\ninputs: {a: flow://in.pipe.example.com}\noutputs: {b: flow://out.pipe.example.com}\nsteps:\n  - name: s\n    component: nope@1.0.0\n    from: a\n    to: b\n",
+            "line 6, column 16: step `s`: no such component: nope@1.0.0",
+        ),
+        (
+            "cycle",
+            "name: p\ninputs: {a: flow://in.pipe.example.com}\noutputs: {b: flow://out.pipe.example.com}\nsteps:\n  - {name: s, component: filter@1.0.0, from: [a, u], to: b}\n  - {name: t, component: filter@1.0.0, from: b}\n  - {name: u, component: filter@1.0.0, from: t}\n",
+            "form a cycle",
+        ),
+        (
+            "arity",
+            "name: p\ninputs: {a: flow://in.pipe.example.com}\noutputs: {b: flow://out.pipe.example.com, c: flow://in.pipe.example.com}\nsteps:\n  - name: s\n    component: filter@1.0.0\n    from: a\n    to: [b, c]\n",
+            "line 5, column 11: step `s` (bridge filter@1.0.0): a bridge writes exactly one output flow(s), 2 given",
+        ),
+        (
+            "kind",
+            "name: p\ninputs: {a: flow://in.pipe.example.com}\noutputs: {b: flow://out.pipe.example.com}\nsteps:\n  - name: s\n    component: router@1.0.0\n    kind: bridge\n    from: a\n    to: b\n",
+            "line 7, column 11: step `s` says kind bridge, but router@1.0.0 is a distributor",
+        ),
+        (
+            "unknown flow",
+            "name: p\ninputs: {a: flow://in.pipe.example.com}\noutputs: {b: flow://missing.pipe.example.com}\nsteps:\n  - {name: s, component: filter@1.0.0, from: a, to: b}\n",
+            "line 3, column 14: unknown flow flow://missing.pipe.example.com",
+        ),
+        (
+            "bad config",
+            "name: p\ninputs: {a: flow://in.pipe.example.com}\noutputs: {b: flow://out.pipe.example.com}\nsteps:\n  - name: s\n    component: filter@1.0.0\n    from: a\n    to: b\n    config: {colour: red}\n",
+            "line 5, column 11: step `s`:",
+        ),
+    ];
+    for (what, text, needle) in cases {
+        let e = api
+            .pipelines()
+            .apply(proto::ApplyRequest {
+                manifest: text.into(),
+                dry_run: false,
+            })
+            .await
+            .expect_err(what);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{what}: {e:?}");
+        assert!(e.message().contains(needle), "{what}: {}", e.message());
+    }
+    let listed = api
+        .pipelines()
+        .list(proto::ListPipelinesRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.pipelines.is_empty());
+    let processors = api
+        .processors()
+        .list(proto::ListProcessorsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(processors.processors.is_empty(), "nothing half-applied");
+
+    // A step's id (`<pipeline>-<step>`) that another processor has is
+    // refused: its keyed state and status live under that id.
+    api.processors()
+        .create(proto::CreateProcessorRequest {
+            id: "p-s".into(),
+            kind: "bridge".into(),
+            component: "filter@1.0.0".into(),
+            config: vec![proto::ConfigEntry {
+                key: "where".into(),
+                value: "type == x".into(),
+            }],
+            inputs: vec![flow("in").to_string()],
+            outputs: vec![flow("out").to_string()],
+            ..Default::default()
+        })
+        .await
+        .expect("a processor of its own");
+    let taken = api
+        .pipelines()
+        .apply(proto::ApplyRequest {
+            manifest: "name: p\ninputs: {a: flow://in.pipe.example.com}\noutputs: {b: flow://out.pipe.example.com}\nsteps:\n  - {name: s, component: filter@1.0.0, from: a, to: b, config: {where: type == y}}\n".into(),
+            dry_run: false,
+        })
+        .await
+        .expect_err("id taken");
+    assert_eq!(taken.code(), tonic::Code::AlreadyExists, "{taken:?}");
+    assert!(taken.message().contains("p-s"), "{}", taken.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_fused_step_dead_letters_its_events_and_the_rest_flows_on() {
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let _host = Flowd::start(&nats.url(), state.path());
+    let api = api(state.path()).await;
+    let agent = Agent::connect(&[nats.url()]).await.expect("agent");
+    create_flows(&agent, &["raw", "done"]).await;
+    push_file(&api, "transform", "flow_transform").await;
+    push_file(&api, "hostile", "guest_hostile").await;
+    let manifest = "\
+name: guarded
+inputs: {raw: flow://raw.pipe.example.com}
+outputs: {done: flow://done.pipe.example.com}
+steps:
+  - name: mark
+    component: transform@1.0.0
+    from: raw
+    config: {set.data.marked: true}
+  - name: risky
+    component: hostile@1.0.0
+    from: mark
+  - name: last
+    component: transform@1.0.0
+    from: risky
+    to: done
+    config: {set.data.last: true}
+limits: {deadline-ms: 2000, max-attempts: 2}
+";
+    api.pipelines()
+        .apply(proto::ApplyRequest {
+            manifest: manifest.into(),
+            dry_run: false,
+        })
+        .await
+        .expect("applied");
+    let events: Vec<Event> = (0..200)
+        .map(|i| {
+            EventBuilderV10::new()
+                .id(format!("g-{i}"))
+                .source("urn:test")
+                .ty(match i % 50 {
+                    7 => "test.fail",
+                    8 => "test.trap",
+                    _ => "test.ok",
+                })
+                .data("application/json", json!({"n": i}))
+                .build()
+                .expect("event")
+        })
+        .collect();
+    write(&agent, "raw", &events).await;
+    wait_count(&agent, "done", 192, Duration::from_secs(120)).await;
+    for e in read_all(&agent, "done").await {
+        assert_eq!(data(&e)["marked"], true);
+        assert_eq!(data(&e)["last"], true);
+    }
+    let dead = FlowName::parse("deadletter.guarded.pipelines.flowd").expect("flow");
+    let mut letters = Vec::new();
+    agent
+        .read(&dead, true, None, false, Duration::from_millis(500), |e| {
+            letters.push(e);
+            Ok(())
+        })
+        .await
+        .expect("dead letters");
+    let ids: BTreeSet<String> = letters.iter().map(|e| e.id().to_owned()).collect();
+    let want: BTreeSet<String> = (0..200)
+        .filter(|i| matches!(i % 50, 7 | 8))
+        .map(|i| format!("g-{i}"))
+        .collect();
+    assert_eq!(ids, want, "exactly the failing events are dead-lettered");
+    for e in &letters {
+        let error = e
+            .extension("deadlettererror")
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(error.contains("step guarded-risky"), "{error}");
+        // The original event, not the half-processed one.
+        assert_eq!(data(e).get("marked"), None, "{}", e.id());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fused_pipeline_killed_mid_run_delivers_every_event_once() {
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let host = Flowd::start(&nats.url(), state.path());
+    let api = api(state.path()).await;
+    let agent = Agent::connect(&[nats.url()]).await.expect("agent");
+    create_flows(&agent, &["in", "eu", "us", "rest"]).await;
+    push_file(&api, "transform", "flow_transform").await;
+    push_file(&api, "router", "flow_router").await;
+    let manifest = "\
+name: crash
+inputs: {in: flow://in.pipe.example.com}
+outputs:                          # components see these edge names
+  europe: flow://eu.pipe.example.com
+  america: flow://us.pipe.example.com
+  others: flow://rest.pipe.example.com
+steps:
+  - {name: a, component: transform@1.0.0, from: in, config: {set.data.a: 1}}
+  - {name: b, component: transform@1.0.0, from: a, config: {set.data.b: 2}}
+  - name: route
+    component: router@1.0.0
+    from: b
+    to: [europe, america, others]
+    config: {by: data.region, route.eu: europe, route.us: america, default: others}
+";
+    api.pipelines()
+        .apply(proto::ApplyRequest {
+            manifest: manifest.into(),
+            dry_run: false,
+        })
+        .await
+        .expect("applied");
+    let total = 30_000;
+    let events: Vec<Event> = (0..total).map(order).collect();
+    write(&agent, "in", &events[..total / 2]).await;
+    // Killed while it works through the first half.
+    eventually(Duration::from_secs(60), "some output", || async {
+        (count(&agent, "eu").await > 100).then_some(())
+    })
+    .await;
+    host.kill9();
+    write(&agent, "in", &events[total / 2..]).await;
+    let _again = Flowd::start(&nats.url(), state.path());
+    let want = |r: usize| (0..total).filter(|i| i % 3 == r).count() as u64;
+    wait_count(&agent, "eu", want(0), Duration::from_secs(300)).await;
+    wait_count(&agent, "us", want(1), Duration::from_secs(60)).await;
+    wait_count(&agent, "rest", want(2), Duration::from_secs(60)).await;
+    let mut seen = BTreeSet::new();
+    for name in ["eu", "us", "rest"] {
+        for e in read_all(&agent, name).await {
+            assert_eq!(data(&e)["a"], 1);
+            assert_eq!(data(&e)["b"], 2);
+            assert!(seen.insert(e.id().to_owned()), "{} twice", e.id());
+        }
+    }
+    assert_eq!(seen.len(), total);
+}
+
+/// Changing a step's parallelism while events flow (1 -> 3 -> 1) moves its
+/// input to the other kind of consumer from where the old one stood: every
+/// event comes out once; a wrong parallelism is refused with its location.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_parallelism_mid_stream_neither_loses_nor_repeats() {
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let _host = Flowd::start(&nats.url(), state.path());
+    let api = api(state.path()).await;
+    let agent = Agent::connect(&[nats.url()]).await.expect("agent");
+    create_flows(&agent, &["wide-in", "wide-out"]).await;
+    push_file(&api, "transform", "flow_transform").await;
+    let manifest = |parallelism: &str| {
+        format!(
+            "name: wide
+inputs: {{in: flow://wide-in.pipe.example.com}}
+outputs: {{out: flow://wide-out.pipe.example.com}}
+steps:
+  - name: mark
+    component: transform@1.0.0
+    from: in
+    to: out
+    parallelism: {parallelism}
+    config: {{set.data.marked: true}}
+"
+        )
+    };
+    let apply = |text: String| {
+        let api = api.clone();
+        async move {
+            api.pipelines()
+                .apply(proto::ApplyRequest {
+                    manifest: text,
+                    dry_run: false,
+                })
+                .await
+        }
+    };
+    let refused = apply(manifest("0")).await.expect_err("parallelism 0");
+    assert!(
+        refused.message().contains("line 9, column 18")
+            && refused.message().contains("parallelism must be 1 to 64"),
+        "{}",
+        refused.message()
+    );
+    apply(manifest("1")).await.expect("applied");
+    let total = 30_000;
+    let events: Vec<Event> = (0..total).map(order).collect();
+    write(&agent, "wide-in", &events[..10_000]).await;
+    eventually(Duration::from_secs(60), "some output", || async {
+        (count(&agent, "wide-out").await > 1000).then_some(())
+    })
+    .await;
+    apply(manifest("3")).await.expect("to three instances");
+    write(&agent, "wide-in", &events[10_000..20_000]).await;
+    eventually(Duration::from_secs(60), "more output", || async {
+        (count(&agent, "wide-out").await > 12_000).then_some(())
+    })
+    .await;
+    apply(manifest("1")).await.expect("back to one");
+    write(&agent, "wide-in", &events[20_000..]).await;
+    wait_count(&agent, "wide-out", total as u64, Duration::from_secs(180)).await;
+    let mut seen = BTreeSet::new();
+    for e in read_all(&agent, "wide-out").await {
+        assert_eq!(data(&e)["marked"], true);
+        assert!(seen.insert(e.id().to_owned()), "{} twice", e.id());
+    }
+    assert_eq!(seen.len(), total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_speaks_tls_with_the_hosts_certificate() {
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut config = flowd::config::Config::default();
+    config.participant.state_dir = state.path().to_owned();
+    config.nats.urls = vec![nats.url()];
+    config.metrics.listen = None;
+    config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
+    config.fnap.tls_listen = None;
+    config.fns.listen = None;
+    config.api.listen = Some(([127, 0, 0, 1], 0).into());
+    config.api.tls = true;
+    let host = flowd::daemon::Daemon::start(config)
+        .await
+        .expect("host starts");
+    let addr = host.api_addr().expect("API");
+    let file = HostFile::read(state.path()).expect("host.json");
+    assert!(file.api_tls);
+    let ca = std::fs::read(file.tls_cert.expect("certificate")).expect("certificate file");
+    let token =
+        std::fs::read_to_string(flowd::user_agent::local_token_path(state.path())).expect("token");
+    let credentials = Credentials::Token(token.trim().to_owned());
+    let tls = ApiClient::connect(
+        &format!("https://localhost:{}", addr.port()),
+        &credentials,
+        Some(&ca),
+    )
+    .await
+    .expect("TLS connection with the host's certificate");
+    tls.registry()
+        .list(proto::ListComponentsRequest {})
+        .await
+        .expect("listed over TLS");
+    // Plain text is not spoken on that port.
+    let plain = async {
+        ApiClient::connect(&format!("http://{addr}"), &credentials, None)
+            .await
+            .ok()?
+            .registry()
+            .list(proto::ListComponentsRequest {})
+            .await
+            .ok()
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), plain)
+            .await
+            .ok()
+            .flatten()
+            .is_none(),
+        "a plain-text client is not served"
+    );
+    host.shutdown().await;
+}

@@ -1,0 +1,92 @@
+//! Shared by the binary and engine tests: built components, a real
+//! nats-server per test, a `flowd serve` child process.
+
+#![allow(dead_code)]
+
+pub(crate) mod flows;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub(crate) use flowd_test_support::*;
+
+/// A `flowd serve` process.
+pub(crate) struct Flowd {
+    child: Child,
+}
+
+impl Flowd {
+    pub(crate) fn start(nats_url: &str, state_dir: &Path) -> Flowd {
+        Flowd::serve(|c| {
+            c.args([
+                "--nats",
+                nats_url,
+                "--metrics",
+                "off",
+                "--fnap",
+                "127.0.0.1:0",
+                "--fnap-tls",
+                "off",
+                "--fns",
+                "off",
+                "--api",
+                "127.0.0.1:0",
+                "--state-dir",
+            ])
+            .arg(state_dir);
+        })
+    }
+
+    /// `flowd serve --config <file>`.
+    pub(crate) fn start_with_config(config: &Path) -> Flowd {
+        Flowd::serve(|c| {
+            c.arg("--config").arg(config);
+        })
+    }
+
+    /// `flowd serve` with the arguments `args` adds.
+    fn serve(args: impl FnOnce(&mut Command)) -> Flowd {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flowd"));
+        command.arg("serve");
+        args(&mut command);
+        let child = command
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("flowd starts");
+        Flowd { child }
+    }
+
+    /// SIGKILL: no shutdown, no flushing, nothing.
+    pub(crate) fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Flowd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The API of the `flowd serve` whose state directory is `state`.
+pub(crate) async fn api(state: &Path) -> flowd::api::client::ApiClient {
+    let host = eventually(
+        Duration::from_secs(20),
+        "host.json with the API",
+        || async { flowd::config::HostFile::read(state).and_then(|h| h.api) },
+    )
+    .await;
+    let token = std::fs::read_to_string(flowd::user_agent::local_token_path(state)).expect("token");
+    flowd::api::client::ApiClient::connect(
+        &format!("http://{host}"),
+        &flowd::api::client::Credentials::Token(token.trim().to_owned()),
+        None,
+    )
+    .await
+    .expect("API connects")
+}

@@ -1,0 +1,497 @@
+//! The Flow Processor host: WebAssembly components run sandboxed.
+//!
+//! [`wit`] holds the processor contract as wasmtime bindings (they do not
+//! leave this crate except as [`Batch`]); [`pipe`] runs one processor over
+//! event files (`flowd run`).
+//!
+//! A [`Host`] owns one wasmtime engine (pooling allocator, epoch
+//! interruption), the linker with the imports a processor is granted, and the
+//! on-disk cache of compiled components. [`Host::load`] turns component bytes
+//! into a [`ProcessorComponent`] (compiled once, pre-instantiated, its
+//! [`Kind`] detected); [`Host::create`] makes a running [`Processor`] of it.
+//!
+//! Every call runs under the processor's [`Limits`]: a memory cap, a CPU
+//! deadline (epoch interruption), optional fuel and a state quota. A call that
+//! traps or hits a limit returns a typed [`CallError`]; the poisoned instance
+//! is discarded and the next call gets a fresh one, so one bad event never
+//! takes the processor, or the host, down.
+
+mod cache;
+mod error;
+mod kind;
+pub mod pipe;
+mod processor;
+mod sandbox;
+pub mod state;
+pub mod wit;
+
+pub use error::{CallError, CheckError, CreateError, GuestError, LoadError};
+pub use kind::Kind;
+pub use processor::{Outcome, Processor, ProcessorSetup};
+/// A packed batch as the bindings type it: what [`Processor::process`]
+/// takes. [`flowd_core::event::packed`] builds the same record.
+pub use wit::types::Batch;
+
+impl From<flowd_core::event::packed::Batch> for Batch {
+    fn from(b: flowd_core::event::packed::Batch) -> Batch {
+        Batch {
+            bytes: b.bytes,
+            events: b.events,
+            extensions: b.extensions,
+        }
+    }
+}
+
+impl flowd_core::event::packed::Packed for Batch {
+    fn view(&self) -> flow_abi::View<'_> {
+        flow_abi::View::new(&self.bytes, &self.events, &self.extensions)
+    }
+}
+
+use cache::ArtifactCache;
+use sandbox::Sandbox;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime::component::{ComponentExportIndex, HasSelf, InstancePre, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+/// Engine-wide settings of a host.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Where compiled components are cached; `None` disables the disk cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Processor instances that can be alive at once (pooling allocator).
+    pub max_instances: u32,
+    /// Ceiling for any processor's memory cap (size of a pool slot).
+    pub max_memory: usize,
+    /// Granularity of CPU deadlines.
+    pub epoch_tick: Duration,
+    /// Enables fuel metering, so [`Limits::fuel`] can be used. It slows
+    /// guests down, so it is off by default.
+    pub fuel: bool,
+    /// WASI interface families a component may import although they reach
+    /// outside the sandbox (`wasi:sockets`, `wasi:http`). Processors get no
+    /// network capability either way; refusing the import at load time
+    /// tells the author at upload rather than at the first failed call.
+    pub granted: Vec<String>,
+}
+
+/// `sha256:<hex>` of a component's bytes: its identity in the compile
+/// cache and the key it is stored under in the broker.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// WASI packages refused unless granted in [`HostConfig::granted`].
+pub const GUARDED_WASI: [&str; 2] = ["wasi:sockets", "wasi:http"];
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            cache_dir: None,
+            max_instances: 256,
+            max_memory: 1 << 30,
+            epoch_tick: Duration::from_millis(5),
+            fuel: false,
+            granted: Vec::new(),
+        }
+    }
+}
+
+/// What one processor may use, per instance and per call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Linear memory cap in bytes (default 64 MiB).
+    pub memory: usize,
+    /// CPU deadline of one call (default 100 ms).
+    pub deadline: Duration,
+    /// Fuel per call, when the host has fuel enabled (`None`: unlimited).
+    pub fuel: Option<u64>,
+    /// Keyed state quota in bytes, keys plus values (default 16 MiB).
+    pub state: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: 64 << 20,
+            deadline: Duration::from_millis(100),
+            fuel: None,
+            state: 16 << 20,
+        }
+    }
+}
+
+/// Why a host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("cannot configure the Wasm engine: {0}")]
+    Engine(String),
+    #[error("cannot use cache directory {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The exports of a kind, located once per component.
+#[derive(Clone)]
+pub(crate) enum KindIndices {
+    Bridge(wit::bridge::GuestIndices),
+    Collector(wit::collector::GuestIndices),
+    Distributor(wit::distributor::GuestIndices),
+    Signal(wit::signal::GuestIndices),
+}
+
+/// A component compiled, checked and ready to instantiate.
+pub struct ProcessorComponent {
+    kind: Kind,
+    digest: String,
+    size: usize,
+    imports: Vec<String>,
+    pub(crate) pre: InstancePre<Sandbox>,
+    pub(crate) indices: KindIndices,
+    pub(crate) lifecycle: [ComponentExportIndex; 3],
+}
+
+impl ProcessorComponent {
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// `sha256:<hex>` of the component bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Size of the component in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The interfaces the component imports.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+}
+
+impl std::fmt::Debug for ProcessorComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessorComponent")
+            .field("kind", &self.kind)
+            .field("digest", &self.digest)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+/// The Wasm processor host. Cheap to share (`Arc`); one per process is enough.
+pub struct Host {
+    engine: Engine,
+    linker: Linker<Sandbox>,
+    cache: Option<ArtifactCache>,
+    config: HostConfig,
+    loaded: Mutex<HashMap<String, Arc<ProcessorComponent>>>,
+    _ticker: EpochTicker,
+}
+
+impl Host {
+    pub fn new(config: HostConfig) -> Result<Host, HostError> {
+        let engine_error = |e: wasmtime::Error| HostError::Engine(format!("{e:#}"));
+        let mut pool = PoolingAllocationConfig::default();
+        let n = config.max_instances;
+        // Components from other toolchains are made of many core modules
+        // (componentize-py: an interpreter, libc and adapters, each with its
+        // own memory and tables), so the per-component ceilings are well
+        // above what a Rust guest (one module) needs. Slots are virtual
+        // reservations; the memory cap is enforced per store.
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(8).max(128))
+            .total_memories(n.saturating_mul(4).max(32))
+            .total_tables(n.saturating_mul(8).max(128))
+            .total_stacks(n)
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(16)
+            .max_tables_per_component(64)
+            .max_memory_size(config.max_memory);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .consume_fuel(config.fuel)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(engine_error)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
+        wit::Host_::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |s| s)
+            .map_err(engine_error)?;
+
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(ArtifactCache::new(dir.clone(), &engine).map_err(|source| {
+                HostError::Cache {
+                    path: dir.clone(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
+        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick);
+        Ok(Host {
+            engine,
+            linker,
+            cache,
+            config,
+            loaded: Mutex::new(HashMap::new()),
+            _ticker: ticker,
+        })
+    }
+
+    pub fn config(&self) -> &HostConfig {
+        &self.config
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Loads a component file.
+    pub fn load_file(&self, path: &Path) -> Result<Arc<ProcessorComponent>, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.load(&bytes)
+    }
+
+    /// Compiles (or fetches from cache), checks and pre-instantiates a
+    /// component. Loading the same bytes again returns the same component.
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<ProcessorComponent>, LoadError> {
+        let digest = digest(bytes);
+        if let Some(found) = self.loaded_components().get(&digest) {
+            return Ok(found.clone());
+        }
+        check_header(bytes)?;
+        let compile_error = |e: wasmtime::Error| LoadError::Compile {
+            reason: format!("{e:#}"),
+        };
+        let component = match &self.cache {
+            Some(cache) => {
+                let key = digest.trim_start_matches("sha256:");
+                cache
+                    .get_or_compile(&self.engine, key, bytes)
+                    .map_err(compile_error)?
+                    .0
+            }
+            None => {
+                wasmtime::component::Component::new(&self.engine, bytes).map_err(compile_error)?
+            }
+        };
+
+        let ty = component.component_type();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        let kind = Kind::detect(exports.iter().map(String::as_str))?;
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        let foreign: Vec<&str> = imports
+            .iter()
+            .map(String::as_str)
+            .filter(|i| !i.starts_with("wasi:") && !i.starts_with("eson:flow/"))
+            .collect();
+        if !foreign.is_empty() {
+            return Err(LoadError::UnsatisfiedImport {
+                reason: format!(
+                    "{} (a processor may import eson:flow/log, state and clock, and WASI)",
+                    foreign.join(", ")
+                ),
+            });
+        }
+        let guarded: Vec<&str> = imports
+            .iter()
+            .map(String::as_str)
+            .filter(|i| {
+                GUARDED_WASI.iter().any(|g| {
+                    i.starts_with(&format!("{g}/")) && !self.config.granted.iter().any(|x| x == g)
+                })
+            })
+            .collect();
+        if !guarded.is_empty() {
+            return Err(LoadError::NotGranted {
+                imports: guarded.join(", "),
+            });
+        }
+        let pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::UnsatisfiedImport {
+                    reason: format!("{e:#}"),
+                })?;
+
+        let wrong = |e: wasmtime::Error| LoadError::WrongSignature {
+            kind,
+            reason: format!("{e:#}"),
+        };
+        let indices = match kind {
+            Kind::Bridge => {
+                KindIndices::Bridge(wit::bridge::GuestIndices::new(&pre).map_err(wrong)?)
+            }
+            Kind::Collector => {
+                KindIndices::Collector(wit::collector::GuestIndices::new(&pre).map_err(wrong)?)
+            }
+            Kind::Distributor => {
+                KindIndices::Distributor(wit::distributor::GuestIndices::new(&pre).map_err(wrong)?)
+            }
+            Kind::Signal => {
+                KindIndices::Signal(wit::signal::GuestIndices::new(&pre).map_err(wrong)?)
+            }
+        };
+        let lifecycle = kind::LIFECYCLE.map(|name| component.get_export_index(None, name));
+        let [Some(init), Some(update), Some(teardown)] = lifecycle else {
+            // `Kind::detect` saw all three names among the exports.
+            return Err(LoadError::MissingExport {
+                kind,
+                missing: "init/update/teardown".into(),
+            });
+        };
+        let loaded = Arc::new(ProcessorComponent {
+            kind,
+            digest: digest.clone(),
+            size: bytes.len(),
+            imports,
+            pre,
+            indices,
+            lifecycle: [init, update, teardown],
+        });
+        // Type-check every export once, now, rather than on first use.
+        processor::typecheck(self, &loaded)
+            .map_err(|e| LoadError::WrongSignature { kind, reason: e })?;
+        self.loaded_components().insert(digest, loaded.clone());
+        Ok(loaded)
+    }
+
+    fn loaded_components(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ProcessorComponent>>> {
+        // A panic while holding this lock leaves the map consistent (inserts
+        // are single operations), so a poisoned lock is still usable.
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loads `bytes` and sets an instance up with `setup`, as running them
+    /// would, then drops it: whether the component is of the `expected`
+    /// kind and accepts its configuration, before anything is stored.
+    pub fn check(
+        &self,
+        bytes: &[u8],
+        expected: Option<Kind>,
+        setup: ProcessorSetup,
+        limits: Limits,
+    ) -> Result<(), CheckError> {
+        let component = self.load(bytes)?;
+        if let Some(expected) = expected
+            && component.kind() != expected
+        {
+            return Err(CheckError::WrongKind {
+                found: component.kind(),
+                expected,
+            });
+        }
+        let processor = self.create(component, setup, limits)?;
+        let _ = processor.teardown();
+        Ok(())
+    }
+
+    /// Creates a running processor: instantiates the component and calls its
+    /// `init` with the setup.
+    pub fn create(
+        &self,
+        component: Arc<ProcessorComponent>,
+        setup: ProcessorSetup,
+        limits: Limits,
+    ) -> Result<Processor, CreateError> {
+        Processor::create(self, component, setup, limits, None)
+    }
+
+    /// [`Host::create`] with keyed state restored from elsewhere (the
+    /// broker), so a processor resumes with the windows it had.
+    pub fn create_with_state(
+        &self,
+        component: Arc<ProcessorComponent>,
+        setup: ProcessorSetup,
+        limits: Limits,
+        state: state::KeyedState,
+    ) -> Result<Processor, CreateError> {
+        Processor::create(self, component, setup, limits, Some(state))
+    }
+
+    /// Epoch ticks that make up `deadline`, rounded up.
+    pub(crate) fn deadline_ticks(&self, deadline: Duration) -> u64 {
+        let tick = self.config.epoch_tick.as_nanos().max(1);
+        (deadline.as_nanos().div_ceil(tick) as u64).max(1)
+    }
+
+    pub(crate) fn new_store(&self, data: Sandbox) -> Store<Sandbox> {
+        Store::new(&self.engine, data)
+    }
+}
+
+/// Rejects what is not a component before handing it to the compiler, with a
+/// message a user can act on.
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE: [u8; 4] = [1, 0, 0, 0];
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err(LoadError::NotAComponent {
+            core_module: false,
+            reason: "the file does not start with the WebAssembly magic number".into(),
+        });
+    }
+    if bytes[4..8] == CORE {
+        return Err(LoadError::NotAComponent {
+            core_module: true,
+            reason: "core module header".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Advances the engine's epoch every tick, which is what enforces deadlines.
+struct EpochTicker {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine, tick: Duration) -> Self {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("flowd-epoch".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        EpochTicker {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
