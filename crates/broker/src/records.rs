@@ -3,10 +3,12 @@
 //! is JSON under a key, listed, read and written the same way.
 //!
 //! One policy for a record that does not decode (written by a newer host,
-//! or damaged): it is logged with its bucket and key and **skipped** by
-//! listings, so one bad record never hides the others; [`Records::get`]
-//! reports it as [`RecordError::Unreadable`], never as absent, so nothing
-//! is created over it. Broker failures are [`RecordError::Unavailable`]
+//! or damaged): [`Records::get`] reports it as [`RecordError::Unreadable`],
+//! never as absent, so nothing is created over it; [`Records::list`] logs
+//! it with its bucket and key and skips it, so one bad record never hides
+//! the others from a listing. Whoever decides on access from the records
+//! (namespaces) reads each with `get`, so an unreadable one fails the
+//! decision closed. Broker failures are [`RecordError::Unavailable`]
 //! (transient).
 
 use async_nats::jetstream::kv;

@@ -33,12 +33,17 @@ impl Agent {
         {
             return Ok(records.clone());
         }
-        let stored = Records::<NamespaceRecord>::new(self.namespaces.clone(), NAMESPACES)
-            .list("")
-            .await?;
+        // Access decisions need every record: one that cannot be read fails
+        // the look-up (closed) instead of being skipped, which would hand
+        // its flows to the parent namespace's rules or let it be created
+        // again over the unreadable one.
+        let stored = Records::<NamespaceRecord>::new(self.namespaces.clone(), NAMESPACES);
         let mut records = BTreeMap::new();
-        for (key, record) in stored {
-            if let Ok(name) = NamespaceName::parse(&key) {
+        for key in stored.keys().await? {
+            let Ok(name) = NamespaceName::parse(&key) else {
+                continue;
+            };
+            if let Some(record) = stored.get(&key).await? {
                 records.insert(name, record);
             }
         }
