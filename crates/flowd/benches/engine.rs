@@ -28,7 +28,7 @@ use flowd_wasm::{Host, HostConfig};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{component, nats};
+use support::{Nats, component};
 
 const EVENTS: usize = 50_000;
 
@@ -161,8 +161,8 @@ async fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let server = nats()?;
-    let url = server.url.clone();
+    let server = Nats::start();
+    let url = server.url();
     let state = tempfile::tempdir()?;
     let mut config = Config::default();
     config.participant.state_dir = state.path().to_owned();

@@ -23,7 +23,7 @@ use flowd_engine::registry::Registry;
 use flowd_wasm::{Host, HostConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{component, nats};
+use support::{Nats, component};
 
 const EVENTS: usize = 40_000;
 
@@ -50,8 +50,8 @@ async fn count(agent: &Agent, name: &str) -> Result<u64> {
 
 /// One run on `hosts` hosts: events/s, and the events each host took in.
 async fn run(hosts: usize) -> Result<(f64, Vec<(String, u64)>)> {
-    let server = nats()?;
-    let url = server.url.clone();
+    let server = Nats::start();
+    let url = server.url();
     let mut states = Vec::new();
     let mut daemons = Vec::new();
     for i in 0..hosts {

@@ -95,12 +95,6 @@ impl From<flowd_engine::ComponentError> for AgentError {
     }
 }
 
-/// A broker operation that failed (the broker is down, overloaded or
-/// timing out): transient, so [`AgentError::Unavailable`].
-fn broker_failed(what: impl std::fmt::Display, e: impl std::fmt::Display) -> AgentError {
-    AgentError::Unavailable(format!("{what}: {e}"))
-}
-
 impl From<anyhow::Error> for AgentError {
     /// Keeps the class of a typed error carried by `e` (broker, records,
     /// components, the agent's own); anything else is a request that
@@ -485,7 +479,7 @@ impl Agent {
             .processors
             .put(&spec.id, json.into())
             .await
-            .map_err(|e| broker_failed(format!("storing processor {}", spec.id), e))?;
+            .map_err(|e| unavailable(format!("storing processor {}: {e}", spec.id)))?;
         Ok(())
     }
 
@@ -587,7 +581,7 @@ impl Agent {
             .processors
             .delete(id)
             .await
-            .map_err(|e| broker_failed(format!("deleting processor {id}"), e))?;
+            .map_err(|e| unavailable(format!("deleting processor {id}: {e}")))?;
         Ok(())
     }
 }

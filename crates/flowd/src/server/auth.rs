@@ -86,27 +86,9 @@ impl Session {
                         }
                     }
                 };
-                if token.trim() == "*" {
-                    return Ok(Response::One(Reply::new(
-                        Code::Arguments,
-                        "authentication cancelled",
-                    )));
-                }
-                let credentials = base64::engine::general_purpose::STANDARD
-                    .decode(token.trim())
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .and_then(|s| {
-                        let mut parts = s.split('\0');
-                        let (authz, user, password) = (parts.next()?, parts.next()?, parts.next()?);
-                        (parts.next().is_none() && (authz.is_empty() || authz == user))
-                            .then(|| (user.to_owned(), password.to_owned()))
-                    });
-                let Some((user, password)) = credentials else {
-                    return Ok(Response::One(Reply::new(
-                        Code::Arguments,
-                        "not a SASL PLAIN response (base64 of \\0user\\0password)",
-                    )));
+                let PlainCredentials { user, password } = match PlainCredentials::decode(&token) {
+                    Ok(credentials) => credentials,
+                    Err(e) => return Ok(Response::One(Reply::new(Code::Arguments, e.to_string()))),
                 };
                 let ctx = &self.shared.ctx;
                 let verified = ctx.agent.login(&ctx.state_dir, &user, &password).await;

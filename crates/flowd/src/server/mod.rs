@@ -45,6 +45,7 @@ use flowd_fnap::command::{self, Command, Mechanism, Start};
 use flowd_fnap::data::{Outcome as _, ProcessorUpdated, WriteFailed, Written};
 use flowd_fnap::framing::{self, Line};
 use flowd_fnap::reply::{Code, Reply};
+use flowd_fnap::sasl::PlainCredentials;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

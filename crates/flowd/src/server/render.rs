@@ -104,18 +104,10 @@ pub(super) fn describe_processor(
 }
 
 pub(super) fn help(topic: Option<String>) -> Response {
-    match topic {
-        None => Response::Data(
-            command::USAGE
-                .iter()
-                .map(|(_, u)| (*u).to_owned())
-                .collect(),
-            Reply::ok("OK"),
-        ),
-        Some(topic) => match command::USAGE.iter().find(|(n, _)| *n == topic) {
-            Some((_, usage)) => Response::Data(vec![(*usage).to_owned()], Reply::ok("OK")),
-            None => Response::One(Reply::new(Code::Arguments, format!("no command {topic}"))),
-        },
+    match flowd_fnap::session::help(topic.as_deref()) {
+        flowd_fnap::session::Response::Data { lines, end } => Response::Data(lines, end),
+        flowd_fnap::session::Response::Reply(reply) => Response::One(reply),
+        other => unreachable!("HELP answers a reply or a data block, not {other:?}"),
     }
 }
 
