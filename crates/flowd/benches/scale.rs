@@ -96,7 +96,7 @@ steps:
     // Wait until the three instances run (their leases are taken).
     let leases = broker
         .jetstream()
-        .get_key_value(flowd_broker::cluster::LEASES)
+        .get_key_value(flowd_core::buckets::LEASES)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -129,7 +129,7 @@ steps:
     }
     let agents = broker
         .jetstream()
-        .get_key_value(flowd_broker::cluster::AGENTS)
+        .get_key_value(flowd_core::buckets::AGENTS)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     // A heartbeat after the warm-up, so that it is not counted below.

@@ -38,6 +38,10 @@ pub enum AccountError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    /// The shared accounts could not be read or written (the broker is
+    /// unavailable): try again later.
+    #[error("{0}")]
+    Unavailable(#[from] flowd_broker::RecordError),
 }
 
 /// One account.
@@ -168,7 +172,7 @@ fn verify_with(account: Option<&Account>, user: &str, password: &str) -> Option<
     }
 }
 
-pub use flowd_core::buckets::ACCOUNTS as SHARED;
+use flowd_core::buckets::ACCOUNTS as SHARED;
 
 /// An account as shared: which host published it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -180,7 +184,7 @@ struct Published {
 /// The accounts of the participant's hosts, shared through the broker.
 #[derive(Clone)]
 pub struct SharedAccounts {
-    store: async_nats::jetstream::kv::Store,
+    records: flowd_broker::Records<Published>,
     host_id: String,
     /// This host's state directory, whose accounts file is read first.
     local: Option<PathBuf>,
@@ -192,7 +196,7 @@ impl SharedAccounts {
         host_id: &str,
     ) -> Result<SharedAccounts, flowd_broker::BrokerError> {
         Ok(SharedAccounts {
-            store: broker.kv(SHARED).await?,
+            records: flowd_broker::Records::new(broker.kv(SHARED).await?, SHARED),
             host_id: host_id.to_owned(),
             local: None,
         })
@@ -206,44 +210,26 @@ impl SharedAccounts {
     }
 
     /// Publishes the accounts of this host's file, and withdraws those it
-    /// published before that are no longer in it.
+    /// published before that are no longer in it (an unreadable record is
+    /// left alone: it cannot be told whose it is).
     pub async fn publish(&self, state_dir: &Path) -> Result<(), AccountError> {
-        let shared = |e: &dyn std::fmt::Display| AccountError::Invalid(format!("{SHARED}: {e}"));
-        let path = state_dir.to_owned();
-        let local = tokio::task::spawn_blocking(move || Accounts::load(&path))
-            .await
-            .map_err(|e| shared(&e))??;
-        let mut keys = self.store.keys().await.map_err(|e| shared(&e))?;
-        let mut names = Vec::new();
-        while let Some(key) = futures::StreamExt::next(&mut keys).await {
-            names.push(key.map_err(|e| shared(&e))?);
-        }
-        for name in names {
-            if local.accounts.contains_key(&name) {
-                continue;
-            }
-            let mine = self
-                .store
-                .get(&name)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|v| serde_json::from_slice::<Published>(&v).ok())
-                .is_some_and(|p| p.by == self.host_id);
-            if mine {
-                self.store.purge(&name).await.map_err(|e| shared(&e))?;
+        let local = load_blocking(state_dir.to_owned()).await?;
+        for (name, published) in self.records.list("").await? {
+            if published.by == self.host_id && !local.accounts.contains_key(&name) {
+                self.records.store().purge(&name).await.map_err(|e| {
+                    flowd_broker::RecordError::Unavailable {
+                        bucket: SHARED.to_owned(),
+                        reason: e.to_string(),
+                    }
+                })?;
             }
         }
         for (name, account) in local.accounts {
-            let json = serde_json::to_vec(&Published {
+            let published = Published {
                 account,
                 by: self.host_id.clone(),
-            })
-            .map_err(|e| shared(&e))?;
-            self.store
-                .put(&name, json.into())
-                .await
-                .map_err(|e| shared(&e))?;
+            };
+            self.records.put(&name, &published).await?;
         }
         Ok(())
     }
@@ -276,12 +262,11 @@ impl SharedAccounts {
     }
 
     /// Who `user` is now, if any host of the participant still has the
-    /// account; `Err` when the broker cannot say.
+    /// account; `Err` when the broker cannot say (an unreadable record is
+    /// an error too, never "no such account").
     pub async fn identity(&self, user: &str) -> Result<Option<Identity>, AccountError> {
         if let Some(dir) = self.local.clone() {
-            let local = tokio::task::spawn_blocking(move || Accounts::load(&dir))
-                .await
-                .map_err(|e| AccountError::Invalid(e.to_string()))??;
+            let local = load_blocking(dir).await?;
             if let Some(account) = local.accounts.get(user) {
                 return Ok(Some(Identity {
                     user: user.to_owned(),
@@ -289,45 +274,37 @@ impl SharedAccounts {
                 }));
             }
         }
-        let value = self
-            .store
-            .get(user)
-            .await
-            .map_err(|e| AccountError::Invalid(format!("{SHARED}: {e}")))?;
-        Ok(value
-            .and_then(|v| serde_json::from_slice::<Published>(&v).ok())
-            .map(|p| Identity {
-                user: user.to_owned(),
-                admin: p.account.admin,
-            }))
+        Ok(self.records.get(user).await?.map(|p| Identity {
+            user: user.to_owned(),
+            admin: p.account.admin,
+        }))
     }
 
     /// Follows the shared accounts: yields once per change (an account
     /// added, changed or removed on any host).
     pub async fn changes(&self) -> Result<impl futures::Stream<Item = ()> + use<>, AccountError> {
-        let watch = self
-            .store
-            .watch_all()
-            .await
-            .map_err(|e| AccountError::Invalid(format!("{SHARED}: {e}")))?;
+        let watch = self.records.store().watch_all().await.map_err(|e| {
+            flowd_broker::RecordError::Unavailable {
+                bucket: SHARED.to_owned(),
+                reason: e.to_string(),
+            }
+        })?;
         Ok(futures::StreamExt::map(watch, |_| ()))
     }
 
-    /// Checks a log-in against the shared accounts.
-    pub async fn verify(&self, user: &str, password: &str) -> Option<Identity> {
-        let account = self
-            .store
-            .get(user)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|v| serde_json::from_slice::<Published>(&v).ok())
-            .map(|p| p.account);
+    /// Checks a log-in against the shared accounts. A broker that cannot
+    /// be asked, or an unreadable record, is an error (the client is told
+    /// to try later), not a wrong password.
+    pub async fn verify(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<Option<Identity>, AccountError> {
+        let account = self.records.get(user).await?.map(|p| p.account);
         let (user, password) = (user.to_owned(), password.to_owned());
         tokio::task::spawn_blocking(move || verify_with(account.as_ref(), &user, &password))
             .await
-            .ok()
-            .flatten()
+            .map_err(|e| AccountError::Invalid(format!("checking the password: {e}")))
     }
 }
 
@@ -433,4 +410,11 @@ mod tests {
             Err(AccountError::NotFound(_))
         ));
     }
+}
+
+/// Reads the accounts file of `state_dir` on the blocking pool.
+async fn load_blocking(state_dir: PathBuf) -> Result<Accounts, AccountError> {
+    tokio::task::spawn_blocking(move || Accounts::load(&state_dir))
+        .await
+        .map_err(|e| AccountError::Invalid(format!("reading the accounts: {e}")))?
 }

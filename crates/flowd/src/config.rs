@@ -186,6 +186,25 @@ impl Default for FnapConfig {
     }
 }
 
+impl FnapConfig {
+    /// The limits of this configuration, as the FNAP session state machine
+    /// and admission take them (`max_request_bytes` keeps its default).
+    pub fn limits(&self) -> flowd_fnap::session::Limits {
+        flowd_fnap::session::Limits {
+            max_line: self.max_line,
+            max_commands_before_auth: self.max_commands_before_auth,
+            max_auth_failures: self.max_auth_failures,
+            auth_failure_delay_ms: self.auth_failure_delay_ms,
+            max_errors: self.max_errors,
+            idle_timeout_secs: self.idle_timeout_secs,
+            max_sessions: self.max_sessions,
+            max_sessions_per_address: self.max_sessions_per_address,
+            max_component_bytes: self.max_component_bytes,
+            ..flowd_fnap::session::Limits::default()
+        }
+    }
+}
+
 /// The gRPC management API (docs/api.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -12,11 +12,14 @@
 //! - [`pipeline`]: chains of processors declared by YAML manifests;
 //! - [`api`]: the gRPC management API (registry, processors, pipelines);
 //! - [`user_agent`]: the `flow` user agent's configuration and log-in;
-//! - [`daemon`]: `flowd serve`, the host as a daemon; [`config`]: its TOML.
+//! - [`daemon`]: `flowd serve`, the host as a daemon; [`config`]: its TOML;
+//! - [`cli`]: the command lines of `flow` and `flowd` (the binaries are a
+//!   `main` each).
 
 pub mod accounts;
 pub mod agent;
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod peers;

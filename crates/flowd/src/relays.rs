@@ -14,8 +14,11 @@
 //! The remote host revokes a subscription by removing the copy and its
 //! broker user (`REMOVE SUBSCRIBER`); the relay sees its user refused or
 //! the copy gone, asks the remote host, and only when that host answers
-//! that the copy is gone (5xx) marks the subscription revoked and stops.
-//! Anything transient (a broker or host down, a 4xx) is retried.
+//! that the copy is gone (`550`) marks the subscription revoked and stops.
+//! Anything else is retried with a back-off: a broker or host down, a 4xx,
+//! and also a refusal of this host (`530`/`535`/`554`, say a password that
+//! changed or is missing here), which the remote host's operator or ours
+//! can put right without the subscription being lost.
 
 use crate::agent::subscriptions::Subscription;
 use crate::agent::{Agent, AgentError};
@@ -181,6 +184,14 @@ async fn place_relays(
             Err(e) => tracing::debug!("relay lease not taken: {e}"),
         }
     }
+}
+
+/// Whether a refusal says the copy is gone (removed at the source, or
+/// never readable by this subscriber). FNAP answers `550` for both, so
+/// that nobody learns of copies that are not theirs; a `554` is about who
+/// asked, not about the copy.
+fn copy_gone(reply: &flowd_fnap::Reply) -> bool {
+    reply.code == Code::NotFound
 }
 
 /// Why a relay stopped for good.
@@ -358,9 +369,7 @@ async fn confirm_revoked(
     let described = client.data(&format!("DESCRIBE FLOW {}", sub.copy)).await;
     let _ = client.quit().await;
     match described {
-        Err(ClientError::Refused(reply))
-            if matches!(reply.code, Code::NotFound | Code::Forbidden) =>
-        {
+        Err(ClientError::Refused(reply)) if copy_gone(&reply) => {
             Ok(Ended::Revoked(Some(reason(&reply))))
         }
         _ => Err(AgentError::Unavailable(format!(
@@ -386,9 +395,7 @@ async fn relay_over_fnap(
     );
     match client.read_start(&read).await {
         Ok(()) => {}
-        Err(ClientError::Refused(reply))
-            if matches!(reply.code, Code::NotFound | Code::Forbidden) =>
-        {
+        Err(ClientError::Refused(reply)) if copy_gone(&reply) => {
             return Ok(Ended::Revoked(Some(reason(&reply))));
         }
         Err(e) => return Err(refused(e, &read).into()),
@@ -404,9 +411,7 @@ async fn relay_over_fnap(
             other => {
                 agent.relay_store(sub, &scope, &batch, last).await?;
                 return match other {
-                    Err(ClientError::Refused(reply))
-                        if matches!(reply.code, Code::NotFound | Code::Forbidden) =>
-                    {
+                    Err(ClientError::Refused(reply)) if copy_gone(&reply) => {
                         Ok(Ended::Revoked(Some(reason(&reply))))
                     }
                     Err(e) => Err(refused(e, "reading the subscription").into()),

@@ -100,7 +100,7 @@ fn event(i: usize) -> Event {
 async fn leases(broker: &Broker, processor: &str) -> BTreeMap<String, String> {
     let Ok(bucket) = broker
         .jetstream()
-        .get_key_value(flowd_broker::cluster::LEASES)
+        .get_key_value(flowd_core::buckets::LEASES)
         .await
     else {
         return BTreeMap::new();

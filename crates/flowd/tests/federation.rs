@@ -1455,7 +1455,7 @@ async fn a_second_host_takes_the_relay_of_a_remote_subscription_over() {
     let leases = eventually(Duration::from_secs(10), "the leases bucket", || async {
         broker
             .jetstream()
-            .get_key_value(flowd_broker::cluster::LEASES)
+            .get_key_value(flowd_core::buckets::LEASES)
             .await
             .ok()
     })

@@ -18,6 +18,8 @@
 //!   credentials ([`data::SubscribeReply`]), the numbers in the final
 //!   replies of `WRITE FLOW`, `READ FLOW`, `PUT COMPONENT` and
 //!   `UPDATE PROCESSOR` ([`data::Outcome`]);
+//! - [`capabilities`]: the `CAPABILITIES` block, typed
+//!   ([`Capabilities`]);
 //! - [`sasl`]: the SASL PLAIN response of `AUTHENTICATE`;
 //! - [`session`]: the server's session as a state machine without I/O
 //!   ([`session::Session`]: greeting, authentication gate, STARTTLS,
@@ -31,6 +33,7 @@
 //!   client configurations of [`tls`].
 #![warn(missing_docs)]
 
+pub mod capabilities;
 pub mod command;
 pub mod data;
 pub mod framing;
@@ -43,6 +46,7 @@ pub mod client;
 #[cfg(feature = "client")]
 pub mod tls;
 
+pub use capabilities::Capabilities;
 #[cfg(feature = "client")]
 pub use client::{Client, ClientError, Security};
 pub use command::Command;

@@ -78,6 +78,7 @@
 //! );
 //! ```
 
+use crate::capabilities::Capabilities;
 use crate::command::{self, Command, Mechanism};
 use crate::framing::{self, Line, LineDecoder};
 use crate::reply::{Code, Reply};
@@ -534,30 +535,39 @@ impl<P> Session<P> {
         self.auth_failures
     }
 
-    /// The data lines of `CAPABILITIES`: `FNAP 1`, the `AUTH` line of this
-    /// session, `STARTTLS` or `TLS`, the host's own lines (`host`), then
-    /// `MAX-LINE` and `MAX-COMPONENT`.
-    pub fn capabilities<S: AsRef<str>>(&self, host: &[S]) -> Vec<String> {
-        let mut lines = vec!["FNAP 1".to_owned()];
-        let mut auth = vec!["AUTH"];
+    /// What `CAPABILITIES` says on this session: what the host offers
+    /// (`host`: processors, subscriptions, brokers, ...) with this
+    /// session's protocol version, `AUTH` mechanisms, `STARTTLS` or `TLS`,
+    /// and limits.
+    pub fn offer(&self, host: Capabilities) -> Capabilities {
+        let mut auth = Vec::new();
         if self.plain_allowed() {
-            auth.push("PLAIN");
+            auth.push("PLAIN".to_owned());
         }
         if self.config.anonymous {
-            auth.push("ANONYMOUS");
+            auth.push("ANONYMOUS".to_owned());
         }
-        lines.push(auth.join(" "));
-        if self.config.starttls && !self.config.tls {
-            lines.push("STARTTLS".into());
-        }
-        if self.config.tls {
-            lines.push("TLS".into());
-        }
-        lines.extend(host.iter().map(|l| l.as_ref().to_owned()));
         let limits = &self.config.limits;
-        lines.push(format!("MAX-LINE {}", limits.max_line));
-        lines.push(format!("MAX-COMPONENT {}", limits.max_component_bytes));
-        lines
+        Capabilities {
+            version: Some(1),
+            auth,
+            starttls: self.config.starttls && !self.config.tls,
+            tls: self.config.tls,
+            max_line: Some(limits.max_line),
+            max_component: Some(limits.max_component_bytes),
+            ..host
+        }
+    }
+
+    /// The data lines of `CAPABILITIES`: `FNAP 1`, the `AUTH` line of this
+    /// session, `STARTTLS` or `TLS`, the host's own lines (`host`), then
+    /// `MAX-LINE` and `MAX-COMPONENT` (see [`Session::offer`]).
+    pub fn capabilities<S: AsRef<str>>(&self, host: &[S]) -> Vec<String> {
+        self.offer(Capabilities {
+            other: host.iter().map(|l| l.as_ref().to_owned()).collect(),
+            ..Capabilities::default()
+        })
+        .lines()
     }
 
     /// Takes one input; returns what to do, in order.

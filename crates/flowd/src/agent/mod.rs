@@ -14,7 +14,7 @@ pub mod subscriptions;
 
 pub use access::{NamespaceRecord, Principal};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::Result;
 use flowd_broker::codec;
 use flowd_broker::{Broker, BrokerError, FlowInfo, FlowName, FlowSettings, Outgoing, Published};
 use flowd_core::event::Event;
@@ -91,30 +91,6 @@ impl From<flowd_engine::ComponentError> for AgentError {
             e @ flowd_engine::ComponentError::Unavailable { .. } => {
                 AgentError::Unavailable(e.to_string())
             }
-        }
-    }
-}
-
-impl From<anyhow::Error> for AgentError {
-    /// Keeps the class of a typed error carried by `e` (broker, records,
-    /// components, the agent's own); anything else is a request that
-    /// cannot be done (a component that fails its checks, a bad id).
-    fn from(e: anyhow::Error) -> Self {
-        let e = match e.downcast::<BrokerError>() {
-            Ok(broker) => return broker.into(),
-            Err(e) => e,
-        };
-        let e = match e.downcast::<flowd_broker::RecordError>() {
-            Ok(record) => return record.into(),
-            Err(e) => e,
-        };
-        let e = match e.downcast::<flowd_engine::ComponentError>() {
-            Ok(component) => return component.into(),
-            Err(e) => e,
-        };
-        match e.downcast::<AgentError>() {
-            Ok(agent) => agent,
-            Err(e) => AgentError::Invalid(format!("{e:#}")),
         }
     }
 }
@@ -227,8 +203,8 @@ impl Agent {
 
     pub async fn new(broker: Broker) -> Result<Agent> {
         let buckets = Buckets::open(&broker).await?;
-        let namespaces = broker.kv(spec::NAMESPACES).await?;
-        let subscriptions = broker.kv(spec::SUBSCRIPTIONS).await?;
+        let namespaces = broker.kv(flowd_core::buckets::NAMESPACES).await?;
+        let subscriptions = broker.kv(flowd_core::buckets::SUBSCRIPTIONS).await?;
         Ok(Agent {
             broker,
             buckets,
@@ -283,7 +259,7 @@ impl Agent {
             .map_err(|e| crate::accounts::AccountError::Invalid(e.to_string()))??;
         match (&local, &self.shared_accounts) {
             (None, Some(shared)) if user != crate::accounts::local::LOCAL_ADMIN => {
-                Ok(shared.verify(user, password).await)
+                shared.verify(user, password).await
             }
             _ => Ok(local),
         }
@@ -327,7 +303,7 @@ impl Agent {
     /// Writes events to a flow; acknowledged when stored. Writing the same
     /// event (same `source` and `id`) again within the flow's duplicate
     /// window stores it once.
-    pub async fn write(&self, flow: &FlowName, events: &[Event]) -> Result<Published> {
+    pub async fn write(&self, flow: &FlowName, events: &[Event]) -> Result<Published, BrokerError> {
         self.write_scoped(flow, events, "write").await
     }
 
@@ -338,7 +314,7 @@ impl Agent {
         flow: &FlowName,
         events: &[Event],
         scope: &str,
-    ) -> Result<Published> {
+    ) -> Result<Published, BrokerError> {
         self.broker.flow_info(flow).await?;
         // Collected first: a borrowing iterator held across the publish
         // would make this future not `Send`.
@@ -359,7 +335,7 @@ impl Agent {
                 }
             })
             .collect();
-        Ok(self.broker.publish(messages).await?)
+        self.broker.publish(messages).await
     }
 
     /// Reads a flow: from its first event (`from_start`) or only new ones,
@@ -407,39 +383,35 @@ impl Agent {
     }
 
     /// Stores a component in the broker's object store; returns its digest.
-    pub async fn upload_component(&self, bytes: &[u8]) -> Result<String> {
+    pub async fn upload_component(&self, bytes: &[u8]) -> Result<String, AgentError> {
         Ok(flowd_engine::store_component(&self.buckets.components, bytes).await?)
     }
 
     /// Declares a processor; the host starts it. The component is checked
     /// here first: it must be of the kind the command asked for and accept
     /// its configuration.
-    pub async fn create_processor(&self, new: NewProcessor) -> Result<ProcessorSpec> {
-        spec::check_id(&new.id).map_err(|e| anyhow!(e))?;
+    pub async fn create_processor(&self, new: NewProcessor) -> Result<ProcessorSpec, AgentError> {
+        spec::check_id(&new.id).map_err(|e| AgentError::Invalid(e.to_string()))?;
         if new.inputs.is_empty() || new.outputs.is_empty() {
-            bail!("a processor needs at least one input and one output flow");
+            return Err(AgentError::Invalid(
+                "a processor needs at least one input and one output flow".into(),
+            ));
         }
-        if self
-            .buckets
-            .processors
-            .get(&new.id)
-            .await
-            .ok()
-            .flatten()
-            .is_some()
-        {
-            bail!("processor `{}` already exists", new.id);
+        // A broker that cannot be asked is not an absent processor.
+        if self.specs().get(&new.id).await?.is_some() {
+            return Err(AgentError::Exists {
+                what: "processor",
+                name: new.id,
+            });
         }
-        if new.component != spec::RELAY.as_bytes() {
-            check_component(&new)?;
+        let relay = new.component == spec::RELAY.as_bytes();
+        if !relay {
+            check_component(&new).await?;
         }
         for flow in new.inputs.iter().chain(&new.outputs) {
-            self.broker
-                .flow_info(flow)
-                .await
-                .with_context(|| format!("flow {flow}"))?;
+            self.broker.flow_info(flow).await?;
         }
-        let digest = if new.component == spec::RELAY.as_bytes() {
+        let digest = if relay {
             spec::RELAY.to_owned()
         } else {
             self.upload_component(&new.component).await?
@@ -447,7 +419,8 @@ impl Agent {
         let dead_letter = match new.dead_letter {
             Some(flow) => flow,
             None => FlowName::parse(&format!("{}.deadletter.{}", new.id, new.outputs[0]))
-                .or_else(|_| FlowName::parse(&format!("{}.deadletter.flowd", new.id)))?,
+                .or_else(|_| FlowName::parse(&format!("{}.deadletter.flowd", new.id)))
+                .map_err(|e| AgentError::Invalid(format!("dead-letter flow: {e}")))?,
         };
         let spec = ProcessorSpec {
             id: new.id,
@@ -543,7 +516,7 @@ impl Agent {
         id: &str,
         config: Option<Vec<(String, String)>>,
         component: Option<Vec<u8>>,
-    ) -> Result<ProcessorSpec> {
+    ) -> Result<ProcessorSpec, AgentError> {
         let (mut spec, _) = self.processor(id).await?;
         let check = NewProcessor {
             id: spec.id.clone(),
@@ -561,7 +534,7 @@ impl Agent {
             limits: spec.limits.clone(),
             owner: spec.owner.clone(),
         };
-        check_component(&check)?;
+        check_component(&check).await?;
         if let Some(bytes) = component {
             spec.component = self.upload_component(&bytes).await?;
         }
@@ -587,18 +560,27 @@ impl Agent {
 }
 
 /// Loads the component in a local sandbox: right kind, ports that fit, and a
-/// configuration it accepts.
-fn check_component(new: &NewProcessor) -> Result<()> {
-    let host = Host::new(HostConfig {
-        max_instances: 2,
-        ..HostConfig::default()
-    })?;
+/// configuration it accepts. Compiling and running a guest's `init` is CPU
+/// work bounded by the processor's limits, done on the blocking pool so that
+/// it never stalls the sessions the async workers serve.
+async fn check_component(new: &NewProcessor) -> Result<(), AgentError> {
     let setup = flowd_wasm::ProcessorSetup {
         name: new.id.clone(),
         config: new.config.clone(),
         inputs: new.inputs.iter().map(|f| f.to_string()).collect(),
         outputs: new.outputs.iter().map(|f| f.to_string()).collect(),
     };
-    host.check(&new.component, Some(new.kind), setup, new.limits.wasm())?;
+    let (component, kind, limits) = (new.component.clone(), new.kind, new.limits.wasm());
+    tokio::task::spawn_blocking(move || {
+        let host = Host::new(HostConfig {
+            max_instances: 2,
+            ..HostConfig::default()
+        })
+        .map_err(|e| AgentError::Unavailable(format!("the processor sandbox: {e:#}")))?;
+        host.check(&component, Some(kind), setup, limits)
+            .map_err(|e| AgentError::Invalid(format!("{e:#}")))
+    })
+    .await
+    .map_err(|e| AgentError::Unavailable(format!("the processor check: {e}")))??;
     Ok(())
 }

@@ -204,7 +204,7 @@ impl Agent {
         let bucket = self
             .broker
             .jetstream()
-            .get_key_value(flowd_broker::cluster::AGENTS)
+            .get_key_value(flowd_core::buckets::AGENTS)
             .await
             .map_err(|e| AgentError::Unavailable(format!("the hosts' heartbeats: {e}")))?;
         Ok(flowd_broker::cluster::read_agents(&bucket).await?)

@@ -28,7 +28,7 @@ use flowd_engine::spec::{ProcessorSpec, RunLimits, Status};
 use serde::{Deserialize, Serialize};
 
 use flowd_broker::Records;
-pub use flowd_core::buckets::PIPELINES;
+use flowd_core::buckets::PIPELINES;
 
 /// Why a pipeline operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,192 +1,182 @@
-//! Commands that stream data blocks.
+//! The commands with data blocks: `WRITE FLOW` streamed into the broker,
+//! `READ FLOW` streamed to the client, and the blocks the state machine
+//! collects whole (`PUT COMPONENT`, `CREATE` / `UPDATE PROCESSOR`).
 
 use super::*;
 
-impl Session {
-    /// Reads a client data block up to its `.` line: its lines, unstuffed,
-    /// or why it was refused (over `budget` bytes in all, a line too long,
-    /// not text); the whole block is read either way.
-    pub(super) async fn block(
-        &mut self,
-        reader: &mut Reader,
-        budget: usize,
-    ) -> Result<Result<Vec<String>, Reply>, End> {
-        let mut failed = None;
-        let mut lines = Vec::new();
-        let mut used = 0usize;
-        loop {
-            match self.line(reader).await? {
-                Line::Closed => return Err(End::Closed),
-                Line::Text(t) if framing::is_end(&t) => break,
-                Line::Text(t) => {
-                    used += t.len();
-                    if used > budget {
-                        lines.clear();
-                        failed.get_or_insert_with(|| {
-                            Reply::new(Code::TooLarge, "data block too large")
-                        });
-                    } else if failed.is_none() {
-                        lines.push(framing::unstuff(&t).to_owned());
-                    }
-                }
-                Line::TooLong => {
-                    failed.get_or_insert_with(|| Reply::new(Code::TooLarge, "data line too long"));
-                }
-                Line::NotText => {
-                    failed.get_or_insert_with(|| {
-                        Reply::new(Code::Syntax, "data line is not UTF-8 text")
-                    });
-                }
-            }
-        }
-        Ok(failed.map_or(Ok(lines), Err))
-    }
+/// How `READ FLOW` reads.
+pub(super) struct ReadOptions {
+    pub(super) start: Start,
+    pub(super) count: Option<u64>,
+    pub(super) follow: bool,
+    pub(super) sequences: bool,
+}
 
-    /// Reads the `key=value` block of `CREATE`/`UPDATE PROCESSOR`.
-    pub(super) async fn processor_request(
-        &mut self,
-        reader: &mut Reader,
-        writer: &mut Writer,
-    ) -> Result<Result<ProcessorRequest, Reply>, End> {
-        send(
-            writer,
-            &Reply::ok("OK send key=value lines, end with \".\""),
-        )
-        .await?;
-        let lines = match self.block(reader, 1 << 20).await? {
-            Ok(lines) => lines,
-            Err(reply) => return Ok(Err(reply)),
-        };
-        Ok(key_values(&lines).and_then(|pairs| {
-            ProcessorRequest::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .map_err(|e| error_reply(&e))
-        }))
-    }
+/// Events of a `WRITE FLOW` block are stored in batches of at most this
+/// many events or [`UPLOAD_BATCH_BYTES`], so a session's memory stays
+/// bounded whatever the client sends.
+const UPLOAD_BATCH: usize = 256;
+const UPLOAD_BATCH_BYTES: usize = 4 << 20;
 
-    pub(super) async fn put_component(
-        &mut self,
-        p: &Principal,
-        reader: &mut Reader,
-        writer: &mut Writer,
-    ) -> Result<Response, End> {
-        send(
-            writer,
-            &Reply::ok("OK send the component in base64, end with \".\""),
-        )
-        .await?;
-        let budget = self.config().max_component_bytes / 3 * 4 + 8;
-        let lines = match self.block(reader, budget).await? {
-            Ok(lines) => lines,
-            Err(reply) => return Ok(Response::One(reply)),
-        };
-        let text: String = lines.iter().map(|l| l.trim()).collect();
-        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(text.as_bytes()) else {
-            return Ok(Response::One(Reply::new(
-                Code::Arguments,
-                "not valid base64",
-            )));
-        };
-        Ok(match self.agent().put_component_as(p, &bytes).await {
-            Ok(digest) => ok(format!("OK {digest}")),
-            Err(e) => Response::One(error_reply(&e)),
-        })
-    }
+/// A `WRITE FLOW` block streaming in.
+pub(super) struct Upload {
+    flow: flowd_broker::FlowName,
+    wrap: jsonl::Wrap,
+    pending: Vec<flowd_core::event::Event>,
+    pending_bytes: usize,
+    stored: u64,
+    duplicates: u64,
+    /// The first failure; the rest of the block is read and dropped.
+    failed: Option<Reply>,
+}
 
-    pub(super) async fn write_flow(
+impl Driver {
+    /// `WRITE FLOW`: the right is checked before the go-ahead.
+    pub(super) async fn start_upload(
         &mut self,
         p: &Principal,
         flow: flowd_broker::FlowName,
-        reader: &mut Reader,
-        writer: &mut Writer,
-    ) -> Result<Response, End> {
-        let agent = self.agent().clone();
-        if let Err(e) = agent.check_write(p, &flow).await {
-            return Ok(Response::One(error_reply(&e)));
-        }
-        send(
-            writer,
-            &Reply::ok("OK send events as JSON lines, end with \".\""),
-        )
-        .await?;
-        let wrap = jsonl::Wrap::default();
-        let mut pending = Vec::new();
-        let mut pending_bytes = 0usize;
-        let (mut stored, mut duplicates, mut number) = (0u64, 0u64, 0usize);
-        let mut failed: Option<Reply> = None;
-        loop {
-            let line = match self.line(reader).await? {
-                Line::Closed => return Err(End::Closed),
-                Line::Text(t) if framing::is_end(&t) => break,
-                Line::Text(t) => t,
-                Line::TooLong => {
-                    number += 1;
-                    failed.get_or_insert_with(|| {
-                        Reply::new(Code::TooLarge, format!("line {number}: event too large"))
-                    });
-                    continue;
-                }
-                Line::NotText => {
-                    number += 1;
-                    failed.get_or_insert_with(|| {
-                        Reply::new(Code::Syntax, format!("line {number}: not UTF-8 text"))
-                    });
-                    continue;
-                }
-            };
-            number += 1;
-            if failed.is_some() {
-                continue;
-            }
-            let text = framing::unstuff(&line);
-            if text.trim().is_empty() {
-                continue;
-            }
-            match jsonl::parse_line(text, number, &wrap) {
-                Ok(event) => {
-                    pending_bytes += text.len();
-                    pending.push(event);
-                }
-                Err(e) => {
-                    failed = Some(Reply::new(Code::Arguments, e.to_string()));
-                    continue;
-                }
-            }
-            // Stored in batches of at most 256 events or 4 MiB, so a
-            // session's memory stays bounded whatever the client sends.
-            if pending.len() >= 256 || pending_bytes >= 4 << 20 {
-                pending_bytes = 0;
-                match agent.write(&flow, &pending).await {
-                    Ok(published) => {
-                        stored += published.stored;
-                        duplicates += published.duplicates;
-                        pending.clear();
-                    }
-                    Err(e) => failed = Some(error_reply(&AgentError::from(e))),
-                }
-            }
-        }
-        if failed.is_none() && !pending.is_empty() {
-            match agent.write(&flow, &pending).await {
-                Ok(published) => {
-                    stored += published.stored;
-                    duplicates += published.duplicates;
-                }
-                Err(e) => failed = Some(error_reply(&AgentError::from(e))),
-            }
-        }
-        Ok(Response::One(match failed {
-            None => Written { stored, duplicates }.to_reply(),
-            Some(reply) => WriteFailed::new(&reply, stored).to_reply(),
-        }))
+    ) -> Result<Response, AgentError> {
+        self.agent().check_write(p, &flow).await?;
+        self.upload = Some(Upload {
+            flow,
+            wrap: jsonl::Wrap::default(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            stored: 0,
+            duplicates: 0,
+            failed: None,
+        });
+        Ok(Response::Stream)
     }
 
+    /// One line of the `WRITE FLOW` block.
+    pub(super) async fn upload_line(&mut self, number: usize, line: DataLine) {
+        let agent = self.agent().clone();
+        let Some(upload) = self.upload.as_mut() else {
+            return;
+        };
+        if upload.failed.is_some() {
+            return;
+        }
+        let text = match line {
+            DataLine::TooLong => {
+                upload.failed = Some(Reply::new(
+                    Code::TooLarge,
+                    format!("line {number}: event too large"),
+                ));
+                return;
+            }
+            DataLine::NotText => {
+                upload.failed = Some(Reply::new(
+                    Code::Syntax,
+                    format!("line {number}: not UTF-8 text"),
+                ));
+                return;
+            }
+            DataLine::Text(text) => text,
+        };
+        if text.trim().is_empty() {
+            return;
+        }
+        match jsonl::parse_line(&text, number, &upload.wrap) {
+            Ok(event) => {
+                upload.pending_bytes += text.len();
+                upload.pending.push(event);
+            }
+            Err(e) => {
+                upload.failed = Some(Reply::new(Code::Arguments, e.to_string()));
+                return;
+            }
+        }
+        if upload.pending.len() >= UPLOAD_BATCH || upload.pending_bytes >= UPLOAD_BATCH_BYTES {
+            upload.store(&agent).await;
+        }
+    }
+
+    /// The `.` of the `WRITE FLOW` block: the rest is stored, and the
+    /// reply counts what was.
+    pub(super) async fn upload_end(&mut self) -> Response {
+        let agent = self.agent().clone();
+        let Some(mut upload) = self.upload.take() else {
+            return Response::Reply(Reply::new(Code::Sequence, "no WRITE FLOW in progress"));
+        };
+        if upload.failed.is_none() {
+            upload.store(&agent).await;
+        }
+        Response::Reply(match upload.failed {
+            None => Written {
+                stored: upload.stored,
+                duplicates: upload.duplicates,
+            }
+            .to_reply(),
+            Some(reply) => WriteFailed::new(&reply, upload.stored).to_reply(),
+        })
+    }
+
+    /// A block the state machine collected whole.
+    pub(super) async fn collected(&mut self, command: Command, lines: Vec<String>) -> Response {
+        let p = self.principal();
+        let agent = self.agent().clone();
+        let result = match command {
+            Command::PutComponent => {
+                let text: String = lines.iter().map(|l| l.trim()).collect();
+                let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(text.as_bytes())
+                else {
+                    return Response::Reply(Reply::new(Code::Arguments, "not valid base64"));
+                };
+                agent
+                    .put_component_as(&p, &bytes)
+                    .await
+                    .map(|digest| ok(format!("OK {digest}")))
+            }
+            Command::CreateProcessor(id) => {
+                let request = match processor_request(&lines) {
+                    Ok(request) => request,
+                    Err(reply) => return Response::Reply(reply),
+                };
+                let limits = self.shared.ctx.limits.clone();
+                agent
+                    .create_processor_as(&p, &id, request, &limits)
+                    .await
+                    .map(|spec| ok(format!("OK {}", spec.id)))
+            }
+            Command::UpdateProcessor(id) => {
+                let request = match processor_request(&lines) {
+                    Ok(request) => request,
+                    Err(reply) => return Response::Reply(reply),
+                };
+                agent
+                    .update_processor_as(&p, &id, request)
+                    .await
+                    .map(|spec| {
+                        Response::Reply(
+                            ProcessorUpdated {
+                                id: spec.id,
+                                generation: spec.generation,
+                            }
+                            .to_reply(),
+                        )
+                    })
+            }
+            other => {
+                return Response::Reply(Reply::new(
+                    Code::Sequence,
+                    format!("{other} has no data block"),
+                ));
+            }
+        };
+        result.unwrap_or_else(|e| Response::Reply(error_reply(&e)))
+    }
+
+    /// `READ FLOW`: the block is streamed as events come; any line from the
+    /// client stops it.
     pub(super) async fn read_flow(
         &mut self,
         p: &Principal,
         flow: flowd_broker::FlowName,
         options: ReadOptions,
-        reader: &mut Reader,
-        writer: &mut Writer,
+        conn: &mut Conn,
     ) -> Result<Response, End> {
         let ReadOptions {
             start,
@@ -197,7 +187,7 @@ impl Session {
         let agent = self.agent().clone();
         let info = match agent.check_read(p, &flow).await {
             Ok(info) => info,
-            Err(e) => return Ok(Response::One(error_reply(&e))),
+            Err(e) => return Ok(Response::Reply(error_reply(&e))),
         };
         let first = match start {
             Start::First => Some(1),
@@ -206,10 +196,10 @@ impl Session {
         };
         let mut events = match agent.reader(&flow, first).await {
             Ok(r) => r,
-            Err(e) => return Ok(Response::One(error_reply(&e))),
+            Err(e) => return Ok(Response::Reply(error_reply(&e))),
         };
-        write_line(writer, "220 DATA").await?;
-        writer.flush().await?;
+        conn.send_line("220 DATA").await?;
+        conn.flush().await?;
         // Without FOLLOW, the read ends at what is stored now.
         let last = info.last_sequence;
         let mut sent = 0u64;
@@ -224,8 +214,8 @@ impl Session {
             let batch = tokio::select! {
                 batch = events.next(want, wait) => batch,
                 // Any line from the client stops the read.
-                ready = reader.fill_buf() => {
-                    let _ = ready?;
+                ready = conn.readable() => {
+                    ready?;
                     stopped = true;
                     break;
                 }
@@ -234,7 +224,7 @@ impl Session {
                 Ok(b) => b,
                 Err(e) => {
                     // The data block ends with the error reply.
-                    send(writer, &error_reply(&e)).await?;
+                    conn.send_line(&error_reply(&e).to_string()).await?;
                     return Ok(Response::Sent { success: false });
                 }
             };
@@ -253,22 +243,49 @@ impl Session {
                 } else {
                     jsonl::to_line(&event)
                 };
-                write_line(writer, &framing::stuff(&line)).await?;
+                conn.send_line(&framing::stuff(&line)).await?;
                 sent += 1;
                 if !follow && sequence >= last {
                     reached_end = true;
                 }
             }
-            writer.flush().await?;
+            conn.flush().await?;
             if reached_end {
                 break;
             }
         }
         if stopped {
             // Consume the line that stopped the read.
-            let _ = self.line(reader).await?;
+            let _ = conn.next_line().await?;
         }
-        send(writer, &Reply::ok(format!("OK {sent} events"))).await?;
+        conn.send_line(&Reply::ok(format!("OK {sent} events")).to_string())
+            .await?;
         Ok(Response::Sent { success: true })
     }
+}
+
+impl Upload {
+    /// Stores the pending events.
+    async fn store(&mut self, agent: &Agent) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.pending_bytes = 0;
+        match agent.write(&self.flow, &self.pending).await {
+            Ok(published) => {
+                self.stored += published.stored;
+                self.duplicates += published.duplicates;
+                self.pending.clear();
+            }
+            Err(e) => self.failed = Some(error_reply(&AgentError::from(e))),
+        }
+    }
+}
+
+/// The `key=value` block of `CREATE` / `UPDATE PROCESSOR`.
+fn processor_request(lines: &[String]) -> Result<ProcessorRequest, Reply> {
+    key_values(lines).and_then(|pairs| {
+        ProcessorRequest::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|e| error_reply(&e))
+    })
 }

@@ -2,42 +2,27 @@
 
 use super::*;
 
-impl Session {
-    pub(super) async fn execute(
+impl Driver {
+    /// Executes a command the state machine dispatched. `NOOP`, `HELP`,
+    /// `QUIT`, `STARTTLS` and `AUTHENTICATE` never come here: the state
+    /// machine answers them.
+    pub(super) async fn dispatch(
         &mut self,
         command: Command,
-        reader: &mut Reader,
-        writer: &mut Writer,
+        conn: &mut Conn,
     ) -> Result<Response, End> {
-        let p = self.principal().clone();
+        let p = self.principal();
         let agent = self.agent().clone();
         let result: Result<Response, AgentError> = match command {
-            Command::Quit => {
-                send(writer, &Reply::ok("Bye")).await?;
-                return Err(End::Quit);
-            }
-            Command::Noop => Ok(ok("OK")),
-            Command::Help(topic) => Ok(help(topic)),
+            Command::Quit
+            | Command::Noop
+            | Command::Help(_)
+            | Command::StartTls
+            | Command::Authenticate { .. } => Ok(Response::Reply(Reply::new(
+                Code::Sequence,
+                "not a command for the host",
+            ))),
             Command::Capabilities => Ok(self.capabilities()),
-            Command::StartTls => {
-                if self.tls {
-                    return Ok(Response::One(Reply::new(
-                        Code::Sequence,
-                        "TLS is already on",
-                    )));
-                }
-                if self.shared.acceptor.is_none() {
-                    return Ok(Response::One(Reply::new(
-                        Code::TlsUnavailable,
-                        "TLS is not configured on this host",
-                    )));
-                }
-                send(writer, &Reply::ok("Ready to start TLS")).await?;
-                return Err(End::StartTls);
-            }
-            Command::Authenticate { mechanism, initial } => {
-                return self.authenticate(mechanism, initial, reader, writer).await;
-            }
             Command::CreateNamespace {
                 namespace,
                 owner,
@@ -60,7 +45,7 @@ impl Session {
                         lines.extend(record.grants.iter().map(|(u, r)| format!("grant={u}:{r}")));
                         lines.extend(flows.iter().map(|f| format!("flow={f}")));
                         lines.extend(children.iter().map(|c| format!("namespace-child={c}")));
-                        Response::Data(lines, Reply::ok("OK"))
+                        data(lines)
                     })
             }
             Command::DeleteNamespace(ns) => agent
@@ -72,7 +57,7 @@ impl Session {
                 .await
                 .map(|records| {
                     let lines = records.iter().map(|r| r.name.to_string()).collect();
-                    Response::Data(lines, Reply::ok("OK"))
+                    data(lines)
                 }),
             Command::Grant {
                 user,
@@ -99,10 +84,7 @@ impl Session {
                             .await
                             .ok()
                             .and_then(|(_, ns)| ns);
-                        Ok(Response::Data(
-                            describe_flow(&info, namespace, &urls),
-                            Reply::ok("OK"),
-                        ))
+                        Ok(data(describe_flow(&info, namespace, &urls)))
                     }
                     Err(e) => Err(e),
                 }
@@ -121,7 +103,7 @@ impl Session {
                     .await
                     .map(|flows| {
                         let lines = flows.iter().map(|f| f.name.to_string()).collect();
-                        Response::Data(lines, Reply::ok("OK"))
+                        data(lines)
                     })
             }
             Command::ReadFlow {
@@ -131,24 +113,19 @@ impl Session {
                 follow,
                 sequences,
             } => {
-                let options = ReadOptions {
+                let options = data::ReadOptions {
                     start,
                     count,
                     follow,
                     sequences,
                 };
-                return self.read_flow(&p, flow, options, reader, writer).await;
+                return self.read_flow(&p, flow, options, conn).await;
             }
-            Command::WriteFlow(flow) => return self.write_flow(&p, flow, reader, writer).await,
+            Command::WriteFlow(flow) => self.start_upload(&p, flow).await,
             Command::Subscribe { remote, local } => agent
-                .subscribe_as(
-                    &p,
-                    &remote,
-                    local.as_ref(),
-                    self.tls || self.plain_trusted(),
-                )
+                .subscribe_as(&p, &remote, local.as_ref(), self.session.plain_allowed())
                 .await
-                .map(|subscribed| Response::Data(subscribed.lines(), Reply::ok("OK"))),
+                .map(|subscribed| data(subscribed.lines())),
             Command::Unsubscribe(copy) => agent
                 .unsubscribe_as(&p, &copy)
                 .await
@@ -171,7 +148,7 @@ impl Session {
                         line
                     })
                     .collect();
-                Response::Data(lines, Reply::ok("OK"))
+                data(lines)
             }),
             Command::ListSubscribers(flow) => {
                 agent.list_subscribers_as(&p, &flow).await.map(|subs| {
@@ -181,7 +158,7 @@ impl Session {
                             format!("{} {}", s.copy, s.user.as_deref().unwrap_or("(anonymous)"))
                         })
                         .collect();
-                    Response::Data(lines, Reply::ok("OK"))
+                    data(lines)
                 })
             }
             Command::RemoveSubscriber(copy) => agent
@@ -200,44 +177,15 @@ impl Session {
                 .stop_subscription_as(&p, &local)
                 .await
                 .map(|_| ok(format!("OK {local} stopped"))),
-            Command::PutComponent => return self.put_component(&p, reader, writer).await,
-            Command::CreateProcessor(id) => {
-                let request = match self.processor_request(reader, writer).await? {
-                    Ok(request) => request,
-                    Err(reply) => return Ok(Response::One(reply)),
-                };
-                let limits = self.shared.ctx.limits.clone();
-                agent
-                    .create_processor_as(&p, &id, request, &limits)
-                    .await
-                    .map(|spec| ok(format!("OK {}", spec.id)))
+            // Their blocks are collected by the state machine, then
+            // handed to `collected`.
+            Command::PutComponent | Command::CreateProcessor(_) | Command::UpdateProcessor(_) => {
+                Ok(Response::Collect)
             }
-            Command::UpdateProcessor(id) => {
-                let request = match self.processor_request(reader, writer).await? {
-                    Ok(request) => request,
-                    Err(reply) => return Ok(Response::One(reply)),
-                };
-                agent
-                    .update_processor_as(&p, &id, request)
-                    .await
-                    .map(|spec| {
-                        Response::One(
-                            ProcessorUpdated {
-                                id: spec.id,
-                                generation: spec.generation,
-                            }
-                            .to_reply(),
-                        )
-                    })
-            }
-            Command::DescribeProcessor(id) => {
-                agent
-                    .describe_processor_as(&p, &id)
-                    .await
-                    .map(|(spec, status)| {
-                        Response::Data(describe_processor(&spec, status.as_ref()), Reply::ok("OK"))
-                    })
-            }
+            Command::DescribeProcessor(id) => agent
+                .describe_processor_as(&p, &id)
+                .await
+                .map(|(spec, status)| data(describe_processor(&spec, status.as_ref()))),
             Command::ListAgents => agent.list_agents_as(&p).await.map(|agents| {
                 let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
                 let lines = agents
@@ -256,7 +204,7 @@ impl Session {
                         )
                     })
                     .collect();
-                Response::Data(lines, Reply::ok("OK"))
+                data(lines)
             }),
             Command::ListProcessors => agent.list_processors_as(&p).await.map(|all| {
                 let lines = all
@@ -275,7 +223,7 @@ impl Session {
                         format!("{} {} {}", spec.id, spec.kind, phase)
                     })
                     .collect();
-                Response::Data(lines, Reply::ok("OK"))
+                data(lines)
             }),
             Command::PauseProcessor(id) => agent
                 .pause_processor_as(&p, &id, true)
@@ -290,6 +238,6 @@ impl Session {
                 .await
                 .map(|()| ok(format!("OK {id} deleted"))),
         };
-        Ok(result.unwrap_or_else(|e| Response::One(error_reply(&e))))
+        Ok(result.unwrap_or_else(|e| Response::Reply(error_reply(&e))))
     }
 }

@@ -5,45 +5,52 @@ use super::*;
 pub(super) struct Shared {
     pub(super) ctx: ServerContext,
     pub(super) acceptor: Option<TlsAcceptor>,
-    /// Open sessions per client address.
-    pub(super) sessions: Mutex<HashMap<IpAddr, usize>>,
+    /// Open sessions, in all and per client address.
+    pub(super) admission: Mutex<Admission>,
 }
 
 /// Counts a session for its address while alive.
 pub(super) struct SessionSlot {
-    pub(super) shared: Arc<Shared>,
-    pub(super) ip: IpAddr,
+    shared: Arc<Shared>,
+    ip: IpAddr,
 }
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
-        if let Ok(mut sessions) = self.shared.sessions.lock()
-            && let Some(n) = sessions.get_mut(&self.ip)
-        {
-            *n -= 1;
-            if *n == 0 {
-                sessions.remove(&self.ip);
-            }
+        if let Ok(mut admission) = self.shared.admission.lock() {
+            admission.release(self.ip);
         }
     }
 }
 
 impl Shared {
-    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<SessionSlot, &'static str> {
-        let mut sessions = self.sessions.lock().map_err(|_| "server state poisoned")?;
-        let total: usize = sessions.values().sum();
-        if total >= self.ctx.config.max_sessions {
-            return Err("too many sessions, try again later");
-        }
-        let n = sessions.entry(ip).or_insert(0);
-        if *n >= self.ctx.config.max_sessions_per_address {
-            return Err("too many sessions from your address");
-        }
-        *n += 1;
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<SessionSlot, Reply> {
+        let mut admission = self
+            .admission
+            .lock()
+            .map_err(|_| Reply::new(Code::Closing, "server state poisoned"))?;
+        admission.admit(ip).map_err(|refusal| refusal.reply())?;
         Ok(SessionSlot {
             shared: self.clone(),
             ip,
         })
+    }
+
+    /// The state machine's view of a new connection from `peer`.
+    fn session_config(&self, peer: SocketAddr, implicit_tls: bool) -> SessionConfig {
+        let config = &self.ctx.config;
+        SessionConfig {
+            fqdn: self.ctx.fqdn.clone(),
+            limits: config.limits(),
+            tls: implicit_tls,
+            starttls: self.acceptor.is_some(),
+            // PLAIN is accepted (and offered) in clear from trusted networks.
+            plain_in_clear: config
+                .plain_auth_from
+                .iter()
+                .any(|net| net.contains(&peer.ip())),
+            anonymous: config.anonymous,
+        }
     }
 }
 
@@ -63,9 +70,9 @@ pub(super) async fn accept(shared: Arc<Shared>, listener: TcpListener, implicit_
         tokio::spawn(async move {
             let slot = match shared.admit(peer.ip()) {
                 Ok(slot) => slot,
-                Err(why) => {
+                Err(reply) => {
                     let mut socket = socket;
-                    let line = format!("{}\r\n", Reply::new(Code::Closing, why));
+                    let line = format!("{reply}\r\n");
                     let _ = tokio::time::timeout(
                         Duration::from_secs(1),
                         socket.write_all(line.as_bytes()),
@@ -74,12 +81,13 @@ pub(super) async fn accept(shared: Arc<Shared>, listener: TcpListener, implicit_
                     return;
                 }
             };
+            let config = shared.session_config(peer, implicit_tls);
             let stream: Stream = if implicit_tls {
                 let Some(acceptor) = shared.acceptor.clone() else {
                     return;
                 };
                 let handshake = tokio::time::timeout(
-                    Duration::from_secs(shared.ctx.config.idle_timeout_secs.clamp(1, 30)),
+                    config.limits.tls_handshake_timeout(),
                     acceptor.accept(socket),
                 )
                 .await;
@@ -94,17 +102,8 @@ pub(super) async fn accept(shared: Arc<Shared>, listener: TcpListener, implicit_
             } else {
                 Box::new(socket)
             };
-            let mut session = Session {
-                shared: shared.clone(),
-                peer,
-                tls: implicit_tls,
-                principal: None,
-                before_auth: 0,
-                auth_failures: 0,
-                errors: 0,
-                buf: Vec::new(),
-            };
-            if let Err(e) = session.run(stream).await {
+            let driver = Driver::new(shared.clone(), peer, config);
+            if let Err(e) = driver.run(stream).await {
                 tracing::debug!(%peer, "FNAP session ended: {e}");
             }
             drop(slot);

@@ -1,23 +1,22 @@
-//! The FNAA's FNAP server: accepts FNAP connections (plain text with STARTTLS, and
-//! implicit TLS), runs one session per connection through the state machine
-//! of figure 13 (waiting -> accepting -> ready -> command received -> ready
-//! ... QUIT), and turns commands into [`Agent`] operations.
+//! The FNAA's FNAP server: accepts FNAP connections (plain text with
+//! STARTTLS, and implicit TLS) and runs one session per connection.
 //!
-//! Every read has a length limit and an idle timeout, failed
-//! authentications are slowed down, and sessions are counted per address,
-//! so that no client can exhaust memory or starve the others.
+//! The protocol is the `flowd-fnap` crate, and so is the order of things:
+//! each connection is a [`flowd_fnap::session::Session`], the pure state
+//! machine of figure 13 of the draft (greeting, the authentication gate,
+//! STARTTLS, error counts, limits, data blocks). This module is the host's
+//! side, which owns the meaning of commands, one file per concern:
 //!
-//! The protocol (commands, replies, framing) is the `flowd-fnap` crate;
-//! this module is the host's side, one file per concern:
-//!
-//! - `listener`: binding, accepting, admission (sessions per address) and
-//!   implicit TLS;
-//! - `session`: the session driver (greeting, line reading, STARTTLS,
-//!   error counting, the authentication gate);
-//! - `auth`: `AUTHENTICATE` and `CAPABILITIES`;
-//! - `dispatch`: commands as agent operations;
-//! - `data`: the commands that stream data blocks (`WRITE FLOW`,
-//!   `READ FLOW`, `PUT COMPONENT`, processor declarations);
+//! - `listener`: binding, accepting, admission (sessions in all and per
+//!   address, [`flowd_fnap::session::Admission`]) and implicit TLS;
+//! - `session`: the driver: bytes from the socket into the state machine's
+//!   line decoder, its actions carried out (replies, waits, the TLS
+//!   upgrade, closing), with the idle timeout on reads and writes;
+//! - `auth`: checking credentials, and `CAPABILITIES`;
+//! - `dispatch`: commands as [`Agent`] operations;
+//! - `data`: the commands with data blocks (`WRITE FLOW` streamed into the
+//!   broker, `READ FLOW` streamed out, `PUT COMPONENT` and processor
+//!   declarations collected);
 //! - `render`: replies and data blocks from agent results.
 
 mod auth;
@@ -28,11 +27,8 @@ mod render;
 mod session;
 
 use listener::{Shared, accept};
-use render::{
-    Response, describe_flow, describe_processor, error_reply, help, key_values, ok, send,
-    write_line,
-};
-use session::{End, ReadOptions, Reader, Session, Writer};
+use render::{data, describe_flow, describe_processor, error_reply, key_values, ok};
+use session::{Conn, Driver, End};
 
 use crate::agent::processors::ProcessorRequest;
 use crate::agent::{Agent, AgentError, Principal};
@@ -41,17 +37,19 @@ use base64::Engine as _;
 use flowd_broker::FlowInfo;
 use flowd_core::event::jsonl;
 use flowd_engine::RunLimits;
-use flowd_fnap::command::{self, Command, Mechanism, Start};
+use flowd_fnap::capabilities::{BrokerOffer, Capabilities};
+use flowd_fnap::command::{Command, Start};
 use flowd_fnap::data::{Outcome as _, ProcessorUpdated, WriteFailed, Written};
-use flowd_fnap::framing::{self, Line};
+use flowd_fnap::framing::{self, Line, LineDecoder};
 use flowd_fnap::reply::{Code, Reply};
-use flowd_fnap::sasl::PlainCredentials;
-use std::collections::HashMap;
+use flowd_fnap::session::{
+    Action, Admission, Credentials, DataLine, Input, Response, Session, SessionConfig,
+};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -85,7 +83,7 @@ impl Server {
     /// Binds the configured ports and starts accepting.
     pub async fn start(ctx: ServerContext) -> std::io::Result<Server> {
         let shared = Arc::new(Shared {
-            sessions: Mutex::new(HashMap::new()),
+            admission: Mutex::new(Admission::new(&ctx.config.limits())),
             acceptor: ctx.tls.clone().map(TlsAcceptor::from),
             ctx,
         });

@@ -2,19 +2,17 @@
 
 use super::*;
 
-/// What a command handler sends back.
-pub(super) enum Response {
-    One(Reply),
-    /// `220 DATA`, the lines, then the final reply.
-    Data(Vec<String>, Reply),
-    /// The handler wrote its reply itself (streamed data).
-    Sent {
-        success: bool,
-    },
+/// A one-line success.
+pub(super) fn ok(text: impl Into<String>) -> Response {
+    Response::Reply(Reply::ok(text))
 }
 
-pub(super) fn ok(text: impl Into<String>) -> Response {
-    Response::One(Reply::ok(text))
+/// A data block ending in `220 OK`.
+pub(super) fn data(lines: Vec<String>) -> Response {
+    Response::Data {
+        lines,
+        end: Reply::ok("OK"),
+    }
 }
 
 pub(super) fn error_reply(e: &AgentError) -> Reply {
@@ -101,22 +99,4 @@ pub(super) fn describe_processor(
         }
     }
     lines
-}
-
-pub(super) fn help(topic: Option<String>) -> Response {
-    match flowd_fnap::session::help(topic.as_deref()) {
-        flowd_fnap::session::Response::Data { lines, end } => Response::Data(lines, end),
-        flowd_fnap::session::Response::Reply(reply) => Response::One(reply),
-        other => unreachable!("HELP answers a reply or a data block, not {other:?}"),
-    }
-}
-
-pub(super) async fn write_line(writer: &mut Writer, line: &str) -> std::io::Result<()> {
-    writer.write_all(line.as_bytes()).await?;
-    writer.write_all(b"\r\n").await
-}
-
-pub(super) async fn send(writer: &mut Writer, reply: &Reply) -> std::io::Result<()> {
-    write_line(writer, &reply.to_string()).await?;
-    writer.flush().await
 }

@@ -1,208 +1,233 @@
-//! The session driver: greeting, line reading, STARTTLS, error counting
-//! and the authentication gate.
+//! The session driver: moves bytes between the socket and the FNAP session
+//! state machine and carries out what it asks.
+//!
+//! The state machine ([`Session`]) decides what is sent and when a session
+//! ends; the driver only does I/O: it feeds the machine lines from a
+//! [`LineDecoder`] (so a partial line never holds more than `max-line`
+//! bytes), sends its replies, dispatches commands to the agent, checks
+//! credentials, waits, upgrades to TLS and closes. Replies are buffered and
+//! flushed when the driver would wait for the client, so pipelined commands
+//! are answered in one write. Reads and writes both have the idle timeout: a
+//! client that sends nothing, or stops reading what it asked for, is closed.
 
 use super::*;
 
-/// Why a session ends early.
+/// Why a session ended other than by the state machine's `Close`.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum End {
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    #[error("client closed the connection")]
-    Closed,
-    #[error("closed by the server: {0}")]
-    Limit(String),
-    #[error("client quit")]
-    Quit,
-    #[error("upgrading to TLS")]
-    StartTls,
+    #[error("the client did not read its replies within the idle timeout")]
+    WriteTimeout,
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+    #[error("protocol state: {0}")]
+    State(#[from] flowd_fnap::session::SessionError),
 }
 
-pub(super) type Reader = BufReader<tokio::io::ReadHalf<Stream>>;
-pub(super) type Writer = BufWriter<tokio::io::WriteHalf<Stream>>;
+/// Size of a socket read.
+const READ_CHUNK: usize = 16 << 10;
 
-pub(super) struct Session {
+/// One connection's byte streams: the read half with its line decoder and
+/// the bytes read but not decoded yet, and the buffered write half.
+pub(super) struct Conn {
+    read: tokio::io::ReadHalf<Stream>,
+    write: BufWriter<tokio::io::WriteHalf<Stream>>,
+    decoder: LineDecoder,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    idle: Duration,
+}
+
+impl Conn {
+    fn new(stream: Stream, max_line: usize, idle: Duration) -> Conn {
+        let (read, write) = tokio::io::split(stream);
+        Conn {
+            read,
+            write: BufWriter::new(write),
+            decoder: LineDecoder::new(max_line),
+            buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            idle,
+        }
+    }
+
+    /// The next line from the client, or `None` after the idle timeout.
+    /// What is buffered for the client is sent before waiting for it.
+    pub(super) async fn next_line(&mut self) -> Result<Option<Line>, End> {
+        loop {
+            if self.start < self.end {
+                let (used, line) = self.decoder.feed(&self.buf[self.start..self.end]);
+                self.start += used;
+                if let Some(line) = line {
+                    return Ok(Some(line));
+                }
+                continue;
+            }
+            self.flush().await?;
+            match tokio::time::timeout(self.idle, self.read.read(&mut self.buf)).await {
+                Err(_) => return Ok(None),
+                Ok(Ok(0)) => return Ok(Some(self.decoder.finish())),
+                Ok(Ok(n)) => {
+                    self.start = 0;
+                    self.end = n;
+                }
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits until the client sends anything (it stops a `READ FLOW`); the
+    /// bytes stay for [`Conn::next_line`]. Cancel-safe.
+    pub(super) async fn readable(&mut self) -> Result<(), End> {
+        if self.start < self.end {
+            return Ok(());
+        }
+        let n = self.read.read(&mut self.buf).await?;
+        self.start = 0;
+        self.end = n;
+        Ok(())
+    }
+
+    /// Queues bytes for the client.
+    pub(super) async fn send(&mut self, bytes: &[u8]) -> Result<(), End> {
+        tokio::time::timeout(self.idle, self.write.write_all(bytes))
+            .await
+            .map_err(|_| End::WriteTimeout)??;
+        Ok(())
+    }
+
+    /// Queues one line (the CRLF is added).
+    pub(super) async fn send_line(&mut self, line: &str) -> Result<(), End> {
+        self.send(line.as_bytes()).await?;
+        self.send(b"\r\n").await
+    }
+
+    /// Sends what is queued.
+    pub(super) async fn flush(&mut self) -> Result<(), End> {
+        tokio::time::timeout(self.idle, self.write.flush())
+            .await
+            .map_err(|_| End::WriteTimeout)??;
+        Ok(())
+    }
+
+    /// The connection for a TLS handshake. Anything the client pipelined
+    /// after `STARTTLS` is dropped (it was sent in clear, RFC 3207).
+    fn into_stream(self) -> Stream {
+        self.read.unsplit(self.write.into_inner())
+    }
+
+    async fn close(mut self) {
+        let _ = self.flush().await;
+        let _ = tokio::time::timeout(self.idle, self.write.shutdown()).await;
+    }
+}
+
+/// One session: its state machine and what the host keeps beside it.
+pub(super) struct Driver {
     pub(super) shared: Arc<Shared>,
     pub(super) peer: SocketAddr,
-    pub(super) tls: bool,
-    pub(super) principal: Option<Principal>,
-    pub(super) before_auth: u32,
-    pub(super) auth_failures: u32,
-    pub(super) errors: u32,
-    pub(super) buf: Vec<u8>,
+    pub(super) session: Session<Principal>,
+    /// The `WRITE FLOW` whose block is streaming in.
+    pub(super) upload: Option<data::Upload>,
 }
 
-/// How `READ FLOW` reads.
-pub(super) struct ReadOptions {
-    pub(super) start: Start,
-    pub(super) count: Option<u64>,
-    pub(super) follow: bool,
-    pub(super) sequences: bool,
-}
-
-impl Session {
-    pub(super) fn config(&self) -> &FnapConfig {
-        &self.shared.ctx.config
+impl Driver {
+    pub(super) fn new(shared: Arc<Shared>, peer: SocketAddr, config: SessionConfig) -> Driver {
+        Driver {
+            shared,
+            peer,
+            session: Session::new(config),
+            upload: None,
+        }
     }
 
     pub(super) fn agent(&self) -> &Agent {
         &self.shared.ctx.agent
     }
 
-    pub(super) async fn run(&mut self, stream: Stream) -> Result<(), End> {
-        let mut stream = stream;
-        // The greeting comes on connect (after the handshake with implicit
-        // TLS), not again after STARTTLS.
-        let mut greet = true;
-        loop {
-            let (read, write) = tokio::io::split(stream);
-            let mut reader = BufReader::new(read);
-            let mut writer = BufWriter::new(write);
-            let result = self.serve(&mut reader, &mut writer, greet).await;
-            match result {
-                Err(End::StartTls) => {
-                    // Anything the client pipelined after STARTTLS is
-                    // dropped (it was sent in clear), as RFC 3207 asks.
-                    let plain = reader.into_inner().unsplit(writer.into_inner());
-                    let Some(acceptor) = self.shared.acceptor.clone() else {
-                        return Ok(());
-                    };
-                    let limit = Duration::from_secs(self.config().idle_timeout_secs.clamp(1, 30));
-                    let tls = tokio::time::timeout(limit, acceptor.accept(plain))
-                        .await
-                        .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
-                    stream = Box::new(tls);
-                    self.tls = true;
-                    greet = false;
-                    // A new session state after the upgrade.
-                    self.principal = None;
-                    self.before_auth = 0;
-                }
-                Err(End::Limit(why)) => {
-                    let _ = send(&mut writer, &Reply::new(Code::Closing, why)).await;
-                    let _ = writer.shutdown().await;
-                    return Ok(());
-                }
-                Err(End::Quit) => {
-                    let _ = writer.shutdown().await;
-                    return Ok(());
-                }
-                other => return other,
-            }
-        }
+    /// Who the session acts as (commands past the authentication gate
+    /// always have a principal).
+    pub(super) fn principal(&self) -> Principal {
+        self.session
+            .principal()
+            .cloned()
+            .unwrap_or(Principal::Anonymous)
     }
 
-    /// Reads one line, with the idle timeout.
-    pub(super) async fn line(&mut self, reader: &mut Reader) -> Result<Line, End> {
-        let idle = Duration::from_secs(self.config().idle_timeout_secs.max(1));
-        let max = self.config().max_line;
-        match tokio::time::timeout(idle, framing::read_line(reader, max, &mut self.buf)).await {
-            Ok(line) => Ok(line?),
-            Err(_) => Err(End::Limit("idle timeout, closing".into())),
-        }
-    }
-
-    pub(super) async fn serve(
-        &mut self,
-        reader: &mut Reader,
-        writer: &mut Writer,
-        greet: bool,
-    ) -> Result<(), End> {
-        if greet {
-            let greeting = Reply::ok(format!("{} FNAA", self.shared.ctx.fqdn));
-            send(writer, &greeting).await?;
-        }
+    pub(super) async fn run(mut self, stream: Stream) -> Result<(), End> {
+        let limits = self.session.config().limits.clone();
+        let mut conn = Conn::new(stream, limits.max_line, limits.idle_timeout());
+        let mut input = Some(Input::Start);
         loop {
-            let line = match self.line(reader).await? {
-                Line::Closed => return Err(End::Closed),
-                Line::TooLong => {
-                    let max = self.config().max_line;
-                    self.fail(
-                        writer,
-                        Reply::new(Code::Syntax, format!("line too long (at most {max} bytes)")),
-                    )
-                    .await?;
-                    continue;
-                }
-                Line::NotText => {
-                    self.fail(writer, Reply::new(Code::Syntax, "not a line of UTF-8 text"))
-                        .await?;
-                    continue;
-                }
-                Line::Text(text) => text,
-            };
-            let command = match command::parse(&line) {
-                Ok(c) => c,
-                Err(e) => {
-                    let code = match e {
-                        command::SyntaxError::Empty
-                        | command::SyntaxError::TooLong
-                        | command::SyntaxError::Unknown(_) => Code::Syntax,
-                        _ => Code::Arguments,
-                    };
-                    self.fail(writer, Reply::new(code, e.to_string())).await?;
-                    continue;
+            let next = match input.take() {
+                Some(next) => next,
+                None if self.session.state().wants_line() => match conn.next_line().await? {
+                    Some(line) => Input::Line(line),
+                    None => Input::IdleTimeout,
+                },
+                // Closed (or waiting for nothing the driver could give).
+                None => {
+                    conn.close().await;
+                    return Ok(());
                 }
             };
-            if self.principal.is_none() {
-                self.before_auth += 1;
-                if self.before_auth > self.config().max_commands_before_auth {
-                    return Err(End::Limit("too many commands before authentication".into()));
-                }
-                if !command.allowed_before_auth() {
-                    self.fail(
-                        writer,
-                        Reply::new(
-                            Code::AuthRequired,
-                            "authenticate first (AUTHENTICATE PLAIN)",
-                        ),
-                    )
-                    .await?;
-                    continue;
-                }
-            }
-            let response = self.execute(command, reader, writer).await?;
-            let success = match &response {
-                Response::One(r) => r.is_success(),
-                Response::Data(_, r) => r.is_success(),
-                Response::Sent { success } => *success,
-            };
-            match response {
-                Response::One(reply) => send(writer, &reply).await?,
-                Response::Data(lines, last) => {
-                    write_line(writer, "220 DATA").await?;
-                    for line in &lines {
-                        // One data line per item, whatever a value holds.
-                        let line = line.replace(['\r', '\n'], " ");
-                        write_line(writer, &framing::stuff(&line)).await?;
+            for action in self.session.handle(next)? {
+                match action {
+                    Action::Reply(_) | Action::DataBlock { .. } => {
+                        if let Some(wire) = action.wire() {
+                            conn.send(wire.as_bytes()).await?;
+                        }
                     }
-                    send(writer, &last).await?;
+                    Action::Dispatch(command) => {
+                        let response = self.dispatch(command, &mut conn).await?;
+                        input = Some(Input::Response(response));
+                    }
+                    Action::Authenticate(credentials) => {
+                        input = Some(self.authenticate(credentials).await);
+                    }
+                    Action::Data { command, lines } => {
+                        input = Some(Input::Response(self.collected(command, lines).await));
+                    }
+                    Action::DataLine { number, line } => self.upload_line(number, line).await,
+                    Action::DataEnd => input = Some(Input::Response(self.upload_end().await)),
+                    Action::Wait(delay) => {
+                        conn.flush().await?;
+                        tokio::time::sleep(delay).await;
+                    }
+                    Action::StartTls => {
+                        conn.flush().await?;
+                        let Some(acceptor) = self.shared.acceptor.clone() else {
+                            return Ok(());
+                        };
+                        let handshake = tokio::time::timeout(
+                            limits.tls_handshake_timeout(),
+                            acceptor.accept(conn.into_stream()),
+                        )
+                        .await;
+                        match handshake {
+                            Ok(Ok(tls)) => {
+                                conn = Conn::new(
+                                    Box::new(tls),
+                                    limits.max_line,
+                                    limits.idle_timeout(),
+                                );
+                                input = Some(Input::TlsEstablished);
+                            }
+                            // The connection is gone with the failed
+                            // handshake: nothing more can be said on it.
+                            Ok(Err(e)) => return Err(End::Tls(e.to_string())),
+                            Err(_) => return Err(End::Tls("timed out".into())),
+                        }
+                    }
+                    Action::Close => {
+                        conn.close().await;
+                        return Ok(());
+                    }
                 }
-                Response::Sent { .. } => {}
-            }
-            if success {
-                self.errors = 0;
-            } else {
-                self.count_error()?;
             }
         }
-    }
-
-    pub(super) fn count_error(&mut self) -> Result<(), End> {
-        self.errors += 1;
-        if self.errors > self.config().max_errors {
-            return Err(End::Limit("too many errors".into()));
-        }
-        Ok(())
-    }
-
-    pub(super) async fn fail(&mut self, writer: &mut Writer, reply: Reply) -> Result<(), End> {
-        send(writer, &reply).await?;
-        self.count_error()
-    }
-
-    pub(super) fn principal(&self) -> &Principal {
-        // Commands past the authentication gate always have one.
-        self.principal.as_ref().unwrap_or(&Principal::Anonymous)
     }
 }

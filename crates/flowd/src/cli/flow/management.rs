@@ -2,10 +2,10 @@
 //! FNAP: components (`flow component ...`) and pipelines (`flow apply`,
 //! `flow get|describe|delete pipeline`).
 
+use crate::api::client::ApiClient;
+use crate::api::proto;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use flowd::api::client::ApiClient;
-use flowd::api::proto;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
