@@ -5,10 +5,11 @@
 //! - [`accounts`]: who may log in, and the local administrator;
 //! - [`agent`]: the FNAA's operations on namespaces, flows, subscriptions
 //!   and processors, with access control;
-//! - [`server`]: the FNAP server (the protocol is `flowd-fnap`);
+//! - `server` (private): the FNAP server, run by the daemon (the protocol
+//!   is `flowd-fnap`);
 //! - [`tls`]: the host's certificate;
-//! - [`peers`]: sessions with other participants' hosts; [`relays`]: remote
-//!   subscriptions carried into local flows;
+//! - [`peers`]: sessions with other participants' hosts; `relays`
+//!   (private): remote subscriptions carried into local flows;
 //! - [`pipeline`]: chains of processors declared by YAML manifests;
 //! - [`api`]: the gRPC management API (registry, processors, pipelines);
 //! - [`user_agent`]: the `flow` user agent's configuration and log-in;
@@ -24,7 +25,11 @@ pub mod config;
 pub mod daemon;
 pub mod peers;
 pub mod pipeline;
-pub mod relays;
-pub mod server;
+mod relays;
+mod server;
 pub mod tls;
 pub mod user_agent;
+
+pub use agent::{Agent, AgentError, Principal};
+pub use config::Config;
+pub use daemon::Daemon;

@@ -39,7 +39,7 @@ use std::time::Duration;
 /// runs on one of them: the host [`cluster::owner`] ranks first for it,
 /// under a lease (`relay-<token>.0` in `flowd-leases`), as processor
 /// instances do.
-pub struct Relays {
+pub(crate) struct Relays {
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -48,7 +48,7 @@ pub struct Relays {
 type Running = HashMap<String, (tokio::task::JoinHandle<()>, u64, Subscription)>;
 
 impl Relays {
-    pub async fn start(
+    pub(crate) async fn start(
         agent: Agent,
         federation: Arc<Federation>,
         membership: Membership,
@@ -110,7 +110,7 @@ impl Relays {
         Ok(Relays { task })
     }
 
-    pub fn shutdown(self) {
+    pub(crate) fn shutdown(self) {
         self.task.abort();
     }
 }

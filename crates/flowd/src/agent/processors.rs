@@ -66,21 +66,56 @@ impl ProcessorRequest {
 
     fn run_limits(&self, mut limits: RunLimits) -> Result<RunLimits, AgentError> {
         for (name, n) in &self.limits {
+            let Some((_, low, high)) = LIMIT_RANGES.iter().find(|(key, ..)| key == name) else {
+                return Err(AgentError::Invalid(format!(
+                    "unknown limit `{name}` (memory-mib, deadline-ms, batch, max-attempts, tick-ms)"
+                )));
+            };
+            if !(*low..=*high).contains(n) {
+                return Err(AgentError::Invalid(format!(
+                    "limit.{name}={n}: use {low} to {high}"
+                )));
+            }
+            // In range, so each fits its field on any platform.
             match name.as_str() {
                 "memory-mib" => limits.memory_mib = *n as usize,
                 "deadline-ms" => limits.deadline_ms = *n,
                 "batch" => limits.batch = *n as usize,
                 "max-attempts" => limits.max_attempts = *n as u32,
-                "tick-ms" => limits.tick_ms = *n,
-                _ => {
-                    return Err(AgentError::Invalid(format!(
-                        "unknown limit `{name}` (memory-mib, deadline-ms, batch, max-attempts, tick-ms)"
-                    )));
-                }
+                _ => limits.tick_ms = *n,
             }
         }
         Ok(limits)
     }
+}
+
+/// What a processor's limits may be, whoever declares them (`limit.<name>=`
+/// over FNAP, a pipeline manifest's `limits:`): a guest runs on the host's
+/// CPU and memory, so a declaration cannot ask for a call of a day, a
+/// batch that overflows or gigabytes of memory.
+pub const LIMIT_RANGES: [(&str, u64, u64); 5] = [
+    ("memory-mib", 1, 1024),
+    ("deadline-ms", 1, 10_000),
+    ("batch", 1, 10_000),
+    ("max-attempts", 1, 100),
+    ("tick-ms", 10, 3_600_000),
+];
+
+/// Checks limits against [`LIMIT_RANGES`].
+pub fn check_limits(limits: &RunLimits) -> Result<(), String> {
+    let values = [
+        ("memory-mib", limits.memory_mib as u64),
+        ("deadline-ms", limits.deadline_ms),
+        ("batch", limits.batch as u64),
+        ("max-attempts", u64::from(limits.max_attempts)),
+        ("tick-ms", limits.tick_ms),
+    ];
+    for ((name, value), (_, low, high)) in values.iter().zip(LIMIT_RANGES) {
+        if !(low..=high).contains(value) {
+            return Err(format!("limit {name}={value}: use {low} to {high}"));
+        }
+    }
+    Ok(())
 }
 
 fn may_manage(principal: &Principal, spec: &ProcessorSpec) -> Result<(), AgentError> {
@@ -299,5 +334,34 @@ mod tests {
         assert!(ProcessorRequest::from_pairs([("kind", "blender")]).is_err());
         assert!(ProcessorRequest::from_pairs([("colour", "red")]).is_err());
         assert!(ProcessorRequest::from_pairs([("input", "not a flow")]).is_err());
+    }
+
+    #[test]
+    fn limits_outside_their_ranges_are_refused_with_the_range() {
+        let limits = |pairs: &[(&str, &str)]| {
+            ProcessorRequest::from_pairs(pairs.iter().copied())
+                .and_then(|r| r.run_limits(RunLimits::default()))
+        };
+        let refused = |pairs: &[(&str, &str)]| match limits(pairs) {
+            Err(AgentError::Invalid(why)) => why,
+            other => panic!("{pairs:?} accepted: {other:?}"),
+        };
+        assert!(refused(&[("limit.deadline-ms", "86400000")]).contains("use 1 to 10000"));
+        assert!(refused(&[("limit.batch", "18446744073709551615")]).contains("limit.batch"));
+        assert!(refused(&[("limit.batch", "0")]).contains("use 1 to"));
+        assert!(refused(&[("limit.memory-mib", "4096")]).contains("memory-mib"));
+        assert!(refused(&[("limit.max-attempts", "4294967296")]).contains("max-attempts"));
+        assert!(refused(&[("limit.tick-ms", "1")]).contains("tick-ms"));
+        let ok =
+            limits(&[("limit.deadline-ms", "10000"), ("limit.batch", "50")]).expect("in range");
+        assert_eq!((ok.deadline_ms, ok.batch), (10_000, 50));
+        assert!(check_limits(&ok).is_ok());
+        assert!(
+            check_limits(&RunLimits {
+                batch: usize::MAX,
+                ..ok
+            })
+            .is_err()
+        );
     }
 }

@@ -407,9 +407,7 @@ fn run_limits(defaults: &RunLimits, set: &StepLimits) -> Result<RunLimits, Strin
     if let Some(v) = set.tick_ms {
         limits.tick_ms = v;
     }
-    if limits.batch == 0 || limits.memory_mib == 0 || limits.deadline_ms == 0 {
-        return Err("limits batch, memory-mib and deadline-ms must be at least 1".into());
-    }
+    crate::agent::processors::check_limits(&limits)?;
     Ok(limits)
 }
 

@@ -59,29 +59,29 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 type Stream = Box<dyn Transport>;
 
 /// What the server needs from the host.
-pub struct ServerContext {
-    pub agent: Agent,
-    pub config: FnapConfig,
+pub(crate) struct ServerContext {
+    pub(crate) agent: Agent,
+    pub(crate) config: FnapConfig,
     /// This host's FQDN, announced in the greeting.
-    pub fqdn: String,
-    pub state_dir: PathBuf,
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) fqdn: String,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     /// Broker URLs `DESCRIBE FLOW` gives as the flow's server.
-    pub broker_urls: Vec<String>,
+    pub(crate) broker_urls: Vec<String>,
     /// Limits of processors created without explicit ones.
-    pub limits: RunLimits,
+    pub(crate) limits: RunLimits,
 }
 
 /// A running server.
-pub struct Server {
-    pub plain: Option<SocketAddr>,
-    pub tls: Option<SocketAddr>,
+pub(crate) struct Server {
+    pub(crate) plain: Option<SocketAddr>,
+    pub(crate) tls: Option<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
     /// Binds the configured ports and starts accepting.
-    pub async fn start(ctx: ServerContext) -> std::io::Result<Server> {
+    pub(crate) async fn start(ctx: ServerContext) -> std::io::Result<Server> {
         let shared = Arc::new(Shared {
             admission: Mutex::new(Admission::new(&ctx.config.limits())),
             acceptor: ctx.tls.clone().map(TlsAcceptor::from),
@@ -103,7 +103,7 @@ impl Server {
         Ok(Server { plain, tls, tasks })
     }
 
-    pub fn shutdown(self) {
+    pub(crate) fn shutdown(self) {
         for task in self.tasks {
             task.abort();
         }
