@@ -22,8 +22,7 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::Duration;
 
-pub use flowd_core::buckets::AGENTS;
-pub use flowd_core::buckets::LEASES;
+use flowd_core::buckets::{AGENTS, LEASES};
 
 /// How hosts find each other and share the work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,11 +50,12 @@ impl Default for ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// The heartbeat interval, never shorter than 50 ms.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms.max(50))
     }
 
-    /// Never shorter than three heartbeats.
+    /// The failover time, never shorter than three heartbeats.
     pub fn failover(&self) -> Duration {
         Duration::from_millis(self.failover_ms.max(3 * self.heartbeat_ms.max(50)))
     }
@@ -65,13 +65,17 @@ impl ClusterConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AgentRecord {
+    /// The host's id ([`ClusterConfig::host_id`]), also its key in the bucket.
     pub id: String,
+    /// The host's domain name.
     pub fqdn: String,
-    /// FNAP and gRPC addresses, when served.
+    /// FNAP address, when served.
     pub fnap: Option<String>,
+    /// gRPC API address, when served.
     pub api: Option<String>,
+    /// When the host started (Unix milliseconds).
     pub started_ms: u64,
-    /// When this heartbeat was written.
+    /// When this heartbeat was written (Unix milliseconds).
     pub heartbeat_ms: u64,
     /// Processor instances running on the host.
     pub instances: u32,
@@ -154,6 +158,7 @@ pub fn lease_key(processor: &str, instance: u32) -> String {
 /// This host's membership: its heartbeat, the live set, its leases.
 #[derive(Clone)]
 pub struct Membership {
+    /// This host's id.
     pub id: String,
     agents: kv::Store,
     leases: kv::Store,
@@ -164,6 +169,9 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
 }
 
 impl Membership {
+    /// Joins as host `id`, creating the agents and leases buckets (entries
+    /// aging out after the failover time) if missing. The host is live
+    /// only from its first [`Membership::beat`].
     pub async fn open(
         broker: &Broker,
         id: &str,
@@ -177,6 +185,7 @@ impl Membership {
         })
     }
 
+    /// Writes this host's heartbeat: it stays live for the failover time.
     pub async fn beat(&self, record: &AgentRecord) -> Result<(), BrokerError> {
         let json = serde_json::to_vec(record).map_err(unavailable)?;
         self.agents

@@ -31,8 +31,11 @@ pub const RAW_TYPE: &str = "eson.raw";
 /// Where a stored message is, for wrapping raw ones with a stable id.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {
+    /// The stream the message is stored in.
     pub stream: &'a str,
+    /// Its sequence in that stream.
     pub sequence: u64,
+    /// The subject it was published on (a raw event's source).
     pub subject: &'a str,
 }
 

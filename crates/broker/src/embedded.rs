@@ -36,23 +36,35 @@ use tokio::sync::watch;
 /// Why the embedded server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
+    /// No nats-server binary in any of the places looked at (the string
+    /// names the installed location).
     #[error(
         "no nats-server found (looked at $FLOWD_NATS_SERVER, PATH and {0}); run scripts/setup or set `nats.url`"
     )]
     NotFound(String),
+    /// A file or directory of the server's state could not be written or
+    /// read (or a users file did not decode).
     #[error("cannot prepare {path}: {source}")]
     Io {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// What went wrong with it.
         source: std::io::Error,
     },
+    /// The started server did not report itself healthy with JetStream on
+    /// in time.
     #[error("nats-server did not become ready within {0:?}")]
     NotReady(Duration),
+    /// The server did not read its rewritten users in time, so a change of
+    /// users may not be in force yet.
     #[error("nats-server did not reload its users within {0:?}")]
     NotReloaded(Duration),
+    /// Asked to listen beyond loopback without a TLS certificate.
     #[error(
         "the embedded broker would listen on {0} without TLS; subscribers' passwords would cross the network in clear"
     )]
     PlainBeyondLoopback(IpAddr),
+    /// Making a user's credentials failed.
     #[error(transparent)]
     Grant(#[from] super::grants::GrantError),
 }
@@ -339,10 +351,12 @@ impl EmbeddedNats {
         })
     }
 
+    /// The URL the host connects to the server at.
     pub fn url(&self) -> &str {
         &self.url
     }
 
+    /// The server's client port (kept across restarts).
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -59,17 +59,21 @@ pub const BATCH: usize = 256;
 pub const HOST_ACCOUNT: &str = "FLOWD";
 
 /// The JetStream API prefix in a subscriber's account.
-pub const API_PREFIX: &str = "FLOWD.API";
+pub use flowd_core::naming::SUBSCRIBER_API_PREFIX as API_PREFIX;
 
 /// The JetStream API prefix when an issuing host names none.
-const DEFAULT_API_PREFIX: &str = "$JS.API";
+use flowd_core::naming::JETSTREAM_API_PREFIX as DEFAULT_API_PREFIX;
 
 /// What a subscriber needs to pull its copy from the issuing broker.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PullCredentials {
+    /// The broker user to connect as.
     pub user: String,
+    /// Its password.
     pub password: String,
+    /// The issuing host's stream holding the flow.
     pub stream: String,
+    /// The durable consumer of that stream the subscriber pulls through.
     pub consumer: String,
     /// Inbox prefix the subscriber's client must use (the only subjects it
     /// may subscribe to are below it).
@@ -84,6 +88,7 @@ pub struct PullCredentials {
     /// `password` is empty and `user` names the subscriber's account).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<String>,
+    /// On an operator-run NATS: the nkey seed that signs for `jwt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<String>,
 }
@@ -116,8 +121,9 @@ pub struct BrokerUser {
     pub user: String,
     /// bcrypt hash: the password itself is given once, to the subscriber.
     pub password_hash: String,
-    /// The copy's stream and the consumer the account may pull.
+    /// The copy's stream.
     pub stream: String,
+    /// The consumer of that stream the account may pull.
     pub consumer: String,
     /// The only subjects the user may subscribe to are below it.
     pub inbox: String,
@@ -291,10 +297,13 @@ pub enum Issuer {
 /// Why an issuer could not admit or revoke an account.
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
+    /// The embedded broker's users could not be rewritten or reloaded.
     #[error(transparent)]
     Embedded(#[from] super::embedded::EmbeddedError),
+    /// The operator-run NATS did not take the account's JWT.
     #[error(transparent)]
     Operator(#[from] super::operator::OperatorError),
+    /// The credentials themselves could not be made.
     #[error(transparent)]
     Grant(#[from] GrantError),
 }
@@ -337,6 +346,7 @@ impl Issuer {
 /// Why credentials could not be made or read.
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
+    /// bcrypt failed to hash a password.
     #[error("hashing the broker password: {0}")]
     Hash(#[from] bcrypt::BcryptError),
 }

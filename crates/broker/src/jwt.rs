@@ -15,10 +15,14 @@ use sha2::Digest;
 /// Why a token could not be made or read.
 #[derive(Debug, thiserror::Error)]
 pub enum JwtError {
+    /// The issuer's key could not sign the token.
     #[error("signing: {0}")]
     Sign(String),
+    /// An nkey seed did not decode, or a key pair has no seed.
     #[error("a NATS key: {0}")]
     Key(String),
+    /// A token to read is not `header.claims.signature` with base64url
+    /// JSON claims.
     #[error("not a NATS JWT: {0}")]
     Malformed(&'static str),
 }

@@ -3,6 +3,20 @@
 //! CloudEvents NATS binding ([`codec`]), and the host's own records (flows,
 //! processors, keyed state) live in JetStream key-value buckets and an object
 //! store.
+//!
+//! - [`Broker`]: a connection to the broker, with flows, consumers,
+//!   buckets and object stores;
+//! - [`codec`]: events on the wire, to and from processor batches;
+//! - [`records`]: typed JSON records in key-value buckets ([`Records`]);
+//! - [`embedded`]: the `nats-server` the host starts and supervises when no
+//!   broker is configured, and its users;
+//! - [`grants`]: broker credentials for subscribers, issued and used;
+//! - [`operator`]: the same credentials on an operator-run NATS (JWTs);
+//! - [`jwt`]: the NATS JWTs the host mints for that;
+//! - [`cluster`]: several hosts on one broker: heartbeats, placement of
+//!   processor instances and their leases.
+
+#![warn(missing_docs)]
 
 pub mod cluster;
 pub mod codec;
@@ -24,14 +38,27 @@ use std::time::Duration;
 /// Why a broker operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    /// The first connection could not be made (unreachable server, bad
+    /// credentials or TLS).
     #[error("cannot connect to NATS at {urls}: {reason}")]
-    Connect { urls: String, reason: String },
+    Connect {
+        /// The server URLs tried, comma-separated.
+        urls: String,
+        /// What the client reported.
+        reason: String,
+    },
+    /// The broker says the flow's stream does not exist.
     #[error("no such flow: {0}")]
     NoSuchFlow(FlowName),
+    /// Creating a flow whose stream is already there.
     #[error("flow already exists: {0}")]
     FlowExists(FlowName),
+    /// The settings contradict each other (a de-duplication window longer
+    /// than the maximum age).
     #[error("invalid flow settings: {0}")]
     Settings(String),
+    /// Any other broker failure, usually transient (no leader, timeout,
+    /// lost connection): worth retrying.
     #[error("broker request failed: {0}")]
     Request(String),
 }
@@ -39,6 +66,7 @@ pub enum BrokerError {
 /// How the host authenticates to its broker.
 #[derive(Clone, Copy)]
 pub enum BrokerAuth<'a> {
+    /// No credentials (a NATS open to anyone who reaches it).
     None,
     /// A user name and password (the embedded broker).
     Password(&'a str, &'a str),
@@ -116,22 +144,34 @@ impl FlowSettings {
 /// A flow as the broker sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FlowInfo {
+    /// The flow's name.
     pub name: FlowName,
+    /// Its URI, as written in the stream's description.
     pub uri: String,
+    /// The JetStream stream holding its events.
     pub stream: String,
+    /// The subject its events are published on.
     pub subject: String,
+    /// Events stored now.
     pub events: u64,
+    /// Bytes stored now.
     pub bytes: u64,
+    /// Sequence of the oldest stored event.
     pub first_sequence: u64,
+    /// Sequence of the newest stored event (0: none yet).
     pub last_sequence: u64,
+    /// The settings the stream has now.
     pub settings: FlowSettings,
 }
 
 /// One event to store.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
+    /// The flow's subject ([`FlowName::subject`]).
     pub subject: String,
+    /// The event's attributes as headers ([`codec`]).
     pub headers: HeaderMap,
+    /// The event's data.
     pub payload: Bytes,
     /// De-duplication id (`Nats-Msg-Id`).
     pub message_id: String,
@@ -140,6 +180,7 @@ pub struct Outgoing {
 /// What a publish stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Published {
+    /// Events newly stored.
     pub stored: u64,
     /// Events the stream had already stored under the same message id.
     pub duplicates: u64,
@@ -229,10 +270,12 @@ impl Broker {
         Ok(config)
     }
 
+    /// The underlying NATS client, for plain subjects and requests.
     pub fn client(&self) -> &async_nats::Client {
         &self.client
     }
 
+    /// The JetStream context, for what this type does not wrap.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
     }
@@ -277,6 +320,7 @@ impl Broker {
         self.flow_info(flow).await
     }
 
+    /// Deletes a flow and every event in it.
     pub async fn delete_flow(&self, flow: &FlowName) -> Result<(), BrokerError> {
         self.stream(flow).await?;
         self.js
@@ -304,6 +348,7 @@ impl Broker {
             })
     }
 
+    /// A flow's counters and settings, as the broker has them now.
     pub async fn flow_info(&self, flow: &FlowName) -> Result<FlowInfo, BrokerError> {
         let mut stream = self.stream(flow).await?;
         let info = stream.info().await.map_err(request)?;
@@ -506,6 +551,7 @@ impl Broker {
             .map_err(request)
     }
 
+    /// Removes a durable consumer of a flow, and with it its position.
     pub async fn delete_consumer(&self, flow: &FlowName, durable: &str) -> Result<(), BrokerError> {
         let stream = self.stream(flow).await?;
         stream.delete_consumer(durable).await.map_err(request)?;

@@ -31,8 +31,11 @@ use std::time::Duration;
 /// Why the operator's servers did not take a subscriber's account.
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
+    /// The account's or user's JWT could not be made.
     #[error(transparent)]
     Jwt(#[from] JwtError),
+    /// The servers' resolver did not answer in time, or refused the
+    /// account's JWT.
     #[error("pushing an account to the NATS resolver: {0}")]
     Push(String),
 }
@@ -59,6 +62,10 @@ struct Inner {
 }
 
 impl Operator {
+    /// An issuer that signs subscriber accounts with `signing_key` (the
+    /// operator's signing key), importing the services of `host_account`,
+    /// and pushes them through `client` (the host's connection). `tls`:
+    /// the servers' client ports require TLS.
     pub fn new(
         signing_key: nkeys::KeyPair,
         host_account: String,

@@ -14,6 +14,16 @@ use std::fmt;
 /// a stream in a directory of that name, at most 255 bytes).
 pub const MAX_FLOW_NAME: usize = 240;
 
+/// The JetStream API prefix in a subscriber's broker account: the host
+/// imports its own JetStream API there under this prefix (the subscriber
+/// account has no JetStream of its own, and the server would answer
+/// `$JS.API` requests itself). Written in the `SUBSCRIBE` block as
+/// `broker-api=`.
+pub const SUBSCRIBER_API_PREFIX: &str = "FLOWD.API";
+
+/// JetStream's own API prefix, taken when a `SUBSCRIBE` block names none.
+pub const JETSTREAM_API_PREFIX: &str = "$JS.API";
+
 /// A validated flow name (its FQDN, lower case).
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,

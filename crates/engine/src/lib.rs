@@ -13,6 +13,16 @@
 //! Several hosts on one broker share the processors: each runs the
 //! instances [`flowd_broker::cluster`] places on it, under a lease, and takes
 //! over the instances of a host that stops beating.
+//!
+//! - [`Engine`]: the running set of this host's processors, and
+//!   [`Buckets`], the broker buckets it and the CLI use;
+//! - [`store_component`], [`read_component`]: component bytes in the
+//!   object store, by digest;
+//! - [`spec`]: processor specs and statuses as stored in the broker;
+//! - [`registry`]: uploaded components, named and versioned;
+//! - [`metrics`]: Prometheus metrics per processor.
+
+#![warn(missing_docs)]
 
 mod fused;
 pub mod metrics;
@@ -27,6 +37,7 @@ use anyhow::{Result, anyhow};
 use async_nats::jetstream::{kv, object_store::ObjectStore};
 use flowd_broker::cluster::{self, AgentRecord, ClusterConfig, Membership};
 use flowd_broker::{Broker, BrokerError};
+use flowd_core::buckets::{COMPONENTS, PROCESSORS, STATE, STATUS};
 use flowd_wasm::Host;
 use futures::StreamExt;
 use runner::RunnerHandle;
@@ -154,19 +165,25 @@ pub async fn read_component(store: &ObjectStore, digest: &str) -> Result<Vec<u8>
 /// The broker buckets the engine (and the CLI) use.
 #[derive(Clone)]
 pub struct Buckets {
+    /// Processor specs by id ([`PROCESSORS`]), written by users.
     pub processors: kv::Store,
+    /// Processor statuses by id ([`STATUS`]), written by the host.
     pub status: kv::Store,
+    /// Processors' keyed state ([`STATE`], keys from
+    /// [`spec::state_key`]).
     pub state: kv::Store,
+    /// Component bytes by digest ([`COMPONENTS`]).
     pub components: ObjectStore,
 }
 
 impl Buckets {
+    /// Opens the buckets, creating any that is missing.
     pub async fn open(broker: &Broker) -> Result<Buckets, BrokerError> {
         Ok(Buckets {
-            processors: broker.kv(spec::PROCESSORS).await?,
-            status: broker.kv(spec::STATUS).await?,
-            state: broker.kv(spec::STATE).await?,
-            components: broker.objects(spec::COMPONENTS).await?,
+            processors: broker.kv(PROCESSORS).await?,
+            status: broker.kv(STATUS).await?,
+            state: broker.kv(STATE).await?,
+            components: broker.objects(COMPONENTS).await?,
         })
     }
 }
@@ -314,6 +331,7 @@ impl Engine {
         })
     }
 
+    /// The engine's per-processor metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.ctx.metrics
     }

@@ -8,8 +8,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
+/// The label set of every engine metric: which processor it counts.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProcessorLabel {
+    /// The processor's id.
     pub processor: String,
 }
 
@@ -17,10 +19,15 @@ pub struct ProcessorLabel {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
+    /// Events read from input flows.
     pub events_in: Family<ProcessorLabel, Counter>,
+    /// Events written to output flows.
     pub events_out: Family<ProcessorLabel, Counter>,
+    /// Failed processor calls.
     pub errors: Family<ProcessorLabel, Counter>,
+    /// Events sent to the dead-letter flow.
     pub dead_lettered: Family<ProcessorLabel, Counter>,
+    /// Time to process one batch: call, store outputs, acknowledge.
     pub batch_seconds: Family<ProcessorLabel, Histogram>,
 }
 
@@ -67,6 +74,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The label of processor `processor`.
     pub fn label(processor: &str) -> ProcessorLabel {
         ProcessorLabel {
             processor: processor.to_owned(),

@@ -9,15 +9,16 @@
 //! taken `name@version` is refused, uploading the same bytes again is a
 //! no-op.
 
-use crate::spec::{self, ProcessorSpec};
+use crate::spec::ProcessorSpec;
 use async_nats::jetstream::{kv, object_store::ObjectStore};
 use flowd_broker::{Broker, BrokerError};
+use flowd_core::buckets::COMPONENTS;
 use flowd_wasm::{Host, Kind, LoadError};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use flowd_broker::{RecordError, Records};
-pub use flowd_core::buckets::REGISTRY;
+use flowd_core::buckets::REGISTRY;
 
 /// Largest component accepted (the object store chunks it; a host loads it
 /// whole into memory to compile it).
@@ -26,18 +27,35 @@ pub const MAX_COMPONENT_BYTES: usize = 256 << 20;
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// A name, version or digest that is not well-formed.
     #[error("{0}")]
     InvalidName(String),
+    /// The bytes do not load as a processor component.
     #[error("refused: {0}")]
     Refused(#[from] LoadError),
+    /// The component exceeds [`MAX_COMPONENT_BYTES`].
     #[error("refused: the component is larger than {MAX_COMPONENT_BYTES} bytes")]
     TooLarge,
+    /// No record (or no stored bytes) for the reference.
     #[error("no such component: {0}")]
     NotFound(String),
+    /// Uploading other bytes under a `name@version` already taken.
     #[error("{reference} already holds another component ({digest}); versions are immutable")]
-    VersionTaken { reference: String, digest: String },
+    VersionTaken {
+        /// The `name@version` concerned.
+        reference: String,
+        /// The digest it already holds.
+        digest: String,
+    },
+    /// Deleting a component that processors still run.
     #[error("{reference} is in use by processor(s) {}", .by.join(", "))]
-    InUse { reference: String, by: Vec<String> },
+    InUse {
+        /// The reference given.
+        reference: String,
+        /// The ids of the processors (or fused steps) running it.
+        by: Vec<String>,
+    },
+    /// The broker failed; worth retrying.
     #[error("registry unavailable: {0}")]
     Unavailable(String),
     /// A stored record that does not decode.
@@ -66,17 +84,23 @@ fn unavailable(e: impl std::fmt::Display) -> RegistryError {
 /// What the registry knows of one `name@version`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComponentRecord {
+    /// The name it was uploaded under.
     pub name: String,
+    /// Its version.
     pub version: String,
     /// `sha256:<hex>` of the bytes, their key in the object store.
     pub digest: String,
+    /// The processor kind it is.
     pub kind: Kind,
     /// The WIT world it implements.
     pub world: String,
+    /// The interfaces it imports.
     pub imports: Vec<String>,
+    /// Its size in bytes.
     pub size: u64,
     /// Milliseconds since the Unix epoch.
     pub uploaded_ms: u64,
+    /// The user who uploaded it (`None`: the host itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uploaded_by: Option<String>,
 }
@@ -92,8 +116,16 @@ impl ComponentRecord {
 /// that name) or `sha256:<hex>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ComponentRef {
-    Version { name: String, version: String },
+    /// `name@version`: one upload.
+    Version {
+        /// The component's name.
+        name: String,
+        /// Its version.
+        version: String,
+    },
+    /// `name`: the newest upload of that name.
     Latest(String),
+    /// `sha256:<hex>`: the bytes themselves, whatever they are named.
     Digest(String),
 }
 
@@ -191,7 +223,7 @@ impl Registry {
     pub async fn open(broker: &Broker, host: Arc<Host>) -> Result<Registry, RegistryError> {
         Ok(Registry {
             records: broker.kv(REGISTRY).await?,
-            objects: broker.objects(spec::COMPONENTS).await?,
+            objects: broker.objects(COMPONENTS).await?,
             host,
         })
     }

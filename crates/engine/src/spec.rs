@@ -8,8 +8,6 @@ use flowd_wasm::{Kind, Limits};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-pub use flowd_core::buckets::{COMPONENTS, NAMESPACES, PROCESSORS, STATE, STATUS, SUBSCRIPTIONS};
-
 /// Checks a processor id: it names KV keys and consumers.
 pub fn check_id(id: &str) -> Result<(), String> {
     if flowd_core::naming::is_processor_id(id) {
@@ -25,7 +23,9 @@ pub fn check_id(id: &str) -> Result<(), String> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RunLimits {
+    /// Memory cap of an instance, in MiB.
     pub memory_mib: usize,
+    /// CPU deadline of one call, in milliseconds.
     pub deadline_ms: u64,
     /// Events per call.
     pub batch: usize,
@@ -48,6 +48,7 @@ impl Default for RunLimits {
 }
 
 impl RunLimits {
+    /// The sandbox limits these stand for (other limits at their defaults).
     pub fn wasm(&self) -> Limits {
         Limits {
             memory: self.memory_mib << 20,
@@ -60,21 +61,29 @@ impl RunLimits {
 /// A processor as users describe it (figure 6's create/update/pause).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessorSpec {
+    /// The processor's id ([`check_id`]): its key in the buckets and the
+    /// stem of its consumers' names.
     pub id: String,
+    /// The kind its component is.
     pub kind: Kind,
     /// `sha256:<hex>` of the component in the components object store.
     pub component: String,
+    /// `key=value` configuration handed to the component's `init`.
     pub config: Vec<(String, String)>,
+    /// The flows it reads, in port order.
     pub inputs: Vec<FlowName>,
+    /// The flows it writes, in port order.
     pub outputs: Vec<FlowName>,
     /// Where events that keep failing go.
     pub dead_letter: FlowName,
+    /// Paused: no instance runs; its consumers keep their positions.
     #[serde(default)]
     pub paused: bool,
     /// Bumped by every update; the host restarts the processor between
     /// batches when it changes.
     #[serde(default)]
     pub generation: u64,
+    /// Its limits and batching.
     #[serde(default)]
     pub limits: RunLimits,
     /// The account that created it (`None`: the host itself, e.g. for
@@ -98,6 +107,7 @@ pub struct ProcessorSpec {
     /// names); empty: the flows' names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub input_names: Vec<String>,
+    /// The same for its output ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub output_names: Vec<String>,
     /// Instances to run, spread over the participant's live hosts and
@@ -137,8 +147,11 @@ pub enum Port {
 pub struct FusedStep {
     /// Its processor id: the key of its status and keyed state.
     pub id: String,
+    /// The kind its component is.
     pub kind: Kind,
+    /// `sha256:<hex>` of its component.
     pub component: String,
+    /// Its `key=value` configuration.
     pub config: Vec<(String, String)>,
     /// The flow of its input edge (for display; no flow exists for it).
     pub input: String,
@@ -146,9 +159,11 @@ pub struct FusedStep {
     pub outputs: Vec<String>,
     /// The port names its component is set up with (the edge names).
     pub input_name: String,
+    /// The same for its output ports.
     pub output_names: Vec<String>,
     /// Where each output port goes.
     pub ports: Vec<Port>,
+    /// Its own limits (batching follows the segment's processor).
     pub limits: RunLimits,
     /// Bumped when the step itself changes.
     pub generation: u64,
@@ -257,21 +272,34 @@ impl ProcessorSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
+    /// Being set up: loading its component, opening its consumers.
     Starting,
+    /// Processing its inputs.
     Running,
+    /// Stopped by the user; resumes where it was.
     Paused,
+    /// Its runner failed and restarts after a back-off (see
+    /// [`Status::last_error`]).
     Failed,
 }
 
 /// A processor's status, written by the host that runs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
+    /// Where it is.
     pub phase: Phase,
+    /// The [`ProcessorSpec::generation`] running.
     pub generation: u64,
+    /// Events taken in, counted by the host running it since it took the
+    /// processor up.
     pub events_in: u64,
+    /// Events written to its output flows.
     pub events_out: u64,
+    /// Failed calls (each attempt counts).
     pub errors: u64,
+    /// Events sent to the dead-letter flow.
     pub dead_lettered: u64,
+    /// The latest failure, cleared when the processor (re)starts running.
     pub last_error: Option<String>,
     /// When the current run started (ms since the Unix epoch): it changes
     /// exactly when the processor (re)starts.
@@ -282,6 +310,7 @@ pub struct Status {
 }
 
 impl Status {
+    /// A fresh status, with every counter at zero.
     pub fn new(phase: Phase, generation: u64) -> Self {
         Status {
             phase,

@@ -372,6 +372,13 @@ pub mod local {
     }
 }
 
+/// Reads the accounts file of `state_dir` on the blocking pool.
+async fn load_blocking(state_dir: PathBuf) -> Result<Accounts, AccountError> {
+    tokio::task::spawn_blocking(move || Accounts::load(&state_dir))
+        .await
+        .map_err(|e| AccountError::Invalid(format!("reading the accounts: {e}")))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,11 +417,4 @@ mod tests {
             Err(AccountError::NotFound(_))
         ));
     }
-}
-
-/// Reads the accounts file of `state_dir` on the blocking pool.
-async fn load_blocking(state_dir: PathBuf) -> Result<Accounts, AccountError> {
-    tokio::task::spawn_blocking(move || Accounts::load(&state_dir))
-        .await
-        .map_err(|e| AccountError::Invalid(format!("reading the accounts: {e}")))?
 }

@@ -228,10 +228,10 @@ impl<'a> IntoIterator for &'a KeyValues {
 // SUBSCRIBE
 
 /// The JetStream API prefix a flowd host gives its subscribers.
-pub const BROKER_API_PREFIX: &str = "FLOWD.API";
+pub use flowd_core::naming::SUBSCRIBER_API_PREFIX as BROKER_API_PREFIX;
 
 /// The JetStream API prefix when an issuing host names none.
-pub const DEFAULT_BROKER_API_PREFIX: &str = "$JS.API";
+pub use flowd_core::naming::JETSTREAM_API_PREFIX as DEFAULT_BROKER_API_PREFIX;
 
 /// The only broker type: NATS JetStream.
 pub const BROKER_TYPE: &str = "nats";

@@ -8,6 +8,8 @@
 //! - [`resolve`]: discovery, PTR -> SRV/TXT -> A/AAAA;
 //! - [`Source`]: what the host tells the name service.
 
+#![warn(missing_docs)]
+
 pub mod records;
 pub mod resolve;
 pub mod server;

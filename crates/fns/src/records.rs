@@ -24,13 +24,17 @@ use std::str::FromStr;
 pub struct Publication {
     /// The FNAA's host name (the SRV target).
     pub fnaa_host: String,
+    /// The FNAP port (the flows' SRV port).
     pub fnap_port: u16,
     /// Whether the FNAA offers TLS (STARTTLS or implicit).
     pub tls: bool,
     /// Addresses of the FNAA host (A/AAAA).
     pub addresses: Vec<IpAddr>,
+    /// The broker's host name (the `_queue` SRV target).
     pub broker_host: String,
+    /// The broker's client port (the `_queue` SRV port).
     pub broker_port: u16,
+    /// Time to live of every record, in seconds.
     pub ttl: u32,
 }
 
@@ -38,7 +42,9 @@ pub struct Publication {
 #[derive(Debug, thiserror::Error)]
 #[error("`{name}` is not a DNS name: {reason}")]
 pub struct RecordError {
+    /// The name given.
     pub name: String,
+    /// Why it is not one.
     pub reason: String,
 }
 

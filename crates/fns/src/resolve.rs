@@ -16,18 +16,42 @@ use std::net::{IpAddr, SocketAddr};
 /// Why a flow could not be located.
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
+    /// The flow's name has no PTR record: the flow is not published.
     #[error("no flow {0} in DNS (no PTR record for it)")]
     NoSuchFlow(FlowName),
+    /// The PTR query was refused: no server is authoritative for the
+    /// flow's namespace, which is likely not delegated.
     #[error("no name server answers for {0}: the query was refused (is its namespace delegated?)")]
     NotServed(FlowName),
+    /// The PTR record leads to a service name without SRV record.
     #[error("flow {flow} has no FNAA: no SRV record at {name}")]
-    NoAgent { flow: FlowName, name: String },
+    NoAgent {
+        /// The flow looked up.
+        flow: FlowName,
+        /// The service name without SRV.
+        name: String,
+    },
+    /// The SRV target has no A or AAAA record.
     #[error("the FNAA host {host} of {flow} has no address")]
-    NoAddress { flow: FlowName, host: String },
+    NoAddress {
+        /// The flow looked up.
+        flow: FlowName,
+        /// The FNAA host without address.
+        host: String,
+    },
+    /// The name server refused a query (other than a flow's PTR).
     #[error("the name server refused the query for {0}")]
     Refused(String),
+    /// A query failed otherwise (timeout, unreachable server, a name that
+    /// is not a DNS name).
     #[error("DNS lookup of {name} failed: {reason}")]
-    Lookup { name: String, reason: String },
+    Lookup {
+        /// The name queried.
+        name: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The resolver could not be set up (e.g. an unreadable resolv.conf).
     #[error("resolver configuration: {0}")]
     Config(String),
 }
@@ -35,9 +59,11 @@ pub enum DiscoveryError {
 /// Where a flow is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
+    /// The flow located.
     pub flow: FlowName,
-    /// The FNAA's host name and port (from SRV).
+    /// The FNAA's host name (from SRV).
     pub host: String,
+    /// The FNAA's FNAP port (from SRV).
     pub port: u16,
     /// Its addresses (A/AAAA), to connect to in order.
     pub addresses: Vec<IpAddr>,

@@ -27,11 +27,16 @@ use std::time::Duration;
 /// Why the name service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum FnsServerError {
+    /// The UDP or TCP socket could not be bound.
     #[error("binding the name service on {addr}: {source}")]
     Bind {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why binding failed.
         source: std::io::Error,
     },
+    /// A zone could not be built: a namespace or host name is not a DNS
+    /// name.
     #[error(transparent)]
     Record(#[from] records::RecordError),
 }
@@ -140,6 +145,7 @@ impl NameService {
         Ok(NameService { addr: bound, task })
     }
 
+    /// Stops answering queries.
     pub fn shutdown(self) {
         self.task.abort();
     }

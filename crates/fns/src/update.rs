@@ -33,22 +33,34 @@ pub struct UpdateConfig {
     pub server: SocketAddr,
     /// The zone to update (the served namespaces, or a parent of them).
     pub zone: String,
-    /// TSIG key name and secret (base64), as `tsig-keygen` prints them;
-    /// or a file in that format.
+    /// The TSIG key's name, as `tsig-keygen` prints it (with
+    /// `key_secret`, unless `key_file` is given).
     pub key_name: Option<String>,
+    /// The TSIG key's secret (base64).
     pub key_secret: Option<String>,
+    /// A file holding the key as `tsig-keygen` writes it; it takes
+    /// precedence over `key_name` and `key_secret`.
     pub key_file: Option<PathBuf>,
 }
 
 /// Why an update could not be sent or was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
+    /// No usable TSIG key: none configured, an unreadable key file, or a
+    /// secret that is not base64.
     #[error("TSIG key: {0}")]
     Key(String),
+    /// A name to publish is not a DNS name.
     #[error(transparent)]
     Record(#[from] records::RecordError),
+    /// The server could not be reached, or refused the update.
     #[error("DNS update to {server}: {reason}")]
-    Send { server: SocketAddr, reason: String },
+    Send {
+        /// The server the update went to.
+        server: SocketAddr,
+        /// What failed, or the server's response code.
+        reason: String,
+    },
 }
 
 /// Reads `key "<name>" { algorithm hmac-sha256; secret "<base64>"; };`.
@@ -244,6 +256,10 @@ pub struct Updater {
 }
 
 impl Updater {
+    /// Starts publishing the flows of `namespaces` (and of the top-level
+    /// namespaces created since) into `config.zone`, republishing on every
+    /// change `source` signals and every 60 s, retrying failures with a
+    /// back-off.
     pub fn start(
         config: UpdateConfig,
         namespaces: Vec<String>,
@@ -297,6 +313,7 @@ impl Updater {
         Updater { task }
     }
 
+    /// Stops publishing; what is published stays in the zone.
     pub fn shutdown(self) {
         self.task.abort();
     }

@@ -22,6 +22,7 @@ pub enum Kind {
 pub(crate) const LIFECYCLE: [&str; 3] = ["init", "update", "teardown"];
 
 impl Kind {
+    /// Every kind, in the draft's order.
     pub const ALL: [Kind; 4] = [
         Kind::Bridge,
         Kind::Collector,
@@ -49,6 +50,7 @@ impl Kind {
         }
     }
 
+    /// The kind's lowercase name, as in specs and on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Bridge => "bridge",

@@ -1,8 +1,17 @@
 //! The Flow Processor host: WebAssembly components run sandboxed.
 //!
-//! [`wit`] holds the processor contract as wasmtime bindings (they do not
-//! leave this crate except as [`Batch`]); [`pipe`] runs one processor over
-//! event files (`flowd run`).
+//! - [`Host`], [`HostConfig`], [`Limits`]: the engine, what it grants and
+//!   what each processor may use;
+//! - [`ProcessorComponent`], [`Kind`]: a loaded component and which of the
+//!   four processor kinds it is;
+//! - [`Processor`], [`ProcessorSetup`], [`Outcome`]: a running processor,
+//!   how it is set up and what one call returns;
+//! - [`LoadError`], [`CheckError`], [`CreateError`], [`CallError`],
+//!   [`GuestError`]: why loading, checking, creating or calling failed;
+//! - [`state`]: a processor's keyed state, transactional per call;
+//! - [`wit`]: the processor contract as wasmtime bindings (they do not
+//!   leave this crate except as [`Batch`]);
+//! - [`pipe`]: one processor over event files (`flowd run`).
 //!
 //! A [`Host`] owns one wasmtime engine (pooling allocator, epoch
 //! interruption), the linker with the imports a processor is granted, and the
@@ -15,6 +24,8 @@
 //! traps or hits a limit returns a typed [`CallError`]; the poisoned instance
 //! is discarded and the next call gets a fresh one, so one bad event never
 //! takes the processor, or the host, down.
+
+#![warn(missing_docs)]
 
 mod cache;
 mod error;
@@ -129,11 +140,16 @@ impl Default for Limits {
 /// Why a host could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
+    /// The engine or its linker refused the configuration (e.g. a pool too
+    /// large for the machine's address space).
     #[error("cannot configure the Wasm engine: {0}")]
     Engine(String),
+    /// The cache directory could not be created or used.
     #[error("cannot use cache directory {path}: {source}")]
     Cache {
+        /// The directory configured.
         path: PathBuf,
+        /// Why it could not be used.
         source: std::io::Error,
     },
 }
@@ -159,6 +175,7 @@ pub struct ProcessorComponent {
 }
 
 impl ProcessorComponent {
+    /// The processor kind its exports declare.
     pub fn kind(&self) -> Kind {
         self.kind
     }
@@ -200,6 +217,8 @@ pub struct Host {
 }
 
 impl Host {
+    /// Sets up the engine, the linker and the cache, and starts the epoch
+    /// ticker that enforces deadlines.
     pub fn new(config: HostConfig) -> Result<Host, HostError> {
         let engine_error = |e: wasmtime::Error| HostError::Engine(format!("{e:#}"));
         let mut pool = PoolingAllocationConfig::default();
@@ -250,6 +269,7 @@ impl Host {
         })
     }
 
+    /// The settings the host was made with.
     pub fn config(&self) -> &HostConfig {
         &self.config
     }

@@ -9,14 +9,18 @@ use std::io::{BufRead, Write};
 
 /// Where one input port's events come from.
 pub struct Input {
+    /// The input's name, shown in errors.
     pub name: String,
+    /// JSON lines, one event each.
     pub reader: Box<dyn BufRead>,
 }
 
 /// What happened to the events of a run.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Summary {
+    /// Events read from the inputs.
     pub read: u64,
+    /// Events written to the output.
     pub written: u64,
     /// Events the processor failed on (reported on stderr, not written).
     pub failed: u64,

@@ -33,6 +33,7 @@ pub struct ProcessorSetup {
 /// emits, in order (see the `output` type of the contract).
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// The events the processor created, packed.
     pub created: types::Batch,
     /// Emit words: a forwarded input index or a created index (bit 31).
     pub emits: Vec<u32>,
@@ -210,30 +211,37 @@ impl Processor {
         }
     }
 
+    /// The kind of its component.
     pub fn kind(&self) -> Kind {
         self.component.kind()
     }
 
+    /// The name it was set up with ([`ProcessorSetup::name`]).
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The loaded component it runs.
     pub fn component(&self) -> &Arc<ProcessorComponent> {
         &self.component
     }
 
+    /// The limits every call runs under.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
+    /// Its input port names, in port order.
     pub fn inputs(&self) -> &[String] {
         &self.setup.inputs
     }
 
+    /// Its output port names, in port order.
     pub fn outputs(&self) -> &[String] {
         &self.setup.outputs
     }
 
+    /// Its current configuration (as changed by [`Processor::update`]).
     pub fn config(&self) -> &[(String, String)] {
         &self.setup.config
     }

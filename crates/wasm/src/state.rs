@@ -24,10 +24,12 @@ pub struct KeyedState {
 /// The state write exceeded the quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuotaExceeded {
+    /// The quota in bytes.
     pub quota: usize,
 }
 
 impl KeyedState {
+    /// Empty state allowed `quota` bytes.
     pub fn new(quota: usize) -> Self {
         KeyedState {
             quota,
@@ -48,6 +50,7 @@ impl KeyedState {
         }
     }
 
+    /// A key's value as the current call sees it (its own writes included).
     pub fn get(&self, key: &str) -> Option<&[u8]> {
         match self.journal.get(key) {
             Some(pending) => pending.as_deref(),
@@ -59,6 +62,8 @@ impl KeyedState {
         self.get(key).map(|v| key.len() + v.len()).unwrap_or(0)
     }
 
+    /// Writes a key in the current call; refused, changing nothing, when
+    /// the state would exceed its quota.
     pub fn set(&mut self, key: &str, value: Vec<u8>) -> Result<(), QuotaExceeded> {
         let new_size = self.size - self.current_len(key) + key.len() + value.len();
         if new_size > self.quota {
@@ -69,6 +74,7 @@ impl KeyedState {
         Ok(())
     }
 
+    /// Deletes a key in the current call.
     pub fn delete(&mut self, key: &str) {
         self.size -= self.current_len(key);
         self.journal.insert(key.to_owned(), None);

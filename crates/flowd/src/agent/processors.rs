@@ -156,7 +156,7 @@ impl Agent {
                 "anonymous sessions cannot upload components".into(),
             ));
         }
-        Ok(self.upload_component(bytes).await?)
+        self.upload_component(bytes).await
     }
 
     pub async fn create_processor_as(
@@ -200,19 +200,18 @@ impl Agent {
             ));
         }
         let limits = request.run_limits(defaults.clone())?;
-        Ok(self
-            .create_processor(NewProcessor {
-                id: id.to_owned(),
-                kind,
-                component,
-                config: request.config.unwrap_or_default(),
-                inputs: request.inputs,
-                outputs: request.outputs,
-                dead_letter: request.dead_letter,
-                limits,
-                owner: principal.user().map(str::to_owned),
-            })
-            .await?)
+        self.create_processor(NewProcessor {
+            id: id.to_owned(),
+            kind,
+            component,
+            config: request.config.unwrap_or_default(),
+            inputs: request.inputs,
+            outputs: request.outputs,
+            dead_letter: request.dead_letter,
+            limits,
+            owner: principal.user().map(str::to_owned),
+        })
+        .await
     }
 
     pub async fn describe_processor_as(
@@ -297,7 +296,7 @@ impl Agent {
             }
             None => None,
         };
-        Ok(self.update_processor(id, request.config, component).await?)
+        self.update_processor(id, request.config, component).await
     }
 
     pub async fn delete_processor_as(
