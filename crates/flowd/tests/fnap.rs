@@ -896,6 +896,15 @@ async fn owners_grants_and_anonymous_access() {
         ),
         554
     );
+    let refusal = bob
+        .command("DESCRIBE PROCESSOR alice-copy")
+        .await
+        .expect_err("not bob's")
+        .to_string();
+    assert!(
+        refusal.contains("554") && !refusal.replace("alice-copy", "").contains("alice"),
+        "the refusal does not name the owner: {refusal}"
+    );
     let bob_processor = bob
         .block(
             "CREATE PROCESSOR bob-steal",
@@ -1108,6 +1117,82 @@ async fn hostile_clients_do_not_hurt_the_others() {
     drop(idle);
     drop(half);
     good.command("NOOP").await.expect("still served");
+}
+
+/// A client that pipelines commands and never reads its replies does not
+/// hold the server: once the replies stop leaving for the idle timeout, the
+/// session is closed, long before the commands it sent are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_closed() {
+    let host = host(|c| c.fnap.idle_timeout_secs = 2).await;
+    let mut raw = Raw::connect(&host.addr()).await;
+    assert!(raw.line().await.starts_with("220 "));
+    // Authenticated, so that the limit of commands before authentication
+    // is not what closes it. (`\0test\0test`)
+    assert_eq!(
+        raw.exchange("AUTHENTICATE PLAIN AHRlc3QAdGVzdA==").await,
+        "220 Authenticated"
+    );
+    const SENT: usize = 200_000;
+    let Raw { mut reader, writer } = raw;
+    // The writer blocks once the server stops reading; it runs on its own.
+    let writing = tokio::spawn(async move {
+        let mut writer = writer;
+        let help = b"HELP\r\n".repeat(1000);
+        for _ in 0..SENT / 1000 {
+            if writer.write_all(&help).await.is_err() {
+                return false;
+            }
+        }
+        true
+    });
+    // Not reading: the server's writes block, then time out.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut answered = 0usize;
+    let mut line = String::new();
+    let drained = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            line.clear();
+            match reader.read_line(&mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => answered += usize::from(line.starts_with("220 DATA")),
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the server closed the session");
+    assert!(
+        answered < SENT / 2,
+        "closed long before answering everything: {answered} of {SENT} answered"
+    );
+    writing.abort();
+    // The host goes on serving.
+    let mut other = Raw::connect(&host.addr()).await;
+    assert!(other.line().await.starts_with("220 "));
+    assert_eq!(other.exchange("NOOP").await, "220 OK");
+}
+
+/// `LIST AGENTS` tells where the management API listens to the
+/// participant's administrators only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_administrators_see_where_the_api_listens() {
+    let host = host(|c| c.api.listen = Some(([127, 0, 0, 1], 0).into())).await;
+    let listed = eventually(Duration::from_secs(20), "the host's heartbeat", || async {
+        let (lines, _) = host.admin().await.data("LIST AGENTS").await.ok()?;
+        lines
+            .iter()
+            .any(|l| l.contains("api=127.0.0.1:"))
+            .then_some(lines)
+    })
+    .await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let mut alice = host.login("alice").await;
+    let (lines, _) = alice.data("LIST AGENTS").await.expect("listed");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains(" api=- ") && lines[0].contains("fnap="),
+        "an account sees the hosts, not their API: {lines:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -124,10 +124,10 @@ fn may_manage(principal: &Principal, spec: &ProcessorSpec) -> Result<(), AgentEr
     {
         Ok(())
     } else {
+        // Who owns it is not told: that is the owner's business.
         Err(AgentError::Forbidden(format!(
-            "processor {} belongs to {}",
-            spec.id,
-            spec.owner.as_deref().unwrap_or("the host")
+            "processor {} is not yours to manage",
+            spec.id
         )))
     }
 }
@@ -241,7 +241,15 @@ impl Agent {
             .get_key_value(flowd_core::buckets::AGENTS)
             .await
             .map_err(|e| AgentError::Unavailable(format!("the hosts' heartbeats: {e}")))?;
-        Ok(flowd_broker::cluster::read_agents(&bucket).await?)
+        let mut agents = flowd_broker::cluster::read_agents(&bucket).await?;
+        if !principal.is_admin() {
+            // The management API is for the participant's administrators:
+            // where it listens is not told to every account.
+            for agent in &mut agents {
+                agent.api = None;
+            }
+        }
+        Ok(agents)
     }
 
     pub async fn list_processors_as(

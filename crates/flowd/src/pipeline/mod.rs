@@ -122,12 +122,11 @@ impl Pipelines {
         {
             Ok(())
         } else {
-            Err(AgentError::Forbidden(format!(
-                "pipeline {} belongs to {}",
-                record.name,
-                record.owner.as_deref().unwrap_or("the host")
-            ))
-            .into())
+            // Who owns it is not told: that is the owner's business.
+            Err(
+                AgentError::Forbidden(format!("pipeline {} is not yours to manage", record.name))
+                    .into(),
+            )
         }
     }
 
