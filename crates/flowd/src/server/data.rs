@@ -284,8 +284,7 @@ impl Upload {
 
 /// The `key=value` block of `CREATE` / `UPDATE PROCESSOR`.
 fn processor_request(lines: &[String]) -> Result<ProcessorRequest, Reply> {
-    key_values(lines).and_then(|pairs| {
-        ProcessorRequest::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .map_err(|e| error_reply(&e))
-    })
+    let pairs =
+        KeyValues::decode_request(lines).map_err(|e| Reply::new(Code::Arguments, e.to_string()))?;
+    ProcessorRequest::from_pairs(&pairs).map_err(|e| error_reply(&e))
 }

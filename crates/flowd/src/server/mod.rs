@@ -27,7 +27,7 @@ mod render;
 mod session;
 
 use listener::{Shared, accept};
-use render::{data, describe_flow, describe_processor, error_reply, key_values, ok};
+use render::{data, describe_flow, describe_processor, error_reply, ok};
 use session::{Conn, Driver, End};
 
 use crate::agent::processors::ProcessorRequest;
@@ -39,7 +39,7 @@ use flowd_core::event::jsonl;
 use flowd_engine::RunLimits;
 use flowd_fnap::capabilities::{BrokerOffer, Capabilities};
 use flowd_fnap::command::{Command, Start};
-use flowd_fnap::data::{Outcome as _, ProcessorUpdated, WriteFailed, Written};
+use flowd_fnap::data::{KeyValues, Outcome as _, ProcessorUpdated, WriteFailed, Written};
 use flowd_fnap::framing::{self, Line, LineDecoder};
 use flowd_fnap::reply::{Code, Reply};
 use flowd_fnap::session::{

@@ -26,20 +26,6 @@ pub(super) fn error_reply(e: &AgentError) -> Reply {
     Reply::new(code, e.to_string())
 }
 
-/// `key=value` lines (blank lines and `#` comments skipped).
-pub(super) fn key_values(lines: &[String]) -> Result<Vec<(String, String)>, Reply> {
-    let mut pairs = Vec::new();
-    for line in lines {
-        if line.trim().is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (k, v) = framing::key_value(line)
-            .ok_or_else(|| Reply::new(Code::Arguments, format!("not key=value: {line}")))?;
-        pairs.push((k.to_owned(), v.to_owned()));
-    }
-    Ok(pairs)
-}
-
 pub(super) fn describe_flow(
     info: &FlowInfo,
     namespace: Option<flowd_broker::NamespaceName>,
