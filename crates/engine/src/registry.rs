@@ -8,6 +8,12 @@
 //! sees every upload. A version is immutable: uploading other bytes under a
 //! taken `name@version` is refused, uploading the same bytes again is a
 //! no-op.
+//!
+//! A name belongs to the account that first uploaded under it (a record
+//! `owner.<name>`, created atomically, so two first uploads cannot both
+//! win): other accounts cannot add versions to it, so a pipeline naming
+//! `filter` without a version never runs a stranger's upload. The host's
+//! administrators may upload under any name.
 
 use crate::spec::ProcessorSpec;
 use async_nats::jetstream::{kv, object_store::ObjectStore};
@@ -55,6 +61,9 @@ pub enum RegistryError {
         /// The ids of the processors (or fused steps) running it.
         by: Vec<String>,
     },
+    /// Uploading under a name another account owns.
+    #[error("the component name `{0}` belongs to another account")]
+    NameOwned(String),
     /// The broker failed; worth retrying.
     #[error("registry unavailable: {0}")]
     Unavailable(String),
@@ -209,6 +218,27 @@ fn key(name: &str, version: &str) -> String {
     format!("{name}/{version}")
 }
 
+/// The key of a name's owner record (no `/`: not a version).
+fn owner_key(name: &str) -> String {
+    format!("owner.{name}")
+}
+
+/// Who owns a component name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct NameOwner {
+    /// The account (`None`: the host itself).
+    owner: Option<String>,
+}
+
+/// Who uploads a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uploader<'a> {
+    /// The account (`None`: the host itself).
+    pub user: Option<&'a str>,
+    /// Administrators may upload under any name.
+    pub admin: bool,
+}
+
 /// The registry of one broker.
 #[derive(Clone)]
 pub struct Registry {
@@ -235,18 +265,23 @@ impl Registry {
 
     /// Validates and stores a component under `name@version`. Nothing is
     /// stored when the bytes are refused.
+    ///
+    /// The first upload under a name makes `by` its owner; later ones by
+    /// another account (not an administrator) are refused.
     pub async fn upload(
         &self,
         name: &str,
         version: &str,
         bytes: Vec<u8>,
-        by: Option<&str>,
+        uploader: Uploader<'_>,
     ) -> Result<ComponentRecord, RegistryError> {
+        let by = uploader.user;
         check_name(name)?;
         check_version(version)?;
         if bytes.len() > MAX_COMPONENT_BYTES {
             return Err(RegistryError::TooLarge);
         }
+        self.claim(name, uploader).await?;
         let digest = flowd_wasm::digest(&bytes);
         if let Some(existing) = self.record(name, version).await? {
             if existing.digest == digest {
@@ -295,6 +330,52 @@ impl Registry {
         Ok(record)
     }
 
+    /// The owner of `name`, if anyone uploaded under it: its owner
+    /// record, or for names uploaded before there were any, the uploader
+    /// of its first version.
+    pub async fn owner(&self, name: &str) -> Result<Option<Option<String>>, RegistryError> {
+        let owners: Records<NameOwner> = Records::new(self.records.clone(), REGISTRY);
+        if let Some(o) = owners.get(&owner_key(name)).await.map_err(record_error)? {
+            return Ok(Some(o.owner));
+        }
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|r| r.name == name)
+            .min_by_key(|r| r.uploaded_ms)
+            .map(|r| r.uploaded_by))
+    }
+
+    /// Makes `uploader` the owner of `name` if nobody is, or checks that
+    /// it may upload under it.
+    async fn claim(&self, name: &str, uploader: Uploader<'_>) -> Result<(), RegistryError> {
+        let mine = |owner: &Option<String>| uploader.admin || owner.as_deref() == uploader.user;
+        match self.owner(name).await? {
+            Some(owner) if mine(&owner) => return Ok(()),
+            Some(_) => return Err(RegistryError::NameOwned(name.to_owned())),
+            None => {}
+        }
+        let record = NameOwner {
+            owner: uploader.user.map(str::to_owned),
+        };
+        let json = serde_json::to_vec(&record).map_err(unavailable)?;
+        if self
+            .records
+            .create(owner_key(name), json.into())
+            .await
+            .is_err()
+        {
+            // Another upload claimed it first, or the broker failed.
+            return match self.owner(name).await? {
+                Some(owner) if mine(&owner) => Ok(()),
+                Some(_) => Err(RegistryError::NameOwned(name.to_owned())),
+                None => Err(unavailable("the name could not be claimed")),
+            };
+        }
+        Ok(())
+    }
+
     async fn record(
         &self,
         name: &str,
@@ -312,15 +393,20 @@ impl Registry {
 
     /// Every record, by name then upload time.
     pub async fn list(&self) -> Result<Vec<ComponentRecord>, RegistryError> {
-        let mut records: Vec<ComponentRecord> = self
-            .stored()
-            .list("")
-            .await
-            .map_err(record_error)?
-            .into_iter()
-            .filter(|(key, _)| key.contains('/'))
-            .map(|(_, record)| record)
-            .collect();
+        // Versions only (`name/version`), not the names' owner records.
+        let stored = self.stored();
+        let mut records = Vec::new();
+        for key in stored.keys().await.map_err(record_error)? {
+            if !key.contains('/') {
+                continue;
+            }
+            match stored.get(&key).await {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) => {}
+                Err(e @ RecordError::Unreadable { .. }) => tracing::warn!("{e}: skipped"),
+                Err(e) => return Err(record_error(e)),
+            }
+        }
         records.sort_by(|a, b| {
             (a.name.as_str(), a.uploaded_ms, a.version.as_str()).cmp(&(
                 b.name.as_str(),

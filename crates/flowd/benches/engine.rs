@@ -259,7 +259,17 @@ async fn main() -> Result<()> {
         ("transform", "flow_transform"),
         ("router", "flow_router"),
     ] {
-        registry.upload(name, "1", component(file)?, None).await?;
+        registry
+            .upload(
+                name,
+                "1",
+                component(file)?,
+                flowd_engine::registry::Uploader {
+                    user: None,
+                    admin: true,
+                },
+            )
+            .await?;
     }
     let pipelines = Pipelines::open(agent.clone(), registry, RunLimits::default()).await?;
     let manifest = |text: &str| text.replace("NS", "bench.example.com");

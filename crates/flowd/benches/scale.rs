@@ -78,7 +78,15 @@ async fn run(hosts: usize) -> Result<(f64, Vec<(String, u64)>)> {
     }
     let registry = Registry::open(&broker, Arc::new(Host::new(HostConfig::default())?)).await?;
     registry
-        .upload("transform", "1", component("flow_transform")?, None)
+        .upload(
+            "transform",
+            "1",
+            component("flow_transform")?,
+            flowd_engine::registry::Uploader {
+                user: None,
+                admin: true,
+            },
+        )
         .await?;
     let pipelines = Pipelines::open(agent.clone(), registry, RunLimits::default()).await?;
     pipelines

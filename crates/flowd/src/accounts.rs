@@ -9,7 +9,7 @@
 //! changes, and accepts a log-in that its own file or the shared accounts
 //! allow.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,6 +42,10 @@ pub enum AccountError {
     /// unavailable): try again later.
     #[error("{0}")]
     Unavailable(#[from] flowd_broker::RecordError),
+    /// Too many password checks are running ([`crate::logins`]): try
+    /// again later.
+    #[error("too many log-ins are being checked; try again later")]
+    Busy,
 }
 
 /// One account.
@@ -145,7 +149,11 @@ impl Accounts {
 
 /// Checks `password` against `account`; without one, against a dummy hash
 /// so that the time taken does not tell.
-fn verify_with(account: Option<&Account>, user: &str, password: &str) -> Option<Identity> {
+pub(crate) fn verify_with(
+    account: Option<&Account>,
+    user: &str,
+    password: &str,
+) -> Option<Identity> {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let dummy = DUMMY.get_or_init(|| {
         SaltString::encode_b64(b"flowd-dummy-salt")
@@ -160,9 +168,7 @@ fn verify_with(account: Option<&Account>, user: &str, password: &str) -> Option<
     });
     let hash = account.map_or(dummy.as_str(), |a| a.hash.as_str());
     let parsed = PasswordHash::new(hash).ok()?;
-    let ok = argon2::Argon2::default()
-        .verify_password(password.as_bytes(), &parsed)
-        .is_ok();
+    let ok = verify_in_place(password.as_bytes(), &parsed);
     match account {
         Some(a) if ok => Some(Identity {
             user: user.to_owned(),
@@ -170,6 +176,57 @@ fn verify_with(account: Option<&Account>, user: &str, password: &str) -> Option<
         }),
         _ => None,
     }
+}
+
+/// The most memory a stored hash may ask a check for, in KiB (the
+/// default cost is 19 MiB; a record from elsewhere asking for more is
+/// refused, not honoured).
+const MAX_HASH_KIB: u32 = 256 << 10;
+
+thread_local! {
+    /// The argon2 working memory of this thread, kept between checks: the
+    /// threads that check passwords hold one each, instead of allocating
+    /// (and leaving to the allocator) 19 MiB per check.
+    static BLOCKS: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether `password` matches `hash` (argon2, its parameters from the PHC
+/// string), computed in this thread's kept memory.
+fn verify_in_place(password: &[u8], hash: &PasswordHash<'_>) -> bool {
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(hash.algorithm) else {
+        return false;
+    };
+    let version = match hash.version.map(argon2::Version::try_from) {
+        None => argon2::Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let Ok(params) = argon2::Params::try_from(hash) else {
+        return false;
+    };
+    if params.m_cost() > MAX_HASH_KIB {
+        return false;
+    }
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let argon = argon2::Argon2::new(algorithm, version, params.clone());
+    let mut out = vec![0u8; expected.len()];
+    let hashed = BLOCKS.with(|blocks| {
+        let mut blocks = blocks.borrow_mut();
+        blocks.resize(params.block_count(), argon2::Block::default());
+        argon.hash_password_into_with_memory(password, salt, &mut out, &mut blocks[..])
+    });
+    // A constant-time comparison, as the output type's own.
+    hashed.is_ok() && password_hash_output(&out).is_some_and(|computed| &computed == expected)
+}
+
+fn password_hash_output(bytes: &[u8]) -> Option<argon2::password_hash::Output> {
+    argon2::password_hash::Output::new(bytes).ok()
 }
 
 use flowd_core::buckets::ACCOUNTS as SHARED;
@@ -292,35 +349,12 @@ impl SharedAccounts {
         Ok(futures::StreamExt::map(watch, |_| ()))
     }
 
-    /// Checks a log-in against the shared accounts. A broker that cannot
-    /// be asked, or an unreadable record, is an error (the client is told
-    /// to try later), not a wrong password.
-    pub async fn verify(
-        &self,
-        user: &str,
-        password: &str,
-    ) -> Result<Option<Identity>, AccountError> {
-        let account = self.records.get(user).await?.map(|p| p.account);
-        let (user, password) = (user.to_owned(), password.to_owned());
-        tokio::task::spawn_blocking(move || verify_with(account.as_ref(), &user, &password))
-            .await
-            .map_err(|e| AccountError::Invalid(format!("checking the password: {e}")))
+    /// The shared account `user`, for a log-in to be checked against. A
+    /// broker that cannot be asked, or an unreadable record, is an error
+    /// (the client is told to try later), not a wrong password.
+    pub async fn account(&self, user: &str) -> Result<Option<Account>, AccountError> {
+        Ok(self.records.get(user).await?.map(|p| p.account))
     }
-}
-
-/// Checks a log-in against the host's accounts and its built-in `local`
-/// administrator, whose password is the token in the state directory (only
-/// the host's user can read it). FNAP and the management API both log in
-/// here. Blocking (argon2 and file reads).
-pub fn login(
-    state_dir: &Path,
-    user: &str,
-    password: &str,
-) -> Result<Option<Identity>, AccountError> {
-    if user == local::LOCAL_ADMIN {
-        return Ok(local_admin(state_dir, password));
-    }
-    Accounts::load(state_dir).map(|a| a.verify(user, password))
 }
 
 /// Whether `token` is the host's local administrator token.

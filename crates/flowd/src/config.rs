@@ -59,7 +59,24 @@
 //! namespace = "flows.unix.ar"
 //! username = "emiliano"
 //! password_env = "UNIX_AR_PASSWORD"
-//! ca = "/etc/flowd/unix-ar-ca.pem"      # STARTTLS when the peer offers TLS
+//! ca = "/etc/flowd/unix-ar-ca.pem"      # certificates trusted for its TLS
+//! tls = "required"                      # the default: STARTTLS always;
+//!                                       # "plain": clear text, by choice
+//! hosts = ["fnaa.unix.ar"]              # agents outside the namespace
+//!
+//! [logins]                              # what log-ins may cost
+//! concurrent_checks = 2                 # argon2 checks at once (~20 MiB each)
+//! check_wait_ms = 2000                  # then 450, try again later
+//! cache_secs = 300                      # verified credentials remembered
+//! failure_delay_ms = 250                # per address (IPv6 /64), doubling
+//!
+//! [quotas]                              # what one principal may hold
+//! subscriptions_per_account = 1000
+//! anonymous_subscriptions_per_address = 8   # IPv6: per /64
+//! anonymous_subscriptions = 256
+//! processors_per_account = 1000
+//! components_per_account = 500
+//! component_bytes_per_account = 1073741824
 //!
 //! [limits]                              # defaults for new processors
 //! memory_mib = 64
@@ -88,6 +105,10 @@ pub struct Config {
     /// subscriptions); without an entry, sessions are anonymous.
     pub peers: Vec<crate::peers::PeerConfig>,
     pub limits: RunLimits,
+    /// The bounds on password checks (FNAP and the gRPC API).
+    pub logins: crate::logins::LoginLimits,
+    /// What one principal may hold (subscriptions, processors, components).
+    pub quotas: crate::agent::quotas::Quotas,
 }
 
 /// The Flow Name Service: the embedded authoritative DNS server that
@@ -145,6 +166,8 @@ pub struct FnapConfig {
     pub anonymous: bool,
     /// Longest line accepted (commands and data lines), in bytes.
     pub max_line: usize,
+    /// Longest line accepted before the client has authenticated.
+    pub max_line_before_auth: usize,
     /// Commands a client may send before authenticating.
     pub max_commands_before_auth: u32,
     /// Failed authentications before the connection is closed.
@@ -174,6 +197,7 @@ impl Default for FnapConfig {
             ],
             anonymous: true,
             max_line: 1 << 20,
+            max_line_before_auth: 4 << 10,
             max_commands_before_auth: 20,
             max_auth_failures: 5,
             auth_failure_delay_ms: 500,
@@ -192,6 +216,7 @@ impl FnapConfig {
     pub fn limits(&self) -> flowd_fnap::session::Limits {
         flowd_fnap::session::Limits {
             max_line: self.max_line,
+            max_line_before_auth: self.max_line_before_auth,
             max_commands_before_auth: self.max_commands_before_auth,
             max_auth_failures: self.max_auth_failures,
             auth_failure_delay_ms: self.auth_failure_delay_ms,

@@ -50,6 +50,9 @@ impl Daemon {
             .subscribers
             .check()
             .map_err(|e| anyhow::anyhow!("[nats.subscribers] {e}"))?;
+        for peer in &config.peers {
+            peer.check().map_err(anyhow::Error::msg)?;
+        }
         let (embedded, nats_urls) = if config.nats.urls.is_empty() {
             let listen = config
                 .nats
@@ -144,7 +147,9 @@ impl Daemon {
         let mut agent = Agent::new(broker.clone())
             .await?
             .with_federation(federation.clone())
-            .with_shared_accounts(shared_accounts);
+            .with_shared_accounts(shared_accounts)
+            .with_login_limits(config.logins.clone())
+            .with_quotas(config.quotas.clone());
         if let (None, Some(operator)) = (&embedded, &config.nats.operator) {
             let seed = std::fs::read_to_string(&operator.signing_key).with_context(|| {
                 format!(

@@ -3,6 +3,8 @@
 //! `docs/architecture.md` for the crate graph.
 //!
 //! - [`accounts`]: who may log in, and the local administrator;
+//!   [`logins`]: what a log-in may cost (bounded password checks, a cache
+//!   of verified credentials, per-address throttling);
 //! - [`agent`]: the FNAA's operations on namespaces, flows, subscriptions
 //!   and processors, with access control;
 //! - `server` (private): the FNAP server, run by the daemon (the protocol
@@ -23,6 +25,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod logins;
 pub mod peers;
 pub mod pipeline;
 mod relays;

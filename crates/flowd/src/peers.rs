@@ -1,9 +1,17 @@
 //! Sessions with other participants' hosts (figures 9 and 10 of the draft):
 //! the FNAA of a remote flow found through the Flow Name Service, an FNAP
-//! session to it (STARTTLS when the peer offers TLS and a CA is configured
-//! for it), authenticated with the credentials configured for the remote
-//! namespace (else `ANONYMOUS`, enough for public flows); `SUBSCRIBE` and
-//! `UNSUBSCRIBE` there, and where the remote flow's broker is.
+//! session to it, authenticated with the credentials configured for the
+//! remote namespace (else `ANONYMOUS`, enough for public flows); `SUBSCRIBE`
+//! and `UNSUBSCRIBE` there, and where the remote flow's broker is.
+//!
+//! The TLS policy comes from the configuration, never from DNS: a
+//! namespace with a `[[peers]]` entry is reached over STARTTLS unless the
+//! entry says `tls = "plain"`, whatever the `tls` TXT record says, and the
+//! agent DNS names must lie under the namespace or be one of the entry's
+//! `hosts` (its certificate is checked against that name). A resolver that
+//! drops the TXT record or names another host gets a refusal, not the
+//! password. Namespaces without an entry are reached anonymously in plain
+//! text: nothing secret is sent, and only public flows are served so.
 //!
 //! Errors keep their class: a remote host that cannot be reached, or that
 //! answers 4xx, is [`PeerError::Unavailable`] (try again later); only a
@@ -12,9 +20,9 @@
 use flowd_broker::FlowName;
 use flowd_broker::grants::PullCredentials;
 use flowd_fnap::Code;
-use flowd_fnap::client::{Client, ClientError, Security};
+use flowd_fnap::client::{Client, ClientError, ClientLimits, Security, quote};
 use flowd_fnap::data::{BrokerAuth, BrokerCredentials, DataError, SubscribeReply};
-use flowd_fns::{Discovery, DiscoveryError};
+use flowd_fns::{Discovery, DiscoveryError, Location};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,9 +37,66 @@ pub struct PeerConfig {
     pub password: Option<String>,
     /// Environment variable holding the password.
     pub password_env: Option<String>,
-    /// Certificate(s) to trust for the peer's TLS; with it, sessions use
-    /// STARTTLS when the peer advertises TLS.
+    /// Certificate(s) to trust for the peer's TLS (PEM; the system bundle,
+    /// `/etc/ssl/certs/ca-certificates.crt`, for a publicly issued one).
     pub ca: Option<PathBuf>,
+    /// Whether sessions are encrypted: `required` (the default: STARTTLS,
+    /// refused when the peer does not offer it) or `plain` (clear text,
+    /// credentials included; for loopback and test set-ups).
+    pub tls: PeerTls,
+    /// Agent host names outside the namespace that DNS may name for it
+    /// (`fnaa.unix.ar` for `flows.unix.ar`). Names under the namespace are
+    /// always accepted.
+    pub hosts: Vec<String>,
+}
+
+/// The encryption of sessions with a peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerTls {
+    /// STARTTLS, with the certificate checked against the agent's name.
+    #[default]
+    Required,
+    /// Clear text, by explicit choice.
+    Plain,
+}
+
+impl PeerConfig {
+    /// Whether `host`, the agent DNS named for a flow of this namespace,
+    /// may serve it: a name under the namespace, or one of `hosts`.
+    pub fn may_serve(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let namespace = self.namespace.trim_end_matches('.').to_ascii_lowercase();
+        host == namespace
+            || host.ends_with(&format!(".{namespace}"))
+            || self
+                .hosts
+                .iter()
+                .any(|h| h.trim_end_matches('.').eq_ignore_ascii_case(&host))
+    }
+
+    /// A configuration error, for the daemon to refuse at start: TLS
+    /// required without certificates to trust.
+    pub fn check(&self) -> Result<(), String> {
+        if self.tls == PeerTls::Required && self.ca.is_none() {
+            return Err(format!(
+                "[[peers]] {}: tls = \"required\" (the default) needs `ca`, the certificates \
+                 to trust (/etc/ssl/certs/ca-certificates.crt for a publicly issued one), \
+                 or tls = \"plain\" to send credentials in clear",
+                self.namespace
+            ));
+        }
+        Ok(())
+    }
+
+    /// The password, from the entry or its environment variable.
+    fn password(&self) -> Option<String> {
+        self.password.clone().or_else(|| {
+            self.password_env
+                .as_deref()
+                .and_then(|v| std::env::var(v).ok())
+        })
+    }
 }
 
 /// Why a peer could not do what was asked.
@@ -129,6 +194,26 @@ pub fn pull_credentials<S: AsRef<str>>(lines: &[S]) -> Result<Option<PullCredent
         .map(pull_credentials_of))
 }
 
+/// The longest a remote host may take over one step (connecting with
+/// TLS and logging in, `SUBSCRIBE`, `UNSUBSCRIBE`): a remote that never
+/// answers gets a `4xx`, tried again later, not a session held open.
+pub const REMOTE_STEP: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `step` under [`REMOTE_STEP`].
+async fn in_time<T>(
+    what: &str,
+    step: impl std::future::Future<Output = Result<T, PeerError>>,
+) -> Result<T, PeerError> {
+    tokio::time::timeout(REMOTE_STEP, step)
+        .await
+        .unwrap_or_else(|_| {
+            Err(PeerError::Unavailable(format!(
+                "{what}: the remote host did not answer within {} s",
+                REMOTE_STEP.as_secs()
+            )))
+        })
+}
+
 /// How this host reaches other hosts.
 pub struct Federation {
     discovery: Discovery,
@@ -141,6 +226,10 @@ pub struct Federation {
 pub(crate) fn refused(e: ClientError, what: &str) -> PeerError {
     match e {
         ClientError::Refused(reply) => match reply.code {
+            _ if reply.text.len() > 200 => {
+                let short = flowd_fnap::Reply::new(reply.code, quote(&reply.text));
+                refused(ClientError::Refused(short), what)
+            }
             Code::NotFound => PeerError::NotFound {
                 what: "remote flow",
                 name: format!("{what} ({reply})"),
@@ -175,42 +264,106 @@ impl Federation {
             .max_by_key(|p| p.namespace.len())
     }
 
+    /// Where `flow` is served. A host publishes its public flows only, so a
+    /// flow DNS does not know, in a namespace with a `[[peers]]` entry (a
+    /// private flow this host has an account for), is looked for at the
+    /// namespace's agent (`_fnaa._tcp.<namespace>`), without a broker.
+    async fn locate(&self, flow: &FlowName) -> Result<Location, PeerError> {
+        let missing = |flow: &FlowName| PeerError::NotFound {
+            what: "flow in DNS",
+            name: flow.to_string(),
+        };
+        match self.discovery.locate(flow).await {
+            Ok(location) => Ok(location),
+            Err(DiscoveryError::NoSuchFlow(name)) => {
+                let Some(peer) = self.peer(flow) else {
+                    return Err(missing(&name));
+                };
+                let (host, port, addresses) = self
+                    .discovery
+                    .namespace_agent(&peer.namespace)
+                    .await
+                    .map_err(|_| missing(&name))?;
+                if addresses.is_empty() {
+                    return Err(missing(&name));
+                }
+                Ok(Location {
+                    flow: flow.clone(),
+                    host,
+                    port,
+                    addresses,
+                    tls: false,
+                    broker: None,
+                })
+            }
+            Err(DiscoveryError::NotServed(name)) => Err(missing(&name)),
+            Err(other) => Err(PeerError::Unavailable(other.to_string())),
+        }
+    }
+
     /// An authenticated session with the FNAA serving `flow`, and its
     /// address.
     pub async fn session(&self, flow: &FlowName) -> Result<(Client, SocketAddr), PeerError> {
-        let location = self.discovery.locate(flow).await.map_err(|e| match e {
-            DiscoveryError::NoSuchFlow(flow) | DiscoveryError::NotServed(flow) => {
-                PeerError::NotFound {
-                    what: "flow in DNS",
-                    name: flow.to_string(),
-                }
-            }
-            other => PeerError::Unavailable(other.to_string()),
-        })?;
+        in_time(&format!("reaching the agent of {flow}"), self.open(flow)).await
+    }
+
+    async fn open(&self, flow: &FlowName) -> Result<(Client, SocketAddr), PeerError> {
+        let location = self.locate(flow).await?;
         let peer = self.peer(flow);
-        let security = match (location.tls, peer.and_then(|p| p.ca.clone())) {
-            (true, Some(ca)) => Security::StartTls { ca },
-            _ => Security::Plain,
+        let security = match peer {
+            Some(p) if !p.may_serve(&location.host) => {
+                return Err(PeerError::Unavailable(format!(
+                    "DNS names {} as the agent of {flow}, which is neither under {} nor one of \
+                     its [[peers]] hosts",
+                    location.host, p.namespace
+                )));
+            }
+            Some(PeerConfig {
+                tls: PeerTls::Required,
+                ca: Some(ca),
+                ..
+            }) => Security::StartTls { ca: ca.clone() },
+            Some(PeerConfig {
+                tls: PeerTls::Required,
+                ca: None,
+                namespace,
+                ..
+            }) => {
+                return Err(PeerError::Unavailable(format!(
+                    "[[peers]] {namespace} requires TLS and names no ca"
+                )));
+            }
+            Some(_) | None => Security::Plain,
         };
         let mut last = None;
         for addr in location.agent_addrs() {
             match Client::connect_named(&addr.to_string(), &location.host, &security).await {
-                Ok(mut client) => {
-                    let password = peer.and_then(|p| {
-                        p.password.clone().or_else(|| {
-                            p.password_env
-                                .as_deref()
-                                .and_then(|v| std::env::var(v).ok())
-                        })
-                    });
-                    let auth = match (peer.and_then(|p| p.username.as_deref()), password) {
-                        (Some(user), Some(password)) => {
-                            client.authenticate_plain(user, &password).await
+                Ok(client) => {
+                    let mut client = client.with_limits(ClientLimits::federation());
+                    let credentials =
+                        peer.and_then(|p| Some((p.username.as_deref()?, p.password()?)));
+                    let auth = match credentials {
+                        Some((user, password)) => client.authenticate_plain(user, &password).await,
+                        None if peer.is_some_and(|p| p.username.is_some()) => {
+                            // A configured account whose password is
+                            // missing (an unset variable) is a set-up
+                            // fault: falling back to ANONYMOUS would read
+                            // the remote's refusals as revocations.
+                            return Err(PeerError::Unavailable(format!(
+                                "no password for the [[peers]] account of {flow} (password or password_env)"
+                            )));
                         }
-                        _ => client.authenticate_anonymous().await,
+                        None => client.authenticate_anonymous().await,
                     };
                     auth.map_err(|e| refused(e, &format!("authenticating at {addr}")))?;
                     return Ok((client, addr));
+                }
+                Err(ClientError::Refused(reply))
+                    if matches!(security, Security::StartTls { .. }) =>
+                {
+                    last = Some(format!(
+                        "{addr}: TLS is required, and the agent answered {reply}"
+                    ));
                 }
                 Err(e) => last = Some(format!("{addr}: {e}")),
             }
@@ -229,10 +382,13 @@ impl Federation {
         remote: &FlowName,
     ) -> Result<(Subscribed, SocketAddr), PeerError> {
         let (mut client, addr) = self.session(remote).await?;
-        let (lines, _) = client
-            .data(&format!("SUBSCRIBE {remote}"))
-            .await
-            .map_err(|e| refused(e, &format!("SUBSCRIBE {remote}")))?;
+        let (lines, _) = in_time(&format!("SUBSCRIBE {remote}"), async {
+            client
+                .data(&format!("SUBSCRIBE {remote}"))
+                .await
+                .map_err(|e| refused(e, &format!("SUBSCRIBE {remote}")))
+        })
+        .await?;
         let _ = client.quit().await;
         let reply = match SubscribeReply::decode(&lines) {
             Ok(reply) => reply,
@@ -264,7 +420,10 @@ impl Federation {
         flow: &FlowName,
         credentials: &PullCredentials,
     ) -> Result<Option<RemoteBroker>, PeerError> {
-        let (host, urls, loopback) = self.broker_urls(flow).await?;
+        let Some((host, urls, loopback)) = self.broker_urls(flow).await? else {
+            tracing::info!(%flow, "the remote broker is not published (a private flow): reading over FNAP");
+            return Ok(None);
+        };
         if !credentials.tls {
             if loopback {
                 return Ok(Some(RemoteBroker { urls, tls: None }));
@@ -285,14 +444,16 @@ impl Federation {
     }
 
     /// The broker host publishing `flow` (its `_queue` SRV record), the
-    /// `nats://` URLs of its addresses, and whether they are all loopback.
-    async fn broker_urls(&self, flow: &FlowName) -> Result<(String, Vec<String>, bool), PeerError> {
+    /// `nats://` URLs of its addresses, and whether they are all loopback;
+    /// `None` when no broker is published for it.
+    async fn broker_urls(
+        &self,
+        flow: &FlowName,
+    ) -> Result<Option<(String, Vec<String>, bool)>, PeerError> {
         let unavailable = |e: DiscoveryError| PeerError::Unavailable(e.to_string());
-        let location = self.discovery.locate(flow).await.map_err(unavailable)?;
+        let location = self.locate(flow).await?;
         let Some((host, port, _)) = location.broker else {
-            return Err(PeerError::Unavailable(format!(
-                "{flow} publishes no broker (no _queue._flow._tcp SRV record)"
-            )));
+            return Ok(None);
         };
         let addresses = self.discovery.addresses(&host).await.map_err(unavailable)?;
         if addresses.is_empty() {
@@ -307,16 +468,19 @@ impl Federation {
             .into_iter()
             .map(|ip| format!("nats://{}", SocketAddr::new(ip, port)))
             .collect();
-        Ok((host, urls, loopback))
+        Ok(Some((host, urls, loopback)))
     }
 
     /// `UNSUBSCRIBE <copy>` at the remote host.
     pub async fn unsubscribe(&self, remote: &FlowName, copy: &FlowName) -> Result<(), PeerError> {
         let (mut client, _) = self.session(remote).await?;
-        client
-            .command(&format!("UNSUBSCRIBE {copy}"))
-            .await
-            .map_err(|e| refused(e, &format!("UNSUBSCRIBE {copy}")))?;
+        in_time(&format!("UNSUBSCRIBE {copy}"), async {
+            client
+                .command(&format!("UNSUBSCRIBE {copy}"))
+                .await
+                .map_err(|e| refused(e, &format!("UNSUBSCRIBE {copy}")))
+        })
+        .await?;
         let _ = client.quit().await;
         Ok(())
     }

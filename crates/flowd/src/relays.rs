@@ -28,7 +28,7 @@ use flowd_broker::codec;
 use flowd_broker::grants::PullCredentials;
 use flowd_core::event::jsonl;
 use flowd_fnap::Code;
-use flowd_fnap::client::ClientError;
+use flowd_fnap::client::{ClientError, quote};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -194,6 +194,10 @@ fn copy_gone(reply: &flowd_fnap::Reply) -> bool {
     reply.code == Code::NotFound
 }
 
+/// The largest sequence a relay accepts from a remote host (2^53: far
+/// beyond any stream, and exact in every JSON reader).
+const MAX_SEQUENCE: u64 = 1 << 53;
+
 /// Why a relay stopped for good.
 enum Ended {
     /// With the remote host's reason, when it gave one.
@@ -202,8 +206,16 @@ enum Ended {
 
 async fn relay(agent: Agent, federation: Arc<Federation>, sub: Subscription) {
     let mut backoff = Duration::from_millis(200);
+    let mut failures = 0u32;
     loop {
-        match relay_once(&agent, &federation, &sub).await {
+        let started = std::time::Instant::now();
+        let outcome = relay_once(&agent, &federation, &sub).await;
+        // A relay that ran a while was healthy: its failures start over.
+        if started.elapsed() > Duration::from_secs(60) {
+            failures = 0;
+            backoff = Duration::from_millis(200);
+        }
+        match outcome {
             Ok(Ended::Revoked(reason)) => {
                 tracing::warn!(local = %sub.local, copy = %sub.copy, ?reason, "subscription revoked by the remote host");
                 if let Err(e) = agent.mark_revoked(&sub.token, reason).await {
@@ -213,6 +225,14 @@ async fn relay(agent: Agent, federation: Arc<Federation>, sub: Subscription) {
             }
             Err(e) => {
                 tracing::info!(local = %sub.local, "relay interrupted, reconnecting: {e}");
+                failures += 1;
+                // One interruption (a reconnect) is not a failure to show;
+                // two in a row are.
+                if failures >= 2
+                    && let Err(e) = agent.relay_failing(&sub.token, Some(&e.to_string())).await
+                {
+                    tracing::debug!("relay state not stored: {e}");
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -354,6 +374,7 @@ async fn relay_from_broker(
         for message in messages {
             message.ack().await.map_err(|e| unavailable(&e))?;
         }
+        agent.relay_failing(&sub.token, None).await?;
     }
 }
 
@@ -391,7 +412,7 @@ async fn relay_over_fnap(
     let read = format!(
         "READ FLOW {} FROM {} FOLLOW SEQUENCES",
         sub.copy,
-        position + 1
+        position.saturating_add(1)
     );
     match client.read_start(&read).await {
         Ok(()) => {}
@@ -422,12 +443,21 @@ async fn relay_over_fnap(
         };
         let Some((sequence, event)) = line.split_once(' ') else {
             return Err(AgentError::Invalid(format!(
-                "relay: not `<sequence> <event>`: {line}"
+                "relay: not `<sequence> <event>`: {}",
+                quote(&line)
             )));
         };
         let sequence: u64 = sequence
             .parse()
-            .map_err(|_| AgentError::Invalid(format!("relay: bad sequence in {line}")))?;
+            .map_err(|_| AgentError::Invalid(format!("relay: bad sequence in {}", quote(&line))))?;
+        // The remote host numbers its copy's events: they must increase,
+        // from where this read started, and stay within what a stream can
+        // hold (a sequence near u64::MAX would overflow the next read).
+        if sequence <= last || sequence > MAX_SEQUENCE {
+            return Err(AgentError::Invalid(format!(
+                "relay: the remote host sent sequence {sequence} after {last}"
+            )));
+        }
         let event = jsonl::parse_line(event, sequence as usize, &wrap)
             .map_err(|e| AgentError::Invalid(format!("relay: {e}")))?;
         batch.push(event);

@@ -6,7 +6,7 @@ mod support;
 use flowd::accounts::Accounts;
 use flowd::config::Config;
 use flowd::daemon::Daemon;
-use flowd::peers::PeerConfig;
+use flowd::peers::{PeerConfig, PeerTls};
 use flowd_broker::FlowName;
 use flowd_fnap::client::{Client, ClientError, Security};
 use flowd_fns::{Discovery, DiscoveryError};
@@ -99,8 +99,14 @@ async fn flows_are_published_and_discovered_through_dns() {
     );
 
     let mut admin = b.admin().await;
+    // A private flow is not published: DNS answers for it as for a name
+    // that does not exist, so it cannot be enumerated.
     admin
-        .command("CREATE FLOW time.flows.unix.ar")
+        .command("CREATE FLOW secret.flows.unix.ar")
+        .await
+        .expect("created");
+    admin
+        .command("CREATE FLOW time.flows.unix.ar PUBLIC")
         .await
         .expect("created");
     let found = eventually(Duration::from_secs(10), "the flow is published", || async {
@@ -111,6 +117,19 @@ async fn flows_are_published_and_discovered_through_dns() {
     assert_eq!(found.port, fnap.port());
     assert_eq!(found.addresses, [fnap.ip()]);
     assert!(found.tls, "the FNAA offers STARTTLS: TXT \"tls\"");
+    let private = discovery.locate(&flow("secret.flows.unix.ar")).await;
+    let missing = discovery.locate(&flow("nothing.flows.unix.ar")).await;
+    assert!(
+        matches!(private, Err(DiscoveryError::NoSuchFlow(_)))
+            && matches!(missing, Err(DiscoveryError::NoSuchFlow(_))),
+        "{private:?} / {missing:?}"
+    );
+    // The namespace's agent is published, for peers with an account.
+    let (agent, port, _) = discovery
+        .namespace_agent("flows.unix.ar")
+        .await
+        .expect("_fnaa._tcp record");
+    assert_eq!((agent.as_str(), port), ("fnaa.unix.ar", fnap.port()));
     let (broker_host, _, attrs) = found.broker.clone().expect("broker published");
     assert_eq!(broker_host, "fnaa.unix.ar");
     assert_eq!(attrs, ["broker-type=nats"]);
@@ -199,6 +218,9 @@ async fn participants_subscribe_to_each_other_through_dns() {
             namespace: "flows.unix.ar".into(),
             username: Some("emiliano".into()),
             password: Some("peer-secret".into()),
+            // Loopback: clear text, by explicit choice.
+            tls: PeerTls::Plain,
+            hosts: vec!["fnaa.unix.ar".into()],
             ..PeerConfig::default()
         }];
     })
@@ -380,6 +402,8 @@ async fn a_wrong_peer_password_is_a_clear_error() {
             namespace: "flows.unix.ar".into(),
             username: Some("emiliano".into()),
             password: Some("wrong".into()),
+            tls: PeerTls::Plain,
+            hosts: vec!["fnaa.unix.ar".into()],
             ..PeerConfig::default()
         }];
     })
@@ -1017,6 +1041,7 @@ async fn peers_check_the_tls_name_of_the_agent_they_found() {
         c.peers = vec![PeerConfig {
             namespace: "flows.unix.ar".into(),
             ca: Some(ca.clone()),
+            hosts: vec!["fnaa.unix.ar".into()],
             ..PeerConfig::default()
         }];
     })
@@ -1343,7 +1368,7 @@ fn participants_in_separate_network_namespaces_subscribe_through_dns() {
         "flows.emiliano.ar",
         "10.231.0.2:5353",
         &format!(
-            "[[peers]]\nnamespace = \"flows.unix.ar\"\nca = \"{}\"\n",
+            "[[peers]]\nnamespace = \"flows.unix.ar\"\nhosts = [\"fnaa.unix.ar\"]\nca = \"{}\"\n",
             b.state.path().join("tls/cert.pem").display()
         ),
     );
@@ -2185,6 +2210,7 @@ async fn the_embedded_broker_speaks_tls_and_credentials_need_a_protected_session
         c.peers = vec![PeerConfig {
             namespace: "flows.unix.ar".into(),
             ca: Some(ca.clone()),
+            hosts: vec!["fnaa.unix.ar".into()],
             ..PeerConfig::default()
         }];
     })

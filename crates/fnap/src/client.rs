@@ -18,8 +18,57 @@ trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 type Stream = Box<dyn Transport>;
 
-/// Longest line the client accepts from a server.
-const MAX_LINE: usize = 16 << 20;
+/// What a client accepts from a server: a server is a stranger too (a
+/// host's federation client talks to whatever DNS named).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Longest line, in bytes. Default 16 MiB.
+    pub max_line: usize,
+    /// Most bytes of one data block's lines. Default 256 MiB.
+    pub max_block_bytes: usize,
+    /// Most lines of one data block. Default 16 Mi.
+    pub max_block_lines: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            max_line: 16 << 20,
+            max_block_bytes: 256 << 20,
+            max_block_lines: 16 << 20,
+        }
+    }
+}
+
+impl ClientLimits {
+    /// The bounds for a host's exchanges with other hosts: lines as long
+    /// as an event's (1 MiB, with room for its sequence), and replies in
+    /// blocks short as they are (a copy's name, broker credentials): 256
+    /// KiB and 1000 lines. A `READ FLOW` is read line by line, not held.
+    pub fn federation() -> ClientLimits {
+        ClientLimits {
+            max_line: (1 << 20) + 64,
+            max_block_bytes: 256 << 10,
+            max_block_lines: 1000,
+        }
+    }
+}
+
+/// At most this much of a server's line is quoted in an error.
+const QUOTED: usize = 200;
+
+/// `line`, cut to [`QUOTED`] bytes (at a character boundary) for an error
+/// message: what a server said is quoted, never echoed whole.
+pub fn quote(line: &str) -> String {
+    if line.len() <= QUOTED {
+        return line.to_owned();
+    }
+    let mut end = QUOTED;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &line[..end], line.len())
+}
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +145,7 @@ pub struct Client {
     writer: BufWriter<tokio::io::WriteHalf<Stream>>,
     greeting: Reply,
     buf: Vec<u8>,
+    limits: ClientLimits,
 }
 
 fn split(
@@ -157,6 +207,7 @@ impl Client {
             writer,
             greeting: Reply::ok(""),
             buf: Vec::new(),
+            limits: ClientLimits::default(),
         };
         client.greeting = client.reply().await?;
         if !client.greeting.is_success() {
@@ -172,9 +223,17 @@ impl Client {
                 writer,
                 greeting: Reply::ok(""),
                 buf: Vec::new(),
+                limits: ClientLimits::default(),
             };
         }
         Ok(client)
+    }
+
+    /// Holds the rest of the session to `limits` (the greeting was read
+    /// under the defaults' line limit).
+    pub fn with_limits(mut self, limits: ClientLimits) -> Client {
+        self.limits = limits;
+        self
     }
 
     /// The server's greeting (`220 <fqdn> FNAA`).
@@ -183,7 +242,7 @@ impl Client {
     }
 
     async fn line(&mut self) -> Result<String, ClientError> {
-        match framing::read_line(&mut self.reader, MAX_LINE, &mut self.buf).await? {
+        match framing::read_line(&mut self.reader, self.limits.max_line, &mut self.buf).await? {
             Line::Text(t) => Ok(t),
             Line::Closed => Err(ClientError::Closed),
             Line::TooLong => Err(ClientError::Protocol("line too long".into())),
@@ -193,7 +252,7 @@ impl Client {
 
     async fn reply(&mut self) -> Result<Reply, ClientError> {
         let line = self.line().await?;
-        Reply::parse(&line).ok_or(ClientError::Protocol(line))
+        Reply::parse(&line).ok_or_else(|| ClientError::Protocol(quote(&line)))
     }
 
     async fn send_line(&mut self, line: &str) -> Result<(), ClientError> {
@@ -223,11 +282,13 @@ impl Client {
     /// Sends a command answered with a data block; returns its lines and
     /// the final reply.
     pub async fn data(&mut self, line: &str) -> Result<(Vec<String>, Reply), ClientError> {
-        let first = self.command(line).await?;
+        let command = line;
+        let first = self.command(command).await?;
         if !first.text.starts_with("DATA") {
             return Ok((Vec::new(), first));
         }
         let mut lines = Vec::new();
+        let mut bytes = 0usize;
         loop {
             let line = self.line().await?;
             if let Some(reply) = Reply::parse(&line) {
@@ -236,6 +297,15 @@ impl Client {
                 } else {
                     Err(ClientError::Refused(reply))
                 };
+            }
+            bytes = bytes.saturating_add(line.len());
+            if lines.len() >= self.limits.max_block_lines || bytes > self.limits.max_block_bytes {
+                return Err(ClientError::Protocol(format!(
+                    "the reply to `{}` is longer than {} lines or {} bytes",
+                    quote(command),
+                    self.limits.max_block_lines,
+                    self.limits.max_block_bytes
+                )));
             }
             lines.push(framing::unstuff(&line).to_owned());
         }

@@ -85,6 +85,13 @@ impl LineDecoder {
         self.max
     }
 
+    /// Changes the longest line accepted (a session allows longer lines
+    /// once the client has logged in). A line being read is judged by the
+    /// new limit.
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
     /// Gives the buffer back for reuse.
     pub fn into_buffer(self) -> Vec<u8> {
         self.buf
@@ -117,9 +124,17 @@ impl LineDecoder {
             }
         };
         self.buf.clear();
+        // A long line's allocation is not kept for the short ones that
+        // follow: idle sessions hold little memory.
+        if self.buf.capacity() > SHRINK_ABOVE {
+            self.buf.shrink_to(SHRINK_ABOVE);
+        }
         line
     }
 }
+
+/// Capacity a decoder keeps between lines.
+const SHRINK_ABOVE: usize = 8 << 10;
 
 /// Reads one line of at most `max` bytes (not counting the line ending)
 /// with a [`LineDecoder`]; `buf` is reused across calls.
@@ -261,6 +276,34 @@ mod tests {
             encode_block(&["1", "x"], &crate::Reply::ok("OK")),
             "220 DATA\r\n.1\r\nx\r\n220 OK\r\n"
         );
+    }
+
+    /// A decoder's limit can change between lines, and a long line's
+    /// allocation is given back once it is read.
+    #[test]
+    fn limits_change_and_buffers_shrink() {
+        let mut d = LineDecoder::new(8);
+        assert_eq!(
+            d.feed(
+                b"012345678
+"
+            )
+            .1,
+            Some(Line::TooLong)
+        );
+        d.set_max(64 << 10);
+        let long = vec![b'a'; 60 << 10];
+        assert_eq!(d.feed(&long).0, long.len());
+        assert_eq!(
+            d.feed(
+                b"
+"
+            )
+            .1,
+            Some(Line::Text("a".repeat(60 << 10)))
+        );
+        let buf = d.into_buffer();
+        assert!(buf.capacity() <= SHRINK_ABOVE, "{}", buf.capacity());
     }
 
     /// Whatever the chunking, the decoder yields the same lines, and none

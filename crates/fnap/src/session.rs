@@ -95,6 +95,10 @@ pub struct Limits {
     /// Longest line read (commands, SASL responses, data lines), in bytes,
     /// line ending not counted. Default 1 MiB.
     pub max_line: usize,
+    /// Longest line read before the client has authenticated, in bytes: a
+    /// stranger's partial line costs this much at most. Default 4 KiB
+    /// (`AUTHENTICATE PLAIN` with a 1 KiB password fits).
+    pub max_line_before_auth: usize,
     /// Commands (well-formed lines) a session may send before
     /// authenticating, `AUTHENTICATE` included. Default 20.
     pub max_commands_before_auth: u32,
@@ -112,7 +116,8 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
     /// Open sessions in all. Default 10000.
     pub max_sessions: usize,
-    /// Open sessions per client address. Default 2000.
+    /// Open sessions per client address (IPv6 addresses counted by /64,
+    /// [`address_group`]). Default 2000.
     pub max_sessions_per_address: usize,
     /// Largest component `PUT COMPONENT` accepts, in bytes (its block may
     /// hold `max_component_bytes / 3 * 4 + 8` bytes of base64). Default
@@ -127,6 +132,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_line: 1 << 20,
+            max_line_before_auth: 4 << 10,
             max_commands_before_auth: 20,
             max_auth_failures: 5,
             auth_failure_delay_ms: 500,
@@ -505,6 +511,18 @@ impl<P> Session<P> {
         self.principal.as_ref()
     }
 
+    /// The longest line the session reads now: [`Limits::max_line`] once
+    /// the client has authenticated, [`Limits::max_line_before_auth`]
+    /// (never more) until then. The driver's decoder follows it.
+    pub fn max_line(&self) -> usize {
+        let limits = &self.config.limits;
+        if self.principal.is_some() {
+            limits.max_line
+        } else {
+            limits.max_line_before_auth.min(limits.max_line)
+        }
+    }
+
     /// The command the host is executing, or whose data block is read.
     pub fn pending(&self) -> Option<&Command> {
         match &self.phase {
@@ -626,7 +644,10 @@ impl<P> Session<P> {
             (Phase::Authenticating(_), Input::AuthUnavailable) => {
                 self.phase = Phase::Idle;
                 self.answer(
-                    Reply::new(Code::TryLater, "accounts are unavailable"),
+                    Reply::new(
+                        Code::TryLater,
+                        "credentials cannot be checked now, try again later",
+                    ),
                     &mut out,
                 );
             }
@@ -720,7 +741,7 @@ impl<P> Session<P> {
                 return;
             }
             Line::TooLong => {
-                let max = self.config.limits.max_line;
+                let max = self.max_line();
                 return self.fail(
                     Reply::new(Code::Syntax, format!("line too long (at most {max} bytes)")),
                     out,
@@ -1013,6 +1034,7 @@ impl Admission {
     /// Counts a new session from `ip`, or says why not. Each admitted
     /// session must be [released](Admission::release) once.
     pub fn admit(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        let ip = address_group(ip);
         if self.total >= self.max_sessions {
             return Err(Refusal::TooManySessions);
         }
@@ -1030,6 +1052,7 @@ impl Admission {
 
     /// A session from `ip` ended.
     pub fn release(&mut self, ip: IpAddr) {
+        let ip = address_group(ip);
         if let Some(n) = self.open.get_mut(&ip) {
             *n -= 1;
             self.total = self.total.saturating_sub(1);
@@ -1046,7 +1069,24 @@ impl Admission {
 
     /// Open sessions from `ip`.
     pub fn open_from(&self, ip: IpAddr) -> usize {
-        self.open.get(&ip).copied().unwrap_or(0)
+        self.open.get(&address_group(ip)).copied().unwrap_or(0)
+    }
+}
+
+/// The group an address is counted in for per-address limits: an IPv4
+/// address alone (an IPv4-mapped IPv6 address as its IPv4 one), an IPv6
+/// address by its /64, the smallest block a site is given, so that one
+/// client cannot take a fresh quota per address of its prefix.
+pub fn address_group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(bits))
+            }
+        },
     }
 }
 
@@ -1393,7 +1433,7 @@ mod tests {
         );
         assert_eq!(
             t.input(Input::AuthUnavailable),
-            ["450 accounts are unavailable"]
+            ["450 credentials cannot be checked now, try again later"]
         );
         assert_eq!(t.session.auth_failures(), 1);
         t.login();
@@ -1581,8 +1621,18 @@ mod tests {
     #[test]
     fn long_lines_and_non_text_lines_are_refused() {
         let mut t = Test::new(config());
+        // A stranger's lines are short; a logged-in client's may be long
+        // (the data lines of its blocks).
+        assert_eq!(t.session.max_line(), 4096);
         assert_eq!(
             t.input(Input::Line(Line::TooLong)),
+            ["500 line too long (at most 4096 bytes)"]
+        );
+        let mut logged_in = Test::new(config());
+        logged_in.login();
+        assert_eq!(logged_in.session.max_line(), 1 << 20);
+        assert_eq!(
+            logged_in.input(Input::Line(Line::TooLong)),
             ["500 line too long (at most 1048576 bytes)"]
         );
         assert_eq!(
@@ -1931,5 +1981,30 @@ mod tests {
         });
         assert_eq!(none.admit(one), Err(Refusal::TooManyFromAddress));
         assert_eq!(none.open_from(one), 0);
+    }
+
+    #[test]
+    fn ipv6_addresses_are_counted_by_their_64_prefix() {
+        let mut a = Admission::new(&Limits {
+            max_sessions_per_address: 2,
+            ..Limits::default()
+        });
+        let host = |s: &str| -> IpAddr { s.parse().expect("address") };
+        assert_eq!(a.admit(host("2001:db8:1:2::1")), Ok(()));
+        assert_eq!(a.admit(host("2001:db8:1:2:ffff:0:0:9")), Ok(()));
+        assert_eq!(
+            a.admit(host("2001:db8:1:2:abcd::7")),
+            Err(Refusal::TooManyFromAddress),
+            "a fresh address in the same /64 is the same client"
+        );
+        assert_eq!(a.admit(host("2001:db8:1:3::1")), Ok(()), "another /64");
+        assert_eq!(a.open_from(host("2001:db8:1:2::5")), 2);
+        a.release(host("2001:db8:1:2::1"));
+        assert_eq!(a.open_from(host("2001:db8:1:2::1")), 1);
+        // An IPv4 client seen through a dual-stack socket is counted as
+        // itself.
+        assert_eq!(a.admit(host("::ffff:192.0.2.7")), Ok(()));
+        assert_eq!(a.open_from(host("192.0.2.7")), 1);
+        assert_eq!(address_group(host("192.0.2.7")), host("192.0.2.7"));
     }
 }

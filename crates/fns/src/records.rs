@@ -139,6 +139,17 @@ pub fn zone_records(zone: &str, serial: u32, p: &Publication) -> Result<Vec<Reco
     if !hosts.contains(&broker) {
         hosts.push(broker);
     }
+    // The draft's use cases look the agent up by its own name too
+    // (`fnaa.unix.ar. IN SRV 0 0 61000 fnaa.unix.ar.`): published beside
+    // `_fnaa._tcp.<namespace>` in the zone that holds the agent's name.
+    let agent = fqdn(&p.fnaa_host)?;
+    if origin.zone_of(&agent) {
+        records.push(Record::from_rdata(
+            agent.clone(),
+            p.ttl,
+            RData::SRV(SRV::new(10, 10, p.fnap_port, agent)),
+        ));
+    }
     for name in hosts {
         if origin.zone_of(&name) {
             for ip in &p.addresses {
@@ -197,8 +208,18 @@ mod tests {
                 RecordType::SOA,
                 RecordType::NS,
                 RecordType::SRV,
+                RecordType::SRV,
                 RecordType::A
             ]
+        );
+        let at_agent = records
+            .iter()
+            .find(|r| r.name.to_utf8() == "fnaa.syndeno.com." && r.record_type() == RecordType::SRV)
+            .expect("an SRV record at the agent's own name, as the draft's use cases");
+        assert_eq!(
+            at_agent.data.to_string(),
+            "10 10 65432 fnaa.syndeno.com.",
+            "{at_agent:?}"
         );
         let outside = zone_records("people.example.org", 7, &publication()).expect("records");
         assert!(

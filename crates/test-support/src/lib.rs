@@ -273,6 +273,13 @@ pub struct Bind {
 
 impl Bind {
     pub fn start(zone: &str) -> Bind {
+        Bind::start_with(zone, "")
+    }
+
+    /// A zone holding `records` too (zone-file lines, relative to `zone`):
+    /// DNS answers written by the test, as an attacker's resolver would
+    /// give them.
+    pub fn start_with(zone: &str, records: &str) -> Bind {
         let named = ["/usr/sbin/named", "/usr/bin/named"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -290,7 +297,7 @@ impl Bind {
         std::fs::write(
             path.join("zone.db"),
             format!(
-                "$TTL 60\n@ IN SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 60\n@ IN NS ns.{zone}.\nns IN A 127.0.0.1\n"
+                "$TTL 60\n@ IN SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 60\n@ IN NS ns.{zone}.\nns IN A 127.0.0.1\n{records}\n"
             ),
         )
         .expect("zone written");

@@ -160,6 +160,14 @@ impl Agent {
         namespace: Option<&NamespaceName>,
     ) -> Result<Vec<FlowInfo>, AgentError> {
         let records = self.namespace_records().await?;
+        // Subscription copies are the subscriber's business: listed to it
+        // and to the namespace's owner (and administrators) only.
+        let copies: std::collections::HashMap<FlowName, Option<String>> = self
+            .subscribers()
+            .await?
+            .into_iter()
+            .map(|s| (s.copy, s.user))
+            .collect();
         let mut out = Vec::new();
         for flow in self.broker.flows().await? {
             if namespace.is_some_and(|ns| !ns.is_above(flow.as_str())) {
@@ -173,7 +181,15 @@ impl Agent {
             let Ok(info) = self.broker.flow_info(&flow).await else {
                 continue; // deleted meanwhile
             };
-            if info.settings.public || access::right_through(principal, &chain).is_some() {
+            let right = access::right_through(principal, &chain);
+            let visible = match copies.get(&flow) {
+                Some(user) => {
+                    right == Some(Right::Admin)
+                        || (principal.user().is_some() && principal.user() == user.as_deref())
+                }
+                None => info.settings.public || right.is_some(),
+            };
+            if visible {
                 out.push(info);
             }
         }

@@ -10,6 +10,7 @@ pub mod access;
 pub mod flows;
 pub mod namespaces;
 pub mod processors;
+pub mod quotas;
 pub mod subscriptions;
 
 pub use access::{NamespaceRecord, Principal};
@@ -37,6 +38,10 @@ pub enum AgentError {
     Invalid(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The principal holds as much as [`quotas::Quotas`] allow: it may
+    /// work once some of it is gone.
+    #[error("{0}")]
+    Quota(String),
 }
 
 impl From<BrokerError> for AgentError {
@@ -120,6 +125,10 @@ pub struct Agent {
     issuer: Option<flowd_broker::grants::Issuer>,
     /// The accounts the participant's hosts share.
     shared_accounts: Option<crate::accounts::SharedAccounts>,
+    logins: std::sync::Arc<crate::logins::Logins>,
+    quotas: quotas::Quotas,
+    /// Remote subscriptions this host marked `failing`.
+    relays_failing: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Reads a flow batch by batch (FNAP `READ FLOW`).
@@ -127,6 +136,26 @@ pub struct FlowReader {
     consumer: async_nats::jetstream::consumer::PullConsumer,
     stream: String,
     flow: FlowName,
+    broker: Broker,
+}
+
+/// A reader's consumer goes with it, whatever ended the read (the command,
+/// an error, the session): the broker's inactivity threshold only catches
+/// what this misses, so a client opening reads in a loop holds at most the
+/// reads it has open.
+impl Drop for FlowReader {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let name = self.consumer.cached_info().name.clone();
+        let (broker, flow) = (self.broker.clone(), self.flow.clone());
+        runtime.spawn(async move {
+            if let Err(e) = broker.delete_consumer(&flow, &name).await {
+                tracing::debug!(%flow, consumer = name, "reader not removed (it expires): {e}");
+            }
+        });
+    }
 }
 
 impl FlowReader {
@@ -186,8 +215,20 @@ impl flowd_fns::Source for Agent {
             .collect())
     }
 
+    /// The flows published in DNS: the public ones. A private flow is
+    /// answered like a missing one (no enumeration through DNS); peers with
+    /// an account find its agent through the namespace's `_fnaa._tcp`
+    /// record.
     async fn flows(&self) -> Result<Vec<FlowName>, flowd_fns::SourceError> {
-        Ok(self.broker.flows().await?)
+        let mut public = Vec::new();
+        for flow in self.broker.flows().await? {
+            match self.broker.flow_info(&flow).await {
+                Ok(info) if info.settings.public => public.push(flow),
+                Ok(_) | Err(BrokerError::NoSuchFlow(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(public)
     }
 
     fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -214,6 +255,9 @@ impl Agent {
             federation: None,
             issuer: None,
             shared_accounts: None,
+            logins: std::sync::Arc::new(crate::logins::Logins::new(Default::default())),
+            quotas: quotas::Quotas::default(),
+            relays_failing: Default::default(),
             namespace_cache: Default::default(),
         })
     }
@@ -238,30 +282,69 @@ impl Agent {
         self
     }
 
+    /// Bounds password checks by `limits` (`[logins]`).
+    pub fn with_login_limits(mut self, limits: crate::logins::LoginLimits) -> Agent {
+        self.logins = std::sync::Arc::new(crate::logins::Logins::new(limits));
+        self
+    }
+
+    /// What one principal may hold.
+    pub fn quotas(&self) -> &quotas::Quotas {
+        &self.quotas
+    }
+
+    /// Holds principals to `quotas` (`[quotas]`).
+    pub fn with_quotas(mut self, quotas: quotas::Quotas) -> Agent {
+        self.quotas = quotas;
+        self
+    }
+
     /// Also accepts the accounts other hosts of the participant share.
     pub fn with_shared_accounts(mut self, shared: crate::accounts::SharedAccounts) -> Agent {
         self.shared_accounts = Some(shared);
         self
     }
 
-    /// Checks a log-in (FNAP and the management API): the host's own
-    /// accounts and local administrator first, then the accounts shared by
-    /// the participant's other hosts.
+    /// Checks a log-in (FNAP and the management API) from a client at
+    /// `from`: the host's local administrator, then the host's own
+    /// accounts, then those shared by the participant's other hosts. The
+    /// password check is bounded by [`crate::logins`].
     pub async fn login(
         &self,
         state_dir: &std::path::Path,
+        from: std::net::IpAddr,
         user: &str,
         password: &str,
     ) -> Result<Option<crate::accounts::Identity>, crate::accounts::AccountError> {
-        let (dir, u, p) = (state_dir.to_owned(), user.to_owned(), password.to_owned());
-        let local = tokio::task::spawn_blocking(move || crate::accounts::login(&dir, &u, &p))
-            .await
-            .map_err(|e| crate::accounts::AccountError::Invalid(e.to_string()))??;
-        match (&local, &self.shared_accounts) {
-            (None, Some(shared)) if user != crate::accounts::local::LOCAL_ADMIN => {
-                shared.verify(user, password).await
+        use crate::accounts::{AccountError, Accounts, local};
+        use crate::logins::Checked;
+        let joined = |e: tokio::task::JoinError| AccountError::Invalid(e.to_string());
+        let dir = state_dir.to_owned();
+        if user == local::LOCAL_ADMIN {
+            let group = flowd_fnap::session::address_group(from);
+            tokio::time::sleep(self.logins.failure_delay(group)).await;
+            let token = password.to_owned();
+            let found =
+                tokio::task::spawn_blocking(move || crate::accounts::local_admin(&dir, &token))
+                    .await
+                    .map_err(joined)?;
+            if found.is_none() {
+                self.logins.record_failure(from);
             }
-            _ => Ok(local),
+            return Ok(found);
+        }
+        let local = tokio::task::spawn_blocking(move || Accounts::load(&dir))
+            .await
+            .map_err(joined)??;
+        let account = match (local.accounts.get(user), &self.shared_accounts) {
+            (Some(account), _) => Some(account.clone()),
+            (None, Some(shared)) => shared.account(user).await?,
+            (None, None) => None,
+        };
+        match self.logins.check(from, account, user, password).await {
+            Checked::Verified(identity) => Ok(Some(identity)),
+            Checked::Wrong => Ok(None),
+            Checked::Busy => Err(AccountError::Busy),
         }
     }
 
@@ -379,6 +462,7 @@ impl Agent {
             consumer: self.broker.reader(flow, start).await?,
             stream: flow.stream(),
             flow: flow.clone(),
+            broker: self.broker.clone(),
         })
     }
 
@@ -563,7 +647,12 @@ impl Agent {
 /// configuration it accepts. Compiling and running a guest's `init` is CPU
 /// work bounded by the processor's limits, done on the blocking pool so that
 /// it never stalls the sessions the async workers serve.
+///
+/// At most [`CONCURRENT_CHECKS`] checks run at once (each compiles a
+/// component and may run a guest for its whole deadline); one that waits
+/// longer than [`CHECK_WAIT`] for its turn is told to try again (`450`).
 async fn check_component(new: &NewProcessor) -> Result<(), AgentError> {
+    let _turn = check_turn().await?;
     let setup = flowd_wasm::ProcessorSetup {
         name: new.id.clone(),
         config: new.config.clone(),
@@ -583,4 +672,42 @@ async fn check_component(new: &NewProcessor) -> Result<(), AgentError> {
     .await
     .map_err(|e| AgentError::Unavailable(format!("the processor check: {e}")))??;
     Ok(())
+}
+
+/// Component checks (processor declarations, `PUT COMPONENT`) running at
+/// once: as many as a small host has cores.
+pub const CONCURRENT_CHECKS: usize = 2;
+
+/// How long a check waits for its turn.
+pub const CHECK_WAIT: Duration = Duration::from_secs(10);
+
+static CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_CHECKS);
+
+async fn check_turn() -> Result<tokio::sync::SemaphorePermit<'static>, AgentError> {
+    match tokio::time::timeout(CHECK_WAIT, CHECKS.acquire()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(AgentError::Unavailable(
+            "the host is checking other components; try again later".into(),
+        )),
+    }
+}
+
+/// Checks that `bytes` are a processor component this host would run (of
+/// any kind, with imports the sandbox allows), as the registry does for an
+/// upload. Bounded like [`check_component`].
+async fn validate_component(bytes: &[u8]) -> Result<(), AgentError> {
+    let _turn = check_turn().await?;
+    let bytes = bytes.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let host = Host::new(HostConfig {
+            max_instances: 1,
+            ..HostConfig::default()
+        })
+        .map_err(|e| AgentError::Unavailable(format!("the processor sandbox: {e:#}")))?;
+        host.load(&bytes)
+            .map(drop)
+            .map_err(|e| AgentError::Invalid(format!("refused: {e}")))
+    })
+    .await
+    .map_err(|e| AgentError::Unavailable(format!("the component check: {e}")))?
 }

@@ -156,6 +156,7 @@ impl Agent {
                 "anonymous sessions cannot upload components".into(),
             ));
         }
+        super::validate_component(bytes).await?;
         self.upload_component(bytes).await
     }
 
@@ -172,11 +173,19 @@ impl Agent {
         let digest = request.component.as_deref().ok_or_else(|| {
             AgentError::Invalid("missing component= (PUT COMPONENT first)".into())
         })?;
-        let fused_step = self
-            .processors()
-            .await?
-            .iter()
-            .any(|(p, _)| p.fused.iter().any(|f| f.id == id));
+        let all = self.processors().await?;
+        let fused_step = all.iter().any(|(p, _)| p.fused.iter().any(|f| f.id == id));
+        if let Some(user) = principal.user().filter(|_| !principal.is_admin()) {
+            let limit = self.quotas().processors_per_account;
+            let owned = all
+                .iter()
+                .filter(|(p, _)| p.owner.as_deref() == Some(user))
+                .map(|(p, _)| p.fused.len().max(1))
+                .sum::<usize>();
+            if owned >= limit {
+                return Err(super::quotas::exceeded("processors per account", limit));
+            }
+        }
         if fused_step || self.processor(id).await.is_ok() {
             return Err(AgentError::Exists {
                 what: "processor",

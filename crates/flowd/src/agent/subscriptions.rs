@@ -16,6 +16,7 @@
 //! ([`flowd_broker::grants`]); removing the subscriber removes the user.
 
 use super::access::{self, Principal};
+use super::quotas;
 use super::{Agent, AgentError, NewProcessor, unavailable};
 use flowd_broker::FlowName;
 use flowd_broker::Records;
@@ -44,6 +45,10 @@ pub struct Subscriber {
     /// public key), revoked with the copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_account: Option<String>,
+    /// The address group of an anonymous subscriber
+    /// ([`flowd_fnap::session::address_group`]), counted by its quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::IpAddr>,
 }
 
 /// Why a copy was revoked, kept a while after it is gone so that its
@@ -86,6 +91,10 @@ pub struct Subscription {
     /// issued some (else the copy is read over FNAP).
     #[serde(default)]
     pub broker: Option<PullCredentials>,
+    /// Why the relay cannot progress, when it cannot (not stored in the
+    /// record: a change of it would restart the relay).
+    #[serde(skip)]
+    pub failing: Option<String>,
 }
 
 pub use crate::peers::Subscribed;
@@ -113,27 +122,49 @@ impl Subscription {
             revoked: false,
             revoked_reason: None,
             broker: None,
+            failing: None,
         }
     }
 
-    /// `running`, `paused` or `revoked`.
+    /// `running`, `paused`, `revoked` or `failing` (a remote subscription
+    /// whose relay cannot progress; [`Subscription::failing`] says why).
     pub fn state(&self) -> &'static str {
         if self.revoked {
             "revoked"
         } else if self.paused {
             "paused"
+        } else if self.failing.is_some() {
+            "failing"
         } else {
             "running"
         }
     }
 }
 
+/// A subscription token (the first label of its copy's name): 7
+/// characters like the draft's `ksdj898`.
 fn token() -> String {
+    token_of(7)
+}
+
+/// The token of an anonymous subscription, 22 characters (about 113
+/// bits): its copy's name is the only secret that cancels it, so it must
+/// not be guessable.
+fn anonymous_token() -> String {
+    token_of(22)
+}
+
+fn token_of(len: usize) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let bytes = uuid::Uuid::new_v4().into_bytes();
-    let mut t = String::with_capacity(7);
+    let mut bytes = Vec::with_capacity(32);
+    while bytes.len() < len {
+        bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    }
+    let mut t = String::with_capacity(len);
     t.push((b'a' + bytes[0] % 26) as char);
-    for b in &bytes[1..7] {
+    for b in &bytes[1..len] {
+        // 252 = 7 * 36: values above are rare enough that the small bias
+        // they would bring is not worth a rejection loop.
         t.push(ALPHABET[*b as usize % ALPHABET.len()] as char);
     }
     t
@@ -144,6 +175,60 @@ fn owns(principal: &Principal, user: Option<&str>) -> bool {
 }
 
 impl Agent {
+    /// Every copy held for a subscriber.
+    pub(crate) async fn subscribers(&self) -> Result<Vec<Subscriber>, AgentError> {
+        self.records("subscriber.").await
+    }
+
+    /// Refuses a subscription over the principal's quota
+    /// ([`super::quotas`]): per account, or for anonymous clients per
+    /// address group and in all.
+    async fn check_subscriber_quota(
+        &self,
+        principal: &Principal,
+        address: Option<std::net::IpAddr>,
+    ) -> Result<(), AgentError> {
+        if principal.is_admin() || principal == &Principal::Host {
+            return Ok(());
+        }
+        let q = &self.quotas;
+        let held = self.subscribers().await?;
+        match principal.user() {
+            Some(user) => {
+                let mine = held
+                    .iter()
+                    .filter(|s| s.user.as_deref() == Some(user))
+                    .count();
+                if mine >= q.subscriptions_per_account {
+                    return Err(quotas::exceeded(
+                        "subscriptions per account",
+                        q.subscriptions_per_account,
+                    ));
+                }
+            }
+            None => {
+                let anonymous: Vec<_> = held
+                    .iter()
+                    .filter(|s| s.user.is_none() && !s.host)
+                    .collect();
+                if anonymous.len() >= q.anonymous_subscriptions {
+                    return Err(quotas::exceeded(
+                        "anonymous subscriptions on this host",
+                        q.anonymous_subscriptions,
+                    ));
+                }
+                let here = anonymous.iter().filter(|s| s.address == address).count();
+                if here >= q.anonymous_subscriptions_per_address {
+                    return Err(quotas::exceeded(
+                        "anonymous subscriptions per address",
+                        q.anonymous_subscriptions_per_address,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn records<T: Serialize + for<'de> Deserialize<'de>>(
         &self,
         prefix: &str,
@@ -194,9 +279,13 @@ impl Agent {
     /// for the copy when this host issues them and `confidential` says the
     /// reply cannot be read on its way (TLS, or a trusted network): a
     /// subscriber on a plain-text session reads its copy over FNAP.
+    ///
+    /// `from` is the client's address: anonymous subscriptions are counted
+    /// per address group.
     pub async fn subscribe_as(
         &self,
         principal: &Principal,
+        from: Option<std::net::IpAddr>,
         remote: &FlowName,
         local: Option<&FlowName>,
         confidential: bool,
@@ -206,6 +295,11 @@ impl Agent {
             return self.subscribe_remote(principal, remote, local).await;
         }
         let source = self.check_read(principal, remote).await?;
+        let anonymous = principal.user().is_none() && principal != &Principal::Host;
+        let address = from
+            .filter(|_| anonymous)
+            .map(flowd_fnap::session::address_group);
+        self.check_subscriber_quota(principal, address).await?;
         if let Some(local) = local {
             match self.broker.flow_info(local).await {
                 Ok(_) => {
@@ -218,7 +312,11 @@ impl Agent {
                 Err(e) => return Err(e.into()),
             }
         }
-        let token = token();
+        let token = if anonymous {
+            anonymous_token()
+        } else {
+            token()
+        };
         let copy = FlowName::parse(&format!("{token}.{remote}"))
             .map_err(|e| AgentError::Invalid(format!("subscription flow: {e}")))?;
         // The copy is as readable as its source: a public flow's copy can be
@@ -263,6 +361,7 @@ impl Agent {
                 .as_ref()
                 .filter(|c| c.jwt.is_some())
                 .map(|c| c.user.clone()),
+            address,
         };
         let made = async {
             self.put_record(&format!("subscriber.{token}"), &record)
@@ -386,6 +485,54 @@ impl Agent {
             .unwrap_or(0))
     }
 
+    /// Records why a remote subscription's relay cannot progress (shown as
+    /// `failing: <reason>` by `LIST SUBSCRIPTIONS`, whichever host asks),
+    /// or with `None` that it progresses again.
+    pub(crate) async fn relay_failing(
+        &self,
+        token: &str,
+        reason: Option<&str>,
+    ) -> Result<(), AgentError> {
+        let key = format!("failing.{token}");
+        {
+            let mut marked = self
+                .relays_failing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if reason.is_some() {
+                marked.insert(token.to_owned());
+            } else if !marked.remove(token) {
+                return Ok(());
+            }
+        }
+        match reason {
+            Some(reason) => {
+                let reason: String = reason
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .take(300)
+                    .collect();
+                self.subscriptions
+                    .put(key, reason.into_bytes().into())
+                    .await
+                    .map_err(unavailable)?;
+            }
+            None => self.subscriptions.purge(key).await.map_err(unavailable)?,
+        }
+        Ok(())
+    }
+
+    /// Why the relay of subscription `token` cannot progress, if it cannot.
+    async fn failing(&self, token: &str) -> Option<String> {
+        let value = self
+            .subscriptions
+            .get(format!("failing.{token}"))
+            .await
+            .ok()
+            .flatten()?;
+        String::from_utf8(value.to_vec()).ok()
+    }
+
     /// Stores relayed events, then the position after them.
     pub(crate) async fn relay_store(
         &self,
@@ -402,7 +549,7 @@ impl Agent {
             .put(format!("position.{}", sub.token), last.to_string().into())
             .await
             .map_err(unavailable)?;
-        Ok(())
+        self.relay_failing(&sub.token, None).await
     }
 
     pub(crate) async fn mark_revoked(
@@ -771,12 +918,18 @@ impl Agent {
         &self,
         principal: &Principal,
     ) -> Result<Vec<Subscription>, AgentError> {
-        Ok(self
+        let mut subs: Vec<Subscription> = self
             .records::<Subscription>("subscription.")
             .await?
             .into_iter()
             .filter(|s| owns(principal, s.user.as_deref()))
-            .collect())
+            .collect();
+        for sub in &mut subs {
+            if sub.agent.is_some() && !sub.revoked && !sub.paused {
+                sub.failing = self.failing(&sub.token).await;
+            }
+        }
+        Ok(subs)
     }
 
     async fn subscription_into(

@@ -18,6 +18,7 @@ pub(super) fn agent_status(e: AgentError) -> tonic::Status {
         AgentError::Forbidden(_) => Code::PermissionDenied,
         AgentError::Invalid(_) => Code::InvalidArgument,
         AgentError::Unavailable(_) => Code::Unavailable,
+        AgentError::Quota(_) => Code::ResourceExhausted,
     };
     tonic::Status::new(code, e.to_string())
 }
@@ -30,6 +31,7 @@ pub(super) fn registry_status(e: RegistryError) -> tonic::Status {
         RegistryError::NotFound(_) => Code::NotFound,
         RegistryError::VersionTaken { .. } => Code::AlreadyExists,
         RegistryError::InUse { .. } => Code::FailedPrecondition,
+        RegistryError::NameOwned(_) => Code::PermissionDenied,
         RegistryError::Unavailable(_) => Code::Unavailable,
         RegistryError::Unreadable(_) => Code::Internal,
     };
@@ -77,8 +79,11 @@ pub(super) async fn principal<T>(
     } else {
         return Err(unauthenticated());
     };
+    let from = request
+        .remote_addr()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
     let verified = agent
-        .login(state_dir, &user, &password)
+        .login(state_dir, from, &user, &password)
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     match verified {

@@ -54,6 +54,26 @@ impl RegistryService {
     }
 }
 
+impl RegistryService {
+    /// The component versions an account has stored and their bytes;
+    /// `None` for administrators, who have no quota.
+    async fn stored_by(&self, who: &Principal) -> Result<Option<(usize, u64)>, Status> {
+        if who.is_admin() {
+            return Ok(None);
+        }
+        let mine: Vec<_> = self
+            .0
+            .registry
+            .list()
+            .await
+            .map_err(convert::registry_status)?
+            .into_iter()
+            .filter(|r| r.uploaded_by.as_deref() == who.user())
+            .collect();
+        Ok(Some((mine.len(), mine.iter().map(|r| r.size).sum())))
+    }
+}
+
 #[tonic::async_trait]
 impl registry_server::Registry for RegistryService {
     async fn upload(
@@ -78,6 +98,7 @@ impl registry_server::Registry for RegistryService {
         if header.size as usize > registry::MAX_COMPONENT_BYTES {
             return Err(convert::registry_status(registry::RegistryError::TooLarge));
         }
+        let stored = self.stored_by(&who).await?;
         // The announced size is only a hint: capped, so a header alone
         // cannot reserve much memory.
         let mut bytes = Vec::with_capacity((header.size as usize).min(16 << 20));
@@ -99,10 +120,29 @@ impl registry_server::Registry for RegistryService {
                 bytes.len()
             )));
         }
+        if let Some((count, size)) = stored {
+            let quotas = self.0.agent.quotas();
+            if count >= quotas.components_per_account {
+                return Err(convert::agent_status(crate::agent::quotas::exceeded(
+                    "component versions per account",
+                    quotas.components_per_account,
+                )));
+            }
+            if size.saturating_add(bytes.len() as u64) > quotas.component_bytes_per_account {
+                return Err(convert::agent_status(crate::agent::quotas::exceeded(
+                    "bytes of components per account",
+                    quotas.component_bytes_per_account,
+                )));
+            }
+        }
+        let uploader = registry::Uploader {
+            user: who.user(),
+            admin: who.is_admin(),
+        };
         let record = self
             .0
             .registry
-            .upload(&header.name, &header.version, bytes, who.user())
+            .upload(&header.name, &header.version, bytes, uploader)
             .await
             .map_err(convert::registry_status)?;
         tracing::info!(

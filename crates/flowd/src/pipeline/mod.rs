@@ -355,7 +355,13 @@ impl Pipelines {
             }
             match self
                 .agent
-                .subscribe_as(&Principal::Host, &input.remote, Some(&input.local), true)
+                .subscribe_as(
+                    &Principal::Host,
+                    None,
+                    &input.remote,
+                    Some(&input.local),
+                    true,
+                )
                 .await
             {
                 Ok(_) => made.push(&input.local),

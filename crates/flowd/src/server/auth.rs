@@ -12,7 +12,7 @@ impl Driver {
                 let ctx = &self.shared.ctx;
                 match ctx
                     .agent
-                    .login(&ctx.state_dir, &plain.user, &plain.password)
+                    .login(&ctx.state_dir, self.peer.ip(), &plain.user, &plain.password)
                     .await
                 {
                     Ok(Some(identity)) => {

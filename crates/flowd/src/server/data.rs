@@ -194,6 +194,14 @@ impl Driver {
             Start::New => None,
             Start::Sequence(n) => Some(n.max(1)),
         };
+        // Nothing to read costs no consumer.
+        let nothing = count == Some(0) || (!follow && first.is_none_or(|f| f > info.last_sequence));
+        if nothing {
+            conn.send_line("220 DATA").await?;
+            conn.send_line(&Reply::ok("OK 0 events").to_string())
+                .await?;
+            return Ok(Response::Sent { success: true });
+        }
         let mut events = match agent.reader(&flow, first).await {
             Ok(r) => r,
             Err(e) => return Ok(Response::Reply(error_reply(&e))),

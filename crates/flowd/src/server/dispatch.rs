@@ -123,7 +123,13 @@ impl Driver {
             }
             Command::WriteFlow(flow) => self.start_upload(&p, flow).await,
             Command::Subscribe { remote, local } => agent
-                .subscribe_as(&p, &remote, local.as_ref(), self.session.plain_allowed())
+                .subscribe_as(
+                    &p,
+                    Some(self.peer.ip()),
+                    &remote,
+                    local.as_ref(),
+                    self.session.plain_allowed(),
+                )
                 .await
                 .map(|subscribed| data(subscribed.lines())),
             Command::Unsubscribe(copy) => agent
@@ -141,7 +147,12 @@ impl Driver {
                         };
                         let mut line =
                             format!("{} {} {} {bridge} {}", s.local, s.remote, s.copy, s.state());
-                        if let Some(reason) = s.revoked_reason.as_deref().filter(|_| s.revoked) {
+                        let reason = match (s.revoked, &s.failing) {
+                            (true, _) => s.revoked_reason.as_deref(),
+                            (false, Some(why)) => Some(why.as_str()),
+                            (false, None) => None,
+                        };
+                        if let Some(reason) = reason {
                             line.push(' ');
                             line.push_str(&reason.replace(['\r', '\n'], " "));
                         }

@@ -21,7 +21,7 @@ pub(super) fn error_reply(e: &AgentError) -> Reply {
         AgentError::Exists { .. } => Code::Exists,
         AgentError::Forbidden(_) => Code::Forbidden,
         AgentError::Invalid(_) => Code::Invalid,
-        AgentError::Unavailable(_) => Code::TryLater,
+        AgentError::Unavailable(_) | AgentError::Quota(_) => Code::TryLater,
     };
     Reply::new(code, e.to_string())
 }

@@ -79,6 +79,12 @@ impl Conn {
         }
     }
 
+    /// The next line, of at most `max` bytes (the session's limit now).
+    async fn next_line_within(&mut self, max: usize) -> Result<Option<Line>, End> {
+        self.decoder.set_max(max);
+        self.next_line().await
+    }
+
     /// Waits until the client sends anything (it stops a `READ FLOW`); the
     /// bytes stay for [`Conn::next_line`]. Cancel-safe.
     pub(super) async fn readable(&mut self) -> Result<(), End> {
@@ -159,15 +165,17 @@ impl Driver {
 
     pub(super) async fn run(mut self, stream: Stream) -> Result<(), End> {
         let limits = self.session.config().limits.clone();
-        let mut conn = Conn::new(stream, limits.max_line, limits.idle_timeout());
+        let mut conn = Conn::new(stream, self.session.max_line(), limits.idle_timeout());
         let mut input = Some(Input::Start);
         loop {
             let next = match input.take() {
                 Some(next) => next,
-                None if self.session.state().wants_line() => match conn.next_line().await? {
-                    Some(line) => Input::Line(line),
-                    None => Input::IdleTimeout,
-                },
+                None if self.session.state().wants_line() => {
+                    match conn.next_line_within(self.session.max_line()).await? {
+                        Some(line) => Input::Line(line),
+                        None => Input::IdleTimeout,
+                    }
+                }
                 // Closed (or waiting for nothing the driver could give).
                 None => {
                     conn.close().await;
@@ -211,7 +219,7 @@ impl Driver {
                             Ok(Ok(tls)) => {
                                 conn = Conn::new(
                                     Box::new(tls),
-                                    limits.max_line,
+                                    self.session.max_line(),
                                     limits.idle_timeout(),
                                 );
                                 input = Some(Input::TlsEstablished);

@@ -1,0 +1,369 @@
+//! What a log-in may cost the host. A password check is argon2: about
+//! 20 MiB of memory and tens of milliseconds of CPU, which anyone who can
+//! reach the FNAA or the management API can ask for. So:
+//!
+//! - at most [`LoginLimits::concurrent_checks`] checks run at once, on as
+//!   many threads of their own (the allocator keeps a thread's memory for
+//!   it: checks spread over the blocking pool would each leave their 20
+//!   MiB behind); a log-in that waits longer than
+//!   [`LoginLimits::check_wait_ms`] for its turn is told to try again later
+//!   (`4xx`), never "wrong password";
+//! - a client address (IPv6: its /64) whose log-ins failed waits before its
+//!   next check, the wait doubling with each failure of the last minute
+//!   (FNAP and the gRPC API alike), so guessing is slow and cheap for the
+//!   host;
+//! - credentials verified once are remembered for
+//!   [`LoginLimits::cache_secs`]: a client that logs in often (the gRPC API
+//!   authenticates every call) costs one hash per cache lifetime. An entry
+//!   is a salted SHA-256 of the user, the password and the account's stored
+//!   hash, so a changed password or a removed account misses it.
+
+use crate::accounts::{Account, Identity};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// `[logins]`: the bounds on password checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoginLimits {
+    /// Password checks running at once (each holds about 20 MiB).
+    pub concurrent_checks: usize,
+    /// How long a log-in waits for a check slot before `4xx`.
+    pub check_wait_ms: u64,
+    /// How long verified credentials are remembered; 0 disables the cache.
+    pub cache_secs: u64,
+    /// Credentials remembered at most.
+    pub cache_entries: usize,
+    /// The wait before checking the next log-in of an address whose last
+    /// one failed; it doubles with each failure of the last minute, up to
+    /// 32 times this.
+    pub failure_delay_ms: u64,
+    /// Addresses whose failures are remembered at most.
+    pub failure_addresses: usize,
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        LoginLimits {
+            concurrent_checks: 2,
+            check_wait_ms: 2_000,
+            cache_secs: 300,
+            cache_entries: 4_096,
+            failure_delay_ms: 250,
+            failure_addresses: 65_536,
+        }
+    }
+}
+
+/// How long failures of an address are remembered.
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// The outcome of a password check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checked {
+    /// The password is right.
+    Verified(Identity),
+    /// Wrong user name or password.
+    Wrong,
+    /// No check slot came free in time: try again later.
+    Busy,
+}
+
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+/// A password check for the checking threads.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The threads that check passwords, started with the first check.
+struct Checkers {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Checkers {
+    fn start(threads: usize) -> Option<Checkers> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = std::sync::Arc::new(Mutex::new(queue));
+        for i in 0..threads {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("flowd-login-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = lock(&queue).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if spawned.is_err() {
+                return None;
+            }
+        }
+        Some(Checkers { jobs })
+    }
+}
+
+/// The host's password checks, shared by FNAP and the gRPC API.
+pub struct Logins {
+    limits: LoginLimits,
+    checkers: std::sync::OnceLock<Option<Checkers>>,
+    slots: tokio::sync::Semaphore,
+    salt: [u8; 16],
+    verified: Mutex<HashMap<[u8; 32], Instant>>,
+    failures: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+impl Logins {
+    /// Checks under `limits` (a `concurrent_checks` of 0 is taken as 1).
+    pub fn new(limits: LoginLimits) -> Logins {
+        Logins {
+            checkers: std::sync::OnceLock::new(),
+            slots: tokio::sync::Semaphore::new(limits.concurrent_checks.max(1)),
+            salt: *uuid::Uuid::new_v4().as_bytes(),
+            verified: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            limits,
+        }
+    }
+
+    /// Checks `password` for `user`, whose stored account is `account`
+    /// (`None`: no such account; the check costs the same), for a client
+    /// at `from`.
+    pub async fn check(
+        &self,
+        from: IpAddr,
+        account: Option<Account>,
+        user: &str,
+        password: &str,
+    ) -> Checked {
+        let key = account.as_ref().map(|a| self.key(user, password, &a.hash));
+        if let (Some(key), Some(a)) = (&key, &account)
+            && self.remembered(key)
+        {
+            return Checked::Verified(Identity {
+                user: user.to_owned(),
+                admin: a.admin,
+            });
+        }
+        let group = flowd_fnap::session::address_group(from);
+        let delay = self.failure_delay(group);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let wait = Duration::from_millis(self.limits.check_wait_ms);
+        let Ok(Ok(_slot)) = tokio::time::timeout(wait, self.slots.acquire()).await else {
+            return Checked::Busy;
+        };
+        let (u, p) = (user.to_owned(), password.to_owned());
+        let checkers = self
+            .checkers
+            .get_or_init(|| Checkers::start(self.limits.concurrent_checks.max(1)));
+        let Some(checkers) = checkers else {
+            return Checked::Busy;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(crate::accounts::verify_with(account.as_ref(), &u, &p));
+        });
+        if checkers.jobs.send(job).is_err() {
+            return Checked::Busy;
+        }
+        match rx.await {
+            Ok(Some(identity)) => {
+                if let Some(key) = key {
+                    self.remember(key);
+                }
+                Checked::Verified(identity)
+            }
+            Ok(None) => {
+                self.failed(group);
+                Checked::Wrong
+            }
+            Err(_) => Checked::Busy,
+        }
+    }
+
+    /// Records a failed log-in from `from` that was not a password check
+    /// (the local administrator's token).
+    pub fn record_failure(&self, from: IpAddr) {
+        self.failed(flowd_fnap::session::address_group(from));
+    }
+
+    /// The wait before the next check from `group`.
+    pub fn failure_delay(&self, group: IpAddr) -> Duration {
+        let failures = lock(&self.failures);
+        match failures.get(&group) {
+            Some(f) if f.last.elapsed() < FAILURE_WINDOW && f.count > 0 => {
+                let doublings = (f.count - 1).min(5);
+                Duration::from_millis(self.limits.failure_delay_ms.saturating_mul(1 << doublings))
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    fn failed(&self, group: IpAddr) {
+        let mut failures = lock(&self.failures);
+        if failures.len() >= self.limits.failure_addresses && !failures.contains_key(&group) {
+            failures.retain(|_, f| f.last.elapsed() < FAILURE_WINDOW);
+            if failures.len() >= self.limits.failure_addresses {
+                return;
+            }
+        }
+        let entry = failures.entry(group).or_insert(Failures {
+            count: 0,
+            last: Instant::now(),
+        });
+        if entry.last.elapsed() >= FAILURE_WINDOW {
+            entry.count = 0;
+        }
+        entry.count = entry.count.saturating_add(1);
+        entry.last = Instant::now();
+    }
+
+    fn key(&self, user: &str, password: &str, hash: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.salt);
+        for part in [user, password, hash] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.finalize().into()
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(self.limits.cache_secs)
+    }
+
+    fn remembered(&self, key: &[u8; 32]) -> bool {
+        let ttl = self.ttl();
+        lock(&self.verified)
+            .get(key)
+            .is_some_and(|at| at.elapsed() < ttl)
+    }
+
+    fn remember(&self, key: [u8; 32]) {
+        let ttl = self.ttl();
+        if ttl.is_zero() {
+            return;
+        }
+        let mut verified = lock(&self.verified);
+        if verified.len() >= self.limits.cache_entries {
+            verified.retain(|_, at| at.elapsed() < ttl);
+            if verified.len() >= self.limits.cache_entries {
+                return;
+            }
+        }
+        verified.insert(key, Instant::now());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounts::Accounts;
+
+    fn account(password: &str) -> Account {
+        let mut a = Accounts::default();
+        a.add("alice", password, false).expect("account");
+        a.accounts.remove("alice").expect("added")
+    }
+
+    fn logins(cache_secs: u64) -> Logins {
+        Logins::new(LoginLimits {
+            cache_secs,
+            failure_delay_ms: 40,
+            ..LoginLimits::default()
+        })
+    }
+
+    const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[tokio::test]
+    async fn verified_credentials_are_remembered_until_the_account_changes() {
+        let l = logins(300);
+        let alice = account("right");
+        assert!(matches!(
+            l.check(HERE, Some(alice.clone()), "alice", "right").await,
+            Checked::Verified(_)
+        ));
+        let key = l.key("alice", "right", &alice.hash);
+        assert!(l.remembered(&key), "the second log-in costs no hash");
+        assert_eq!(
+            l.check(HERE, Some(alice.clone()), "alice", "wrong").await,
+            Checked::Wrong
+        );
+        // A new password (a new stored hash) misses the entry.
+        let changed = account("other");
+        assert!(!l.remembered(&l.key("alice", "right", &changed.hash)));
+        assert_eq!(
+            l.check(HERE, Some(changed), "alice", "right").await,
+            Checked::Wrong
+        );
+        assert_eq!(l.check(HERE, None, "alice", "right").await, Checked::Wrong);
+        let off = logins(0);
+        assert!(matches!(
+            off.check(HERE, Some(alice.clone()), "alice", "right").await,
+            Checked::Verified(_)
+        ));
+        assert!(!off.remembered(&off.key("alice", "right", &alice.hash)));
+    }
+
+    #[tokio::test]
+    async fn failures_slow_down_their_address_group_only() {
+        let l = logins(300);
+        let attacker: IpAddr = "2001:db8:1:2::1".parse().expect("address");
+        let neighbour: IpAddr = "2001:db8:1:2::99".parse().expect("address");
+        let elsewhere: IpAddr = "2001:db8:9::1".parse().expect("address");
+        let group = flowd_fnap::session::address_group;
+        for _ in 0..3 {
+            l.record_failure(attacker);
+        }
+        assert_eq!(
+            l.failure_delay(group(neighbour)),
+            Duration::from_millis(160)
+        );
+        assert_eq!(l.failure_delay(group(elsewhere)), Duration::ZERO);
+        for _ in 0..40 {
+            l.record_failure(attacker);
+        }
+        assert_eq!(
+            l.failure_delay(group(attacker)),
+            Duration::from_millis(40 * 32),
+            "capped"
+        );
+    }
+
+    #[tokio::test]
+    async fn checks_beyond_the_slots_are_busy_not_wrong() {
+        let l = Logins::new(LoginLimits {
+            concurrent_checks: 1,
+            check_wait_ms: 1,
+            cache_secs: 0,
+            ..LoginLimits::default()
+        });
+        let held = l.slots.acquire().await.expect("slot");
+        assert_eq!(
+            l.check(HERE, Some(account("right")), "alice", "right")
+                .await,
+            Checked::Busy
+        );
+        drop(held);
+        assert!(matches!(
+            l.check(HERE, Some(account("right")), "alice", "right")
+                .await,
+            Checked::Verified(_)
+        ));
+    }
+}
