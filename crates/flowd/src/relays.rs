@@ -335,10 +335,45 @@ async fn relay_from_broker(
         }
         Err(e) => return Err(unavailable(&e)),
     };
+    match pull(
+        agent,
+        sub,
+        &client,
+        &consumer,
+        &credentials.stream,
+        &refused,
+    )
+    .await?
+    {
+        Pulled::Refused => confirm_revoked(federation, sub, "its broker user is refused").await,
+    }
+}
+
+/// Why [`pull`] stopped without an error.
+enum Pulled {
+    /// The broker refused the connection's user.
+    Refused,
+}
+
+/// Pulls `consumer` of `stream` into the subscription's local flow, each
+/// batch acknowledged once stored, until the connection fails (an error)
+/// or `refused` is raised.
+async fn pull(
+    agent: &Agent,
+    sub: &Subscription,
+    client: &async_nats::Client,
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
+    stream: &str,
+    refused: &std::sync::atomic::AtomicBool,
+) -> Result<Pulled, AgentError> {
+    use std::sync::atomic::Ordering;
+    let unavailable = |e: &dyn std::fmt::Display| {
+        AgentError::Unavailable(format!("pulling {} from its broker: {e}", sub.copy))
+    };
     let scope = format!("remote:{}", sub.token);
     loop {
         if refused.load(Ordering::SeqCst) {
-            return confirm_revoked(federation, sub, "its broker user is refused").await;
+            return Ok(Pulled::Refused);
         }
         let mut batch = consumer
             .batch()
@@ -351,7 +386,7 @@ async fn relay_from_broker(
         let mut events = Vec::new();
         while let Some(message) = batch.next().await {
             let message = message.map_err(|e| unavailable(&e))?;
-            let (sequence, decoded) = codec::stored_event(&message, &credentials.stream);
+            let (sequence, decoded) = codec::stored_event(&message, stream);
             match decoded {
                 Ok(event) => {
                     events.push(event);
@@ -375,6 +410,104 @@ async fn relay_from_broker(
             message.ack().await.map_err(|e| unavailable(&e))?;
         }
         agent.relay_failing(&sub.token, None).await?;
+    }
+}
+
+/// A remote FNAA that implements only the draft's commands (no `READ
+/// FLOW`) says in `DESCRIBE FLOW <copy>` where the copy is: a NATS
+/// JetStream broker is pulled directly, with a durable consumer of the
+/// subscription's own; any other broker type (`type=kafka`) ends the
+/// subscription with that reason. The broker must listen on the address
+/// the agent was reached at: a remote host cannot point this host at
+/// another machine, or at this host's own services.
+async fn relay_as_described(
+    agent: &Agent,
+    sub: &Subscription,
+    client: &mut flowd_fnap::client::Client,
+    agent_addr: std::net::SocketAddr,
+) -> Result<Ended, AgentError> {
+    let describe = format!("DESCRIBE FLOW {}", sub.copy);
+    let (lines, _) =
+        match tokio::time::timeout(crate::peers::REMOTE_STEP, client.data(&describe)).await {
+            Ok(Ok(described)) => described,
+            Ok(Err(ClientError::Refused(reply))) if copy_gone(&reply) => {
+                return Ok(Ended::Revoked(Some(reason(&reply))));
+            }
+            Ok(Err(e)) => return Err(refused(e, &describe).into()),
+            Err(_) => {
+                return Err(AgentError::Unavailable(format!(
+                    "{describe}: the remote host did not answer"
+                )));
+            }
+        };
+    let value = |key: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::trim)
+    };
+    let kind = value("type").unwrap_or("(none)");
+    if !matches!(kind, "nats" | "nats-jetstream") {
+        return Ok(Ended::Revoked(Some(format!(
+            "broker type {} not supported",
+            quote(kind)
+        ))));
+    }
+    let (Some(server), Some(stream)) = (value("server"), value("stream")) else {
+        return Ok(Ended::Revoked(Some(
+            "the remote host's DESCRIBE FLOW names no server= and stream=".into(),
+        )));
+    };
+    let url = server.split(',').next().unwrap_or_default().trim();
+    let address = url
+        .strip_prefix("nats://")
+        .unwrap_or(url)
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .filter(|a| a.ip() == agent_addr.ip());
+    let Some(address) = address else {
+        return Ok(Ended::Revoked(Some(format!(
+            "the broker {} is not at the remote agent's address {}",
+            quote(url),
+            agent_addr.ip()
+        ))));
+    };
+    if stream.is_empty()
+        || stream.len() > 255
+        || !stream
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Ok(Ended::Revoked(Some(format!(
+            "the remote host names an invalid stream {}",
+            quote(stream)
+        ))));
+    }
+    let unavailable = |e: &dyn std::fmt::Display| {
+        AgentError::Unavailable(format!("the broker {address} of {}: {e}", sub.remote))
+    };
+    let nats = async_nats::ConnectOptions::new()
+        .name(format!("flowd subscription {}", sub.local))
+        .connection_timeout(Duration::from_secs(5))
+        .connect(format!("nats://{address}"))
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let js = async_nats::jetstream::new(nats.clone());
+    let remote = js.get_stream(stream).await.map_err(|e| unavailable(&e))?;
+    let consumer = remote
+        .get_or_create_consumer(
+            &format!("flowd-{}", sub.token),
+            async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some(format!("flowd-{}", sub.token)),
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let never = std::sync::atomic::AtomicBool::new(false);
+    match pull(agent, sub, &nats, &consumer, stream, &never).await? {
+        Pulled::Refused => Err(unavailable(&"refused")),
     }
 }
 
@@ -408,7 +541,7 @@ async fn relay_over_fnap(
     sub: &Subscription,
 ) -> Result<Ended, AgentError> {
     let position = agent.relay_position(&sub.token).await?;
-    let (mut client, _) = federation.session(&sub.remote).await?;
+    let (mut client, agent_addr) = federation.session(&sub.remote).await?;
     let read = format!(
         "READ FLOW {} FROM {} FOLLOW SEQUENCES",
         sub.copy,
@@ -418,6 +551,13 @@ async fn relay_over_fnap(
         Ok(()) => {}
         Err(ClientError::Refused(reply)) if copy_gone(&reply) => {
             return Ok(Ended::Revoked(Some(reason(&reply))));
+        }
+        // A host of the draft's commands only: its DESCRIBE FLOW says
+        // where the copy is.
+        Err(ClientError::Refused(reply))
+            if matches!(reply.code, Code::Syntax | Code::NotImplemented) =>
+        {
+            return relay_as_described(agent, sub, &mut client, agent_addr).await;
         }
         Err(e) => return Err(refused(e, &read).into()),
     }

@@ -101,7 +101,8 @@ struct FakeAgent {
 }
 
 impl FakeAgent {
-    async fn start(answer: fn(&str) -> Answer) -> FakeAgent {
+    async fn start(answer: impl Fn(&str) -> Answer + Send + Sync + 'static) -> FakeAgent {
+        let answer = Arc::new(answer);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
         let port = listener.local_addr().expect("address").port();
         let heard = Arc::new(Mutex::new(Vec::new()));
@@ -109,6 +110,7 @@ impl FakeAgent {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let log = log.clone();
+                let answer = answer.clone();
                 tokio::spawn(async move {
                     let (r, mut w) = stream.into_split();
                     let mut lines = BufReader::new(r).lines();
@@ -801,4 +803,110 @@ async fn relayed_sequences_are_checked_and_a_stuck_relay_says_so() {
         line.starts_with("t.flows.emiliano.ar time.flows.unix.ar"),
         "{line}"
     );
+}
+
+/// A remote host that speaks only the draft's commands: `SUBSCRIBE`
+/// answers with the copy's name, `READ FLOW` is not a command it knows,
+/// and `DESCRIBE FLOW` names the copy's NATS JetStream stream on its own
+/// address, which the relay then pulls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_only_remote_host_is_read_through_the_broker_it_describes() {
+    let broker = Nats::start();
+    let js = async_nats::jetstream::new(async_nats::connect(broker.url()).await.expect("broker"));
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "COPY_TIME".into(),
+        subjects: vec!["copy.time".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("the remote host's stream");
+    for i in 0..3 {
+        js.publish(
+            "copy.time",
+            format!(r#"{{"specversion":"1.0","id":"t{i}","source":"urn:unix","type":"tick"}}"#)
+                .into(),
+        )
+        .await
+        .expect("published")
+        .await
+        .expect("stored");
+    }
+    let server = broker.url();
+    let fake = FakeAgent::start(move |line| {
+        let server = server.clone();
+        after_login(line, move |line| {
+            if line.starts_with("SUBSCRIBE") {
+                Answer::Send(b"220 DATA\r\nksdj898.time.flows.unix.ar\r\n220 OK\r\n".to_vec())
+            } else if line.starts_with("DESCRIBE FLOW") {
+                Answer::Send(
+                    format!(
+                        "220 DATA\r\nflow=ksdj898.time.flows.unix.ar\r\ntype=nats-jetstream\r\n\
+                         stream=COPY_TIME\r\nserver={server}\r\n220 OK\r\n"
+                    )
+                    .into_bytes(),
+                )
+            } else {
+                Answer::Send(b"500 unknown command\r\n".to_vec())
+            }
+        })
+    })
+    .await;
+    let dns = hostile_dns("fnaa.unix.ar", fake.port);
+    let a = anonymous_peer_host(&dns).await;
+    let mut admin = a.admin().await;
+    admin
+        .data("SUBSCRIBE time.flows.unix.ar LOCAL t.flows.emiliano.ar")
+        .await
+        .expect("the remote host accepts");
+    let events = support::eventually(Duration::from_secs(30), "the events arrive", || async {
+        let mut ids = Vec::new();
+        a.admin()
+            .await
+            .read("READ FLOW t.flows.emiliano.ar FROM START", |line| {
+                ids.push(line.to_owned());
+                true
+            })
+            .await
+            .ok()?;
+        (ids.len() == 3).then_some(ids)
+    })
+    .await;
+    assert!(events.iter().any(|e| e.contains("\"t2\"")), "{events:?}");
+    let (subs, _) = admin.data("LIST SUBSCRIPTIONS").await.expect("listed");
+    assert!(subs.iter().any(|l| l.ends_with(" running")), "{subs:?}");
+}
+
+/// The same host describing a Kafka topic: the subscription ends, saying
+/// why, instead of claiming to run while nothing can arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_only_remote_host_on_kafka_ends_the_subscription_clearly() {
+    let fake = FakeAgent::start(|line| {
+        after_login(line, |line| {
+            if line.starts_with("SUBSCRIBE") {
+                Answer::Send(b"220 DATA\r\nksdj898.time.flows.unix.ar\r\n220 OK\r\n".to_vec())
+            } else if line.starts_with("DESCRIBE FLOW") {
+                Answer::Send(
+                    b"220 DATA\r\nflow=ksdj898.time.flows.unix.ar\r\ntype=kafka\r\n\
+                      topic=time.flows.unix.ar\r\nserver=kf1.unix.ar:9092\r\n220 OK\r\n"
+                        .to_vec(),
+                )
+            } else {
+                Answer::Send(b"500 unknown command\r\n".to_vec())
+            }
+        })
+    })
+    .await;
+    let dns = hostile_dns("fnaa.unix.ar", fake.port);
+    let a = anonymous_peer_host(&dns).await;
+    a.admin()
+        .await
+        .data("SUBSCRIBE time.flows.unix.ar LOCAL t.flows.emiliano.ar")
+        .await
+        .expect("the remote host accepts");
+    let line = support::eventually(Duration::from_secs(30), "the subscription ends", || async {
+        let (lines, _) = a.admin().await.data("LIST SUBSCRIPTIONS").await.ok()?;
+        lines.into_iter().find(|l| l.contains(" revoked "))
+    })
+    .await;
+    assert!(line.contains("broker type kafka not supported"), "{line}");
 }
