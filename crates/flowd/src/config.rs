@@ -84,6 +84,13 @@
 //! batch = 100
 //! max_attempts = 3
 //! tick_ms = 1000
+//!
+//! [limits.max]                          # the most a declaration may ask
+//! memory_mib = 1024
+//! deadline_ms = 10000
+//! batch = 10000
+//! max_attempts = 100
+//! tick_ms = 3600000
 //! ```
 
 use flowd_engine::RunLimits;
@@ -104,11 +111,24 @@ pub struct Config {
     /// Credentials for other participants' namespaces (remote
     /// subscriptions); without an entry, sessions are anonymous.
     pub peers: Vec<crate::peers::PeerConfig>,
-    pub limits: RunLimits,
+    pub limits: LimitsConfig,
     /// The bounds on password checks (FNAP and the gRPC API).
     pub logins: crate::logins::LoginLimits,
     /// What one principal may hold (subscriptions, processors, components).
     pub quotas: crate::agent::quotas::Quotas,
+}
+
+/// `[limits]`: the limits of processors declared without their own, and
+/// (`[limits.max]`) the highest any declaration may ask for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// The defaults (`memory_mib`, `deadline_ms`, `batch`, `max_attempts`,
+    /// `tick_ms`).
+    #[serde(flatten)]
+    pub defaults: RunLimits,
+    /// The maxima.
+    pub max: crate::agent::processors::LimitMaxima,
 }
 
 /// The Flow Name Service: the embedded authoritative DNS server that
@@ -449,12 +469,20 @@ mod tests {
     fn defaults_and_unknown_keys() {
         let c: Config = toml::from_str("").expect("empty is valid");
         assert!(c.nats.urls.is_empty(), "embedded NATS by default");
-        assert_eq!(c.limits.deadline_ms, 100);
+        assert_eq!(c.limits.defaults.deadline_ms, 100);
         let c: Config =
             toml::from_str("[nats]\nurls = [\"nats://127.0.0.1:4222\"]\n[limits]\nbatch = 10")
                 .expect("valid");
-        assert_eq!(c.limits.batch, 10);
-        assert_eq!(c.limits.memory_mib, 64, "unspecified limits keep defaults");
+        assert_eq!(c.limits.defaults.batch, 10);
+        assert_eq!(
+            c.limits.defaults.memory_mib, 64,
+            "unspecified limits keep defaults"
+        );
+        let c: Config =
+            toml::from_str("[limits]\nbatch = 10\n[limits.max]\nmemory_mib = 4096").expect("valid");
+        assert_eq!(c.limits.max.memory_mib, 4096);
+        assert_eq!(c.limits.max.batch, 10_000, "unspecified maxima keep theirs");
+        assert!(toml::from_str::<Config>("[limits.max]\nmemory = 1").is_err());
         let c: Config = toml::from_str(
             "[fnap]\nlisten = \"off\"\ntls_listen = \"127.0.0.1:7000\"\n[fns]\nlisten = \"off\"\n[metrics]\nlisten = \"off\"",
         )

@@ -50,6 +50,8 @@ impl Daemon {
             .subscribers
             .check()
             .map_err(|e| anyhow::anyhow!("[nats.subscribers] {e}"))?;
+        crate::agent::processors::check_limits(&config.limits.defaults, &config.limits.max)
+            .map_err(|e| anyhow::anyhow!("[limits]: {e} (or raise [limits.max])"))?;
         for peer in &config.peers {
             peer.check().map_err(anyhow::Error::msg)?;
         }
@@ -149,7 +151,8 @@ impl Daemon {
             .with_federation(federation.clone())
             .with_shared_accounts(shared_accounts)
             .with_login_limits(config.logins.clone())
-            .with_quotas(config.quotas.clone());
+            .with_quotas(config.quotas.clone())
+            .with_limit_maxima(config.limits.max.clone());
         if let (None, Some(operator)) = (&embedded, &config.nats.operator) {
             let seed = std::fs::read_to_string(&operator.signing_key).with_context(|| {
                 format!(
@@ -210,7 +213,7 @@ impl Daemon {
             state_dir: state_dir.clone(),
             tls: tls.as_ref().map(|(server, _)| server.clone()),
             broker_urls: nats_urls.clone(),
-            limits: config.limits.clone(),
+            limits: config.limits.defaults.clone(),
         })
         .await
         .context("starting the FNAP server")?;
@@ -239,8 +242,12 @@ impl Daemon {
         let api = match config.api.listen {
             Some(addr) => {
                 let registry = Registry::open(&broker, host.clone()).await?;
-                let pipelines =
-                    Pipelines::open(agent.clone(), registry.clone(), config.limits.clone()).await?;
+                let pipelines = Pipelines::open(
+                    agent.clone(),
+                    registry.clone(),
+                    config.limits.defaults.clone(),
+                )
+                .await?;
                 let tls = if config.api.tls {
                     let (cert, key) = crate::tls::certificate_files(
                         &config.fnap.tls,
@@ -261,7 +268,7 @@ impl Daemon {
                     registry,
                     pipelines,
                     state_dir: state_dir.clone(),
-                    defaults: config.limits.clone(),
+                    defaults: config.limits.defaults.clone(),
                 };
                 Some(ApiServer::start(addr, ctx, tls).await?)
             }

@@ -127,6 +127,7 @@ pub struct Agent {
     shared_accounts: Option<crate::accounts::SharedAccounts>,
     logins: std::sync::Arc<crate::logins::Logins>,
     quotas: quotas::Quotas,
+    limit_maxima: processors::LimitMaxima,
     /// Remote subscriptions this host marked `failing`.
     relays_failing: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
@@ -257,6 +258,7 @@ impl Agent {
             shared_accounts: None,
             logins: std::sync::Arc::new(crate::logins::Logins::new(Default::default())),
             quotas: quotas::Quotas::default(),
+            limit_maxima: processors::LimitMaxima::default(),
             relays_failing: Default::default(),
             namespace_cache: Default::default(),
         })
@@ -291,6 +293,17 @@ impl Agent {
     /// What one principal may hold.
     pub fn quotas(&self) -> &quotas::Quotas {
         &self.quotas
+    }
+
+    /// The highest limits a processor may ask for (`[limits.max]`).
+    pub fn with_limit_maxima(mut self, maxima: processors::LimitMaxima) -> Agent {
+        self.limit_maxima = maxima;
+        self
+    }
+
+    /// The highest limits a processor may ask for.
+    pub fn limit_maxima(&self) -> &processors::LimitMaxima {
+        &self.limit_maxima
     }
 
     /// Holds principals to `quotas` (`[quotas]`).

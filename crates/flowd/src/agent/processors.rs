@@ -64,9 +64,14 @@ impl ProcessorRequest {
         Ok(r)
     }
 
-    fn run_limits(&self, mut limits: RunLimits) -> Result<RunLimits, AgentError> {
+    fn run_limits(
+        &self,
+        mut limits: RunLimits,
+        maxima: &LimitMaxima,
+    ) -> Result<RunLimits, AgentError> {
+        let ranges = maxima.ranges();
         for (name, n) in &self.limits {
-            let Some((_, low, high)) = LIMIT_RANGES.iter().find(|(key, ..)| key == name) else {
+            let Some((_, low, high)) = ranges.iter().find(|(key, ..)| key == name) else {
                 return Err(AgentError::Invalid(format!(
                     "unknown limit `{name}` (memory-mib, deadline-ms, batch, max-attempts, tick-ms)"
                 )));
@@ -92,17 +97,51 @@ impl ProcessorRequest {
 /// What a processor's limits may be, whoever declares them (`limit.<name>=`
 /// over FNAP, a pipeline manifest's `limits:`): a guest runs on the host's
 /// CPU and memory, so a declaration cannot ask for a call of a day, a
-/// batch that overflows or gigabytes of memory.
-pub const LIMIT_RANGES: [(&str, u64, u64); 5] = [
-    ("memory-mib", 1, 1024),
-    ("deadline-ms", 1, 10_000),
-    ("batch", 1, 10_000),
-    ("max-attempts", 1, 100),
-    ("tick-ms", 10, 3_600_000),
-];
+/// batch that overflows or gigabytes of memory. The highs are the host's
+/// `[limits.max]`; each is also held under a ceiling of this code's (so
+/// that every value fits its field on any platform).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitMaxima {
+    /// Highest `memory-mib` (ceiling 65536).
+    pub memory_mib: u64,
+    /// Highest `deadline-ms` (ceiling 3600000).
+    pub deadline_ms: u64,
+    /// Highest `batch` (ceiling 1000000).
+    pub batch: u64,
+    /// Highest `max-attempts` (ceiling 10000).
+    pub max_attempts: u64,
+    /// Highest `tick-ms` (ceiling 86400000).
+    pub tick_ms: u64,
+}
 
-/// Checks limits against [`LIMIT_RANGES`].
-pub fn check_limits(limits: &RunLimits) -> Result<(), String> {
+impl Default for LimitMaxima {
+    fn default() -> Self {
+        LimitMaxima {
+            memory_mib: 1024,
+            deadline_ms: 10_000,
+            batch: 10_000,
+            max_attempts: 100,
+            tick_ms: 3_600_000,
+        }
+    }
+}
+
+impl LimitMaxima {
+    /// Each limit's name, lowest and highest value.
+    pub fn ranges(&self) -> [(&'static str, u64, u64); 5] {
+        [
+            ("memory-mib", 1, self.memory_mib.clamp(1, 65_536)),
+            ("deadline-ms", 1, self.deadline_ms.clamp(1, 3_600_000)),
+            ("batch", 1, self.batch.clamp(1, 1_000_000)),
+            ("max-attempts", 1, self.max_attempts.clamp(1, 10_000)),
+            ("tick-ms", 10, self.tick_ms.clamp(10, 86_400_000)),
+        ]
+    }
+}
+
+/// Checks limits against `maxima`'s ranges.
+pub fn check_limits(limits: &RunLimits, maxima: &LimitMaxima) -> Result<(), String> {
     let values = [
         ("memory-mib", limits.memory_mib as u64),
         ("deadline-ms", limits.deadline_ms),
@@ -110,7 +149,7 @@ pub fn check_limits(limits: &RunLimits) -> Result<(), String> {
         ("max-attempts", u64::from(limits.max_attempts)),
         ("tick-ms", limits.tick_ms),
     ];
-    for ((name, value), (_, low, high)) in values.iter().zip(LIMIT_RANGES) {
+    for ((name, value), (_, low, high)) in values.iter().zip(maxima.ranges()) {
         if !(low..=high).contains(value) {
             return Err(format!("limit {name}={value}: use {low} to {high}"));
         }
@@ -208,7 +247,7 @@ impl Agent {
                 "a processor needs input= and output= lines".into(),
             ));
         }
-        let limits = request.run_limits(defaults.clone())?;
+        let limits = request.run_limits(defaults.clone(), &self.limit_maxima)?;
         self.create_processor(NewProcessor {
             id: id.to_owned(),
             kind,
@@ -346,7 +385,12 @@ mod tests {
         assert_eq!(r.kind, Some(Kind::Distributor));
         assert_eq!(r.outputs.len(), 2);
         assert_eq!(r.config, Some(vec![("expr".into(), "a = b".into())]));
-        assert_eq!(r.run_limits(RunLimits::default()).expect("ok").batch, 10);
+        assert_eq!(
+            r.run_limits(RunLimits::default(), &LimitMaxima::default())
+                .expect("ok")
+                .batch,
+            10
+        );
         assert!(ProcessorRequest::from_pairs([("kind", "blender")]).is_err());
         assert!(ProcessorRequest::from_pairs([("colour", "red")]).is_err());
         assert!(ProcessorRequest::from_pairs([("input", "not a flow")]).is_err());
@@ -356,7 +400,7 @@ mod tests {
     fn limits_outside_their_ranges_are_refused_with_the_range() {
         let limits = |pairs: &[(&str, &str)]| {
             ProcessorRequest::from_pairs(pairs.iter().copied())
-                .and_then(|r| r.run_limits(RunLimits::default()))
+                .and_then(|r| r.run_limits(RunLimits::default(), &LimitMaxima::default()))
         };
         let refused = |pairs: &[(&str, &str)]| match limits(pairs) {
             Err(AgentError::Invalid(why)) => why,
@@ -371,13 +415,24 @@ mod tests {
         let ok =
             limits(&[("limit.deadline-ms", "10000"), ("limit.batch", "50")]).expect("in range");
         assert_eq!((ok.deadline_ms, ok.batch), (10_000, 50));
-        assert!(check_limits(&ok).is_ok());
-        assert!(
-            check_limits(&RunLimits {
-                batch: usize::MAX,
-                ..ok
-            })
-            .is_err()
-        );
+        let maxima = LimitMaxima::default();
+        assert!(check_limits(&ok, &maxima).is_ok());
+        let huge = RunLimits {
+            batch: usize::MAX,
+            ..ok.clone()
+        };
+        assert!(check_limits(&huge, &maxima).is_err());
+        // A host may allow more, within the ceilings.
+        let big_host = LimitMaxima {
+            memory_mib: 4096,
+            batch: u64::MAX,
+            ..LimitMaxima::default()
+        };
+        let more = ProcessorRequest::from_pairs([("limit.memory-mib", "4096")])
+            .and_then(|r| r.run_limits(RunLimits::default(), &big_host))
+            .expect("allowed by this host");
+        assert_eq!(more.memory_mib, 4096);
+        assert_eq!(big_host.ranges()[2], ("batch", 1, 1_000_000), "capped");
+        assert!(check_limits(&huge, &big_host).is_err());
     }
 }

@@ -266,6 +266,7 @@ impl Checker<'_> {
             let limits = match run_limits(
                 self.defaults,
                 &step.limits.clone().unwrap_or_default().or(&fallback),
+                self.agent.limit_maxima(),
             ) {
                 Ok(l) => l,
                 Err(message) => {
@@ -390,7 +391,11 @@ impl Checker<'_> {
     }
 }
 
-fn run_limits(defaults: &RunLimits, set: &StepLimits) -> Result<RunLimits, String> {
+fn run_limits(
+    defaults: &RunLimits,
+    set: &StepLimits,
+    maxima: &crate::agent::processors::LimitMaxima,
+) -> Result<RunLimits, String> {
     let mut limits = defaults.clone();
     if let Some(v) = set.memory_mib {
         limits.memory_mib = v;
@@ -407,7 +412,7 @@ fn run_limits(defaults: &RunLimits, set: &StepLimits) -> Result<RunLimits, Strin
     if let Some(v) = set.tick_ms {
         limits.tick_ms = v;
     }
-    crate::agent::processors::check_limits(&limits)?;
+    crate::agent::processors::check_limits(&limits, maxima)?;
     Ok(limits)
 }
 
