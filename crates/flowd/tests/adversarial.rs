@@ -637,7 +637,11 @@ async fn password_guessing_is_slow_and_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn component_names_are_owned_and_uploads_checked() {
     use flowd::api::client::{ApiClient, Credentials};
-    let a = host(|c| c.api.listen = Some(([127, 0, 0, 1], 0).into())).await;
+    let a = host(|c| {
+        c.api.listen = Some(([127, 0, 0, 1], 0).into());
+        c.quotas.components_per_account = 2;
+    })
+    .await;
     let api = a.daemon.api_addr().expect("API");
     let as_user = |user: &str| {
         let credentials = Credentials::Password {
@@ -680,6 +684,23 @@ async fn component_names_are_owned_and_uploads_checked() {
     fnap.put_component(&bytes)
         .await
         .expect("a component is stored");
+    let merge = std::fs::read(support::component("flow_merge")).expect("component");
+    fnap.put_component(&merge).await.expect("a second one");
+    let third = std::fs::read(support::component("flow_passthrough")).expect("component");
+    let over = fnap
+        .put_component(&third)
+        .await
+        .expect_err("over the quota");
+    assert_eq!(over.code().map(u16::from), Some(450), "{over}");
+    assert!(over.to_string().contains("quota"), "{over}");
+    fnap.put_component(&bytes)
+        .await
+        .expect("the same bytes again cost nothing");
+    let mut alice_fnap = a.login("alice", "alice-password").await.expect("alice");
+    alice_fnap
+        .put_component(&third)
+        .await
+        .expect("another account has its own quota");
 }
 
 /// The agent's answer to the log-in, then `then` for anything else.

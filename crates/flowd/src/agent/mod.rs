@@ -111,6 +111,9 @@ pub struct Agent {
     buckets: Buckets,
     namespaces: async_nats::jetstream::kv::Store,
     subscriptions: async_nats::jetstream::kv::Store,
+    /// The registry's bucket, where `PUT COMPONENT` uploads are counted
+    /// per account (`upload.<hex user>.<hex digest>`).
+    registry: async_nats::jetstream::kv::Store,
     /// Bumped when flows are created or deleted (name service publishers
     /// follow it).
     changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
@@ -247,11 +250,13 @@ impl Agent {
         let buckets = Buckets::open(&broker).await?;
         let namespaces = broker.kv(flowd_core::buckets::NAMESPACES).await?;
         let subscriptions = broker.kv(flowd_core::buckets::SUBSCRIPTIONS).await?;
+        let registry = broker.kv(flowd_core::buckets::REGISTRY).await?;
         Ok(Agent {
             broker,
             buckets,
             namespaces,
             subscriptions,
+            registry,
             changes: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             federation: None,
             issuer: None,

@@ -195,8 +195,71 @@ impl Agent {
                 "anonymous sessions cannot upload components".into(),
             ));
         }
+        let quota = match principal.user().filter(|_| !principal.is_admin()) {
+            Some(user) => Some(self.uploaded_by(user).await?),
+            None => None,
+        };
+        let digest = flowd_wasm::digest(bytes);
+        let hex_digest = digest.trim_start_matches("sha256:").to_owned();
+        if let Some((user, held)) = &quota {
+            // The same bytes again cost nothing more.
+            if !held.iter().any(|(d, _)| d == &hex_digest) {
+                let q = self.quotas();
+                if held.len() >= q.components_per_account {
+                    return Err(super::quotas::exceeded(
+                        "uploaded components per account",
+                        q.components_per_account,
+                    ));
+                }
+                let total: u64 = held.iter().map(|(_, size)| size).sum();
+                if total.saturating_add(bytes.len() as u64) > q.component_bytes_per_account {
+                    return Err(super::quotas::exceeded(
+                        "bytes of uploaded components per account",
+                        q.component_bytes_per_account,
+                    ));
+                }
+            }
+            super::validate_component(bytes).await?;
+            let stored = self.upload_component(bytes).await?;
+            self.registry
+                .put(
+                    format!("upload.{user}.{hex_digest}"),
+                    bytes.len().to_string().into(),
+                )
+                .await
+                .map_err(|e| AgentError::Unavailable(format!("counting the upload: {e}")))?;
+            return Ok(stored);
+        }
         super::validate_component(bytes).await?;
         self.upload_component(bytes).await
+    }
+
+    /// The components `user` uploaded with `PUT COMPONENT`: its key part
+    /// (the hex of the name) and each upload's hex digest and size.
+    async fn uploaded_by(&self, user: &str) -> Result<(String, Vec<(String, u64)>), AgentError> {
+        use futures::StreamExt;
+        let unavailable = |e: &dyn std::fmt::Display| {
+            AgentError::Unavailable(format!("reading the upload counts: {e}"))
+        };
+        let key = hex::encode(user);
+        let prefix = format!("upload.{key}.");
+        let mut keys = self.registry.keys().await.map_err(|e| unavailable(&e))?;
+        let mut held = Vec::new();
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(|e| unavailable(&e))?;
+            let Some(digest) = k.strip_prefix(&prefix) else {
+                continue;
+            };
+            let size = self
+                .registry
+                .get(&k)
+                .await
+                .map_err(|e| unavailable(&e))?
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+                .unwrap_or(0);
+            held.push((digest.to_owned(), size));
+        }
+        Ok((key, held))
     }
 
     pub async fn create_processor_as(
