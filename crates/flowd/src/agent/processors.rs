@@ -163,11 +163,12 @@ fn may_manage(principal: &Principal, spec: &ProcessorSpec) -> Result<(), AgentEr
     {
         Ok(())
     } else {
-        // Who owns it is not told: that is the owner's business.
-        Err(AgentError::Forbidden(format!(
-            "processor {} is not yours to manage",
-            spec.id
-        )))
+        // Answered as for a processor that does not exist: who owns it,
+        // and that it exists, are the owner's business.
+        Err(AgentError::NotFound {
+            what: "processor",
+            name: spec.id.clone(),
+        })
     }
 }
 

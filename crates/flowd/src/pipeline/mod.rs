@@ -122,11 +122,8 @@ impl Pipelines {
         {
             Ok(())
         } else {
-            // Who owns it is not told: that is the owner's business.
-            Err(
-                AgentError::Forbidden(format!("pipeline {} is not yours to manage", record.name))
-                    .into(),
-            )
+            // Answered as for a pipeline that does not exist.
+            Err(PipelineError::NotFound(record.name.clone()))
         }
     }
 
