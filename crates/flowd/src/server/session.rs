@@ -28,6 +28,16 @@ pub(super) enum End {
 /// Size of a socket read.
 const READ_CHUNK: usize = 16 << 10;
 
+/// The read buffer for lines of at most `max_line` bytes: 2 KiB before
+/// log-in (4 KiB lines arrive in two reads), [`READ_CHUNK`] after.
+fn read_chunk(max_line: usize) -> usize {
+    if max_line <= 4 << 10 {
+        2 << 10
+    } else {
+        READ_CHUNK
+    }
+}
+
 /// One connection's byte streams: the read half with its line decoder and
 /// the bytes read but not decoded yet, and the buffered write half.
 pub(super) struct Conn {
@@ -47,7 +57,9 @@ impl Conn {
             read,
             write: BufWriter::new(write),
             decoder: LineDecoder::new(max_line),
-            buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            // A stranger's session reads in small chunks: its lines are
+            // short, and idle strangers should cost little.
+            buf: vec![0; read_chunk(max_line)].into_boxed_slice(),
             start: 0,
             end: 0,
             idle,
@@ -82,6 +94,12 @@ impl Conn {
     /// The next line, of at most `max` bytes (the session's limit now).
     async fn next_line_within(&mut self, max: usize) -> Result<Option<Line>, End> {
         self.decoder.set_max(max);
+        // Logged in: full-size reads, once the bytes read so far are used.
+        if self.start == self.end && self.buf.len() < read_chunk(max) {
+            self.buf = vec![0; read_chunk(max)].into_boxed_slice();
+            self.start = 0;
+            self.end = 0;
+        }
         self.next_line().await
     }
 
