@@ -281,7 +281,12 @@ impl Registry {
         if bytes.len() > MAX_COMPONENT_BYTES {
             return Err(RegistryError::TooLarge);
         }
-        self.claim(name, uploader).await?;
+        // Refused early when the name is another's (no compile for it)...
+        if let Some(owner) = self.owner(name).await?
+            && !(uploader.admin || owner.as_deref() == uploader.user)
+        {
+            return Err(RegistryError::NameOwned(name.to_owned()));
+        }
         let digest = flowd_wasm::digest(&bytes);
         if let Some(existing) = self.record(name, version).await? {
             if existing.digest == digest {
@@ -301,6 +306,9 @@ impl Registry {
         .await
         .map_err(|e| unavailable(format!("validating: {e}")))?;
         let component = loaded?;
+        // ...and claimed only by bytes that are a component: a refused
+        // upload takes no name.
+        self.claim(name, uploader).await?;
         crate::store_component(&self.objects, &bytes)
             .await
             .map_err(unavailable)?;

@@ -207,7 +207,7 @@ fn verify_in_place(password: &[u8], hash: &PasswordHash<'_>) -> bool {
     let Ok(params) = argon2::Params::try_from(hash) else {
         return false;
     };
-    if params.m_cost() > MAX_HASH_KIB {
+    if params.m_cost() > MAX_HASH_KIB || params.t_cost() > 16 || params.p_cost() > 16 {
         return false;
     }
     let mut salt_buf = [0u8; 64];

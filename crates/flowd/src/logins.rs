@@ -115,10 +115,10 @@ impl Checkers {
 pub struct Logins {
     limits: LoginLimits,
     checkers: std::sync::OnceLock<Option<Checkers>>,
-    slots: tokio::sync::Semaphore,
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
     salt: [u8; 16],
     verified: Mutex<HashMap<[u8; 32], Instant>>,
-    failures: Mutex<HashMap<IpAddr, Failures>>,
+    failures: std::sync::Arc<Mutex<HashMap<IpAddr, Failures>>>,
 }
 
 impl Logins {
@@ -126,10 +126,12 @@ impl Logins {
     pub fn new(limits: LoginLimits) -> Logins {
         Logins {
             checkers: std::sync::OnceLock::new(),
-            slots: tokio::sync::Semaphore::new(limits.concurrent_checks.max(1)),
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                limits.concurrent_checks.max(1),
+            )),
             salt: *uuid::Uuid::new_v4().as_bytes(),
             verified: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            failures: Default::default(),
             limits,
         }
     }
@@ -159,7 +161,10 @@ impl Logins {
             tokio::time::sleep(delay).await;
         }
         let wait = Duration::from_millis(self.limits.check_wait_ms);
-        let Ok(Ok(_slot)) = tokio::time::timeout(wait, self.slots.acquire()).await else {
+        // The slot goes with the job: a log-in dropped while its check runs
+        // (a client that hung up) does not free it before the check ends.
+        let Ok(Ok(slot)) = tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await
+        else {
             return Checked::Busy;
         };
         let (u, p) = (user.to_owned(), password.to_owned());
@@ -170,8 +175,15 @@ impl Logins {
             return Checked::Busy;
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let (failures, max) = (self.failures.clone(), self.limits.failure_addresses);
         let job: Job = Box::new(move || {
-            let _ = tx.send(crate::accounts::verify_with(account.as_ref(), &u, &p));
+            let _slot = slot;
+            let verified = crate::accounts::verify_with(account.as_ref(), &u, &p);
+            // Counted here, so that hanging up does not dodge the delay.
+            if verified.is_none() {
+                record(&failures, max, group);
+            }
+            let _ = tx.send(verified);
         });
         if checkers.jobs.send(job).is_err() {
             return Checked::Busy;
@@ -183,10 +195,7 @@ impl Logins {
                 }
                 Checked::Verified(identity)
             }
-            Ok(None) => {
-                self.failed(group);
-                Checked::Wrong
-            }
+            Ok(None) => Checked::Wrong,
             Err(_) => Checked::Busy,
         }
     }
@@ -210,22 +219,7 @@ impl Logins {
     }
 
     fn failed(&self, group: IpAddr) {
-        let mut failures = lock(&self.failures);
-        if failures.len() >= self.limits.failure_addresses && !failures.contains_key(&group) {
-            failures.retain(|_, f| f.last.elapsed() < FAILURE_WINDOW);
-            if failures.len() >= self.limits.failure_addresses {
-                return;
-            }
-        }
-        let entry = failures.entry(group).or_insert(Failures {
-            count: 0,
-            last: Instant::now(),
-        });
-        if entry.last.elapsed() >= FAILURE_WINDOW {
-            entry.count = 0;
-        }
-        entry.count = entry.count.saturating_add(1);
-        entry.last = Instant::now();
+        record(&self.failures, self.limits.failure_addresses, group);
     }
 
     fn key(&self, user: &str, password: &str, hash: &str) -> [u8; 32] {
@@ -263,6 +257,26 @@ impl Logins {
         }
         verified.insert(key, Instant::now());
     }
+}
+
+/// Counts a failure of `group` (at most `max` groups remembered).
+fn record(failures: &Mutex<HashMap<IpAddr, Failures>>, max: usize, group: IpAddr) {
+    let mut failures = lock(failures);
+    if failures.len() >= max && !failures.contains_key(&group) {
+        failures.retain(|_, f| f.last.elapsed() < FAILURE_WINDOW);
+        if failures.len() >= max {
+            return;
+        }
+    }
+    let entry = failures.entry(group).or_insert(Failures {
+        count: 0,
+        last: Instant::now(),
+    });
+    if entry.last.elapsed() >= FAILURE_WINDOW {
+        entry.count = 0;
+    }
+    entry.count = entry.count.saturating_add(1);
+    entry.last = Instant::now();
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

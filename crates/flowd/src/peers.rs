@@ -225,11 +225,18 @@ pub struct Federation {
 /// connection, a time-out) is [`PeerError::Unavailable`].
 pub(crate) fn refused(e: ClientError, what: &str) -> PeerError {
     match e {
-        ClientError::Refused(reply) => match reply.code {
-            _ if reply.text.len() > 200 => {
-                let short = flowd_fnap::Reply::new(reply.code, quote(&reply.text));
-                refused(ClientError::Refused(short), what)
-            }
+        ClientError::Refused(reply) => {
+            // What the remote host said is quoted, never echoed whole.
+            let reply = flowd_fnap::Reply::new(reply.code, quote(&reply.text));
+            refused_reply(reply, what)
+        }
+        other => PeerError::Unavailable(format!("{what}: {other}")),
+    }
+}
+
+fn refused_reply(reply: flowd_fnap::Reply, what: &str) -> PeerError {
+    {
+        match reply.code {
             Code::NotFound => PeerError::NotFound {
                 what: "remote flow",
                 name: format!("{what} ({reply})"),
@@ -241,8 +248,7 @@ pub(crate) fn refused(e: ClientError, what: &str) -> PeerError {
                 PeerError::Refused(format!("the remote host refused {what}: {reply}"))
             }
             _ => PeerError::Unavailable(format!("the remote host failed {what}: {reply}")),
-        },
-        other => PeerError::Unavailable(format!("{what}: {other}")),
+        }
     }
 }
 
@@ -424,6 +430,13 @@ impl Federation {
             tracing::info!(%flow, "the remote broker is not published (a private flow): reading over FNAP");
             return Ok(None);
         };
+        // The broker DNS names is held to the same names as the agent.
+        if let Some(peer) = self.peer(flow)
+            && !peer.may_serve(&host)
+        {
+            tracing::warn!(%flow, broker = host, "the remote broker is neither under the namespace nor one of its [[peers]] hosts: reading over FNAP");
+            return Ok(None);
+        }
         if !credentials.tls {
             if loopback {
                 return Ok(Some(RemoteBroker { urls, tls: None }));

@@ -520,10 +520,14 @@ async fn confirm_revoked(
     why: &str,
 ) -> Result<Ended, AgentError> {
     let (mut client, _) = federation.session(&sub.remote).await?;
-    let described = client.data(&format!("DESCRIBE FLOW {}", sub.copy)).await;
+    let described = tokio::time::timeout(
+        crate::peers::REMOTE_STEP,
+        client.data(&format!("DESCRIBE FLOW {}", sub.copy)),
+    )
+    .await;
     let _ = client.quit().await;
     match described {
-        Err(ClientError::Refused(reply)) if copy_gone(&reply) => {
+        Ok(Err(ClientError::Refused(reply))) if copy_gone(&reply) => {
             Ok(Ended::Revoked(Some(reason(&reply))))
         }
         _ => Err(AgentError::Unavailable(format!(
@@ -547,7 +551,10 @@ async fn relay_over_fnap(
         sub.copy,
         position.saturating_add(1)
     );
-    match client.read_start(&read).await {
+    let started = tokio::time::timeout(crate::peers::REMOTE_STEP, client.read_start(&read))
+        .await
+        .map_err(|_| AgentError::Unavailable(format!("{read}: the remote host did not answer")))?;
+    match started {
         Ok(()) => {}
         Err(ClientError::Refused(reply)) if copy_gone(&reply) => {
             return Ok(Ended::Revoked(Some(reason(&reply))));

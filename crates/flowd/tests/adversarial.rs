@@ -931,3 +931,28 @@ async fn a_draft_only_remote_host_on_kafka_ends_the_subscription_clearly() {
     .await;
     assert!(line.contains("broker type kafka not supported"), "{line}");
 }
+
+/// A remote refusal with a long text is quoted short, and handled like
+/// any refusal (permanent here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_remote_refusal_is_quoted_short() {
+    let fake = FakeAgent::start(|line| {
+        after_login(line, |_| {
+            Answer::Send(format!("555 {}\r\n", "no ".repeat(20_000)).into_bytes())
+        })
+    })
+    .await;
+    let dns = hostile_dns("fnaa.unix.ar", fake.port);
+    let a = anonymous_peer_host(&dns).await;
+    let refused = subscribe_remote(&a).await;
+    assert!(
+        matches!(refused.code().map(u16::from), Some(555)),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().len() < 1000,
+        "{} bytes",
+        refused.to_string().len()
+    );
+    a.anonymous().await.command("NOOP").await.expect("served");
+}

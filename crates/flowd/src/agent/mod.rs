@@ -224,8 +224,20 @@ impl flowd_fns::Source for Agent {
     /// an account find its agent through the namespace's `_fnaa._tcp`
     /// record.
     async fn flows(&self) -> Result<Vec<FlowName>, flowd_fns::SourceError> {
+        let copies: std::collections::HashSet<FlowName> = self
+            .subscribers()
+            .await
+            .map_err(|e| flowd_fns::SourceError::from(e.to_string()))?
+            .into_iter()
+            .map(|s| s.copy)
+            .collect();
         let mut public = Vec::new();
         for flow in self.broker.flows().await? {
+            // A subscriber's copy is its subscriber's (an anonymous one's
+            // name is its secret): never published.
+            if copies.contains(&flow) {
+                continue;
+            }
             match self.broker.flow_info(&flow).await {
                 Ok(info) if info.settings.public => public.push(flow),
                 Ok(_) | Err(BrokerError::NoSuchFlow(_)) => {}
@@ -670,7 +682,7 @@ impl Agent {
 /// component and may run a guest for its whole deadline); one that waits
 /// longer than [`CHECK_WAIT`] for its turn is told to try again (`450`).
 async fn check_component(new: &NewProcessor) -> Result<(), AgentError> {
-    let _turn = check_turn().await?;
+    let turn = check_turn().await?;
     let setup = flowd_wasm::ProcessorSetup {
         name: new.id.clone(),
         config: new.config.clone(),
@@ -679,6 +691,7 @@ async fn check_component(new: &NewProcessor) -> Result<(), AgentError> {
     };
     let (component, kind, limits) = (new.component.clone(), new.kind, new.limits.wasm());
     tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         let host = Host::new(HostConfig {
             max_instances: 2,
             ..HostConfig::default()
@@ -699,10 +712,15 @@ pub const CONCURRENT_CHECKS: usize = 2;
 /// How long a check waits for its turn.
 pub const CHECK_WAIT: Duration = Duration::from_secs(10);
 
-static CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_CHECKS);
+static CHECKS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| {
+        std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CHECKS))
+    });
 
-async fn check_turn() -> Result<tokio::sync::SemaphorePermit<'static>, AgentError> {
-    match tokio::time::timeout(CHECK_WAIT, CHECKS.acquire()).await {
+/// A turn to check a component. It is moved into the blocking task that
+/// checks, so a request dropped meanwhile does not free it early.
+async fn check_turn() -> Result<tokio::sync::OwnedSemaphorePermit, AgentError> {
+    match tokio::time::timeout(CHECK_WAIT, CHECKS.clone().acquire_owned()).await {
         Ok(Ok(permit)) => Ok(permit),
         _ => Err(AgentError::Unavailable(
             "the host is checking other components; try again later".into(),
@@ -714,9 +732,10 @@ async fn check_turn() -> Result<tokio::sync::SemaphorePermit<'static>, AgentErro
 /// any kind, with imports the sandbox allows), as the registry does for an
 /// upload. Bounded like [`check_component`].
 async fn validate_component(bytes: &[u8]) -> Result<(), AgentError> {
-    let _turn = check_turn().await?;
+    let turn = check_turn().await?;
     let bytes = bytes.to_vec();
     tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         let host = Host::new(HostConfig {
             max_instances: 1,
             ..HostConfig::default()

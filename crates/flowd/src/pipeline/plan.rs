@@ -436,6 +436,15 @@ impl Structure {
     }
 }
 
+/// What is wrong with a manifest by itself (names, edges, producers and
+/// readers, cycles), before any host is asked: the checks a fuzzer can
+/// run on any text that parses.
+pub fn structural_errors(m: &Manifest) -> Vec<Diagnostic> {
+    let mut errors = Vec::new();
+    let _ = structure(m, &mut errors);
+    errors
+}
+
 /// Names, edges, producers and readers, and cycles: the checks that need
 /// nothing but the manifest.
 fn structure(m: &Manifest, errors: &mut Vec<Diagnostic>) -> Structure {
