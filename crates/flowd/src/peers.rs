@@ -224,31 +224,23 @@ pub struct Federation {
 /// refused for good (5xx) stays permanent, anything else (4xx, a broken
 /// connection, a time-out) is [`PeerError::Unavailable`].
 pub(crate) fn refused(e: ClientError, what: &str) -> PeerError {
-    match e {
-        ClientError::Refused(reply) => {
-            // What the remote host said is quoted, never echoed whole.
-            let reply = flowd_fnap::Reply::new(reply.code, quote(&reply.text));
-            refused_reply(reply, what)
+    let ClientError::Refused(reply) = e else {
+        return PeerError::Unavailable(format!("{what}: {e}"));
+    };
+    // What the remote host said is quoted, never echoed whole.
+    let reply = flowd_fnap::Reply::new(reply.code, quote(&reply.text));
+    match reply.code {
+        Code::NotFound => PeerError::NotFound {
+            what: "remote flow",
+            name: format!("{what} ({reply})"),
+        },
+        Code::AuthRequired | Code::EncryptionRequired | Code::AuthFailed | Code::Forbidden => {
+            PeerError::Forbidden(format!("the remote host refused {what}: {reply}"))
         }
-        other => PeerError::Unavailable(format!("{what}: {other}")),
-    }
-}
-
-fn refused_reply(reply: flowd_fnap::Reply, what: &str) -> PeerError {
-    {
-        match reply.code {
-            Code::NotFound => PeerError::NotFound {
-                what: "remote flow",
-                name: format!("{what} ({reply})"),
-            },
-            Code::AuthRequired | Code::EncryptionRequired | Code::AuthFailed | Code::Forbidden => {
-                PeerError::Forbidden(format!("the remote host refused {what}: {reply}"))
-            }
-            code if code.is_permanent() => {
-                PeerError::Refused(format!("the remote host refused {what}: {reply}"))
-            }
-            _ => PeerError::Unavailable(format!("the remote host failed {what}: {reply}")),
+        code if code.is_permanent() => {
+            PeerError::Refused(format!("the remote host refused {what}: {reply}"))
         }
+        _ => PeerError::Unavailable(format!("the remote host failed {what}: {reply}")),
     }
 }
 

@@ -440,12 +440,10 @@ async fn relay_as_described(
                 )));
             }
         };
-    let value = |key: &str| {
-        lines
-            .iter()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-            .map(str::trim)
-    };
+    let described = flowd_fnap::data::KeyValues::decode(&lines).map_err(|e| {
+        AgentError::Unavailable(format!("{describe}: the remote host's reply: {e}"))
+    })?;
+    let value = |key: &str| described.get(key).map(str::trim);
     let kind = value("type").unwrap_or("(none)");
     if !matches!(kind, "nats" | "nats-jetstream") {
         return Ok(Ended::Revoked(Some(format!(

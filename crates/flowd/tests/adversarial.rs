@@ -753,17 +753,10 @@ async fn a_silent_remote_host_times_out() {
     let dns = hostile_dns("fnaa.unix.ar", fake.port);
     let a = anonymous_peer_host(&dns).await;
     let subscribing = tokio::spawn({
-        let addr = a.addr();
-        let token = std::fs::read_to_string(a.state.path().join("admin.token")).expect("token");
+        let (addr, state) = (a.addr(), a.state.path().to_owned());
         async move {
-            let mut admin = Client::connect(&addr, &Security::Plain)
+            support::admin(&addr, &state)
                 .await
-                .expect("connects");
-            admin
-                .authenticate_plain("local", token.trim())
-                .await
-                .expect("admin");
-            admin
                 .data("SUBSCRIBE time.flows.unix.ar LOCAL t.flows.emiliano.ar")
                 .await
         }
@@ -826,6 +819,26 @@ async fn relayed_sequences_are_checked_and_a_stuck_relay_says_so() {
     );
 }
 
+/// An agent of the draft's commands only: `SUBSCRIBE` answers with the
+/// copy `ksdj898.time.flows.unix.ar`, `DESCRIBE FLOW` with its `flow=` line
+/// and `described` (CRLF-separated `key=value` lines), anything else is
+/// an unknown command.
+async fn draft_agent(described: String) -> FakeAgent {
+    FakeAgent::start(move |line| {
+        after_login(line, |line| {
+            let reply = if line.starts_with("SUBSCRIBE") {
+                "220 DATA\r\nksdj898.time.flows.unix.ar\r\n220 OK\r\n".to_owned()
+            } else if line.starts_with("DESCRIBE FLOW") {
+                format!("220 DATA\r\nflow=ksdj898.time.flows.unix.ar\r\n{described}\r\n220 OK\r\n")
+            } else {
+                "500 unknown command\r\n".to_owned()
+            };
+            Answer::Send(reply.into_bytes())
+        })
+    })
+    .await
+}
+
 /// A remote host that speaks only the draft's commands: `SUBSCRIBE`
 /// answers with the copy's name, `READ FLOW` is not a command it knows,
 /// and `DESCRIBE FLOW` names the copy's NATS JetStream stream on its own
@@ -852,25 +865,10 @@ async fn a_draft_only_remote_host_is_read_through_the_broker_it_describes() {
         .await
         .expect("stored");
     }
-    let server = broker.url();
-    let fake = FakeAgent::start(move |line| {
-        let server = server.clone();
-        after_login(line, move |line| {
-            if line.starts_with("SUBSCRIBE") {
-                Answer::Send(b"220 DATA\r\nksdj898.time.flows.unix.ar\r\n220 OK\r\n".to_vec())
-            } else if line.starts_with("DESCRIBE FLOW") {
-                Answer::Send(
-                    format!(
-                        "220 DATA\r\nflow=ksdj898.time.flows.unix.ar\r\ntype=nats-jetstream\r\n\
-                         stream=COPY_TIME\r\nserver={server}\r\n220 OK\r\n"
-                    )
-                    .into_bytes(),
-                )
-            } else {
-                Answer::Send(b"500 unknown command\r\n".to_vec())
-            }
-        })
-    })
+    let fake = draft_agent(format!(
+        "type=nats-jetstream\r\nstream=COPY_TIME\r\nserver={}",
+        broker.url()
+    ))
     .await;
     let dns = hostile_dns("fnaa.unix.ar", fake.port);
     let a = anonymous_peer_host(&dns).await;
@@ -901,22 +899,9 @@ async fn a_draft_only_remote_host_is_read_through_the_broker_it_describes() {
 /// why, instead of claiming to run while nothing can arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draft_only_remote_host_on_kafka_ends_the_subscription_clearly() {
-    let fake = FakeAgent::start(|line| {
-        after_login(line, |line| {
-            if line.starts_with("SUBSCRIBE") {
-                Answer::Send(b"220 DATA\r\nksdj898.time.flows.unix.ar\r\n220 OK\r\n".to_vec())
-            } else if line.starts_with("DESCRIBE FLOW") {
-                Answer::Send(
-                    b"220 DATA\r\nflow=ksdj898.time.flows.unix.ar\r\ntype=kafka\r\n\
-                      topic=time.flows.unix.ar\r\nserver=kf1.unix.ar:9092\r\n220 OK\r\n"
-                        .to_vec(),
-                )
-            } else {
-                Answer::Send(b"500 unknown command\r\n".to_vec())
-            }
-        })
-    })
-    .await;
+    let fake =
+        draft_agent("type=kafka\r\ntopic=time.flows.unix.ar\r\nserver=kf1.unix.ar:9092".to_owned())
+            .await;
     let dns = hostile_dns("fnaa.unix.ar", fake.port);
     let a = anonymous_peer_host(&dns).await;
     a.admin()
