@@ -186,6 +186,29 @@ pub struct Published {
     pub duplicates: u64,
 }
 
+/// Messages sent by [`Broker::send`], their acknowledgements to come.
+#[must_use = "the messages may not be stored: await `stored`"]
+pub struct Sending {
+    acks: Vec<jetstream::context::PublishAckFuture>,
+}
+
+impl Sending {
+    /// Waits until the stream stored every message (or had it stored
+    /// already, under the same message id).
+    pub async fn stored(self) -> Result<Published, BrokerError> {
+        let mut published = Published::default();
+        for ack in self.acks {
+            let ack = ack.await.map_err(request)?;
+            if ack.duplicate {
+                published.duplicates += 1;
+            } else {
+                published.stored += 1;
+            }
+        }
+        Ok(published)
+    }
+}
+
 /// A connection to the broker.
 #[derive(Clone)]
 pub struct Broker {
@@ -390,27 +413,29 @@ impl Broker {
         &self,
         messages: impl IntoIterator<Item = Outgoing>,
     ) -> Result<Published, BrokerError> {
-        let mut pending = Vec::new();
+        self.send(messages).await?.stored().await
+    }
+
+    /// Sends `messages` without waiting for the stream to store them: the
+    /// returned [`Sending`] resolves once every one is stored. A caller
+    /// keeps several such batches in flight to publish at the broker's
+    /// speed rather than at one round trip per batch.
+    pub async fn send(
+        &self,
+        messages: impl IntoIterator<Item = Outgoing>,
+    ) -> Result<Sending, BrokerError> {
+        let mut acks = Vec::new();
         for m in messages {
             let mut headers = m.headers;
             headers.insert(NATS_MESSAGE_ID, m.message_id);
-            pending.push(
+            acks.push(
                 self.js
                     .publish_with_headers(m.subject, headers, m.payload)
                     .await
                     .map_err(request)?,
             );
         }
-        let mut published = Published::default();
-        for ack in pending {
-            let ack = ack.await.map_err(request)?;
-            if ack.duplicate {
-                published.duplicates += 1;
-            } else {
-                published.stored += 1;
-            }
-        }
-        Ok(published)
+        Ok(Sending { acks })
     }
 
     /// The durable pull consumer of a flow's single reader (a processor

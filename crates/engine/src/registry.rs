@@ -355,6 +355,25 @@ impl Registry {
             .map(|r| r.uploaded_by))
     }
 
+    /// Gives `name` to `to` (the host's administrators decide who may):
+    /// from then on only `to` (and administrators) add versions under it.
+    /// Refused for a name nobody uploaded under.
+    pub async fn transfer(&self, name: &str, to: &str) -> Result<(), RegistryError> {
+        check_name(name)?;
+        if self.owner(name).await?.is_none() {
+            return Err(RegistryError::NotFound(name.to_owned()));
+        }
+        let record = NameOwner {
+            owner: Some(to.to_owned()),
+        };
+        let json = serde_json::to_vec(&record).map_err(unavailable)?;
+        self.records
+            .put(owner_key(name), json.into())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     /// Makes `uploader` the owner of `name` if nobody is, or checks that
     /// it may upload under it.
     async fn claim(&self, name: &str, uploader: Uploader<'_>) -> Result<(), RegistryError> {

@@ -61,11 +61,13 @@
 //! password_env = "UNIX_AR_PASSWORD"
 //! ca = "/etc/flowd/unix-ar-ca.pem"      # certificates trusted for its TLS
 //! tls = "required"                      # the default: STARTTLS always;
+//!                                       # "implicit": TLS at tls_port;
 //!                                       # "plain": clear text, by choice
 //! hosts = ["fnaa.unix.ar"]              # agents outside the namespace
 //!
 //! [logins]                              # what log-ins may cost
 //! concurrent_checks = 2                 # argon2 checks at once (~20 MiB each)
+//! checks_per_address = 1                # of those, one address's (IPv6 /64)
 //! check_wait_ms = 2000                  # then 450, try again later
 //! cache_secs = 300                      # verified credentials remembered
 //! failure_delay_ms = 250                # per address (IPv6 /64), doubling

@@ -32,6 +32,9 @@ use std::time::{Duration, Instant};
 pub struct LoginLimits {
     /// Password checks running at once (each holds about 20 MiB).
     pub concurrent_checks: usize,
+    /// Checks of one address group (IPv6: a /64) running or waiting for a
+    /// slot at once, so that one address cannot take every slot.
+    pub checks_per_address: usize,
     /// How long a log-in waits for a check slot before `4xx`.
     pub check_wait_ms: u64,
     /// How long verified credentials are remembered; 0 disables the cache.
@@ -50,6 +53,7 @@ impl Default for LoginLimits {
     fn default() -> Self {
         LoginLimits {
             concurrent_checks: 2,
+            checks_per_address: 1,
             check_wait_ms: 2_000,
             cache_secs: 300,
             cache_entries: 4_096,
@@ -116,6 +120,9 @@ pub struct Logins {
     limits: LoginLimits,
     checkers: std::sync::OnceLock<Option<Checkers>>,
     slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Each address group's turns ([`LoginLimits::checks_per_address`]),
+    /// kept while someone holds or awaits one.
+    turns: Mutex<HashMap<IpAddr, std::sync::Arc<tokio::sync::Semaphore>>>,
     salt: [u8; 16],
     verified: Mutex<HashMap<[u8; 32], Instant>>,
     failures: std::sync::Arc<Mutex<HashMap<IpAddr, Failures>>>,
@@ -129,6 +136,7 @@ impl Logins {
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 limits.concurrent_checks.max(1),
             )),
+            turns: Mutex::new(HashMap::new()),
             salt: *uuid::Uuid::new_v4().as_bytes(),
             verified: Mutex::new(HashMap::new()),
             failures: Default::default(),
@@ -161,10 +169,17 @@ impl Logins {
             tokio::time::sleep(delay).await;
         }
         let wait = Duration::from_millis(self.limits.check_wait_ms);
-        // The slot goes with the job: a log-in dropped while its check runs
-        // (a client that hung up) does not free it before the check ends.
-        let Ok(Ok(slot)) = tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await
-        else {
+        // The address group's turn first, then one of the host's slots, both
+        // within `wait`. They go with the job: a log-in dropped while its
+        // check runs (a client that hung up) frees neither early.
+        let turns = self.turns_of(group);
+        let permits = tokio::time::timeout(wait, async {
+            let turn = turns.acquire_owned().await?;
+            let slot = self.slots.clone().acquire_owned().await?;
+            Ok::<_, tokio::sync::AcquireError>((turn, slot))
+        })
+        .await;
+        let Ok(Ok(permits)) = permits else {
             return Checked::Busy;
         };
         let (u, p) = (user.to_owned(), password.to_owned());
@@ -177,7 +192,7 @@ impl Logins {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (failures, max) = (self.failures.clone(), self.limits.failure_addresses);
         let job: Job = Box::new(move || {
-            let _slot = slot;
+            let _permits = permits;
             let verified = crate::accounts::verify_with(account.as_ref(), &u, &p);
             // Counted here, so that hanging up does not dodge the delay.
             if verified.is_none() {
@@ -198,6 +213,17 @@ impl Logins {
             Ok(None) => Checked::Wrong,
             Err(_) => Checked::Busy,
         }
+    }
+
+    /// The turns of `group`; entries nobody holds or awaits are dropped.
+    fn turns_of(&self, group: IpAddr) -> std::sync::Arc<tokio::sync::Semaphore> {
+        let mut turns = lock(&self.turns);
+        turns.retain(|_, t| std::sync::Arc::strong_count(t) > 1);
+        let per_address = self.limits.checks_per_address.max(1);
+        turns
+            .entry(group)
+            .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(per_address)))
+            .clone()
     }
 
     /// Records a failed log-in from `from` that was not a password check
@@ -379,5 +405,45 @@ mod tests {
                 .await,
             Checked::Verified(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn one_address_group_cannot_take_every_slot() {
+        let l = Logins::new(LoginLimits {
+            concurrent_checks: 2,
+            checks_per_address: 1,
+            check_wait_ms: 50,
+            cache_secs: 0,
+            ..LoginLimits::default()
+        });
+        let attacker: IpAddr = "2001:db8:1:2::1".parse().expect("address");
+        let neighbour: IpAddr = "2001:db8:1:2::2".parse().expect("address");
+        let elsewhere: IpAddr = "2001:db8:9::1".parse().expect("address");
+        let group = flowd_fnap::session::address_group;
+        // The attacker's group holds its one turn (a check under way).
+        let held = l
+            .turns_of(group(attacker))
+            .acquire_owned()
+            .await
+            .expect("turn");
+        assert_eq!(
+            l.check(neighbour, Some(account("right")), "alice", "right")
+                .await,
+            Checked::Busy,
+            "a second check of the same /64 waits for the first"
+        );
+        assert_eq!(l.slots.available_permits(), 2, "and took no slot");
+        assert!(matches!(
+            l.check(elsewhere, Some(account("right")), "alice", "right")
+                .await,
+            Checked::Verified(_)
+        ));
+        drop(held);
+        assert!(matches!(
+            l.check(neighbour, Some(account("right")), "alice", "right")
+                .await,
+            Checked::Verified(_)
+        ));
+        assert!(lock(&l.turns).len() <= 1, "unused turns are dropped");
     }
 }

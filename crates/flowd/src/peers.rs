@@ -41,9 +41,13 @@ pub struct PeerConfig {
     /// `/etc/ssl/certs/ca-certificates.crt`, for a publicly issued one).
     pub ca: Option<PathBuf>,
     /// Whether sessions are encrypted: `required` (the default: STARTTLS,
-    /// refused when the peer does not offer it) or `plain` (clear text,
-    /// credentials included; for loopback and test set-ups).
+    /// refused when the peer does not offer it), `implicit` (TLS from the
+    /// first byte, at `tls_port`) or `plain` (clear text, credentials
+    /// included; for loopback and test set-ups).
     pub tls: PeerTls,
+    /// The peer's implicit-TLS port, for `tls = "implicit"`; the port DNS
+    /// names (the SRV record's) when unset.
+    pub tls_port: Option<u16>,
     /// Agent host names outside the namespace that DNS may name for it
     /// (`fnaa.unix.ar` for `flows.unix.ar`). Names under the namespace are
     /// always accepted.
@@ -57,6 +61,9 @@ pub enum PeerTls {
     /// STARTTLS, with the certificate checked against the agent's name.
     #[default]
     Required,
+    /// TLS from the first byte (the peer's implicit-TLS listener), with
+    /// the certificate checked against the agent's name.
+    Implicit,
     /// Clear text, by explicit choice.
     Plain,
 }
@@ -78,11 +85,11 @@ impl PeerConfig {
     /// A configuration error, for the daemon to refuse at start: TLS
     /// required without certificates to trust.
     pub fn check(&self) -> Result<(), String> {
-        if self.tls == PeerTls::Required && self.ca.is_none() {
+        if self.tls != PeerTls::Plain && self.ca.is_none() {
             return Err(format!(
-                "[[peers]] {}: tls = \"required\" (the default) needs `ca`, the certificates \
-                 to trust (/etc/ssl/certs/ca-certificates.crt for a publicly issued one), \
-                 or tls = \"plain\" to send credentials in clear",
+                "[[peers]] {}: tls = \"required\" (the default) or \"implicit\" needs `ca`, \
+                 the certificates to trust (/etc/ssl/certs/ca-certificates.crt for a publicly \
+                 issued one), or tls = \"plain\" to send credentials in clear",
                 self.namespace
             ));
         }
@@ -322,7 +329,12 @@ impl Federation {
                 ..
             }) => Security::StartTls { ca: ca.clone() },
             Some(PeerConfig {
-                tls: PeerTls::Required,
+                tls: PeerTls::Implicit,
+                ca: Some(ca),
+                ..
+            }) => Security::Implicit { ca: ca.clone() },
+            Some(PeerConfig {
+                tls: PeerTls::Required | PeerTls::Implicit,
                 ca: None,
                 namespace,
                 ..
@@ -334,10 +346,22 @@ impl Federation {
             Some(_) | None => Security::Plain,
         };
         let mut last = None;
-        for addr in location.agent_addrs() {
-            match Client::connect_named(&addr.to_string(), &location.host, &security).await {
-                Ok(client) => {
-                    let mut client = client.with_limits(ClientLimits::federation());
+        let tls_port = peer
+            .filter(|p| p.tls == PeerTls::Implicit)
+            .and_then(|p| p.tls_port);
+        for mut addr in location.agent_addrs() {
+            if let Some(port) = tls_port {
+                addr.set_port(port);
+            }
+            let connected = Client::connect_limited(
+                &addr.to_string(),
+                &location.host,
+                &security,
+                ClientLimits::federation(),
+            )
+            .await;
+            match connected {
+                Ok(mut client) => {
                     let credentials =
                         peer.and_then(|p| Some((p.username.as_deref()?, p.password()?)));
                     let auth = match credentials {
@@ -356,9 +380,7 @@ impl Federation {
                     auth.map_err(|e| refused(e, &format!("authenticating at {addr}")))?;
                     return Ok((client, addr));
                 }
-                Err(ClientError::Refused(reply))
-                    if matches!(security, Security::StartTls { .. }) =>
-                {
+                Err(ClientError::Refused(reply)) if !matches!(security, Security::Plain) => {
                     last = Some(format!(
                         "{addr}: TLS is required, and the agent answered {reply}"
                     ));

@@ -675,6 +675,42 @@ async fn component_names_are_owned_and_uploads_checked() {
         .await
         .expect("bob has names of his own");
 
+    // Only the host's administrators give a name away, and only to an
+    // account that exists.
+    use flowd::api::proto::TransferRequest;
+    let transfer = |to: &str| TransferRequest {
+        name: "filter".into(),
+        to: to.into(),
+    };
+    let refused = alice
+        .registry()
+        .transfer(transfer("bob"))
+        .await
+        .expect_err("alice is no administrator");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    let token = std::fs::read_to_string(a.state.path().join("admin.token")).expect("token");
+    let admin = ApiClient::connect(
+        &format!("http://{api}"),
+        &Credentials::Token(token.trim().to_owned()),
+        None,
+    )
+    .await
+    .expect("connects");
+    let refused = admin
+        .registry()
+        .transfer(transfer("nobody"))
+        .await
+        .expect_err("no such account");
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused}");
+    admin
+        .registry()
+        .transfer(transfer("bob"))
+        .await
+        .expect("transferred");
+    bob.push("filter", "9.9.9", bytes.clone(), |_| {})
+        .await
+        .expect("the name is bob's now");
+
     let mut fnap = a.login("bob", "bob-password").await.expect("bob");
     let junk = fnap
         .put_component(b"not a component at all")
@@ -940,4 +976,107 @@ async fn a_long_remote_refusal_is_quoted_short() {
         refused.to_string().len()
     );
     a.anonymous().await.command("NOOP").await.expect("served");
+}
+
+/// A quota with room for two holds against six requests at once: each
+/// principal's requests are counted and made one at a time. A pipeline is
+/// held to the processor quota like processors made one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_hold_against_concurrent_requests_and_pipelines() {
+    use flowd::api::client::{ApiClient, Credentials};
+    use flowd::api::proto;
+    let a = host(|c| {
+        c.quotas.subscriptions_per_account = 2;
+        c.quotas.processors_per_account = 2;
+        c.api.listen = Some(([127, 0, 0, 1], 0).into());
+    })
+    .await;
+    public_flow(&a, "news.flows.emiliano.ar").await;
+    let mut sessions = Vec::new();
+    for _ in 0..6 {
+        sessions.push(a.login("alice", "alice-password").await.expect("alice"));
+    }
+    let tries: Vec<_> = sessions
+        .into_iter()
+        .map(|mut c| tokio::spawn(async move { c.data("SUBSCRIBE news.flows.emiliano.ar").await }))
+        .collect();
+    let mut made = 0;
+    for t in tries {
+        match t.await.expect("joined") {
+            Ok(_) => made += 1,
+            Err(e) => {
+                assert_eq!(e.code().map(u16::from), Some(450), "{e}");
+                assert!(e.to_string().contains("quota"), "{e}");
+            }
+        }
+    }
+    assert_eq!(made, 2, "the quota's room, no more");
+
+    let mut admin = a.admin().await;
+    for line in [
+        "CREATE FLOW in.flows.emiliano.ar",
+        "CREATE FLOW out.flows.emiliano.ar",
+        "GRANT alice WRITE ON flows.emiliano.ar",
+    ] {
+        admin.command(line).await.expect(line);
+    }
+    let api = ApiClient::connect(
+        &format!("http://{}", a.daemon.api_addr().expect("API")),
+        &Credentials::Password {
+            user: "alice".into(),
+            password: "alice-password".into(),
+        },
+        None,
+    )
+    .await
+    .expect("connects");
+    let bytes = std::fs::read(support::component("flow_filter")).expect("component");
+    api.push("filter", "1.0.0", bytes, |_| {})
+        .await
+        .expect("pushed");
+    let manifest = |steps: usize| {
+        let mut text = String::from(
+            "apiVersion: flowd/v1\nkind: Pipeline\nname: chain\n\
+             inputs:\n  in: flow://in.flows.emiliano.ar\n\
+             outputs:\n  out: flow://out.flows.emiliano.ar\nsteps:\n",
+        );
+        for i in 0..steps {
+            let from = if i == 0 {
+                "in".to_owned()
+            } else {
+                format!("s{}", i - 1)
+            };
+            let to = if i + 1 == steps {
+                "out".to_owned()
+            } else {
+                format!("s{i}")
+            };
+            text.push_str(&format!(
+                "  - name: s{i}\n    component: filter@1.0.0\n    from: {from}\n    to: {to}\n\
+                 \x20   config:\n      where: type exists\n"
+            ));
+        }
+        text
+    };
+    let apply = |steps: usize| {
+        let api = api.clone();
+        let manifest = manifest(steps);
+        async move {
+            api.pipelines()
+                .apply(proto::ApplyRequest {
+                    manifest,
+                    dry_run: false,
+                })
+                .await
+        }
+    };
+    let refused = apply(3).await.expect_err("three steps, room for two");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    assert!(
+        refused.message().contains("processors per account"),
+        "{refused}"
+    );
+    apply(2).await.expect("two steps fit");
+    // Re-applying the same pipeline counts its own steps once.
+    apply(2).await.expect("the same two steps again");
 }

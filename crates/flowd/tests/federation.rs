@@ -1080,6 +1080,70 @@ async fn peers_check_the_tls_name_of_the_agent_they_found() {
     );
 }
 
+/// `tls = "implicit"`: the session is TLS from the first byte, to the
+/// port the entry names, the certificate checked against the agent DNS
+/// named; a subscription through it works, and the same entry pointed at
+/// the plain-text port fails with a TLS reason rather than speaking clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_may_speak_implicit_tls() {
+    let pki = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = support::issue_certificate(pki.path(), &["fnaa.unix.ar"]);
+    let dns_b = free_port();
+    let tls_b = free_port();
+    let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
+        c.fns.listen = Some(dns(dns_b));
+        c.fnap.tls.cert = Some(cert.clone());
+        c.fnap.tls.key = Some(key.clone());
+        c.fnap.tls_listen = Some(([127, 0, 0, 1], tls_b).into());
+    })
+    .await;
+    let peer = |port: Option<u16>| PeerConfig {
+        namespace: "flows.unix.ar".into(),
+        ca: Some(ca.clone()),
+        tls: PeerTls::Implicit,
+        tls_port: port,
+        hosts: vec!["fnaa.unix.ar".into()],
+        ..PeerConfig::default()
+    };
+    let a = participant_with("fnaa.emiliano.ar", "flows.emiliano.ar", |c| {
+        c.fns.nameserver = Some(dns(dns_b));
+        c.peers = vec![peer(Some(tls_b))];
+    })
+    .await;
+    b.admin()
+        .await
+        .command("CREATE FLOW time.flows.unix.ar PUBLIC")
+        .await
+        .expect("created");
+    eventually(
+        Duration::from_secs(20),
+        "subscribed over implicit TLS",
+        || async {
+            a.admin()
+                .await
+                .data("SUBSCRIBE time.flows.unix.ar LOCAL t.flows.emiliano.ar")
+                .await
+                .ok()
+        },
+    )
+    .await;
+
+    let c = participant_with("fnaa.example.org", "flows.example.org", |c| {
+        c.fns.nameserver = Some(dns(dns_b));
+        c.peers = vec![peer(None)];
+    })
+    .await;
+    let refused = c
+        .admin()
+        .await
+        .data("SUBSCRIBE time.flows.unix.ar LOCAL t.flows.example.org")
+        .await
+        .expect_err("a plain-text port does not speak TLS");
+    let text = refused.to_string();
+    assert_eq!(code(refused), 450, "{text}");
+    assert!(text.contains("TLS") || text.contains("tls"), "{text}");
+}
+
 /// A pipeline whose input is another participant's flow: applying it
 /// subscribes through DNS, events cross over and through the steps, and
 /// deleting the pipeline ends the subscription on both sides.

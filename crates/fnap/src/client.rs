@@ -190,6 +190,18 @@ impl Client {
         host: &str,
         security: &Security,
     ) -> Result<Client, ClientError> {
+        Client::connect_limited(addr, host, security, ClientLimits::default()).await
+    }
+
+    /// [`Client::connect_named`] with the whole session, the greeting and
+    /// the `STARTTLS` answer included, held to `limits`: a peer that is not
+    /// trusted yet gets no larger buffer before TLS than after.
+    pub async fn connect_limited(
+        addr: &str,
+        host: &str,
+        security: &Security,
+        limits: ClientLimits,
+    ) -> Result<Client, ClientError> {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|source| ClientError::Connect {
@@ -207,7 +219,7 @@ impl Client {
             writer,
             greeting: Reply::ok(""),
             buf: Vec::new(),
-            limits: ClientLimits::default(),
+            limits,
         };
         client.greeting = client.reply().await?;
         if !client.greeting.is_success() {
@@ -223,7 +235,7 @@ impl Client {
                 writer,
                 greeting: Reply::ok(""),
                 buf: Vec::new(),
-                limits: ClientLimits::default(),
+                limits,
             };
         }
         Ok(client)

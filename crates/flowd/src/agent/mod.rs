@@ -130,6 +130,8 @@ pub struct Agent {
     shared_accounts: Option<crate::accounts::SharedAccounts>,
     logins: std::sync::Arc<crate::logins::Logins>,
     quotas: quotas::Quotas,
+    /// Each principal's turn to create what its quotas count.
+    admissions: std::sync::Arc<quotas::Admissions>,
     limit_maxima: processors::LimitMaxima,
     /// Remote subscriptions this host marked `failing`.
     relays_failing: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
@@ -275,6 +277,7 @@ impl Agent {
             shared_accounts: None,
             logins: std::sync::Arc::new(crate::logins::Logins::new(Default::default())),
             quotas: quotas::Quotas::default(),
+            admissions: Default::default(),
             limit_maxima: processors::LimitMaxima::default(),
             relays_failing: Default::default(),
             namespace_cache: Default::default(),
@@ -321,6 +324,12 @@ impl Agent {
     /// The highest limits a processor may ask for.
     pub fn limit_maxima(&self) -> &processors::LimitMaxima {
         &self.limit_maxima
+    }
+
+    /// `principal`'s turn to count a quota and create what it counts
+    /// (held until the creation is stored).
+    pub(crate) async fn admit(&self, principal: &Principal) -> quotas::Admission {
+        self.admissions.admit(principal).await
     }
 
     /// Holds principals to `quotas` (`[quotas]`).
@@ -375,6 +384,26 @@ impl Agent {
             Checked::Verified(identity) => Ok(Some(identity)),
             Checked::Wrong => Ok(None),
             Checked::Busy => Err(AccountError::Busy),
+        }
+    }
+
+    /// Whether `user` is an account of the host or, shared, of the
+    /// participant's other hosts.
+    pub async fn account_exists(
+        &self,
+        state_dir: &std::path::Path,
+        user: &str,
+    ) -> Result<bool, crate::accounts::AccountError> {
+        let dir = state_dir.to_owned();
+        let local = tokio::task::spawn_blocking(move || crate::accounts::Accounts::load(&dir))
+            .await
+            .map_err(|e| crate::accounts::AccountError::Invalid(e.to_string()))??;
+        if local.accounts.contains_key(user) {
+            return Ok(true);
+        }
+        match &self.shared_accounts {
+            Some(shared) => Ok(shared.account(user).await?.is_some()),
+            None => Ok(false),
         }
     }
 
@@ -719,7 +748,7 @@ static CHECKS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
 
 /// A turn to check a component. It is moved into the blocking task that
 /// checks, so a request dropped meanwhile does not free it early.
-async fn check_turn() -> Result<tokio::sync::OwnedSemaphorePermit, AgentError> {
+pub(crate) async fn check_turn() -> Result<tokio::sync::OwnedSemaphorePermit, AgentError> {
     match tokio::time::timeout(CHECK_WAIT, CHECKS.clone().acquire_owned()).await {
         Ok(Ok(permit)) => Ok(permit),
         _ => Err(AgentError::Unavailable(

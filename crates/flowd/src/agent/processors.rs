@@ -196,6 +196,7 @@ impl Agent {
                 "anonymous sessions cannot upload components".into(),
             ));
         }
+        let _admission = self.admit(principal).await;
         let quota = match principal.user().filter(|_| !principal.is_admin()) {
             Some(user) => Some(self.uploaded_by(user).await?),
             None => None,
@@ -276,6 +277,7 @@ impl Agent {
         let digest = request.component.as_deref().ok_or_else(|| {
             AgentError::Invalid("missing component= (PUT COMPONENT first)".into())
         })?;
+        let _admission = self.admit(principal).await;
         let all = self.processors().await?;
         let fused_step = all.iter().any(|(p, _)| p.fused.iter().any(|f| f.id == id));
         if let Some(user) = principal.user().filter(|_| !principal.is_admin()) {

@@ -299,6 +299,7 @@ impl Agent {
         let address = from
             .filter(|_| anonymous)
             .map(flowd_fnap::session::address_group);
+        let _admission = self.admit(principal).await;
         self.check_subscriber_quota(principal, address).await?;
         if let Some(local) = local {
             match self.broker.flow_info(local).await {

@@ -98,6 +98,9 @@ impl registry_server::Registry for RegistryService {
         if header.size as usize > registry::MAX_COMPONENT_BYTES {
             return Err(convert::registry_status(registry::RegistryError::TooLarge));
         }
+        // The quota is counted and the version stored under the account's
+        // admission (one upload of an account at a time).
+        let _admission = self.0.agent.admit(&who).await;
         let stored = self.stored_by(&who).await?;
         // The announced size is only a hint: capped, so a header alone
         // cannot reserve much memory.
@@ -135,16 +138,28 @@ impl registry_server::Registry for RegistryService {
                 )));
             }
         }
-        let uploader = registry::Uploader {
-            user: who.user(),
-            admin: who.is_admin(),
-        };
-        let record = self
-            .0
-            .registry
-            .upload(&header.name, &header.version, bytes, uploader)
+        // The registry compiles the component: one of the host's component
+        // check turns, moved into a task of its own so that a caller who
+        // hangs up does not free it while the compile runs.
+        let turn = crate::agent::check_turn()
             .await
-            .map_err(convert::registry_status)?;
+            .map_err(convert::agent_status)?;
+        let registry = self.0.registry.clone();
+        let user = who.user().map(str::to_owned);
+        let admin = who.is_admin();
+        let record = tokio::spawn(async move {
+            let _turn = turn;
+            let uploader = registry::Uploader {
+                user: user.as_deref(),
+                admin,
+            };
+            registry
+                .upload(&header.name, &header.version, bytes, uploader)
+                .await
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the upload: {e}")))?
+        .map_err(convert::registry_status)?;
         tracing::info!(
             component = record.reference(),
             digest = record.digest,
@@ -187,6 +202,40 @@ impl registry_server::Registry for RegistryService {
             .map_err(convert::registry_status)?;
         let used_by = self.used_by(&record.digest).await;
         Ok(Response::new(convert::component(&record, used_by)))
+    }
+
+    async fn transfer(
+        &self,
+        request: Request<proto::TransferRequest>,
+    ) -> Reply<proto::TransferResponse> {
+        let who = principal(&self.0, &request).await?;
+        if !who.is_admin() {
+            return Err(Status::permission_denied(
+                "only host administrators transfer component names",
+            ));
+        }
+        let proto::TransferRequest { name, to } = request.into_inner();
+        let known = self
+            .0
+            .agent
+            .account_exists(&self.0.state_dir, &to)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        if !known {
+            return Err(Status::not_found(format!("no such account: {to}")));
+        }
+        self.0
+            .registry
+            .transfer(&name, &to)
+            .await
+            .map_err(convert::registry_status)?;
+        tracing::info!(
+            component = name,
+            to,
+            by = who.name(),
+            "component name transferred"
+        );
+        Ok(Response::new(proto::TransferResponse { name, owner: to }))
     }
 
     async fn delete(&self, request: Request<proto::ComponentRef>) -> Reply<proto::DeleteResponse> {

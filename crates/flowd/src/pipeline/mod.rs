@@ -129,6 +129,37 @@ impl Pipelines {
 
     /// Validates `manifest` and, unless `dry_run`, makes the running
     /// pipeline match it. Nothing is applied when anything is wrong.
+    /// Refuses a plan whose steps would take the account that owns them
+    /// over `processors_per_account`: its processors elsewhere, and this
+    /// pipeline's steps as planned (each step counts, fused or not).
+    fn check_processor_quota(
+        &self,
+        principal: &Principal,
+        plan: &plan::Plan,
+        running: &[ProcessorSpec],
+    ) -> Result<(), PipelineError> {
+        let ours = |p: &&ProcessorSpec| p.pipeline.as_deref() == Some(plan.name.as_str());
+        // The steps keep the owner they had; a new pipeline's are the
+        // principal's.
+        let owner = match running.iter().find(ours) {
+            Some(step) => step.owner.as_deref(),
+            None => principal.user(),
+        };
+        let Some(owner) = owner.filter(|_| !principal.is_admin()) else {
+            return Ok(());
+        };
+        let limit = self.agent.quotas().processors_per_account;
+        let elsewhere: usize = running
+            .iter()
+            .filter(|p| !ours(p) && p.owner.as_deref() == Some(owner))
+            .map(|p| p.fused.len().max(1))
+            .sum();
+        if elsewhere.saturating_add(plan.steps.len()) > limit {
+            return Err(crate::agent::quotas::exceeded("processors per account", limit).into());
+        }
+        Ok(())
+    }
+
     pub async fn apply_as(
         &self,
         principal: &Principal,
@@ -160,6 +191,9 @@ impl Pipelines {
             let (right, _) = self.agent.flow_right(principal, flow).await?;
             access::require(principal, right, Right::Write, &format!("write to {flow}"))?;
         }
+        // Counted and written under the principal's admission, like a
+        // processor it creates alone.
+        let _admission = self.agent.admit(principal).await;
         let running: Vec<ProcessorSpec> = self
             .agent
             .processors()
@@ -168,6 +202,7 @@ impl Pipelines {
             .into_iter()
             .map(|(spec, _)| spec)
             .collect();
+        self.check_processor_quota(principal, &plan, &running)?;
         let mut report = ApplyReport {
             name: plan.name.clone(),
             ..ApplyReport::default()

@@ -25,6 +25,9 @@ pub(crate) enum ComponentCommand {
     Describe { reference: String },
     /// Remove a component (refused while a processor uses it).
     Rm { reference: String },
+    /// Give a component name, its versions and the right to add more, to
+    /// another account (host administrators only).
+    Transfer { name: String, account: String },
 }
 
 /// What a management command does.
@@ -168,6 +171,18 @@ pub(crate) async fn execute(client: &ApiClient, action: Action, json: bool) -> R
                 .await
                 .map_err(status_error)?;
             println!("OK {reference} removed");
+        }
+        Action::Component(ComponentCommand::Transfer { name, account }) => {
+            let moved = client
+                .registry()
+                .transfer(proto::TransferRequest { name, to: account })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                return print_json(&serde_json::json!({"name": moved.name, "owner": moved.owner}));
+            }
+            println!("OK {} belongs to {}", moved.name, moved.owner);
         }
         Action::Apply { file, dry_run } => {
             let manifest = if file.as_os_str() == "-" {
