@@ -413,24 +413,25 @@ impl Broker {
         &self,
         messages: impl IntoIterator<Item = Outgoing>,
     ) -> Result<Published, BrokerError> {
-        self.send(messages).await?.stored().await
+        let messages: Vec<Outgoing> = messages.into_iter().collect();
+        self.send(&messages).await?.stored().await
     }
 
     /// Sends `messages` without waiting for the stream to store them: the
     /// returned [`Sending`] resolves once every one is stored. A caller
     /// keeps several such batches in flight to publish at the broker's
     /// speed rather than at one round trip per batch.
-    pub async fn send(
-        &self,
-        messages: impl IntoIterator<Item = Outgoing>,
-    ) -> Result<Sending, BrokerError> {
-        let mut acks = Vec::new();
+    ///
+    /// `messages` stay the caller's, to send again should the broker lose
+    /// them (their message ids make a second copy a no-op).
+    pub async fn send(&self, messages: &[Outgoing]) -> Result<Sending, BrokerError> {
+        let mut acks = Vec::with_capacity(messages.len());
         for m in messages {
-            let mut headers = m.headers;
-            headers.insert(NATS_MESSAGE_ID, m.message_id);
+            let mut headers = m.headers.clone();
+            headers.insert(NATS_MESSAGE_ID, m.message_id.as_str());
             acks.push(
                 self.js
-                    .publish_with_headers(m.subject, headers, m.payload)
+                    .publish_with_headers(m.subject.clone(), headers, m.payload.clone())
                     .await
                     .map_err(request)?,
             );

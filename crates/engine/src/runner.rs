@@ -25,6 +25,23 @@ use tokio::sync::watch;
 /// Longest wait for the answer to one pull request.
 const FETCH_LIMIT: Duration = Duration::from_secs(10);
 
+/// How long an idle processor's pull request waits at the broker for the
+/// next event: it is answered as soon as one is stored, so an idle
+/// processor reacts at once and costs a few requests per second.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// Batches whose outputs may be on their way to the broker at once. The
+/// runner calls the component on the next batch while the broker stores
+/// the previous ones' outputs; a batch is acknowledged once its outputs
+/// (and those of every batch before it) are stored, in input order.
+const IN_FLIGHT_BATCHES: usize = 16;
+/// Output messages in flight at most (a distributor may emit many per
+/// input).
+const IN_FLIGHT_MESSAGES: usize = 4_096;
+/// Output bytes in flight at most (payloads; forwarded events share the
+/// input's bytes).
+const IN_FLIGHT_BYTES: usize = 64 << 20;
+
 /// A running processor's task.
 pub(crate) struct RunnerHandle {
     stop: watch::Sender<bool>,
@@ -107,6 +124,43 @@ struct Runner {
     subjects: Vec<String>,
     label: super::metrics::ProcessorLabel,
     last_status: Instant,
+    /// The next batch of each input, being fetched while the current one
+    /// is processed (only while the input has events).
+    prefetch: Vec<Option<tokio::task::JoinHandle<Result<Vec<Input>>>>>,
+    /// Processed batches, oldest first, whose outputs are being stored.
+    in_flight: VecDeque<InFlight>,
+    /// Their output messages and bytes.
+    in_flight_messages: usize,
+    in_flight_bytes: usize,
+}
+
+/// The keyed-state changes of a call: (owner step, key, value or removal).
+type StateChanges = Vec<(String, String, Option<Vec<u8>>)>;
+
+/// A processed batch whose outputs are on their way to the broker: what
+/// to do once they are stored.
+struct InFlight {
+    /// The outputs, kept to be sent again should the broker lose them.
+    messages: Vec<Outgoing>,
+    bytes: usize,
+    /// Resolves when every output is stored (`None`: nothing to store).
+    stored:
+        Option<tokio::task::JoinHandle<Result<flowd_broker::Published, flowd_broker::BrokerError>>>,
+    /// Keyed state as the batch left it, persisted before the ack.
+    state: StateChanges,
+    /// The input messages to acknowledge: the last one (a cumulative ack)
+    /// or, for instances sharing a consumer, every one.
+    acks: Vec<jetstream::Message>,
+    events_in: u64,
+    written: u64,
+    dead_lettered: u64,
+    started: Instant,
+}
+
+impl InFlight {
+    fn is_done(&self) -> bool {
+        self.stored.as_ref().is_none_or(|s| s.is_finished())
+    }
 }
 
 /// What a runner calls: one processor, or a fused segment of steps.
@@ -263,11 +317,19 @@ impl Runner {
             .ensure_flow(&spec.dead_letter, &Default::default())
             .await?;
         let mut consumers = Vec::new();
-        let pending = (spec.limits.batch.max(1) * 2) as i64;
+        // Room for the batches in flight, the one being processed and the
+        // one being fetched.
+        let pending = i64::try_from(
+            spec.limits
+                .batch
+                .max(1)
+                .saturating_mul(IN_FLIGHT_BATCHES + 2),
+        )
+        .unwrap_or(i64::MAX);
         for (port, flow) in spec.inputs.iter().enumerate() {
             let (name, previous) = (spec.consumer(port), spec.other_consumer(port));
             let consumer = if spec.parallelism > 1 {
-                let pending = pending * i64::from(spec.parallelism);
+                let pending = pending.saturating_mul(i64::from(spec.parallelism));
                 ctx.broker
                     .shared_consumer(flow, &name, pending, Some(&previous))
                     .await
@@ -294,11 +356,20 @@ impl Runner {
             subjects: spec.outputs.iter().map(FlowName::subject).collect(),
             label: Metrics::label(&spec.id),
             last_status: Instant::now(),
+            prefetch: spec.inputs.iter().map(|_| None).collect(),
+            in_flight: VecDeque::new(),
+            in_flight_messages: 0,
+            in_flight_bytes: 0,
         })
     }
 
-    /// Calls teardown and drops the instances.
+    /// Calls teardown and drops the instances. Batches still in flight are
+    /// not acknowledged: they are delivered again to whoever runs next.
     fn finish(&mut self) {
+        for fetch in self.prefetch.iter_mut().filter_map(Option::take) {
+            fetch.abort();
+        }
+        self.in_flight.clear();
         match self.work.take() {
             Some(Work::Single(p)) => {
                 if let Err(e) = p.teardown() {
@@ -315,6 +386,9 @@ impl Runner {
     /// their state from the broker, where the last batch left it); the
     /// others keep running as they are.
     async fn apply(&mut self, new: ProcessorSpec, status: &mut Status) -> Result<()> {
+        // The old steps' batches are stored and their state persisted
+        // before any instance is replaced.
+        self.drain(status).await?;
         let Some(Work::Chain(chain)) = self.work.as_mut() else {
             return Err(anyhow!(
                 "an in-place update reached a runner without fused steps"
@@ -407,13 +481,14 @@ impl Runner {
             }
             let mut idle = true;
             for port in 0..self.consumers.len() {
-                let inputs = self.fetch(port).await?;
+                let inputs = self.next_batch(port).await?;
                 if inputs.is_empty() {
                     continue;
                 }
                 idle = false;
                 self.handle(port as u32, inputs, status).await?;
             }
+            self.complete_ready(status).await?;
             if self.spec.kind == Kind::Signal && Instant::now() >= next_tick {
                 next_tick = Instant::now() + tick;
                 self.tick(status).await?;
@@ -424,6 +499,23 @@ impl Runner {
                 self.write_link_statuses(Phase::Running).await;
             }
             if idle {
+                // Nothing new: what is in flight is finished first, so
+                // that an idle processor holds no unacknowledged batch.
+                self.drain(status).await?;
+                if self.consumers.len() == 1 && self.spec.kind != Kind::Signal {
+                    // One input: wait at the broker for its next event (a
+                    // long poll, answered as soon as one is stored), then
+                    // take what else is there.
+                    let mut inputs = self.fetch_task(0, 1, Some(IDLE_POLL)).await?;
+                    let room = self.spec.limits.batch.max(1).saturating_sub(1);
+                    if !inputs.is_empty() && room > 0 {
+                        inputs.extend(self.fetch_task(0, room, None).await?);
+                    }
+                    if !inputs.is_empty() {
+                        self.handle(0, inputs, status).await?;
+                    }
+                    continue;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(idle_wait) => {}
                     _ = stopped.changed() => {}
@@ -433,42 +525,74 @@ impl Runner {
                 idle_wait = Duration::from_millis(1);
             }
         }
+        self.drain(status).await?;
         status.phase = Phase::Paused;
         self.ctx.write_status(&self.spec.id, status).await;
         self.write_link_statuses(Phase::Paused).await;
         Ok(())
     }
 
+    /// The next batch of input `port`: the one fetched meanwhile, if any,
+    /// else a fresh fetch. While the input has events, the batch after it
+    /// is fetched at once, during this one's call and stores.
+    async fn next_batch(&mut self, port: usize) -> Result<Vec<Input>> {
+        let inputs = match self.prefetch[port].take() {
+            Some(fetch) => fetch.await.map_err(|e| anyhow!("fetching: {e}"))??,
+            None => self.fetch_task(port, self.spec.limits.batch, None).await?,
+        };
+        if !inputs.is_empty() {
+            let next = self.fetch_task(port, self.spec.limits.batch, None);
+            self.prefetch[port] = Some(tokio::spawn(next));
+        }
+        Ok(inputs)
+    }
+
     /// One batch from input `port`. A pull request whose answer never
     /// comes (lost while the broker restarted) would wait forever: past
     /// `FETCH_LIMIT` it fails, and the supervisor restarts the runner from
     /// the acknowledgement floor.
-    async fn fetch(&mut self, port: usize) -> Result<Vec<Input>> {
-        let (flow, consumer) = &self.consumers[port];
-        let max = self.spec.limits.batch.max(1);
-        let pull = async {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(max)
-                .messages()
+    ///
+    /// Up to `max` events; with `wait`, the broker holds the request that
+    /// long for them to come, else it answers at once with what it has.
+    fn fetch_task(
+        &self,
+        port: usize,
+        max: usize,
+        wait: Option<Duration>,
+    ) -> impl std::future::Future<Output = Result<Vec<Input>>> + Send + 'static + use<> {
+        let (flow, consumer) = self.consumers[port].clone();
+        let max = max.max(1);
+        async move {
+            let pull = async {
+                let requested = match wait {
+                    Some(expires) => {
+                        consumer
+                            .batch()
+                            .max_messages(max)
+                            .expires(expires)
+                            .messages()
+                            .await
+                    }
+                    None => consumer.fetch().max_messages(max).messages().await,
+                };
+                let mut batch = requested.map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
+                let mut inputs = Vec::new();
+                while let Some(message) = batch.next().await {
+                    let message = message.map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
+                    let info = message.info().map_err(|e| anyhow!("message info: {e}"))?;
+                    let (stream, sequence) = (info.stream.to_owned(), info.stream_sequence);
+                    inputs.push(Input {
+                        message,
+                        stream,
+                        sequence,
+                    });
+                }
+                Ok(inputs)
+            };
+            tokio::time::timeout(FETCH_LIMIT, pull)
                 .await
-                .map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
-            let mut inputs = Vec::new();
-            while let Some(message) = batch.next().await {
-                let message = message.map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
-                let info = message.info().map_err(|e| anyhow!("message info: {e}"))?;
-                let (stream, sequence) = (info.stream.to_owned(), info.stream_sequence);
-                inputs.push(Input {
-                    message,
-                    stream,
-                    sequence,
-                });
-            }
-            Ok(inputs)
-        };
-        tokio::time::timeout(FETCH_LIMIT, pull)
-            .await
-            .map_err(|_| anyhow!("fetching from {flow}: no answer within {FETCH_LIMIT:?}"))?
+                .map_err(|_| anyhow!("fetching from {flow}: no answer within {FETCH_LIMIT:?}"))?
+        }
     }
 
     fn pack(inputs: &[Input], group: &[usize]) -> Packer {
@@ -576,33 +700,126 @@ impl Runner {
             outgoing.push(self.dead_letter(port, &inputs[letter.index], &letter.error));
         }
         let written = outgoing.len() as u64 - dead_count;
-        self.store(outgoing).await?;
-        self.persist_state().await?;
+        let state = self.take_state_changes();
         // A single instance's consumer acknowledges cumulatively: the last
         // event acknowledges the batch. Instances sharing a consumer
-        // acknowledge each event (see `Broker::shared_consumer`). A lost ack
-        // only means a redelivery, which the output message ids turn into a
-        // no-op.
-        if self.spec.parallelism > 1 {
-            for input in &inputs {
-                let _ = input.message.ack().await;
+        // acknowledge each event (see `Broker::shared_consumer`).
+        let acks = if self.spec.parallelism > 1 {
+            inputs.into_iter().map(|i| i.message).collect()
+        } else {
+            inputs
+                .into_iter()
+                .last()
+                .map(|i| i.message)
+                .into_iter()
+                .collect()
+        };
+        let bytes = outgoing.iter().map(|m| m.payload.len()).sum();
+        self.send(
+            InFlight {
+                messages: outgoing,
+                bytes,
+                stored: None,
+                state,
+                acks,
+                events_in: n as u64,
+                written,
+                dead_lettered: dead_count,
+                started,
+            },
+            status,
+        )
+        .await
+    }
+
+    /// Sends a processed batch's outputs and queues it to be acknowledged
+    /// once they are stored, after the batches before it. The queue is
+    /// bounded ([`IN_FLIGHT_BATCHES`], [`IN_FLIGHT_MESSAGES`],
+    /// [`IN_FLIGHT_BYTES`]): past it, the oldest batch is waited for.
+    async fn send(&mut self, mut batch: InFlight, status: &mut Status) -> Result<()> {
+        while !self.in_flight.is_empty()
+            && (self.in_flight.len() >= IN_FLIGHT_BATCHES
+                || self.in_flight_messages + batch.messages.len() > IN_FLIGHT_MESSAGES
+                || self.in_flight_bytes + batch.bytes > IN_FLIGHT_BYTES)
+        {
+            self.complete_oldest(status).await?;
+        }
+        if !batch.messages.is_empty() {
+            match self.ctx.broker.send(&batch.messages).await {
+                Ok(sending) => batch.stored = Some(tokio::spawn(sending.stored())),
+                Err(e) => {
+                    // The broker is away: what came before is stored
+                    // first, then this batch, waiting as long as it takes.
+                    tracing::debug!(processor = self.spec.id, "sending outputs: {e}");
+                    self.drain(status).await?;
+                    self.store(batch.messages.clone()).await?;
+                }
             }
-        } else if let Some(last) = inputs.last() {
-            let _ = last.message.ack().await;
+        }
+        self.in_flight_messages += batch.messages.len();
+        self.in_flight_bytes += batch.bytes;
+        self.in_flight.push_back(batch);
+        Ok(())
+    }
+
+    /// Completes the batches at the front of the queue whose outputs are
+    /// stored, without waiting.
+    async fn complete_ready(&mut self, status: &mut Status) -> Result<()> {
+        while self.in_flight.front().is_some_and(InFlight::is_done) {
+            self.complete_oldest(status).await?;
+        }
+        Ok(())
+    }
+
+    /// Completes every batch in flight.
+    async fn drain(&mut self, status: &mut Status) -> Result<()> {
+        while !self.in_flight.is_empty() {
+            self.complete_oldest(status).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the oldest batch's outputs are stored (sending them
+    /// again if the broker lost them: their message ids make a second
+    /// copy a no-op), persists its state and acknowledges its inputs.
+    async fn complete_oldest(&mut self, status: &mut Status) -> Result<()> {
+        let Some(batch) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        self.in_flight_messages -= batch.messages.len();
+        self.in_flight_bytes -= batch.bytes;
+        if let Some(stored) = batch.stored {
+            let failure = match stored.await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = failure {
+                tracing::debug!(processor = self.spec.id, "outputs not confirmed: {e}");
+                self.store(batch.messages).await?;
+            }
+        }
+        self.persist_state(batch.state).await?;
+        // A lost ack only means a redelivery, which the output message ids
+        // turn into a no-op.
+        for message in &batch.acks {
+            let _ = message.ack().await;
         }
         self.ctx
             .processed
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(batch.events_in, std::sync::atomic::Ordering::Relaxed);
         let m = &self.ctx.metrics;
-        m.events_out.get_or_create(&self.label).inc_by(written);
+        m.events_out
+            .get_or_create(&self.label)
+            .inc_by(batch.written);
         m.dead_lettered
             .get_or_create(&self.label)
-            .inc_by(dead_count);
+            .inc_by(batch.dead_lettered);
         m.batch_seconds
             .get_or_create(&self.label)
-            .observe(started.elapsed().as_secs_f64());
-        status.events_out += written;
-        status.dead_lettered += dead_count;
+            .observe(batch.started.elapsed().as_secs_f64());
+        status.events_out += batch.written;
+        status.dead_lettered += batch.dead_lettered;
         Ok(())
     }
 
@@ -642,6 +859,8 @@ impl Runner {
     }
 
     async fn tick(&mut self, status: &mut Status) -> Result<()> {
+        // State is persisted in call order: the batches' first.
+        self.drain(status).await?;
         let (_, result) = self.call(None, Packer::default()).await?;
         match result
             .map_err(|e| e.to_string())
@@ -650,7 +869,8 @@ impl Runner {
             Ok(out) => {
                 let n = out.len() as u64;
                 self.store(out).await?;
-                self.persist_state().await?;
+                let changes = self.take_state_changes();
+                self.persist_state(changes).await?;
                 status.events_out += n;
                 self.ctx
                     .metrics
@@ -774,7 +994,11 @@ impl Runner {
         }
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.ctx.broker.publish(messages.iter().cloned()).await {
+            let stored = match self.ctx.broker.send(&messages).await {
+                Ok(sending) => sending.stored().await,
+                Err(e) => Err(e),
+            };
+            match stored {
                 Ok(_) => return Ok(()),
                 Err(e) => {
                     // A runner asked to stop gives up (its output flow may
@@ -794,10 +1018,10 @@ impl Runner {
         }
     }
 
-    /// Writes the keyed-state changes of the last calls to the broker.
-    async fn persist_state(&mut self) -> Result<()> {
-        let changes: Vec<(String, String, Option<Vec<u8>>)> = match self.work.as_mut() {
-            None => return Ok(()),
+    /// The keyed-state changes of the calls since the last time.
+    fn take_state_changes(&mut self) -> StateChanges {
+        match self.work.as_mut() {
+            None => Vec::new(),
             Some(Work::Single(p)) => p
                 .state()
                 .take_changes()
@@ -805,7 +1029,11 @@ impl Runner {
                 .map(|(k, v)| (self.spec.id.clone(), k, v))
                 .collect(),
             Some(Work::Chain(c)) => c.state_changes(),
-        };
+        }
+    }
+
+    /// Writes keyed-state changes to the broker.
+    async fn persist_state(&mut self, changes: StateChanges) -> Result<()> {
         for (owner, key, value) in changes {
             let kv_key = spec::state_key(&owner, &key);
             let mut backoff = Duration::from_millis(50);

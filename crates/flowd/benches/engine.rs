@@ -1,12 +1,22 @@
-//! Engine benchmark: events/s through the broker, in one run:
+//! Engine benchmark, in one run:
 //!
-//! - baseline: a plain JetStream loop (pull 100, publish with message ids,
-//!   wait for acks, ack the inputs), the least any processor host must do;
-//! - the same events through 1 and 3 chained Wasm `passthrough` processors
-//!   run by the engine;
-//! - and through filter -> transform -> router;
-//! - the same two chains as pipelines whose steps run fused in one runner
-//!   (docs/pipelines.md): one broker hop instead of three.
+//! **Relays of stored events** (the input flow is loaded first, so each
+//! figure is the relay alone), medians of three rounds:
+//! - the best raw relay written against async-nats: a continuous pull,
+//!   publish acknowledgements pipelined in a window, cumulative input acks
+//!   (batch and window tuned: the best of the settings tried is the
+//!   baseline);
+//! - the naive loop (fetch 100, publish, await the acks, ack);
+//! - one Wasm `passthrough` processor; three fused passthrough steps (a
+//!   pipeline); fused filter -> transform -> router; three chained
+//!   passthrough processors (three broker hops);
+//! - for each, the CPU the host process and the broker spent per event.
+//!
+//! **Latency** from write to stored output through one passthrough
+//! processor, at half the rate it relays stored events: p50 and p99.
+//!
+//! **Write-concurrent** figures: events/s from the first write until the
+//! last output is stored, as a user writing into a running pipeline sees.
 //!
 //! It starts its own nats-server (installed by scripts/setup). Run with
 //! `cargo bench -p flowd --bench engine` after `scripts/build-processors`.
@@ -26,11 +36,16 @@ use flowd_engine::registry::Registry;
 use flowd_wasm::Kind;
 use flowd_wasm::{Host, HostConfig};
 use futures::StreamExt;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{Nats, component};
 
-const EVENTS: usize = 50_000;
+/// Events per relay figure.
+const EVENTS: usize = 100_000;
+/// Events per write-concurrent figure.
+const WRITTEN: usize = 50_000;
+const ROUNDS: usize = 3;
 
 fn flow(name: &str) -> FlowName {
     FlowName::parse(&format!("{name}.bench.example.com")).expect("valid")
@@ -53,35 +68,117 @@ fn invoice(i: usize) -> Event {
         .expect("valid")
 }
 
+async fn count(agent: &Agent, name: &str) -> Result<u64> {
+    Ok(agent.describe_flow(&flow(name)).await?.events)
+}
+
 async fn wait_for(agent: &Agent, name: &str, n: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let now = agent.describe_flow(&flow(name)).await?.events;
+        let now = count(agent, name).await?;
         if now >= n {
             return Ok(());
         }
         if Instant::now() > deadline {
             return Err(anyhow!("{name} reached only {now} of {n} events"));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
     }
+}
+
+/// How often the output flows are counted.
+const POLL_MS: u64 = 20;
+
+/// CPU time (user + system) of a process so far.
+fn cpu(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // The fields after the command name (which may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after it.
+    let hz = 100; // USER_HZ on Linux
+    Duration::from_micros((ticks(11) + ticks(12)) * 1_000_000 / hz)
+}
+
+/// A relay figure: events/s and CPU-µs per event of the host and broker.
+#[derive(Debug, Clone, Copy, Default)]
+struct Figure {
+    rate: f64,
+    host_us: f64,
+    broker_us: f64,
+}
+
+fn median(mut figures: Vec<Figure>) -> Figure {
+    figures.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    figures[figures.len() / 2]
+}
+
+/// Measures a relay of `n` stored events into `outs` (each expecting its
+/// share): from the first output stored to the last, so start-up is not
+/// counted; CPU over the same span.
+async fn relay_figure(agent: &Agent, broker_pid: u32, outs: &[(&str, u64)]) -> Result<Figure> {
+    let me = std::process::id();
+    let total: u64 = outs.iter().map(|(_, n)| n).sum();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sum = || async {
+        let mut s = 0;
+        for (out, _) in outs {
+            s += count(agent, out).await?;
+        }
+        Ok::<u64, anyhow::Error>(s)
+    };
+    let (start, first, host0, broker0) = loop {
+        let seen = sum().await?;
+        if seen > 0 {
+            break (Instant::now(), seen, cpu(me), cpu(broker_pid));
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("nothing arrived in {:?}", outs));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    for (out, n) in outs {
+        wait_for(agent, out, *n).await?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let n = (total - first).max(1) as f64;
+    Ok(Figure {
+        rate: n / elapsed,
+        host_us: (cpu(me) - host0).as_secs_f64() * 1e6 / n,
+        broker_us: (cpu(broker_pid) - broker0).as_secs_f64() * 1e6 / n,
+    })
+}
+
+/// Stores `events` in `name`, pipelined.
+async fn load(agent: &Agent, name: &str, events: &[Event]) -> Result<()> {
+    for chunk in events.chunks(5000) {
+        agent.write(&flow(name), chunk).await?;
+    }
+    Ok(())
 }
 
 /// Events/s from the first write until the last event is in `out`.
 async fn measure(agent: &Agent, events: &[Event], input: &str, out: &str) -> Result<f64> {
     let start = Instant::now();
-    for chunk in events.chunks(5000) {
-        agent.write(&flow(input), chunk).await?;
-    }
+    load(agent, input, events).await?;
     wait_for(agent, out, events.len() as u64).await?;
     Ok(events.len() as f64 / start.elapsed().as_secs_f64())
 }
 
-/// The baseline: the broker work of one stage, without a processor.
-async fn baseline_loop(broker: Broker, from: FlowName, to: FlowName, n: usize) -> Result<()> {
-    let consumer = broker
-        .durable_consumer(&from, "baseline", 200, None)
-        .await?;
+/// The naive loop: fetch 100, publish, await the acks, ack.
+async fn naive_relay(broker: Broker, from: FlowName, to: FlowName, n: usize) -> Result<()> {
+    let consumer = broker.durable_consumer(&from, "naive", 200, None).await?;
     let js = broker.jetstream().clone();
     let mut done = 0;
     while done < n {
@@ -96,14 +193,14 @@ async fn baseline_loop(broker: Broker, from: FlowName, to: FlowName, n: usize) -
             messages.push(m.map_err(|e| anyhow!("{e}"))?);
         }
         if messages.is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
         }
         let mut acks = Vec::new();
         for m in &messages {
             let mut headers = m.headers.clone().unwrap_or_default();
             let seq = m.info().map_err(|e| anyhow!("{e}"))?.stream_sequence;
-            headers.insert(NATS_MESSAGE_ID, format!("baseline-{seq}"));
+            headers.insert(NATS_MESSAGE_ID, format!("naive-{seq}"));
             acks.push(
                 js.publish_with_headers(to.subject(), headers, m.payload.clone())
                     .await?,
@@ -117,6 +214,67 @@ async fn baseline_loop(broker: Broker, from: FlowName, to: FlowName, n: usize) -
             let _ = last.ack().await;
         }
         done += messages.len();
+    }
+    Ok(())
+}
+
+/// The best raw relay: a continuous pull of `batch`-sized requests, up to
+/// `window` publish acknowledgements in flight, and a cumulative input
+/// ack once every `batch` inputs before it are stored.
+async fn pipelined_relay(
+    broker: Broker,
+    from: FlowName,
+    to: FlowName,
+    n: usize,
+    batch: usize,
+    window: usize,
+) -> Result<()> {
+    let consumer = broker
+        .durable_consumer(&from, "pipelined", (window + 2 * batch) as i64, None)
+        .await?;
+    let js = broker.jetstream().clone();
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .messages()
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let subject = to.subject();
+    let mut in_flight: VecDeque<(async_nats::jetstream::context::PublishAckFuture, _)> =
+        VecDeque::new();
+    let (mut done, mut since_ack) = (0, 0);
+    let confirm = |ack: async_nats::jetstream::context::PublishAckFuture,
+                   m: async_nats::jetstream::Message,
+                   last: bool| async move {
+        ack.await?;
+        if last {
+            let _ = m.ack().await;
+        }
+        Ok::<(), anyhow::Error>(())
+    };
+    while done < n {
+        let m = messages
+            .next()
+            .await
+            .ok_or_else(|| anyhow!("the pull ended"))?
+            .map_err(|e| anyhow!("{e}"))?;
+        let mut headers = m.headers.clone().unwrap_or_default();
+        let seq = m.info().map_err(|e| anyhow!("{e}"))?.stream_sequence;
+        headers.insert(NATS_MESSAGE_ID, format!("pipelined-{seq}"));
+        let ack = js
+            .publish_with_headers(subject.clone(), headers, m.payload.clone())
+            .await?;
+        in_flight.push_back((ack, m));
+        done += 1;
+        while in_flight.len() > window || (done == n && !in_flight.is_empty()) {
+            let (ack, m) = in_flight.pop_front().expect("not empty");
+            since_ack += 1;
+            let last = since_ack >= batch || in_flight.is_empty();
+            if last {
+                since_ack = 0;
+            }
+            confirm(ack, m, last).await?;
+        }
     }
     Ok(())
 }
@@ -152,6 +310,320 @@ async fn stage(
     Ok(())
 }
 
+async fn create_flows(agent: &Agent, names: &[String]) -> Result<()> {
+    for name in names {
+        agent
+            .create_flow(&flow(name), &FlowSettings::default())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Removes what a figure made, so that later figures do not pay for it.
+async fn clean(agent: &Agent, processors: &[String], flows: &[String]) -> Result<()> {
+    for id in processors {
+        agent.delete_processor(id).await?;
+    }
+    for name in flows {
+        agent.delete_flow(&flow(name)).await?;
+    }
+    Ok(())
+}
+
+/// Loads `events` into `name` and lets the broker settle.
+async fn preload(agent: &Agent, name: &str, events: &[Event]) -> Result<()> {
+    load(agent, name, events).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(())
+}
+
+async fn apply(pipelines: &Pipelines, text: &str) -> Result<()> {
+    pipelines
+        .apply_as(
+            &Principal::Host,
+            &text.replace("NS", "bench.example.com"),
+            false,
+        )
+        .await?;
+    Ok(())
+}
+
+/// One round of every relay figure, on flows of its own.
+async fn relay_round(
+    r: usize,
+    agent: &Agent,
+    pipelines: &Pipelines,
+    url: &str,
+    broker_pid: u32,
+    events: &[Event],
+    settings: &[(usize, usize)],
+) -> Result<Vec<Figure>> {
+    let f = |name: &str| format!("r{r}-{name}");
+    let mut names = vec![f("naive-in"), f("naive-out")];
+    for (b, w) in settings {
+        names.push(f(&format!("raw{b}x{w}-in")));
+        names.push(f(&format!("raw{b}x{w}-out")));
+    }
+    for name in [
+        "p1-in", "p1-out", "f3-in", "f3-out", "fc-in", "fc-eu", "fc-us", "fc-apac", "c3-in",
+        "c3-a", "c3-b", "c3-out",
+    ] {
+        names.push(f(name));
+    }
+    create_flows(agent, &names).await?;
+    let n = events.len() as u64;
+    let mut figures = Vec::new();
+
+    // The raw relays: the best of the settings tried, then the naive loop.
+    let mut best = Figure::default();
+    for (b, w) in settings {
+        let (input, output) = (f(&format!("raw{b}x{w}-in")), f(&format!("raw{b}x{w}-out")));
+        preload(agent, &input, events).await?;
+        let broker = Broker::connect(&[url.to_owned()], "bench relay").await?;
+        let relay = tokio::spawn(pipelined_relay(
+            broker,
+            flow(&input),
+            flow(&output),
+            events.len(),
+            *b,
+            *w,
+        ));
+        let figure = relay_figure(agent, broker_pid, &[(&output, n)]).await?;
+        relay.await??;
+        clean(agent, &[], &[input, output]).await?;
+        eprintln!(
+            "round {r}: raw relay batch {b} window {w}: {:.0}/s",
+            figure.rate
+        );
+        if figure.rate > best.rate {
+            best = figure;
+        }
+    }
+    figures.push(best);
+    if std::env::var_os("FLOWD_BENCH_RAW_ONLY").is_some() {
+        return Ok(figures);
+    }
+    preload(agent, &f("naive-in"), events).await?;
+    let broker = Broker::connect(&[url.to_owned()], "bench naive").await?;
+    let relay = tokio::spawn(naive_relay(
+        broker,
+        flow(&f("naive-in")),
+        flow(&f("naive-out")),
+        events.len(),
+    ));
+    figures.push(relay_figure(agent, broker_pid, &[(&f("naive-out"), n)]).await?);
+    relay.await??;
+    clean(agent, &[], &[f("naive-in"), f("naive-out")]).await?;
+
+    // One processor.
+    preload(agent, &f("p1-in"), events).await?;
+    stage(
+        agent,
+        &f("p1"),
+        "flow_passthrough",
+        &[],
+        &f("p1-in"),
+        &[&f("p1-out")],
+    )
+    .await?;
+    figures.push(relay_figure(agent, broker_pid, &[(&f("p1-out"), n)]).await?);
+    clean(agent, &[f("p1")], &[f("p1-in"), f("p1-out")]).await?;
+
+    // Three fused passthrough steps.
+    preload(agent, &f("f3-in"), events).await?;
+    apply(
+        pipelines,
+        &format!(
+            "name: {}
+inputs: {{in: flow://{}.NS}}
+outputs: {{out: flow://{}.NS}}
+steps:
+  - {{name: a, component: passthrough@1, from: in}}
+  - {{name: b, component: passthrough@1, from: a}}
+  - {{name: c, component: passthrough@1, from: b, to: out}}
+",
+            f("fused3"),
+            f("f3-in"),
+            f("f3-out")
+        ),
+    )
+    .await?;
+    figures.push(relay_figure(agent, broker_pid, &[(&f("f3-out"), n)]).await?);
+    pipelines.delete_as(&Principal::Host, &f("fused3")).await?;
+    clean(agent, &[], &[f("f3-in"), f("f3-out")]).await?;
+
+    // Fused filter -> transform -> router.
+    preload(agent, &f("fc-in"), events).await?;
+    apply(
+        pipelines,
+        &format!(
+            "name: {}
+inputs: {{in: flow://{}.NS}}
+outputs: {{eu: flow://{}.NS, us: flow://{}.NS, apac: flow://{}.NS}}
+steps:
+  - {{name: f, component: filter@1, from: in, config: {{where: data.amount >= 0}}}}
+  - {{name: t, component: transform@1, from: f, config: {{set.data.status: big}}}}
+  - name: r
+    component: router@1
+    from: t
+    to: [eu, us, apac]
+    config: {{by: data.region, route.eu: eu, route.us: us, route.apac: apac}}
+",
+            f("fusedc"),
+            f("fc-in"),
+            f("fc-eu"),
+            f("fc-us"),
+            f("fc-apac")
+        ),
+    )
+    .await?;
+    let len = events.len();
+    figures.push(
+        relay_figure(
+            agent,
+            broker_pid,
+            &[
+                (&f("fc-eu"), len.div_ceil(3) as u64),
+                (&f("fc-us"), (len + 1) as u64 / 3),
+                (&f("fc-apac"), (len / 3) as u64),
+            ],
+        )
+        .await?,
+    );
+    pipelines.delete_as(&Principal::Host, &f("fusedc")).await?;
+    clean(
+        agent,
+        &[],
+        &[f("fc-in"), f("fc-eu"), f("fc-us"), f("fc-apac")],
+    )
+    .await?;
+
+    // Three chained processors: three broker hops.
+    preload(agent, &f("c3-in"), events).await?;
+    stage(
+        agent,
+        &f("c3a"),
+        "flow_passthrough",
+        &[],
+        &f("c3-in"),
+        &[&f("c3-a")],
+    )
+    .await?;
+    stage(
+        agent,
+        &f("c3b"),
+        "flow_passthrough",
+        &[],
+        &f("c3-a"),
+        &[&f("c3-b")],
+    )
+    .await?;
+    stage(
+        agent,
+        &f("c3c"),
+        "flow_passthrough",
+        &[],
+        &f("c3-b"),
+        &[&f("c3-out")],
+    )
+    .await?;
+    figures.push(relay_figure(agent, broker_pid, &[(&f("c3-out"), n)]).await?);
+    clean(
+        agent,
+        &[f("c3a"), f("c3b"), f("c3c")],
+        &[f("c3-in"), f("c3-a"), f("c3-b"), f("c3-out")],
+    )
+    .await?;
+    eprintln!(
+        "round {r}: {:?}",
+        figures.iter().map(|f| f.rate.round()).collect::<Vec<_>>()
+    );
+    Ok(figures)
+}
+
+/// Write -> stored output latency through one passthrough processor at
+/// `rate` events/s for `secs` seconds: (p50, p99, p99.9) in ms.
+async fn latency(
+    agent: &Agent,
+    url: &str,
+    events: &[Event],
+    id: &str,
+    rate: f64,
+    secs: f64,
+) -> Result<(f64, f64, f64)> {
+    let (input, output) = (format!("{id}-in"), format!("{id}-out"));
+    create_flows(agent, &[input.clone(), output.clone()]).await?;
+    stage(agent, id, "flow_passthrough", &[], &input, &[&output]).await?;
+    let client = async_nats::connect(url).await?;
+    let mut outputs = client.subscribe(flow(&output).subject()).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    // Warm the processor up.
+    load(agent, &input, &events[..100]).await?;
+    for _ in 0..100 {
+        outputs.next().await;
+    }
+    let n = (rate * secs) as usize;
+    let origin = Instant::now();
+    let writer = {
+        let js = js.clone();
+        let subject = flow(&input).subject();
+        // Not the warm-up's events: the processor's output ids would make
+        // them duplicates.
+        let messages: Vec<_> = events[100..]
+            .iter()
+            .cycle()
+            .take(n)
+            .enumerate()
+            .map(|(i, e)| {
+                let (mut headers, payload) = flowd_broker::codec::message_for_event(e);
+                headers.insert(NATS_MESSAGE_ID, format!("{id}-{i}"));
+                (headers, payload)
+            })
+            .collect();
+        tokio::spawn(async move {
+            let mut acks = VecDeque::new();
+            for (i, (mut headers, payload)) in messages.into_iter().enumerate() {
+                let due = Duration::from_secs_f64(i as f64 / rate);
+                if let Some(wait) = due.checked_sub(origin.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+                headers.insert("bench-sent-us", origin.elapsed().as_micros().to_string());
+                acks.push_back(
+                    js.publish_with_headers(subject.clone(), headers, payload)
+                        .await?,
+                );
+                while acks.len() > 1000 {
+                    acks.pop_front().expect("not empty").await?;
+                }
+            }
+            for ack in acks {
+                ack.await?;
+            }
+            Ok::<(), anyhow::Error>(())
+        })
+    };
+    let mut latencies = Vec::with_capacity(n);
+    while latencies.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(30), outputs.next())
+            .await?
+            .ok_or_else(|| anyhow!("the subscription ended"))?;
+        let now = origin.elapsed().as_micros() as f64;
+        if let Some(sent) = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("bench-sent-us"))
+            .and_then(|v| v.as_str().parse::<f64>().ok())
+        {
+            latencies.push((now - sent) / 1000.0);
+        }
+    }
+    writer.await??;
+    clean(agent, &[id.to_owned()], &[input, output]).await?;
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Ok((at(0.5), at(0.99), at(0.999)))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -162,6 +634,9 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let server = Nats::start();
+    let broker_pid = server
+        .pid()
+        .ok_or_else(|| anyhow!("nats-server is not running"))?;
     let url = server.url();
     let state = tempfile::tempdir()?;
     let mut config = Config::default();
@@ -174,80 +649,6 @@ async fn main() -> Result<()> {
     config.fns.listen = None;
     let daemon = Daemon::start(config).await?;
     let agent = Agent::connect(std::slice::from_ref(&url)).await?;
-    for name in [
-        "b-in", "b-out", "p1-in", "p1-out", "p3-in", "p3-a", "p3-b", "p3-out", "c-in", "c-big",
-        "c-tagged", "c-eu", "c-us", "c-apac", "f3-in", "f3-out", "fc-in", "fc-eu", "fc-us",
-        "fc-apac",
-    ] {
-        agent
-            .create_flow(&flow(name), &FlowSettings::default())
-            .await?;
-    }
-    let events: Vec<Event> = (0..EVENTS).map(invoice).collect();
-
-    let broker = Broker::connect(std::slice::from_ref(&url), "bench baseline").await?;
-    let looper = tokio::spawn(baseline_loop(broker, flow("b-in"), flow("b-out"), EVENTS));
-    let baseline = measure(&agent, &events, "b-in", "b-out").await?;
-    eprintln!("baseline: {baseline:.0} events/s");
-    looper.await??;
-
-    stage(&agent, "p1", "flow_passthrough", &[], "p1-in", &["p1-out"]).await?;
-    let one = measure(&agent, &events, "p1-in", "p1-out").await?;
-    eprintln!("1 stage: {one:.0} events/s");
-
-    stage(&agent, "p3a", "flow_passthrough", &[], "p3-in", &["p3-a"]).await?;
-    stage(&agent, "p3b", "flow_passthrough", &[], "p3-a", &["p3-b"]).await?;
-    stage(&agent, "p3c", "flow_passthrough", &[], "p3-b", &["p3-out"]).await?;
-    let three = measure(&agent, &events, "p3-in", "p3-out").await?;
-    eprintln!("3 stages: {three:.0} events/s");
-
-    stage(
-        &agent,
-        "cf",
-        "flow_filter",
-        &[("where", "data.amount >= 0")],
-        "c-in",
-        &["c-big"],
-    )
-    .await?;
-    stage(
-        &agent,
-        "ct",
-        "flow_transform",
-        &[("set.data.status", "big")],
-        "c-big",
-        &["c-tagged"],
-    )
-    .await?;
-    stage(
-        &agent,
-        "cr",
-        "flow_router",
-        &[
-            ("by", "data.region"),
-            ("route.eu", "c-eu"),
-            ("route.us", "c-us"),
-            ("route.apac", "c-apac"),
-        ],
-        "c-tagged",
-        &["c-eu", "c-us", "c-apac"],
-    )
-    .await?;
-    let start = Instant::now();
-    for chunk in events.chunks(5000) {
-        agent.write(&flow("c-in"), chunk).await?;
-    }
-    for (out, n) in [
-        ("c-eu", EVENTS.div_ceil(3)),
-        ("c-us", (EVENTS + 1) / 3),
-        ("c-apac", EVENTS / 3),
-    ] {
-        wait_for(&agent, out, n as u64).await?;
-    }
-    let chain = EVENTS as f64 / start.elapsed().as_secs_f64();
-    eprintln!("filter->transform->router: {chain:.0} events/s");
-
-    // The same chains as pipelines: fused steps, one broker hop.
     let registry = Registry::open(
         &Broker::connect(std::slice::from_ref(&url), "bench registry").await?,
         Arc::new(Host::new(HostConfig::default())?),
@@ -272,93 +673,116 @@ async fn main() -> Result<()> {
             .await?;
     }
     let pipelines = Pipelines::open(agent.clone(), registry, RunLimits::default()).await?;
-    let manifest = |text: &str| text.replace("NS", "bench.example.com");
-    pipelines
-        .apply_as(
-            &Principal::Host,
-            &manifest(
-                "name: fused3
-inputs: {in: flow://f3-in.NS}
-outputs: {out: flow://f3-out.NS}
-steps:
-  - {name: a, component: passthrough@1, from: in}
-  - {name: b, component: passthrough@1, from: a}
-  - {name: c, component: passthrough@1, from: b, to: out}
-",
-            ),
-            false,
-        )
-        .await?;
-    let fused3 = measure(&agent, &events, "f3-in", "f3-out").await?;
-    eprintln!("3 fused stages: {fused3:.0} events/s");
-    pipelines
-        .apply_as(
-            &Principal::Host,
-            &manifest(
-                "name: fusedc
-inputs: {in: flow://fc-in.NS}
-outputs: {eu: flow://fc-eu.NS, us: flow://fc-us.NS, apac: flow://fc-apac.NS}
-steps:
-  - {name: f, component: filter@1, from: in, config: {where: data.amount >= 0}}
-  - {name: t, component: transform@1, from: f, config: {set.data.status: big}}
-  - name: r
-    component: router@1
-    from: t
-    to: [eu, us, apac]
-    config: {by: data.region, route.eu: eu, route.us: us, route.apac: apac}
-",
-            ),
-            false,
-        )
-        .await?;
-    let start = Instant::now();
-    for chunk in events.chunks(5000) {
-        agent.write(&flow("fc-in"), chunk).await?;
-    }
-    for (out, n) in [
-        ("fc-eu", EVENTS.div_ceil(3)),
-        ("fc-us", (EVENTS + 1) / 3),
-        ("fc-apac", EVENTS / 3),
-    ] {
-        wait_for(&agent, out, n as u64).await?;
-    }
-    let fused_chain = EVENTS as f64 / start.elapsed().as_secs_f64();
+    let events: Vec<Event> = (0..EVENTS).map(invoice).collect();
 
-    println!("flowd engine benchmark: {EVENTS} events of ~330 bytes, write -> last output stored");
+    // Relays of stored events, medians of the rounds.
+    let settings: Vec<(usize, usize)> = match std::env::var("FLOWD_BENCH_RELAYS") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|s| s.split_once('x'))
+            .filter_map(|(b, w)| Some((b.parse().ok()?, w.parse().ok()?)))
+            .collect(),
+        Err(_) => vec![(100, 2000), (500, 2000)],
+    };
+    let mut rounds = Vec::new();
+    for r in 0..ROUNDS {
+        rounds
+            .push(relay_round(r, &agent, &pipelines, &url, broker_pid, &events, &settings).await?);
+    }
+    if std::env::var_os("FLOWD_BENCH_RAW_ONLY").is_some() {
+        daemon.shutdown().await;
+        return Ok(());
+    }
+    let rows = [
+        "raw relay, pipelined (the baseline)",
+        "raw relay, naive loop",
+        "1 passthrough processor",
+        "3 fused passthrough steps",
+        "fused filter -> transform -> router",
+        "3 chained passthrough processors",
+    ];
+    let targets = ["", "", ">= 90 %", ">= 85 %", ">= 70 %", ">= 30 %"];
+    let medians: Vec<Figure> = (0..rows.len())
+        .map(|i| median(rounds.iter().map(|r| r[i]).collect()))
+        .collect();
+    // Each round's ratio to that round's baseline (the broker's speed
+    // drifts between rounds), then their median.
+    let ratios: Vec<f64> = (0..rows.len())
+        .map(|i| {
+            let mut r: Vec<f64> = rounds.iter().map(|f| f[i].rate / f[0].rate).collect();
+            r.sort_by(f64::total_cmp);
+            r[r.len() / 2]
+        })
+        .collect();
+
+    // Write-concurrent figures: write while the pipeline runs.
+    let written = &events[..WRITTEN];
+    create_flows(
+        &agent,
+        &[
+            "w1-in".into(),
+            "w1-out".into(),
+            "wb-in".into(),
+            "wb-out".into(),
+        ],
+    )
+    .await?;
+    let broker = Broker::connect(std::slice::from_ref(&url), "bench write").await?;
+    let relay = tokio::spawn(pipelined_relay(
+        broker,
+        flow("wb-in"),
+        flow("wb-out"),
+        WRITTEN,
+        100,
+        2000,
+    ));
+    let w_baseline = measure(&agent, written, "wb-in", "wb-out").await?;
+    relay.await??;
+    stage(&agent, "w1", "flow_passthrough", &[], "w1-in", &["w1-out"]).await?;
+    let w_one = measure(&agent, written, "w1-in", "w1-out").await?;
+
+    // Latency at half the rate one processor keeps up with while events
+    // are written (the writer shares the machine), and at a light load.
+    let half = w_one / 2.0;
+    let (p50, p99, p999) = latency(&agent, &url, &events, "lat1", half, 2.0).await?;
+    let light = 1_000.0;
+    let (l50, l99, l999) = latency(&agent, &url, &events, "lat2", light, 2.0).await?;
+
+    println!(
+        "flowd engine benchmark: {EVENTS} stored events of ~330 bytes relayed, medians of {ROUNDS} rounds"
+    );
     println!();
-    println!("{:<46} {:>10}", "pipeline", "events/s");
     println!(
-        "{:<46} {:>10.0}",
-        "baseline: JetStream pull -> publish -> ack", baseline
+        "{:<40} {:>10} {:>9} {:>8} {:>10} {:>12}",
+        "relay", "events/s", "ratio", "target", "host µs/ev", "broker µs/ev"
     );
-    println!("{:<46} {:>10.0}", "1 Wasm stage (passthrough)", one);
-    println!("{:<46} {:>10.0}", "3 Wasm stages (passthrough x3)", three);
-    println!(
-        "{:<46} {:>10.0}",
-        "3 Wasm stages (filter -> transform -> router)", chain
-    );
-    println!(
-        "{:<46} {:>10.0}",
-        "3 fused Wasm stages (passthrough x3)", fused3
-    );
-    println!(
-        "{:<46} {:>10.0}",
-        "3 fused stages (filter -> transform -> router)", fused_chain
-    );
+    for (i, row) in rows.iter().enumerate() {
+        let m = medians[i];
+        println!(
+            "{:<40} {:>10.0} {:>8.0} % {:>8} {:>10.2} {:>12.2}",
+            row,
+            m.rate,
+            100.0 * ratios[i],
+            targets[i],
+            m.host_us,
+            m.broker_us
+        );
+    }
     println!();
-    println!("1 stage / baseline  = {:.0} %", 100.0 * one / baseline);
-    println!("3 stages / baseline = {:.0} %", 100.0 * three / baseline);
+    println!("latency write -> stored output, 1 passthrough processor (target p99 <= 10 ms):");
     println!(
-        "filter->transform->router / baseline = {:.0} %",
-        100.0 * chain / baseline
+        "  at {half:.0} events/s (half the write-concurrent maximum): \
+         p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms"
     );
+    println!("  at {light:.0} events/s: p50 {l50:.2} ms, p99 {l99:.2} ms, p99.9 {l999:.2} ms");
+    println!();
+    println!("write-concurrent, {WRITTEN} events, first write -> last output stored:");
+    println!("{:<40} {:>10.0}", "raw relay, pipelined", w_baseline);
     println!(
-        "3 fused stages / baseline = {:.0} %",
-        100.0 * fused3 / baseline
-    );
-    println!(
-        "fused filter->transform->router / baseline = {:.0} %",
-        100.0 * fused_chain / baseline
+        "{:<40} {:>10.0} ({:.0} %)",
+        "1 passthrough processor",
+        w_one,
+        100.0 * w_one / w_baseline
     );
     daemon.shutdown().await;
     Ok(())
