@@ -17,6 +17,9 @@ pub const NAMESPACES: &str = "flowd-namespaces";
 pub const SUBSCRIPTIONS: &str = "flowd-subscriptions";
 /// Object store of uploaded components, named by digest.
 pub const COMPONENTS: &str = "flowd-components";
+/// Object store of compiled components, shared by the participant's
+/// hosts, keyed `<hex digest>-<engine tag>`.
+pub const ARTIFACTS: &str = "flowd-artifacts";
 /// Named, versioned components.
 pub const REGISTRY: &str = "flowd-registry";
 /// Live hosts' heartbeats.
@@ -29,13 +32,14 @@ pub const PIPELINES: &str = "flowd-pipelines";
 pub const ACCOUNTS: &str = "flowd-accounts";
 
 /// Every bucket, for tools and tests that look at all of them.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     PROCESSORS,
     STATUS,
     STATE,
     NAMESPACES,
     SUBSCRIPTIONS,
     COMPONENTS,
+    ARTIFACTS,
     REGISTRY,
     AGENTS,
     LEASES,

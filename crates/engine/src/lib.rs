@@ -20,10 +20,12 @@
 //!   object store, by digest;
 //! - [`spec`]: processor specs and statuses as stored in the broker;
 //! - [`registry`]: uploaded components, named and versioned;
+//! - [`artifacts`]: compiled components shared by the participant's hosts;
 //! - [`metrics`]: Prometheus metrics per processor.
 
 #![warn(missing_docs)]
 
+pub mod artifacts;
 mod fused;
 pub mod metrics;
 pub mod registry;
@@ -37,7 +39,7 @@ use anyhow::{Result, anyhow};
 use async_nats::jetstream::{kv, object_store::ObjectStore};
 use flowd_broker::cluster::{self, AgentRecord, ClusterConfig, Membership};
 use flowd_broker::{Broker, BrokerError};
-use flowd_core::buckets::{COMPONENTS, PROCESSORS, STATE, STATUS};
+use flowd_core::buckets::{ARTIFACTS, COMPONENTS, PROCESSORS, STATE, STATUS};
 use flowd_wasm::Host;
 use futures::StreamExt;
 use runner::RunnerHandle;
@@ -57,6 +59,7 @@ pub(crate) struct Context {
     status: kv::Store,
     state: kv::Store,
     components: ObjectStore,
+    artifacts: ObjectStore,
     /// Which instance of its processor a runner is (only instance 0
     /// writes the processor's status; the others show in their host's
     /// heartbeat).
@@ -174,6 +177,8 @@ pub struct Buckets {
     pub state: kv::Store,
     /// Component bytes by digest ([`COMPONENTS`]).
     pub components: ObjectStore,
+    /// Compiled components ([`ARTIFACTS`], see [`artifacts`]).
+    pub artifacts: ObjectStore,
 }
 
 impl Buckets {
@@ -184,6 +189,7 @@ impl Buckets {
             status: broker.kv(STATUS).await?,
             state: broker.kv(STATE).await?,
             components: broker.objects(COMPONENTS).await?,
+            artifacts: broker.objects(ARTIFACTS).await?,
         })
     }
 }
@@ -274,6 +280,7 @@ impl Engine {
             status: buckets.status,
             state: buckets.state,
             components: buckets.components,
+            artifacts: buckets.artifacts,
             instance: 0,
             processed: Arc::new(AtomicU64::new(0)),
         };

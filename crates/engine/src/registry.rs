@@ -244,6 +244,8 @@ pub struct Uploader<'a> {
 pub struct Registry {
     records: kv::Store,
     objects: ObjectStore,
+    /// Compiled forms of uploads, for every host ([`crate::artifacts`]).
+    artifacts: ObjectStore,
     host: Arc<Host>,
 }
 
@@ -254,6 +256,7 @@ impl Registry {
         Ok(Registry {
             records: broker.kv(REGISTRY).await?,
             objects: broker.objects(COMPONENTS).await?,
+            artifacts: broker.objects(flowd_core::buckets::ARTIFACTS).await?,
             host,
         })
     }
@@ -297,15 +300,10 @@ impl Registry {
                 digest: existing.digest,
             });
         }
-        // Compiling is CPU-heavy: off the async threads.
-        let host = self.host.clone();
-        let (bytes, loaded) = tokio::task::spawn_blocking(move || {
-            let loaded = host.load(&bytes);
-            (bytes, loaded)
-        })
-        .await
-        .map_err(|e| unavailable(format!("validating: {e}")))?;
-        let component = loaded?;
+        // Compiling is CPU-heavy: off the async threads; the compiled form
+        // is shared, so the hosts that run it do not compile it again.
+        let (component, _, bytes) =
+            crate::artifacts::load(&self.host, &self.artifacts, bytes).await?;
         // ...and claimed only by bytes that are a component: a refused
         // upload takes no name.
         self.claim(name, uploader).await?;

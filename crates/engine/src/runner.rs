@@ -194,10 +194,15 @@ async fn instantiate(
     limits: flowd_wasm::Limits,
 ) -> Result<Processor> {
     let bytes = ctx.component_bytes(component).await?;
+    let (component, source, _) = super::artifacts::load(&ctx.host, &ctx.artifacts, bytes)
+        .await
+        .with_context(|| format!("step {id}"))?;
+    if source == super::artifacts::Source::Shared {
+        tracing::info!(processor = id, "loaded the component another host compiled");
+    }
     let host = ctx.host.clone();
     let state = ctx.load_state(id).await?;
     tokio::task::spawn_blocking(move || -> Result<Processor> {
-        let component = host.load(&bytes)?;
         let state = KeyedState::restore(state, limits.state);
         Ok(host.create_with_state(component, setup, limits, state)?)
     })

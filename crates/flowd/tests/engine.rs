@@ -488,3 +488,85 @@ async fn signal_state_survives_a_host_restart() {
     wait_count(&agent, "alerts", 2, Duration::from_secs(30)).await;
     host.shutdown().await;
 }
+
+/// The first host to compile a component stores its compiled form in the
+/// broker; another host loads that instead of compiling, and runs it. A
+/// damaged artifact is compiled over and replaced; an engine of another
+/// configuration uses another key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_components_are_shared_through_the_broker() {
+    use flowd_engine::artifacts::{self, Source};
+    use flowd_wasm::{Host, HostConfig, Limits, ProcessorSetup};
+    use std::sync::Arc;
+    let nats = Nats::start();
+    let broker = flowd_broker::Broker::connect(&[nats.url()], "test")
+        .await
+        .expect("broker");
+    let store = broker
+        .objects(flowd_core::buckets::ARTIFACTS)
+        .await
+        .expect("store");
+    let bytes = std::fs::read(component("flow_filter")).expect("component");
+    let digest = flowd_wasm::digest(&bytes);
+    let host = || Arc::new(Host::new(HostConfig::default()).expect("host"));
+
+    let first = host();
+    let (_, source, _) = artifacts::load(&first, &store, bytes.clone())
+        .await
+        .expect("loads");
+    assert_eq!(source, Source::Compiled);
+    let key = first.artifact_key(&digest);
+    assert!(
+        store.info(&key).await.is_ok(),
+        "the compiled form is shared"
+    );
+    let (_, again, _) = artifacts::load(&first, &store, bytes.clone())
+        .await
+        .expect("loads");
+    assert_eq!(again, Source::Local);
+
+    let second = host();
+    assert_eq!(
+        second.artifact_key(&digest),
+        key,
+        "the same engine, the same key"
+    );
+    let (_, source, _) = artifacts::load(&second, &store, bytes.clone())
+        .await
+        .expect("loads");
+    assert_eq!(source, Source::Shared, "no compile on the second host");
+    let setup = ProcessorSetup {
+        name: "f".into(),
+        config: vec![("where".into(), "type exists".into())],
+        inputs: vec!["in".into()],
+        outputs: vec!["out".into()],
+    };
+    second
+        .check(&bytes, Some(Kind::Bridge), setup, Limits::default())
+        .expect("the shared component runs");
+
+    // A damaged artifact: compiled over, and replaced for the next host.
+    let mut junk: &[u8] = b"not a compiled component";
+    store.put(key.as_str(), &mut junk).await.expect("damaged");
+    let (_, source, _) = artifacts::load(&host(), &store, bytes.clone())
+        .await
+        .expect("compiles instead");
+    assert_eq!(source, Source::Compiled);
+    let (_, source, _) = artifacts::load(&host(), &store, bytes.clone())
+        .await
+        .expect("loads");
+    assert_eq!(source, Source::Shared, "the artifact was replaced");
+
+    let other = Arc::new(
+        Host::new(HostConfig {
+            fuel: true,
+            ..HostConfig::default()
+        })
+        .expect("host"),
+    );
+    assert_ne!(
+        other.artifact_key(&digest),
+        key,
+        "another engine, another key"
+    );
+}

@@ -13,20 +13,39 @@ pub(crate) struct ArtifactCache {
     engine_tag: String,
 }
 
+/// A tag of the engine's compatibility: compiled components are used only
+/// by engines with the same tag. `DefaultHasher::new()` uses fixed keys, so
+/// the tag is stable for a given build of the host. A mismatch it misses is
+/// caught when loading (wasmtime checks its own header) and leads to a
+/// recompile.
+pub(crate) fn engine_tag(engine: &Engine) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
 impl ArtifactCache {
     pub(crate) fn new(dir: PathBuf, engine: &Engine) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
-        // `DefaultHasher::new()` uses fixed keys, so the tag is stable for a
-        // given build of the host. A mismatch it misses is caught when
-        // loading (wasmtime checks its own header) and leads to a recompile.
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let engine_tag = format!("{:016x}", hasher.finish());
+        let engine_tag = engine_tag(engine);
         Ok(ArtifactCache { dir, engine_tag })
     }
 
     fn path(&self, digest: &str) -> PathBuf {
         self.dir.join(format!("{digest}-{}.cwasm", self.engine_tag))
+    }
+
+    /// Whether a compiled form of `digest` is on disk.
+    pub(crate) fn has(&self, digest: &str) -> bool {
+        self.path(digest).is_file()
+    }
+
+    /// Keeps `component`, compiled elsewhere, on disk too.
+    pub(crate) fn keep(&self, digest: &str, component: &Component) {
+        let path = self.path(digest);
+        if let Err(e) = self.store(&path, component) {
+            tracing::warn!(path = %path.display(), "cannot cache compiled component: {e}");
+        }
     }
 
     /// The compiled component for `digest`, from disk when cached.

@@ -290,27 +290,100 @@ impl Host {
     /// Compiles (or fetches from cache), checks and pre-instantiates a
     /// component. Loading the same bytes again returns the same component.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<ProcessorComponent>, LoadError> {
+        self.load_shared(bytes, None).map(|(loaded, _)| loaded)
+    }
+
+    /// The key under which hosts share the compiled form of component
+    /// `digest`: the digest and this engine's compatibility tag, so hosts
+    /// of another build (another wasmtime, other settings) never take it.
+    pub fn artifact_key(&self, digest: &str) -> String {
+        format!(
+            "{}-{}",
+            digest.trim_start_matches("sha256:"),
+            cache::engine_tag(&self.engine)
+        )
+    }
+
+    /// Whether loading component `digest` would compile it: it is neither
+    /// loaded nor in the disk cache.
+    pub fn would_compile(&self, digest: &str) -> bool {
+        !self.loaded_components().contains_key(digest)
+            && !self
+                .cache
+                .as_ref()
+                .is_some_and(|c| c.has(digest.trim_start_matches("sha256:")))
+    }
+
+    /// [`Host::load`], taking `artifact` (the compiled form another host
+    /// of the participant stored under [`Host::artifact_key`]) instead of
+    /// compiling, when it is one this engine accepts. Returns the component
+    /// and, when this call compiled it, its compiled form for the others.
+    ///
+    /// An artifact is native code: it must come from where only the
+    /// participant's hosts write (the broker's `flowd-artifacts` store,
+    /// in the host's own account), as the disk cache does.
+    pub fn load_shared(
+        &self,
+        bytes: &[u8],
+        artifact: Option<&[u8]>,
+    ) -> Result<(Arc<ProcessorComponent>, Option<Vec<u8>>), LoadError> {
         let digest = digest(bytes);
         if let Some(found) = self.loaded_components().get(&digest) {
-            return Ok(found.clone());
+            return Ok((found.clone(), None));
         }
         check_header(bytes)?;
         let compile_error = |e: wasmtime::Error| LoadError::Compile {
             reason: format!("{e:#}"),
         };
-        let component = match &self.cache {
-            Some(cache) => {
-                let key = digest.trim_start_matches("sha256:");
-                cache
-                    .get_or_compile(&self.engine, key, bytes)
-                    .map_err(compile_error)?
-                    .0
+        let key = digest.trim_start_matches("sha256:");
+        let shared = artifact.and_then(|artifact| {
+            // SAFETY: `artifact` was written by `Component::serialize` of a
+            // host of the participant (see above) with the same engine tag
+            // (it is in the key); wasmtime checks its header and refuses
+            // what another engine or configuration produced.
+            match unsafe { wasmtime::component::Component::deserialize(&self.engine, artifact) } {
+                Ok(component) => Some(component),
+                Err(e) => {
+                    tracing::warn!(digest, "compiling: the shared artifact is unusable: {e}");
+                    None
+                }
             }
-            None => {
-                wasmtime::component::Component::new(&self.engine, bytes).map_err(compile_error)?
+        });
+        let mut compiled = None;
+        let component = match (shared, &self.cache) {
+            (Some(component), cache) => {
+                if let Some(cache) = cache {
+                    cache.keep(key, &component);
+                }
+                component
+            }
+            (None, Some(cache)) => {
+                let (component, cached) = cache
+                    .get_or_compile(&self.engine, key, bytes)
+                    .map_err(compile_error)?;
+                if !cached {
+                    compiled = component.serialize().ok();
+                }
+                component
+            }
+            (None, None) => {
+                let component = wasmtime::component::Component::new(&self.engine, bytes)
+                    .map_err(compile_error)?;
+                compiled = component.serialize().ok();
+                component
             }
         };
+        let loaded = self.finish_load(digest, bytes.len(), component)?;
+        Ok((loaded, compiled))
+    }
 
+    /// Checks a compiled component and pre-instantiates it.
+    fn finish_load(
+        &self,
+        digest: String,
+        size: usize,
+        component: wasmtime::component::Component,
+    ) -> Result<Arc<ProcessorComponent>, LoadError> {
         let ty = component.component_type();
         let exports: Vec<String> = ty
             .exports(&self.engine)
@@ -384,7 +457,7 @@ impl Host {
         let loaded = Arc::new(ProcessorComponent {
             kind,
             digest: digest.clone(),
-            size: bytes.len(),
+            size,
             imports,
             pre,
             indices,
