@@ -32,9 +32,15 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// Batches whose outputs may be on their way to the broker at once. The
 /// runner calls the component on the next batch while the broker stores
-/// the previous ones' outputs; a batch is acknowledged once its outputs
+/// the previous one's outputs; a batch is acknowledged once its outputs
 /// (and those of every batch before it) are stored, in input order.
-const IN_FLIGHT_BATCHES: usize = 16;
+///
+/// One, so that outputs keep their input order through broker failures:
+/// with two batches' publishes in flight, a leader change can lose the
+/// first batch's and store the second's, and sending the first again would
+/// store it after the second (`three_hosts_share_a_parallel_step_and_
+/// survive_losing_a_host_and_a_broker_node` saw that happen).
+const IN_FLIGHT_BATCHES: usize = 1;
 /// Output messages in flight at most (a distributor may emit many per
 /// input).
 const IN_FLIGHT_MESSAGES: usize = 4_096;
