@@ -33,7 +33,7 @@ mod runner;
 pub mod spec;
 
 pub use metrics::Metrics;
-pub use spec::{Phase, ProcessorSpec, RunLimits, Status};
+pub use spec::{Code, Phase, ProcessorSpec, RunLimits, Status};
 
 use anyhow::{Result, anyhow};
 use async_nats::jetstream::{kv, object_store::ObjectStore};

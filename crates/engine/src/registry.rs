@@ -300,10 +300,11 @@ impl Registry {
                 digest: existing.digest,
             });
         }
-        // Compiling is CPU-heavy: off the async threads; the compiled form
-        // is shared, so the hosts that run it do not compile it again.
+        // Checked on the baseline compiler's code (quick); the optimised
+        // code is compiled in the background and shared, so the hosts that
+        // run it do not compile it again.
         let (component, _, bytes) =
-            crate::artifacts::load(&self.host, &self.artifacts, bytes).await?;
+            crate::artifacts::load_quick(&self.host, &self.artifacts, bytes).await?;
         // ...and claimed only by bytes that are a component: a refused
         // upload takes no name.
         self.claim(name, uploader).await?;
@@ -465,7 +466,7 @@ impl Registry {
                 }
                 let bytes = self.bytes(digest).await.map_err(|_| not_found())?;
                 let host = self.host.clone();
-                let component = tokio::task::spawn_blocking(move || host.load(&bytes))
+                let (component, _) = tokio::task::spawn_blocking(move || host.load_quick(&bytes))
                     .await
                     .map_err(unavailable)??;
                 Ok(ComponentRecord {

@@ -7,7 +7,7 @@
 use super::Context;
 use super::fused::{Chain, Link};
 use super::metrics::Metrics;
-use super::spec::{self, FusedStep, Phase, ProcessorSpec, Status};
+use super::spec::{self, Code, FusedStep, Phase, ProcessorSpec, Status};
 use anyhow::{Context as _, Result, anyhow};
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use flow_abi::{Emit, EventSpans, Packer, View};
@@ -138,6 +138,9 @@ struct Runner {
     /// Their output messages and bytes.
     in_flight_messages: usize,
     in_flight_bytes: usize,
+    /// Whether an instance runs the baseline compiler's code, to be
+    /// restarted on the optimised code once the host has it.
+    baseline: bool,
 }
 
 /// The keyed-state changes of a call: (owner step, key, value or removal).
@@ -189,6 +192,32 @@ impl Work {
             Work::Chain(c) => c.tick(now_ms),
         }
     }
+
+    /// Whether an instance runs the baseline compiler's code.
+    fn runs_baseline(&self) -> bool {
+        self.code() == Code::Baseline
+    }
+
+    /// The code the instances run: baseline while any runs it.
+    fn code(&self) -> Code {
+        match self {
+            Work::Single(p) => Work::code_of(p),
+            Work::Chain(c) => c
+                .links
+                .iter()
+                .map(|l| Work::code_of(&l.processor))
+                .min_by_key(|c| *c == Code::Optimised)
+                .unwrap_or(Code::Optimised),
+        }
+    }
+
+    fn code_of(processor: &Processor) -> Code {
+        if processor.component().is_optimised() {
+            Code::Optimised
+        } else {
+            Code::Baseline
+        }
+    }
 }
 
 /// Instantiates one step's component with its state from the broker.
@@ -200,11 +229,20 @@ async fn instantiate(
     limits: flowd_wasm::Limits,
 ) -> Result<Processor> {
     let bytes = ctx.component_bytes(component).await?;
-    let (component, source, _) = super::artifacts::load(&ctx.host, &ctx.artifacts, bytes)
+    let (component, source, _) = super::artifacts::load_quick(&ctx.host, &ctx.artifacts, bytes)
         .await
         .with_context(|| format!("step {id}"))?;
-    if source == super::artifacts::Source::Shared {
-        tracing::info!(processor = id, "loaded the component another host compiled");
+    match source {
+        super::artifacts::Source::Shared => {
+            tracing::info!(processor = id, "loaded the component another host compiled");
+        }
+        super::artifacts::Source::Baseline => {
+            tracing::info!(
+                processor = id,
+                "starting on baseline code while the optimised code compiles"
+            );
+        }
+        _ => {}
     }
     let host = ctx.host.clone();
     let state = ctx.load_state(id).await?;
@@ -256,14 +294,24 @@ fn root_setup(spec: &ProcessorSpec) -> ProcessorSetup {
     }
 }
 
-async fn fused_link(ctx: &Context, step: &FusedStep) -> Result<Link> {
-    // A fused step's component sees the pipeline's edge names.
-    let setup = ProcessorSetup {
+/// A fused step's setup: its component sees the pipeline's edge names.
+fn step_setup(step: &FusedStep) -> ProcessorSetup {
+    ProcessorSetup {
         name: step.id.clone(),
         config: step.config.clone(),
         inputs: vec![step.input_name.clone()],
         outputs: step.output_names.clone(),
-    };
+    }
+}
+
+/// Whether `processor` runs baseline code that `host` has optimised since.
+fn upgradable(host: &flowd_wasm::Host, processor: &Processor) -> bool {
+    let component = processor.component();
+    !component.is_optimised() && host.optimised(component.digest()).is_some()
+}
+
+async fn fused_link(ctx: &Context, step: &FusedStep) -> Result<Link> {
+    let setup = step_setup(step);
     let processor = instantiate(ctx, &step.id, &step.component, setup, step.limits.wasm()).await?;
     Ok(Link {
         id: step.id.clone(),
@@ -356,8 +404,10 @@ impl Runner {
         status.generation = spec.generation;
         status.started_ms = now_ms();
         status.last_error = None;
+        status.code = work.as_ref().map(Work::code);
         ctx.write_status(&spec.id, status).await;
         tracing::info!(processor = spec.id, kind = %spec.kind, "processor running");
+        let baseline = work.as_ref().is_some_and(Work::runs_baseline);
         Ok(Runner {
             ctx: ctx.clone(),
             spec: spec.clone(),
@@ -371,7 +421,63 @@ impl Runner {
             in_flight: VecDeque::new(),
             in_flight_messages: 0,
             in_flight_bytes: 0,
+            baseline,
         })
+    }
+
+    /// Restarts the instances that run baseline code on the optimised
+    /// code, once the host has it: between two batches, after what is in
+    /// flight is stored and the state persisted, each with its state from
+    /// the broker (as an in-place update does).
+    async fn upgrade(&mut self, status: &mut Status) -> Result<()> {
+        let host = self.ctx.host.clone();
+        let ready = match &self.work {
+            Some(Work::Single(p)) => upgradable(&host, p),
+            Some(Work::Chain(c)) => c.links.iter().any(|l| upgradable(&host, &l.processor)),
+            None => false,
+        };
+        if !ready {
+            return Ok(());
+        }
+        self.drain(status).await?;
+        let spec = self.spec.clone();
+        match self.work.as_mut() {
+            Some(Work::Single(p)) => {
+                let setup = root_setup(&spec);
+                let fresh = instantiate(
+                    &self.ctx,
+                    &spec.id,
+                    &spec.component,
+                    setup,
+                    spec.limits.wasm(),
+                )
+                .await?;
+                let _ = std::mem::replace(p.as_mut(), fresh).teardown();
+            }
+            Some(Work::Chain(chain)) => {
+                for (i, link) in chain.links.iter_mut().enumerate() {
+                    if !upgradable(&host, &link.processor) {
+                        continue;
+                    }
+                    let (component, setup, limits) = match i.checked_sub(1) {
+                        None => (&spec.component, root_setup(&spec), spec.limits.wasm()),
+                        Some(j) => {
+                            let step = &spec.fused[j];
+                            (&step.component, step_setup(step), step.limits.wasm())
+                        }
+                    };
+                    let fresh = instantiate(&self.ctx, &link.id, component, setup, limits).await?;
+                    let _ = std::mem::replace(&mut link.processor, fresh).teardown();
+                }
+            }
+            None => {}
+        }
+        self.baseline = self.work.as_ref().is_some_and(Work::runs_baseline);
+        status.code = self.work.as_ref().map(Work::code);
+        self.ctx.write_status(&spec.id, status).await;
+        self.write_link_statuses(Phase::Running).await;
+        tracing::info!(processor = spec.id, "now running the optimised code");
+        Ok(())
     }
 
     /// Calls teardown and drops the instances. Batches still in flight are
@@ -436,6 +542,8 @@ impl Runner {
             link.generation = step.generation;
         }
         self.spec = new;
+        self.baseline = self.work.as_ref().is_some_and(Work::runs_baseline);
+        status.code = self.work.as_ref().map(Work::code);
         self.write_link_statuses(Phase::Running).await;
         Ok(())
     }
@@ -463,6 +571,7 @@ impl Runner {
                         last_error: None,
                         started_ms: link.started_ms,
                         updated_ms: 0,
+                        code: Some(Work::code_of(&link.processor)),
                     },
                 )
             })
@@ -489,6 +598,9 @@ impl Runner {
             if updates.has_changed().unwrap_or(false) {
                 let new = updates.borrow_and_update().clone();
                 self.apply(new, status).await?;
+            }
+            if self.baseline {
+                self.upgrade(status).await?;
             }
             let mut idle = true;
             for port in 0..self.consumers.len() {

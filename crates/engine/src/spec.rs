@@ -307,6 +307,32 @@ pub struct Status {
     pub started_ms: u64,
     /// Milliseconds since the Unix epoch.
     pub updated_ms: u64,
+    /// Which compiler's code the instance runs: a component nobody had
+    /// compiled starts on the baseline compiler's and moves to the
+    /// optimised code once that is compiled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<Code>,
+}
+
+/// Which compiler's code a processor runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Code {
+    /// The baseline compiler's (compiled in a fraction of the time, runs
+    /// slower), while the optimised code is compiled.
+    Baseline,
+    /// The optimising compiler's.
+    Optimised,
+}
+
+impl Code {
+    /// The name `describe` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Baseline => "baseline",
+            Code::Optimised => "optimised",
+        }
+    }
 }
 
 impl Status {
@@ -322,6 +348,7 @@ impl Status {
             last_error: None,
             started_ms: 0,
             updated_ms: 0,
+            code: None,
         }
     }
 }

@@ -20,6 +20,11 @@
 //!
 //! It starts its own nats-server (installed by scripts/setup). Run with
 //! `cargo bench -p flowd --bench engine` after `scripts/build-processors`.
+//!
+//! Knobs: `FLOWD_BENCH_RELAYS=100x2000,500x2000` (raw relay batch x
+//! window settings), `FLOWD_BENCH_RAW_ONLY` (the raw relays only),
+//! `FLOWD_BENCH_LATENCY=20000` (only the latency at that rate, for 4 s),
+//! `FLOWD_BENCH_TAIL` (when the events slower than 10 ms were written).
 
 mod support;
 
@@ -563,8 +568,7 @@ async fn latency(
         outputs.next().await;
     }
     let n = (rate * secs) as usize;
-    let origin = Instant::now();
-    let writer = {
+    let (origin, writer) = {
         let js = js.clone();
         let subject = flow(&input).subject();
         // Not the warm-up's events: the processor's output ids would make
@@ -580,7 +584,10 @@ async fn latency(
                 (headers, payload)
             })
             .collect();
-        tokio::spawn(async move {
+        // The clock starts once the messages are made, so that no event is
+        // overdue when the writer starts.
+        let origin = Instant::now();
+        let writer = tokio::spawn(async move {
             let mut acks = VecDeque::new();
             for (i, (mut headers, payload)) in messages.into_iter().enumerate() {
                 let due = Duration::from_secs_f64(i as f64 / rate);
@@ -600,9 +607,11 @@ async fn latency(
                 ack.await?;
             }
             Ok::<(), anyhow::Error>(())
-        })
+        });
+        (origin, writer)
     };
     let mut latencies = Vec::with_capacity(n);
+    let mut slow = Vec::new();
     while latencies.len() < n {
         let m = tokio::time::timeout(Duration::from_secs(30), outputs.next())
             .await?
@@ -614,7 +623,31 @@ async fn latency(
             .and_then(|h| h.get("bench-sent-us"))
             .and_then(|v| v.as_str().parse::<f64>().ok())
         {
-            latencies.push((now - sent) / 1000.0);
+            let ms = (now - sent) / 1000.0;
+            if ms > 10.0 {
+                slow.push((sent / 1000.0, ms));
+            }
+            latencies.push(ms);
+        }
+    }
+    if std::env::var_os("FLOWD_BENCH_TAIL").is_some() {
+        // When the slow events were written: bursts, and how far apart.
+        let mut bursts: Vec<(f64, f64, usize, f64)> = Vec::new();
+        for (at, ms) in slow {
+            match bursts.last_mut() {
+                Some(b) if at - b.1 < 20.0 => {
+                    b.1 = at;
+                    b.2 += 1;
+                    b.3 = b.3.max(ms);
+                }
+                _ => bursts.push((at, at, 1, ms)),
+            }
+        }
+        eprintln!("{id}: {} bursts of events slower than 10 ms", bursts.len());
+        for (from, to, count, worst) in &bursts {
+            eprintln!(
+                "  written {from:>8.1}..{to:>8.1} ms: {count:>5} events, worst {worst:.1} ms"
+            );
         }
     }
     writer.await??;
@@ -684,6 +717,16 @@ async fn main() -> Result<()> {
             .collect(),
         Err(_) => vec![(100, 2000), (500, 2000)],
     };
+    if let Some(rate) = std::env::var("FLOWD_BENCH_LATENCY")
+        .ok()
+        .and_then(|r| r.parse::<f64>().ok())
+    {
+        // The latency figure alone, at a given rate.
+        let (p50, p99, p999) = latency(&agent, &url, &events, "lat0", rate, 4.0).await?;
+        println!("at {rate:.0} events/s: p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms");
+        daemon.shutdown().await;
+        return Ok(());
+    }
     let mut rounds = Vec::new();
     for r in 0..ROUNDS {
         rounds

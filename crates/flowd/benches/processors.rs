@@ -15,6 +15,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 const ROUNDS: usize = 7;
+
+/// Where the bench's stored messages are said to come from.
+const ORIGIN: flowd_broker::codec::Origin<'static> = flowd_broker::codec::Origin {
+    stream: "FLOW_bench",
+    sequence: 1,
+    subject: "flow.bench",
+};
 const EVENTS_PER_ROUND: usize = 100_000;
 
 fn components() -> PathBuf {
@@ -102,6 +109,10 @@ struct Row {
     batch: usize,
     pass_call: f64,
     pass_full: f64,
+    /// The runner's own path, from stored messages to output messages.
+    run_pack: f64,
+    run_outputs: f64,
+    run_full: f64,
     wasm_call: f64,
     wasm_full: f64,
     native_call: f64,
@@ -181,6 +192,59 @@ fn main() -> anyhow::Result<()> {
             let resolved = out.resolve(&events, 1).expect("valid");
             assert_eq!(resolved.len(), batch);
         });
+        // The runner's path: stored messages (binary-mode CloudEvents) are
+        // packed straight from their headers; each forwarded event's output
+        // message is the input's headers and payload with a message id.
+        let messages: Vec<_> = events
+            .iter()
+            .map(flowd_broker::codec::message_for_event)
+            .collect();
+        let pack_stored = || {
+            let mut packer = flow_abi::Packer::with_capacity(batch, 256 * batch);
+            for (headers, payload) in &messages {
+                flowd_broker::codec::pack_message(&mut packer, Some(headers), payload, ORIGIN);
+            }
+            types::Batch {
+                bytes: packer.bytes,
+                events: packer.events,
+                extensions: packer.extensions,
+            }
+        };
+        let outputs = |batch: &types::Batch, emits: &[u32]| {
+            let view = flow_abi::View::new(&batch.bytes, &batch.events, &batch.extensions);
+            emits
+                .iter()
+                .map(|w| {
+                    let flow_abi::Emit::Forward(j) = flow_abi::Emit::from_word(*w) else {
+                        panic!("a passthrough forwards");
+                    };
+                    let spans = view.event(j as usize).expect("in range");
+                    let (headers, payload) = &messages[j as usize];
+                    let id = flowd_broker::codec::message_id(
+                        "p",
+                        0,
+                        view.slice(spans.source).unwrap_or_default(),
+                        view.slice(spans.id).unwrap_or_default(),
+                    );
+                    (headers.clone(), payload.clone(), id)
+                })
+                .collect::<Vec<_>>()
+        };
+        let run_pack = per_event(batch, || {
+            assert_eq!(pack_stored().events.len() / flow_abi::EVENT_WORDS, batch);
+        });
+        let stored = pack_stored();
+        let emits: Vec<u32> = (0..batch as u32)
+            .map(|i| flow_abi::Emit::Forward(i).to_word())
+            .collect();
+        let run_outputs = per_event(batch, || {
+            assert_eq!(outputs(&stored, &emits).len(), batch);
+        });
+        let run_full = per_event(batch, || {
+            let packed_batch = pack_stored();
+            let out = p.process(0, &packed_batch).expect("passthrough");
+            assert_eq!(outputs(&packed_batch, &out.emits).len(), batch);
+        });
         let wasm_call = per_event(batch, || {
             let out = t.process(0, &packed_batch).expect("transform");
             assert_eq!(out.emits.len(), batch);
@@ -203,6 +267,9 @@ fn main() -> anyhow::Result<()> {
             batch,
             pass_call,
             pass_full,
+            run_pack,
+            run_outputs,
+            run_full,
             wasm_call,
             wasm_full,
             native_call,
@@ -218,6 +285,9 @@ fn main() -> anyhow::Result<()> {
     };
     row("passthrough: call", &|r| r.pass_call);
     row("passthrough: pack+call+resolve", &|r| r.pass_full);
+    row("runner path: pack stored messages", &|r| r.run_pack);
+    row("runner path: output messages", &|r| r.run_outputs);
+    row("runner path: pack+call+outputs", &|r| r.run_full);
     row("transform wasm: call", &|r| r.wasm_call);
     row("transform wasm: pack+call+resolve", &|r| r.wasm_full);
     row("transform native Rust", &|r| r.native_call);

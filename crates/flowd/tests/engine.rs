@@ -570,3 +570,95 @@ async fn compiled_components_are_shared_through_the_broker() {
         "another engine, another key"
     );
 }
+
+/// A component nobody has compiled starts on the baseline compiler's code,
+/// checked as thoroughly and giving the same outputs, while its optimised
+/// code is compiled in the background and shared; then the optimised code
+/// is what every load returns, and another host takes it from the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_start_on_baseline_code_until_the_optimised_code_is_ready() {
+    use flowd_engine::artifacts::{self, Source};
+    use flowd_wasm::{Host, HostConfig, Limits, ProcessorSetup};
+    use std::sync::Arc;
+    let nats = Nats::start();
+    let broker = flowd_broker::Broker::connect(&[nats.url()], "test")
+        .await
+        .expect("broker");
+    let store = broker
+        .objects(flowd_core::buckets::ARTIFACTS)
+        .await
+        .expect("store");
+    let bytes = std::fs::read(component("flow_transform")).expect("component");
+    let digest = flowd_wasm::digest(&bytes);
+    let host = || Arc::new(Host::new(HostConfig::default()).expect("host"));
+    let setup = || ProcessorSetup {
+        name: "t".into(),
+        config: vec![("set.data.status".into(), "\"paid\"".into())],
+        inputs: vec!["in".into()],
+        outputs: vec!["out".into()],
+    };
+    let events: Vec<Event> = (0..20).map(invoice).collect();
+    let batch: flowd_wasm::wit::types::Batch = flowd_core::event::packed::pack(&events).into();
+    let run = |host: &Host, component| {
+        let mut p = host
+            .create(component, setup(), Limits::default())
+            .expect("instance");
+        let out = p.process(0, &batch).expect("processed");
+        out.resolve(&events, 1).expect("valid outputs")
+    };
+
+    let first = host();
+    let (baseline, source, _) = artifacts::load_quick(&first, &store, bytes.clone())
+        .await
+        .expect("loads");
+    assert_eq!(source, Source::Baseline);
+    assert!(!baseline.is_optimised());
+    assert_eq!(baseline.kind(), Kind::Bridge, "checked like any load");
+    let quick_out = run(&first, baseline);
+    assert_eq!(quick_out.len(), events.len());
+    for (_, e) in &quick_out {
+        assert_eq!(data(e)["status"], "paid", "baseline code transforms");
+    }
+
+    // The background compile: optimised code on this host, shared.
+    let optimised = eventually(Duration::from_secs(60), "the optimised code", || async {
+        first.optimised(&digest)
+    })
+    .await;
+    assert!(optimised.is_optimised());
+    assert_eq!(run(&first, optimised), quick_out, "the same outputs");
+    let key = first.artifact_key(&digest);
+    eventually(Duration::from_secs(30), "the shared artifact", || async {
+        store.info(&key).await.ok()
+    })
+    .await;
+    let (again, source, _) = artifacts::load_quick(&first, &store, bytes.clone())
+        .await
+        .expect("loads");
+    assert_eq!(source, Source::Local);
+    assert!(again.is_optimised(), "no baseline code once optimised");
+
+    let (other, source, _) = artifacts::load_quick(&host(), &store, bytes.clone())
+        .await
+        .expect("loads");
+    assert_eq!(
+        source,
+        Source::Shared,
+        "another host takes the optimised code"
+    );
+    assert!(other.is_optimised());
+
+    // A host without the baseline tier compiles the optimised code at once.
+    let slow = Arc::new(
+        Host::new(HostConfig {
+            quick_start: false,
+            ..HostConfig::default()
+        })
+        .expect("host"),
+    );
+    let filter = std::fs::read(component("flow_filter")).expect("component");
+    let (c, source, _) = artifacts::load_quick(&slow, &store, filter)
+        .await
+        .expect("loads");
+    assert_eq!((source, c.is_optimised()), (Source::Compiled, true));
+}

@@ -497,10 +497,32 @@ async fn every_command_succeeds_and_fails_as_documented() {
         .expect_err("no output");
     assert_eq!(code(refused), 555);
     let (procs, _) = c.data("LIST PROCESSORS").await.expect("listed");
-    assert!(
-        procs.iter().any(|l| l.starts_with("copy-orders bridge")),
-        "{procs:?}"
-    );
+    let line = procs
+        .iter()
+        .find(|l| l.starts_with("copy-orders bridge "))
+        .unwrap_or_else(|| panic!("{procs:?}"));
+    // id kind phase events-in events-out dead-lettered, the counters those
+    // DESCRIBE PROCESSOR reports.
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert_eq!(fields.len(), 6, "{line}");
+    let (described, _) = c
+        .data("DESCRIBE PROCESSOR copy-orders")
+        .await
+        .expect("described");
+    for (field, name) in fields[3..]
+        .iter()
+        .zip(["events-in", "events-out", "dead-lettered"])
+    {
+        field.parse::<u64>().expect("a count");
+        let reported = described
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or("0");
+        assert!(
+            field.parse::<u64>().ok() <= reported.parse::<u64>().ok(),
+            "{name}: {line} / {described:?}"
+        );
+    }
     c.command("PAUSE PROCESSOR copy-orders")
         .await
         .expect("paused");

@@ -850,3 +850,77 @@ async fn the_api_speaks_tls_with_the_hosts_certificate() {
     );
     host.shutdown().await;
 }
+
+/// The 18 MB Python component, pushed and used at once: its step starts on
+/// the baseline compiler's code (`code=baseline`), moves to the optimised
+/// code when the background compile is done, and every event on either
+/// side of the move comes out once, in order, enriched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_component_runs_at_once_and_moves_to_optimised_code_losing_nothing() {
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let _host = Flowd::start(&nats.url(), state.path());
+    let api = api(state.path()).await;
+    let agent = Agent::connect(&[nats.url()]).await.expect("agent");
+    create_flows(&agent, &["raw", "enriched"]).await;
+    push_file(&api, "enrich-py", "flow_enrich_py").await;
+    let manifest = "\
+apiVersion: flowd/v1
+kind: Pipeline
+name: quick
+inputs:
+  raw: flow://raw.pipe.example.com
+outputs:
+  enriched: flow://enriched.pipe.example.com
+steps:
+  - name: enrich
+    component: enrich-py@1.0.0
+    from: raw
+    to: [enriched]
+    config:
+      set: channel=web
+limits:
+  deadline-ms: 5000
+  memory-mib: 256
+";
+    api.pipelines()
+        .apply(proto::ApplyRequest {
+            manifest: manifest.into(),
+            dry_run: false,
+        })
+        .await
+        .expect("applied");
+    let code = || async {
+        let steps = pipeline(&api, "quick").await;
+        steps["enrich"]
+            .status
+            .as_ref()
+            .map(|s| s.code.clone())
+            .unwrap_or_default()
+    };
+    let first: Vec<Event> = (0..50).map(order).collect();
+    write(&agent, "raw", &first).await;
+    wait_count(&agent, "enriched", 50, Duration::from_secs(60)).await;
+    // The optimised compile takes seconds more than the baseline one.
+    assert_eq!(
+        code().await,
+        "baseline",
+        "started before the optimised code"
+    );
+    eventually(Duration::from_secs(120), "the optimised code", || async {
+        (code().await == "optimised").then_some(())
+    })
+    .await;
+    let second: Vec<Event> = (50..100).map(order).collect();
+    write(&agent, "raw", &second).await;
+    wait_count(&agent, "enriched", 100, Duration::from_secs(60)).await;
+    let out = read_all(&agent, "enriched").await;
+    let ids: Vec<String> = out.iter().map(|e| e.id().to_owned()).collect();
+    let want: Vec<String> = (0..100).map(|i| format!("o-{i}")).collect();
+    assert_eq!(ids, want, "every event once, in order");
+    for e in &out {
+        assert_eq!(data(e)["channel"], "web", "enriched {}", e.id());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(&agent, "enriched").await, 100, "nothing repeated");
+}

@@ -68,7 +68,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::component::{ComponentExportIndex, HasSelf, InstancePre, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Strategy,
+};
 
 /// Engine-wide settings of a host.
 #[derive(Debug, Clone)]
@@ -89,6 +91,13 @@ pub struct HostConfig {
     /// network capability either way; refusing the import at load time
     /// tells the author at upload rather than at the first failed call.
     pub granted: Vec<String>,
+    /// Starts components that are not yet compiled on the baseline
+    /// compiler (Winch: about a fifth of the optimising compile's time,
+    /// slower code), so that an upload is checked and a first processor
+    /// runs within a second or two while the optimised code is compiled
+    /// ([`Host::load_quick`]). Off with fuel (Winch meters no fuel) and
+    /// where Winch does not run (it targets x86-64).
+    pub quick_start: bool,
 }
 
 /// `sha256:<hex>` of a component's bytes: its identity in the compile
@@ -109,6 +118,7 @@ impl Default for HostConfig {
             epoch_tick: Duration::from_millis(5),
             fuel: false,
             granted: Vec::new(),
+            quick_start: true,
         }
     }
 }
@@ -168,6 +178,7 @@ pub struct ProcessorComponent {
     kind: Kind,
     digest: String,
     size: usize,
+    optimised: bool,
     imports: Vec<String>,
     pub(crate) pre: InstancePre<Sandbox>,
     pub(crate) indices: KindIndices,
@@ -183,6 +194,12 @@ impl ProcessorComponent {
     /// `sha256:<hex>` of the component bytes.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// Whether this is the optimising compiler's code (else the baseline
+    /// compiler's, from [`Host::load_quick`]).
+    pub fn is_optimised(&self) -> bool {
+        self.optimised
     }
 
     /// Size of the component in bytes.
@@ -210,10 +227,52 @@ impl std::fmt::Debug for ProcessorComponent {
 pub struct Host {
     engine: Engine,
     linker: Linker<Sandbox>,
+    /// The baseline compiler's engine, for [`Host::load_quick`].
+    quick: Option<QuickTier>,
     cache: Option<ArtifactCache>,
     config: HostConfig,
     loaded: Mutex<HashMap<String, Arc<ProcessorComponent>>>,
+    /// Digests whose optimised code is being compiled ([`Host::optimising`]).
+    optimising: Arc<Mutex<std::collections::HashSet<String>>>,
     _ticker: EpochTicker,
+}
+
+/// Held while a component's optimised code is compiled in the
+/// background; dropping it lets another compile start.
+pub struct Optimising {
+    digest: String,
+    set: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+impl Drop for Optimising {
+    fn drop(&mut self) {
+        lock(&self.set).remove(&self.digest);
+    }
+}
+
+/// The baseline tier: its own engine (the compiler is an engine setting),
+/// linker, instance pool and epoch ticker, so its instances get the same
+/// deadlines and memory caps as the optimised ones.
+struct QuickTier {
+    engine: Engine,
+    linker: Linker<Sandbox>,
+    loaded: Mutex<HashMap<String, Arc<ProcessorComponent>>>,
+    _ticker: EpochTicker,
+}
+
+/// The linker every processor instance gets: WASI (sandboxed) and the
+/// flow host interfaces.
+fn new_linker(engine: &Engine) -> Result<Linker<Sandbox>, wasmtime::Error> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wit::Host_::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |s| s)?;
+    Ok(linker)
+}
+
+fn lock<T>(map: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock leaves the map consistent (inserts
+    // are single operations), so a poisoned lock is still usable.
+    map.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Host {
@@ -241,13 +300,28 @@ impl Host {
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
             .consume_fuel(config.fuel)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool.clone()));
         let engine = Engine::new(&wasm).map_err(engine_error)?;
-
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
-        wit::Host_::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |s| s)
-            .map_err(engine_error)?;
+        let linker = new_linker(&engine).map_err(engine_error)?;
+        let quick = if config.quick_start && !config.fuel && cfg!(target_arch = "x86_64") {
+            wasm.strategy(Strategy::Winch);
+            // Best effort: without it every component takes the optimising
+            // compile, as it would with `quick_start` off.
+            match Engine::new(&wasm).and_then(|engine| Ok((new_linker(&engine)?, engine))) {
+                Ok((linker, engine)) => Some(QuickTier {
+                    _ticker: EpochTicker::start(engine.clone(), config.epoch_tick),
+                    engine,
+                    linker,
+                    loaded: Mutex::new(HashMap::new()),
+                }),
+                Err(e) => {
+                    tracing::warn!("no baseline compiler, components start optimised: {e:#}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
 
         let cache = match &config.cache_dir {
             Some(dir) => Some(ArtifactCache::new(dir.clone(), &engine).map_err(|source| {
@@ -262,6 +336,8 @@ impl Host {
         Ok(Host {
             engine,
             linker,
+            quick,
+            optimising: Arc::default(),
             cache,
             config,
             loaded: Mutex::new(HashMap::new()),
@@ -272,10 +348,6 @@ impl Host {
     /// The settings the host was made with.
     pub fn config(&self) -> &HostConfig {
         &self.config
-    }
-
-    pub(crate) fn engine(&self) -> &Engine {
-        &self.engine
     }
 
     /// Loads a component file.
@@ -373,27 +445,83 @@ impl Host {
                 component
             }
         };
-        let loaded = self.finish_load(digest, bytes.len(), component)?;
+        let loaded = self.finish_load(digest, bytes.len(), component, None)?;
         Ok((loaded, compiled))
     }
 
-    /// Checks a compiled component and pre-instantiates it.
+    /// The component in `bytes`, as fast as it can be had: the optimised
+    /// code when this host has it (loaded or in its disk cache), else the
+    /// baseline compiler's, which compiles in a fraction of the time and
+    /// runs slower (the caller compiles the optimised code meanwhile and
+    /// moves to it with [`Host::optimised`]). Without a baseline tier, or
+    /// for a component it does not compile (a proposal Winch lacks), this
+    /// is [`Host::load`]. The checks are the same either way.
+    ///
+    /// Like [`Host::load_shared`], returns the compiled form to share when
+    /// this call compiled optimised code.
+    pub fn load_quick(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(Arc<ProcessorComponent>, Option<Vec<u8>>), LoadError> {
+        let digest = digest(bytes);
+        let Some(quick) = &self.quick else {
+            return self.load_shared(bytes, None);
+        };
+        if !self.would_compile(&digest) {
+            return self.load_shared(bytes, None);
+        }
+        if let Some(found) = lock(&quick.loaded).get(&digest) {
+            return Ok((found.clone(), None));
+        }
+        check_header(bytes)?;
+        match wasmtime::component::Component::new(&quick.engine, bytes) {
+            Ok(component) => self
+                .finish_load(digest, bytes.len(), component, Some(quick))
+                .map(|loaded| (loaded, None)),
+            Err(e) => {
+                tracing::debug!(digest, "the baseline compiler refused: {e:#}");
+                self.load_shared(bytes, None)
+            }
+        }
+    }
+
+    /// Claims the background compile of component `digest`'s optimised
+    /// code: `None` when it is loaded already or another task compiles it,
+    /// so that a component is compiled once however many start on it.
+    pub fn optimising(&self, digest: &str) -> Option<Optimising> {
+        if self.optimised(digest).is_some() || !lock(&self.optimising).insert(digest.to_owned()) {
+            return None;
+        }
+        Some(Optimising {
+            digest: digest.to_owned(),
+            set: self.optimising.clone(),
+        })
+    }
+
+    /// The optimised code of component `digest`, once this host has loaded
+    /// it: what a processor started on [`Host::load_quick`]'s baseline
+    /// code is restarted on.
+    pub fn optimised(&self, digest: &str) -> Option<Arc<ProcessorComponent>> {
+        self.loaded_components().get(digest).cloned()
+    }
+
+    /// Checks a compiled component and pre-instantiates it, in the tier
+    /// that compiled it (`quick`: the baseline one).
     fn finish_load(
         &self,
         digest: String,
         size: usize,
         component: wasmtime::component::Component,
+        quick: Option<&QuickTier>,
     ) -> Result<Arc<ProcessorComponent>, LoadError> {
+        let (engine, linker) = match quick {
+            Some(tier) => (&tier.engine, &tier.linker),
+            None => (&self.engine, &self.linker),
+        };
         let ty = component.component_type();
-        let exports: Vec<String> = ty
-            .exports(&self.engine)
-            .map(|(n, _)| n.to_owned())
-            .collect();
+        let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
         let kind = Kind::detect(exports.iter().map(String::as_str))?;
-        let imports: Vec<String> = ty
-            .imports(&self.engine)
-            .map(|(n, _)| n.to_owned())
-            .collect();
+        let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_owned()).collect();
         let foreign: Vec<&str> = imports
             .iter()
             .map(String::as_str)
@@ -421,12 +549,11 @@ impl Host {
                 imports: guarded.join(", "),
             });
         }
-        let pre =
-            self.linker
-                .instantiate_pre(&component)
-                .map_err(|e| LoadError::UnsatisfiedImport {
-                    reason: format!("{e:#}"),
-                })?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::UnsatisfiedImport {
+                reason: format!("{e:#}"),
+            })?;
 
         let wrong = |e: wasmtime::Error| LoadError::WrongSignature {
             kind,
@@ -458,6 +585,7 @@ impl Host {
             kind,
             digest: digest.clone(),
             size,
+            optimised: quick.is_none(),
             imports,
             pre,
             indices,
@@ -466,16 +594,23 @@ impl Host {
         // Type-check every export once, now, rather than on first use.
         processor::typecheck(self, &loaded)
             .map_err(|e| LoadError::WrongSignature { kind, reason: e })?;
-        self.loaded_components().insert(digest, loaded.clone());
+        match quick {
+            Some(tier) => lock(&tier.loaded).insert(digest, loaded.clone()),
+            None => {
+                if let Some(tier) = &self.quick {
+                    // The optimised code supersedes it.
+                    lock(&tier.loaded).remove(&digest);
+                }
+                self.loaded_components().insert(digest, loaded.clone())
+            }
+        };
         Ok(loaded)
     }
 
     fn loaded_components(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ProcessorComponent>>> {
-        // A panic while holding this lock leaves the map consistent (inserts
-        // are single operations), so a poisoned lock is still usable.
-        self.loaded.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.loaded)
     }
 
     /// Loads `bytes` and sets an instance up with `setup`, as running them
@@ -488,7 +623,7 @@ impl Host {
         setup: ProcessorSetup,
         limits: Limits,
     ) -> Result<(), CheckError> {
-        let component = self.load(bytes)?;
+        let (component, _) = self.load_quick(bytes)?;
         if let Some(expected) = expected
             && component.kind() != expected
         {
@@ -531,8 +666,10 @@ impl Host {
         (deadline.as_nanos().div_ceil(tick) as u64).max(1)
     }
 
-    pub(crate) fn new_store(&self, data: Sandbox) -> Store<Sandbox> {
-        Store::new(&self.engine, data)
+    /// A store for an instance of `component`, on the engine (the tier)
+    /// that compiled it.
+    pub(crate) fn new_store(component: &ProcessorComponent, data: Sandbox) -> Store<Sandbox> {
+        Store::new(component.pre.engine(), data)
     }
 }
 

@@ -113,7 +113,7 @@ pub(crate) fn typecheck(host: &Host, component: &ProcessorComponent) -> Result<(
         host.config().max_memory,
         KeyedState::new(0),
     );
-    let mut store = host.new_store(sandbox);
+    let mut store = Host::new_store(component, sandbox);
     let ticks = host.deadline_ticks(Duration::from_secs(5));
     arm(&mut store, ticks, host.config().fuel, &Limits::default());
     store.epoch_deadline_trap();
@@ -189,7 +189,7 @@ impl Processor {
             )));
         }
         let mut processor = Processor {
-            engine: host.engine().clone(),
+            engine: component.pre.engine().clone(),
             name: setup.name.as_str().into(),
             setup: types::Setup {
                 config: setup.config,

@@ -770,7 +770,7 @@ async fn validate_component(bytes: &[u8]) -> Result<(), AgentError> {
             ..HostConfig::default()
         })
         .map_err(|e| AgentError::Unavailable(format!("the processor sandbox: {e:#}")))?;
-        host.load(&bytes)
+        host.load_quick(&bytes)
             .map(drop)
             .map_err(|e| AgentError::Invalid(format!("refused: {e}")))
     })

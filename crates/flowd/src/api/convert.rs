@@ -147,6 +147,7 @@ pub(super) fn status(s: &Status) -> proto::ProcessorStatus {
         last_error: s.last_error.clone().unwrap_or_default(),
         started_ms: s.started_ms,
         updated_ms: s.updated_ms,
+        code: s.code.map(|c| c.as_str().to_owned()).unwrap_or_default(),
     }
 }
 

@@ -231,7 +231,13 @@ impl Driver {
                                     .unwrap_or_default()
                             })
                         };
-                        format!("{} {} {}", spec.id, spec.kind, phase)
+                        let (events_in, events_out, dead) = status
+                            .as_ref()
+                            .map_or((0, 0, 0), |s| (s.events_in, s.events_out, s.dead_lettered));
+                        format!(
+                            "{} {} {phase} {events_in} {events_out} {dead}",
+                            spec.id, spec.kind
+                        )
                     })
                     .collect();
                 data(lines)

@@ -64,6 +64,7 @@ fn step_json(s: &proto::Step) -> serde_json::Value {
         "generation": p.generation, "phase": st.phase, "started_ms": st.started_ms,
         "events_in": st.events_in, "events_out": st.events_out, "errors": st.errors,
         "dead_lettered": st.dead_lettered, "last_error": st.last_error, "rate": s.rate,
+        "code": st.code,
         "inputs": p.inputs, "outputs": p.outputs,
     })
 }
@@ -276,7 +277,7 @@ pub(crate) async fn execute(client: &ApiClient, action: Action, json: bool) -> R
                 let proc = s.processor.clone().unwrap_or_default();
                 let st = proc.status.clone().unwrap_or_default();
                 println!(
-                    "step={} processor={} runner={} phase={} generation={} in={} out={} errors={} dead={} rate={:.1}/s",
+                    "step={} processor={} runner={} phase={} generation={} in={} out={} errors={} dead={} rate={:.1}/s{}",
                     s.name,
                     proc.id,
                     s.runner,
@@ -290,7 +291,12 @@ pub(crate) async fn execute(client: &ApiClient, action: Action, json: bool) -> R
                     st.events_out,
                     st.errors,
                     st.dead_lettered,
-                    s.rate
+                    s.rate,
+                    if st.code.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" code={}", st.code)
+                    }
                 );
             }
         }

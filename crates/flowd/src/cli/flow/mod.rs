@@ -687,7 +687,13 @@ async fn execute(client: &mut Client, command: Command, json: bool) -> Result<()
                 listed(client, Fnap::ListNamespaces(parent), json, None).await?
             }
             Get::Processors => {
-                listed(client, Fnap::ListProcessors, json, Some("ID KIND PHASE")).await?
+                listed(
+                    client,
+                    Fnap::ListProcessors,
+                    json,
+                    Some("ID KIND PHASE IN OUT DEAD"),
+                )
+                .await?
             }
             Get::Subscriptions => {
                 listed(
