@@ -8,6 +8,7 @@
 //!   buckets and object stores;
 //! - [`codec`]: events on the wire, to and from processor batches;
 //! - [`records`]: typed JSON records in key-value buckets ([`Records`]);
+//! - [`logs`]: the processor log, one stream for the participant;
 //! - [`embedded`]: the `nats-server` the host starts and supervises when no
 //!   broker is configured, and its users;
 //! - [`grants`]: broker credentials for subscribers, issued and used;
@@ -23,6 +24,7 @@ pub mod codec;
 pub mod embedded;
 pub mod grants;
 pub mod jwt;
+pub mod logs;
 pub mod operator;
 pub mod records;
 
@@ -392,6 +394,34 @@ impl Broker {
                 public: info.config.metadata.get(PUBLIC_KEY).map(String::as_str) == Some("true"),
             },
         })
+    }
+
+    /// The message stored at `sequence` in a flow, with its headers
+    /// (`None`: no message there, or it was removed).
+    pub async fn stored(
+        &self,
+        flow: &FlowName,
+        sequence: u64,
+    ) -> Result<Option<async_nats::jetstream::message::StreamMessage>, BrokerError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let stream = self.stream(flow).await?;
+        match stream.get_raw_message(sequence).await {
+            Ok(message) => Ok(Some(message)),
+            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+            Err(e) => Err(request(e)),
+        }
+    }
+
+    /// Removes the message at `sequence` from a flow; `false` when there
+    /// was none.
+    pub async fn remove_stored(&self, flow: &FlowName, sequence: u64) -> Result<bool, BrokerError> {
+        let stream = self.stream(flow).await?;
+        match stream.delete_message(sequence).await {
+            Ok(removed) => Ok(removed),
+            // The broker answers "no message found" with an error.
+            Err(e) if e.to_string().contains("no message found") => Ok(false),
+            Err(e) => Err(request(e)),
+        }
     }
 
     /// Every flow on the broker.

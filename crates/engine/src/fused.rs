@@ -28,15 +28,38 @@ pub(crate) struct Link {
     pub generation: u64,
     /// When the current instance was created (ms since the epoch).
     pub started_ms: u64,
+    /// Events it took in and emitted, in calls of the whole segment that
+    /// succeeded (a failed call is retried, so it counts nothing).
     pub events_in: u64,
     pub events_out: u64,
+    /// Its failed calls.
     pub errors: u64,
+    /// Events dead-lettered because this step failed on them.
+    pub dead_lettered: u64,
+}
+
+impl Link {
+    pub(crate) fn new(id: String, processor: Processor, ports: Vec<Port>, generation: u64) -> Link {
+        Link {
+            id,
+            processor,
+            ports,
+            generation,
+            started_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
+            events_in: 0,
+            events_out: 0,
+            errors: 0,
+            dead_lettered: 0,
+        }
+    }
 }
 
 /// The steps of a segment: `links[0]` is the segment's own processor,
 /// `links[i + 1]` is fused step `i`.
 pub(crate) struct Chain {
     pub links: Vec<Link>,
+    /// The step whose failure failed the last call.
+    pub failed: Option<usize>,
 }
 
 /// The segment's outcome being built.
@@ -91,6 +114,32 @@ enum Call<'a> {
 }
 
 impl Chain {
+    /// Counts an event dead-lettered because step `id` failed on it: that
+    /// step took it in, and so did (and passed it on) every step on its
+    /// way there, in the call that failed and was not counted.
+    pub(crate) fn dead_lettered_at(&mut self, id: &str) {
+        let Some(mut at) = self.links.iter().position(|l| l.id == id) else {
+            return;
+        };
+        self.links[at].events_in += 1;
+        self.links[at].dead_lettered += 1;
+        // A step's parent is the link one of whose ports feeds it; the
+        // segment is a tree, so the walk ends at the root (bounded anyway).
+        for _ in 0..self.links.len() {
+            let Some(parent) = self
+                .links
+                .iter()
+                .position(|l| l.ports.contains(&Port::Step(at.wrapping_sub(1))))
+                .filter(|_| at > 0)
+            else {
+                break;
+            };
+            self.links[parent].events_in += 1;
+            self.links[parent].events_out += 1;
+            at = parent;
+        }
+    }
+
     /// Runs a batch that arrived on the segment's input `port`.
     pub(crate) fn process(
         &mut self,
@@ -118,17 +167,20 @@ impl Chain {
         &mut self,
         run: impl FnOnce(&mut Chain, &mut Collector) -> Result<(), CallError>,
     ) -> Result<Outcome, CallError> {
-        let snapshot: Vec<KeyedState> = self
+        let snapshot: Vec<(KeyedState, u64, u64)> = self
             .links
             .iter_mut()
-            .map(|l| l.processor.state().clone())
+            .map(|l| (l.processor.state().clone(), l.events_in, l.events_out))
             .collect();
+        self.failed = None;
         let mut out = Collector::default();
         match run(self, &mut out) {
             Ok(()) => Ok(out.finish()),
             Err(e) => {
-                for (link, state) in self.links.iter_mut().zip(snapshot) {
+                for (link, (state, events_in, events_out)) in self.links.iter_mut().zip(snapshot) {
                     *link.processor.state() = state;
+                    link.events_in = events_in;
+                    link.events_out = events_out;
                 }
                 Err(e)
             }
@@ -156,7 +208,9 @@ impl Chain {
             Ok(outcome) => outcome,
             Err(e) => {
                 link.errors += 1;
-                return Err(locate(&link.id, e, origins));
+                let e = locate(&link.id, e, origins);
+                self.failed = Some(at);
+                return Err(e);
             }
         };
         link.events_out += outcome.emits.len() as u64;

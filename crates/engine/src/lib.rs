@@ -27,6 +27,7 @@
 
 pub mod artifacts;
 mod fused;
+mod logbook;
 pub mod metrics;
 pub mod registry;
 mod runner;
@@ -38,6 +39,7 @@ pub use spec::{Code, Phase, ProcessorSpec, RunLimits, Status};
 use anyhow::{Result, anyhow};
 use async_nats::jetstream::{kv, object_store::ObjectStore};
 use flowd_broker::cluster::{self, AgentRecord, ClusterConfig, Membership};
+use flowd_broker::logs::{Logs, Retention};
 use flowd_broker::{Broker, BrokerError};
 use flowd_core::buckets::{ARTIFACTS, COMPONENTS, PROCESSORS, STATE, STATUS};
 use flowd_wasm::Host;
@@ -66,6 +68,11 @@ pub(crate) struct Context {
     instance: u32,
     /// Events taken in by this host's runners.
     processed: Arc<AtomicU64>,
+    /// The participant's processor log (`None`: it could not be opened;
+    /// failures still go to the host's log).
+    logs: Option<Logs>,
+    /// This host's id, for log records.
+    host_id: Arc<str>,
 }
 
 impl Context {
@@ -273,6 +280,7 @@ impl Engine {
     ) -> Result<Engine> {
         let buckets = Buckets::open(&broker).await?;
         let membership = Membership::open(&broker, host_id, cluster).await?;
+        let broker_for_logs = broker.clone();
         let ctx = Context {
             broker,
             host,
@@ -283,6 +291,14 @@ impl Engine {
             artifacts: buckets.artifacts,
             instance: 0,
             processed: Arc::new(AtomicU64::new(0)),
+            logs: match Logs::open(&broker_for_logs, Retention::default()).await {
+                Ok(logs) => Some(logs),
+                Err(e) => {
+                    tracing::warn!("processor log unavailable: {e}");
+                    None
+                }
+            },
+            host_id: host_id.into(),
         };
         let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
         let record = Arc::new(std::sync::Mutex::new(AgentRecord {

@@ -1,9 +1,10 @@
 //! Prometheus metrics of the processor engine, per processor: events in and
-//! out, errors, dead-lettered events, batch latency.
+//! out, errors, dead-lettered events, batch latency, lag.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
@@ -29,6 +30,9 @@ pub struct Metrics {
     pub dead_lettered: Family<ProcessorLabel, Counter>,
     /// Time to process one batch: call, store outputs, acknowledge.
     pub batch_seconds: Family<ProcessorLabel, Histogram>,
+    /// Events waiting at the processor's inputs: stored and not yet
+    /// acknowledged (consumer lag).
+    pub lag: Family<ProcessorLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -62,7 +66,14 @@ impl Default for Metrics {
             "Time to process one batch: call, store outputs, acknowledge",
             batch_seconds.clone(),
         );
+        let lag = Family::<ProcessorLabel, Gauge>::default();
+        registry.register(
+            "lag",
+            "Events waiting at the processor's inputs (stored, not yet acknowledged)",
+            lag.clone(),
+        );
         Metrics {
+            lag,
             registry: Arc::new(registry),
             events_in,
             events_out,

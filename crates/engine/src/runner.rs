@@ -6,12 +6,14 @@
 
 use super::Context;
 use super::fused::{Chain, Link};
+use super::logbook::{Entry, Logbook};
 use super::metrics::Metrics;
 use super::spec::{self, Code, FusedStep, Phase, ProcessorSpec, Status};
 use anyhow::{Context as _, Result, anyhow};
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use flow_abi::{Emit, EventSpans, Packer, View};
 use flowd_broker::codec::{self, Origin};
+use flowd_broker::logs::Level;
 use flowd_broker::{FlowName, Outgoing};
 use flowd_core::event::packed;
 use flowd_wasm::state::KeyedState;
@@ -113,7 +115,15 @@ async fn supervise(
 }
 
 async fn fail(ctx: &Context, spec: &ProcessorSpec, status: &mut Status, e: &anyhow::Error) {
-    tracing::warn!(processor = spec.id, "processor failed, will restart: {e:#}");
+    Logbook::new(ctx.logs.clone(), ctx.host_id.clone(), ctx.instance)
+        .failure(Entry {
+            level: Level::Warn,
+            kind: "failed",
+            processor: &spec.id,
+            event: None,
+            message: format!("processor failed, will restart: {e:#}"),
+        })
+        .await;
     status.phase = Phase::Failed;
     status.last_error = Some(format!("{e:#}"));
     ctx.write_status(&spec.id, status).await;
@@ -141,6 +151,8 @@ struct Runner {
     /// Whether an instance runs the baseline compiler's code, to be
     /// restarted on the optimised code once the host has it.
     baseline: bool,
+    /// Its failures and its guests' output, for the processor log.
+    logbook: Logbook,
 }
 
 /// The keyed-state changes of a call: (owner step, key, value or removal).
@@ -211,6 +223,28 @@ impl Work {
         }
     }
 
+    /// The step whose failure failed the last call (`None`: the
+    /// processor itself).
+    fn failed_step(&self) -> Option<&str> {
+        match self {
+            Work::Single(_) => None,
+            Work::Chain(c) => c.failed.map(|i| c.links[i].id.as_str()),
+        }
+    }
+
+    /// Takes what each step's guest said, by step id (`None`: the
+    /// processor itself).
+    fn take_said(&self) -> Vec<(Option<&str>, flowd_wasm::Said)> {
+        match self {
+            Work::Single(p) => vec![(None, p.take_said())],
+            Work::Chain(c) => c
+                .links
+                .iter()
+                .map(|l| (Some(l.id.as_str()), l.processor.take_said()))
+                .collect(),
+        }
+    }
+
     fn code_of(processor: &Processor) -> Code {
         if processor.component().is_optimised() {
             Code::Optimised
@@ -269,20 +303,19 @@ async fn chain(ctx: &Context, spec: &ProcessorSpec) -> Result<Chain> {
         spec.limits.wasm(),
     )
     .await?;
-    links.push(Link {
-        id: spec.id.clone(),
-        processor: root,
-        ports: spec.ports.clone(),
-        generation: spec.generation,
-        started_ms: now_ms(),
-        events_in: 0,
-        events_out: 0,
-        errors: 0,
-    });
+    links.push(Link::new(
+        spec.id.clone(),
+        root,
+        spec.ports.clone(),
+        spec.generation,
+    ));
     for step in &spec.fused {
         links.push(fused_link(ctx, step).await?);
     }
-    Ok(Chain { links })
+    Ok(Chain {
+        links,
+        failed: None,
+    })
 }
 
 fn root_setup(spec: &ProcessorSpec) -> ProcessorSetup {
@@ -313,16 +346,12 @@ fn upgradable(host: &flowd_wasm::Host, processor: &Processor) -> bool {
 async fn fused_link(ctx: &Context, step: &FusedStep) -> Result<Link> {
     let setup = step_setup(step);
     let processor = instantiate(ctx, &step.id, &step.component, setup, step.limits.wasm()).await?;
-    Ok(Link {
-        id: step.id.clone(),
+    Ok(Link::new(
+        step.id.clone(),
         processor,
-        ports: step.ports.clone(),
-        generation: step.generation,
-        started_ms: now_ms(),
-        events_in: 0,
-        events_out: 0,
-        errors: 0,
-    })
+        step.ports.clone(),
+        step.generation,
+    ))
 }
 
 /// One stored input message, with what is needed to pack and acknowledge it.
@@ -333,6 +362,29 @@ struct Input {
 }
 
 impl Input {
+    /// The CloudEvents id of the stored event (or its sequence, for a
+    /// message that is not one), for logs.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.message.headers.as_ref()?.get(name).map(|v| v.as_str())
+    }
+
+    /// Whether the event is a dead letter's replay meant for another
+    /// processor reading the same flow (which skips it).
+    fn replayed_for_other(&self, me: &str, flow: &str) -> bool {
+        self.header("ce-replayfor").is_some_and(|v| {
+            let (processor, on) = v.split_once('@').unwrap_or((v, ""));
+            on == flow && processor != me
+        })
+    }
+
+    fn event_id(&self) -> Option<String> {
+        let headers = self.message.headers.as_ref();
+        let id = headers
+            .and_then(|h| h.get("ce-id"))
+            .map(|v| v.as_str().to_owned());
+        Some(id.unwrap_or_else(|| format!("#{}", self.sequence)))
+    }
+
     fn pack_into(&self, packer: &mut Packer) -> u32 {
         codec::pack_message(
             packer,
@@ -351,6 +403,8 @@ impl Input {
 struct DeadLetter {
     index: usize,
     error: String,
+    /// The fused step that failed on it (`None`: the processor itself).
+    step: Option<String>,
 }
 
 impl Runner {
@@ -422,7 +476,17 @@ impl Runner {
             in_flight_messages: 0,
             in_flight_bytes: 0,
             baseline,
+            logbook: Logbook::new(ctx.logs.clone(), ctx.host_id.clone(), ctx.instance),
         })
+    }
+
+    /// The fused step whose failure failed the last call (`None`: the
+    /// processor itself).
+    fn failed_step(&self) -> Option<String> {
+        self.work
+            .as_ref()
+            .and_then(Work::failed_step)
+            .map(str::to_owned)
     }
 
     /// Restarts the instances that run baseline code on the optimised
@@ -548,6 +612,42 @@ impl Runner {
         Ok(())
     }
 
+    /// The processor's own status, with the events waiting at its inputs.
+    /// In a fused segment the segment's first step is the processor: its
+    /// counters are that step's own (what it emitted, its errors and dead
+    /// letters), not the segment's.
+    async fn write_own_status(&mut self, status: &mut Status) {
+        let mut lag = 0u64;
+        let mut known = !self.consumers.is_empty();
+        for (_, consumer) in &self.consumers {
+            match consumer.get_info().await {
+                Ok(info) => {
+                    lag = lag
+                        .saturating_add(info.num_pending)
+                        .saturating_add(info.num_ack_pending as u64);
+                }
+                Err(_) => known = false,
+            }
+        }
+        status.lag = known.then_some(lag);
+        if let Some(lag) = status.lag {
+            self.ctx
+                .metrics
+                .lag
+                .get_or_create(&self.label)
+                .set(i64::try_from(lag).unwrap_or(i64::MAX));
+        }
+        let mut own = status.clone();
+        if let Some(Work::Chain(chain)) = &self.work
+            && let Some(first) = chain.links.first()
+        {
+            own.events_out = first.events_out;
+            own.errors = first.errors;
+            own.dead_lettered = first.dead_lettered;
+        }
+        self.ctx.write_status(&self.spec.id, &own).await;
+    }
+
     /// The status of each fused step (the segment's own is `status`).
     async fn write_link_statuses(&mut self, phase: Phase) {
         let Some(Work::Chain(chain)) = &self.work else {
@@ -567,11 +667,12 @@ impl Runner {
                         events_in: link.events_in,
                         events_out: link.events_out,
                         errors: link.errors,
-                        dead_lettered: 0,
+                        dead_lettered: link.dead_lettered,
                         last_error: None,
                         started_ms: link.started_ms,
                         updated_ms: 0,
                         code: Some(Work::code_of(&link.processor)),
+                        lag: None,
                     },
                 )
             })
@@ -618,7 +719,7 @@ impl Runner {
             }
             if self.last_status.elapsed() > Duration::from_millis(500) {
                 self.last_status = Instant::now();
-                self.ctx.write_status(&self.spec.id, status).await;
+                self.write_own_status(status).await;
                 self.write_link_statuses(Phase::Running).await;
             }
             if idle {
@@ -650,7 +751,7 @@ impl Runner {
         }
         self.drain(status).await?;
         status.phase = Phase::Paused;
-        self.ctx.write_status(&self.spec.id, status).await;
+        self.write_own_status(status).await;
         self.write_link_statuses(Phase::Paused).await;
         Ok(())
     }
@@ -769,6 +870,12 @@ impl Runner {
         })
         .await
         .map_err(|e| anyhow!("processor call panicked: {e}"))?;
+        for (step, said) in work.take_said() {
+            if !said.lines.is_empty() || said.dropped > 0 {
+                let step = step.unwrap_or(&self.spec.id);
+                self.logbook.said(step, said).await;
+            }
+        }
         self.work = Some(work);
         Ok((packer, result))
     }
@@ -788,7 +895,19 @@ impl Runner {
 
         let mut outgoing = Vec::new();
         let mut dead = Vec::new();
-        let mut work: VecDeque<Vec<usize>> = VecDeque::from([(0..n).collect::<Vec<_>>()]);
+        let flow = self
+            .spec
+            .inputs
+            .get(port as usize)
+            .map(FlowName::as_str)
+            .unwrap_or_default();
+        let group: Vec<usize> = (0..n)
+            .filter(|&i| !inputs[i].replayed_for_other(&self.spec.id, flow))
+            .collect();
+        let mut work: VecDeque<Vec<usize>> = VecDeque::new();
+        if !group.is_empty() {
+            work.push_back(group);
+        }
         while let Some(group) = work.pop_front() {
             match self.attempt(port, &inputs, &group, status).await? {
                 Ok(out) => outgoing.extend(out),
@@ -797,6 +916,7 @@ impl Runner {
                         dead.push(DeadLetter {
                             index: group[k],
                             error: e.to_string(),
+                            step: self.failed_step(),
                         });
                         let rest: Vec<usize> = group
                             .iter()
@@ -814,13 +934,35 @@ impl Runner {
                     _ => dead.push(DeadLetter {
                         index: group[0],
                         error: e.to_string(),
+                        step: self.failed_step(),
                     }),
                 },
             }
         }
         let dead_count = dead.len() as u64;
         for letter in &dead {
-            outgoing.push(self.dead_letter(port, &inputs[letter.index], &letter.error));
+            outgoing.push(self.dead_letter(
+                port,
+                &inputs[letter.index],
+                &letter.error,
+                letter.step.as_deref(),
+            ));
+            let step = letter.step.as_deref().unwrap_or(&self.spec.id).to_owned();
+            if let Some(Work::Chain(chain)) = &mut self.work {
+                chain.dead_lettered_at(&step);
+            }
+            self.logbook
+                .failure(Entry {
+                    level: Level::Error,
+                    kind: "dead-letter",
+                    processor: &step,
+                    event: inputs[letter.index].event_id(),
+                    message: format!(
+                        "dead-lettered to {}: {}",
+                        self.spec.dead_letter, letter.error
+                    ),
+                })
+                .await;
         }
         let written = outgoing.len() as u64 - dead_count;
         let state = self.take_state_changes();
@@ -973,7 +1115,39 @@ impl Runner {
             self.ctx.metrics.errors.get_or_create(&self.label).inc();
             status.errors += 1;
             status.last_error = Some(failure.to_string());
-            tracing::debug!(processor = self.spec.id, attempt, "call failed: {failure}");
+            let step = self.failed_step().unwrap_or_else(|| self.spec.id.clone());
+            let kind = match &failure {
+                CallError::Deadline { .. } => "deadline",
+                CallError::Trap { .. } => "trap",
+                _ => "error",
+            };
+            let event = failure
+                .event_index()
+                .and_then(|k| group.get(k as usize))
+                .or_else(|| group.first().filter(|_| group.len() == 1))
+                .and_then(|&i| inputs[i].event_id());
+            let events = if group.len() == 1 {
+                "1 event".to_owned()
+            } else {
+                format!("{} events", group.len())
+            };
+            let then = if attempt + 1 < attempts {
+                "retrying"
+            } else {
+                "giving up"
+            };
+            self.logbook
+                .failure(Entry {
+                    level: Level::Warn,
+                    kind,
+                    processor: &step,
+                    event,
+                    message: format!(
+                        "call on {events} failed (attempt {} of {attempts}, {then}): {failure}",
+                        attempt + 1
+                    ),
+                })
+                .await;
             last = Some(failure);
         }
         Ok(Err(last.unwrap_or(CallError::Instantiate {
@@ -1091,7 +1265,7 @@ impl Runner {
         Ok(out)
     }
 
-    fn dead_letter(&self, port: u32, input: &Input, error: &str) -> Outgoing {
+    fn dead_letter(&self, port: u32, input: &Input, error: &str, step: Option<&str>) -> Outgoing {
         let mut packer = Packer::default();
         input.pack_into(&mut packer);
         let view = View::new(&packer.bytes, &packer.events, &packer.extensions);
@@ -1102,9 +1276,18 @@ impl Runner {
         headers.insert("ce-deadletterprocessor", encode(&self.spec.id));
         let flow = self.spec.inputs.get(port as usize).map(FlowName::as_str);
         headers.insert("ce-deadletterflow", encode(flow.unwrap_or_default()));
+        if let Some(step) = step.filter(|s| *s != self.spec.id) {
+            headers.insert("ce-deadletterstep", encode(step));
+        }
+        // A replayed event that fails again is a new dead letter, not a
+        // duplicate of its first one.
+        let scope = match input.header("ce-replayid") {
+            Some(replay) => format!("dead-letter:{}:{replay}", self.spec.id),
+            None => format!("dead-letter:{}", self.spec.id),
+        };
         Outgoing {
             subject: self.spec.dead_letter.subject(),
-            message_id: identity(&format!("dead-letter:{}", self.spec.id), 0, &view, &spans),
+            message_id: identity(&scope, 0, &view, &spans),
             headers,
             payload,
         }

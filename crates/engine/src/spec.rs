@@ -312,6 +312,11 @@ pub struct Status {
     /// optimised code once that is compiled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<Code>,
+    /// Events waiting at its inputs (stored, not yet acknowledged), as
+    /// last measured; `None` for a fused step (its events wait in memory)
+    /// or when the broker did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
 }
 
 /// Which compiler's code a processor runs.
@@ -349,6 +354,7 @@ impl Status {
             started_ms: 0,
             updated_ms: 0,
             code: None,
+            lag: None,
         }
     }
 }

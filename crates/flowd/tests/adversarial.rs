@@ -1079,4 +1079,39 @@ async fn quotas_hold_against_concurrent_requests_and_pipelines() {
     apply(2).await.expect("two steps fit");
     // Re-applying the same pipeline counts its own steps once.
     apply(2).await.expect("the same two steps again");
+
+    // The processor log: alice reads her pipeline's; bob reads neither the
+    // pipeline's nor a step's, and learns nothing more than for a name
+    // that does not exist.
+    use futures::StreamExt;
+    let read = |api: ApiClient, name: &str| {
+        let request = proto::ReadLogsRequest {
+            name: name.into(),
+            follow: false,
+            since_ms: 0,
+        };
+        async move {
+            let records = api.logs().read(request).await?.into_inner();
+            Ok::<_, tonic::Status>(records.collect::<Vec<_>>().await.len())
+        }
+    };
+    read(api.clone(), "chain").await.expect("alice reads hers");
+    read(api.clone(), "chain-s0").await.expect("and a step's");
+    let bob = ApiClient::connect(
+        &format!("http://{}", a.daemon.api_addr().expect("API")),
+        &Credentials::Password {
+            user: "bob".into(),
+            password: "bob-password".into(),
+        },
+        None,
+    )
+    .await
+    .expect("connects");
+    let unknown = read(bob.clone(), "no-such-thing")
+        .await
+        .expect_err("nothing there");
+    for name in ["chain", "chain-s0"] {
+        let refused = read(bob.clone(), name).await.expect_err("not bob's");
+        assert_eq!(refused.code(), unknown.code(), "{name}: {refused}");
+    }
 }

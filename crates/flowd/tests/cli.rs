@@ -549,4 +549,84 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
             .contains("-: line 19, column 16: step `created`: no such component: filter-js@9.9.9"),
         "{stderr}"
     );
+
+    // A failing event: in the processor log, in the dead letters, and
+    // replayed once the processor is fixed.
+    let wait_for = |args: &[&str], what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let out = flow(args, "");
+            if out.contains(what) {
+                return out;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "flow {args:?} never showed {what}: {out}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    };
+    flow(&["create", "flow", "fragile.tour.example.com"], "");
+    flow(&["create", "flow", "mended.tour.example.com"], "");
+    let hostile = component("guest_hostile");
+    flow(
+        &[
+            "replicate",
+            "fragile.tour.example.com",
+            "mended.tour.example.com",
+            "-c",
+            hostile.to_str().unwrap_or_default(),
+            "--id",
+            "fragile",
+            "--max-attempts",
+            "1",
+        ],
+        "",
+    );
+    flow(
+        &["write", "fragile.tour.example.com"],
+        "{\"specversion\":\"1.0\",\"id\":\"bad-1\",\"source\":\"urn:tour\",\"type\":\"test.fail\"}\n\
+         {\"specversion\":\"1.0\",\"id\":\"good-1\",\"source\":\"urn:tour\",\"type\":\"test.ok\"}\n",
+    );
+    let letters = wait_for(&["deadletter", "ls", "fragile"], "bad-1");
+    assert!(letters.contains("refused by test guest"), "{letters}");
+    let seq = letters
+        .lines()
+        .find(|l| l.contains("bad-1"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a sequence")
+        .to_owned();
+    let shown = flow(&["deadletter", "show", "fragile", &seq], "");
+    assert!(
+        shown.contains("input=fragile.tour.example.com") && shown.contains("\"bad-1\""),
+        "{shown}"
+    );
+    let logs = wait_for(&["logs", "fragile"], "dead-letter");
+    assert!(
+        logs.contains("event=bad-1") && logs.contains("refused by test guest"),
+        "{logs}"
+    );
+    let passthrough = component("flow_passthrough");
+    flow(
+        &[
+            "update",
+            "processor",
+            "fragile",
+            "-c",
+            passthrough.to_str().unwrap_or_default(),
+        ],
+        "",
+    );
+    wait_for(&["describe", "processor", "fragile"], "generation=2");
+    wait_for(&["describe", "processor", "fragile"], "phase=running");
+    let replayed = flow(&["deadletter", "replay", "fragile", "--all"], "");
+    assert!(replayed.contains("OK 1 replayed"), "{replayed}");
+    let mended = wait_for(
+        &["read", "mended.tour.example.com", "--from-start"],
+        "bad-1",
+    );
+    assert_eq!(mended.lines().count(), 2, "{mended}");
+    let left = flow(&["deadletter", "ls", "fragile"], "");
+    assert_eq!(left.lines().count(), 1, "only the header: {left}");
+    wait_for(&["logs", "fragile"], "replayed to fragile.tour.example.com");
 }

@@ -1659,6 +1659,13 @@ async fn host_snapshot(daemon: &Daemon) -> Vec<StreamSnapshot> {
                 records.push((key, value.to_vec()));
             }
         }
+        if name == flowd_broker::logs::STREAM {
+            for sequence in state.first_sequence..=state.last_sequence {
+                if let Ok(m) = stream.get_raw_message(sequence).await {
+                    records.push((sequence.to_string(), m.payload.to_vec()));
+                }
+            }
+        }
         out.push((name, state.messages, state.last_sequence, records));
     }
     out
@@ -1816,6 +1823,7 @@ async fn attack(
         }
     }
     targets.push("$KV.flowd-namespaces.flows.unix.ar".to_owned());
+    targets.push(flowd_broker::logs::subject("forged"));
     targets.sort();
     targets.dedup();
     for target in &targets {
@@ -1916,7 +1924,13 @@ async fn attack(
     // Heartbeats, leases and processor status change on their own: there,
     // no record may hold what a reply would have carried (JetStream's
     // answers, pulled events).
-    let volatile = ["KV_flowd-agents", "KV_flowd-leases", "KV_flowd-status"];
+    // The processor log grows on its own too.
+    let volatile = [
+        "KV_flowd-agents",
+        "KV_flowd-leases",
+        "KV_flowd-status",
+        flowd_broker::logs::STREAM,
+    ];
     for (was, now) in before.iter().zip(&after) {
         if volatile.contains(&was.0.as_str()) {
             for (key, value) in &now.3 {

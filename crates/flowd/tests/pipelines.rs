@@ -628,6 +628,8 @@ limits: {deadline-ms: 2000, max-attempts: 2}
                 .ty(match i % 50 {
                     7 => "test.fail",
                     8 => "test.trap",
+                    9 => "test.log",
+                    10 => "test.chatter",
                     _ => "test.ok",
                 })
                 .data("application/json", json!({"n": i}))
@@ -665,6 +667,89 @@ limits: {deadline-ms: 2000, max-attempts: 2}
         // The original event, not the half-processed one.
         assert_eq!(data(e).get("marked"), None, "{}", e.id());
     }
+
+    // Each step counts its own events: mark passed all 200 on, risky
+    // dead-lettered 8 of them, last saw the 192 others.
+    let counts = eventually(Duration::from_secs(20), "step counters", || async {
+        let counts: BTreeMap<String, (u64, u64, u64)> = pipeline(&api, "guarded")
+            .await
+            .into_iter()
+            .filter_map(|(name, p)| {
+                let st = p.status?;
+                Some((name, (st.events_in, st.events_out, st.dead_lettered)))
+            })
+            .collect();
+        (counts.get("last").map(|c| c.0) == Some(192)).then_some(counts)
+    })
+    .await;
+    assert_eq!(counts["mark"], (200, 200, 0), "{counts:?}");
+    assert_eq!(counts["risky"], (200, 192, 8), "{counts:?}");
+    assert_eq!(counts["last"], (192, 192, 0), "{counts:?}");
+
+    // The processor log says what went wrong, where, and what the guest
+    // said; a guest writing 64 KiB to stderr is not made to fail for it.
+    use futures::StreamExt;
+    let read = || async {
+        api.logs()
+            .read(proto::ReadLogsRequest {
+                name: "guarded".into(),
+                follow: false,
+                since_ms: 0,
+            })
+            .await
+            .expect("log")
+            .into_inner()
+            .map(|r| r.expect("record"))
+            .collect::<Vec<_>>()
+            .await
+    };
+    let records = eventually(Duration::from_secs(20), "the log", || async {
+        let records = read().await;
+        let dead: usize = records.iter().filter(|r| r.kind == "dead-letter").count();
+        (dead == 8).then_some(records)
+    })
+    .await;
+    let has = |kind: &str, processor: &str, text: &str| {
+        records
+            .iter()
+            .any(|r| r.kind == kind && r.processor == processor && r.message.contains(text))
+    };
+    assert!(
+        has(
+            "trap",
+            "guarded-risky",
+            "hostile guest traps on event g-8 (at "
+        ),
+        "{records:#?}"
+    );
+    let letter = records
+        .iter()
+        .find(|r| r.kind == "dead-letter" && r.event == "g-7")
+        .expect("g-7's dead letter logged");
+    assert_eq!(
+        (letter.level.as_str(), letter.processor.as_str()),
+        ("error", "guarded-risky")
+    );
+    assert!(
+        letter.message.contains("refused by test guest"),
+        "{letter:?}"
+    );
+    assert!(has("guest", "guarded-risky", "hostile guest logs g-9"));
+    assert!(has("stdout", "guarded-risky", "hostile guest prints g-9"));
+    assert!(has("stderr", "guarded-risky", "complains about g-9"));
+    assert!(
+        !records.iter().any(|r| r.processor == "guarded-mark"),
+        "mark never failed nor spoke"
+    );
+    let ids: BTreeSet<String> = read_all(&agent, "done")
+        .await
+        .iter()
+        .map(|e| e.id().to_owned())
+        .collect();
+    assert!(
+        ids.contains("g-10") && ids.contains("g-60"),
+        "chatter passes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -923,4 +1008,238 @@ limits:
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(count(&agent, "enriched").await, 100, "nothing repeated");
+}
+
+/// Dead letters through the API as `flow deadletter` uses it: listed with
+/// why they failed; a replay that fails again is a new dead letter (not a
+/// duplicate of the first); once the processor is fixed, a replay reaches
+/// the output exactly once and a sibling reading the same flow does not
+/// see it twice; a discard removes one; every replay and discard is in the
+/// processor log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_replayed_once_fixed_and_discarded() {
+    use cloudevents::event::ExtensionValue;
+    use futures::StreamExt;
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let _host = Flowd::start(&nats.url(), state.path());
+    let api = api(state.path()).await;
+    let agent = Agent::connect(&[nats.url()]).await.expect("agent");
+    create_flows(&agent, &["letters", "fixed", "side"]).await;
+    push_file(&api, "hostile", "guest_hostile").await;
+    push_file(&api, "passthrough", "flow_passthrough").await;
+    let create = |id: &str, component: &str, output: &str| proto::CreateProcessorRequest {
+        id: id.into(),
+        kind: "bridge".into(),
+        component: component.into(),
+        inputs: vec![flow("letters").to_string()],
+        outputs: vec![flow(output).to_string()],
+        limits: Some(proto::Limits {
+            max_attempts: 1,
+            deadline_ms: 2000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut processors = api.processors();
+    processors
+        .create(create("fragile", "hostile@1.0.0", "fixed"))
+        .await
+        .expect("created");
+    processors
+        .create(create("sibling", "passthrough@1.0.0", "side"))
+        .await
+        .expect("created");
+    let event = |i: usize| {
+        EventBuilderV10::new()
+            .id(format!("d-{i}"))
+            .source("urn:test")
+            .ty(match i {
+                3 | 13 => "test.fail",
+                5 => "test.trap",
+                _ => "test.ok",
+            })
+            .data("application/json", json!({"n": i}))
+            .build()
+            .expect("event")
+    };
+    write(&agent, "letters", &(0..20).map(event).collect::<Vec<_>>()).await;
+    wait_count(&agent, "fixed", 17, Duration::from_secs(60)).await;
+    wait_count(&agent, "side", 20, Duration::from_secs(60)).await;
+
+    let mut letters_api = api.dead_letters();
+    let list = |mut c: proto::dead_letters_client::DeadLettersClient<_>| async move {
+        c.list(proto::DeadLettersRequest {
+            name: "fragile".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("listed")
+        .into_inner()
+        .letters
+    };
+    let letters = eventually(Duration::from_secs(20), "three dead letters", || {
+        let c = letters_api.clone();
+        async move {
+            let l = list(c).await;
+            (l.len() == 3).then_some(l)
+        }
+    })
+    .await;
+    let by_id: BTreeMap<&str, &proto::DeadLetter> =
+        letters.iter().map(|l| (l.event_id.as_str(), l)).collect();
+    assert_eq!(
+        by_id.keys().copied().collect::<Vec<_>>(),
+        ["d-13", "d-3", "d-5"]
+    );
+    assert!(by_id["d-3"].error.contains("refused by test guest"));
+    assert!(by_id["d-5"].error.contains("hostile guest traps"));
+    assert_eq!(by_id["d-3"].input, flow("letters").to_string());
+    assert!(!by_id["d-3"].event_json.contains("deadletter"));
+    // Another processor's name shows none of them.
+    let theirs = letters_api
+        .list(proto::DeadLettersRequest {
+            name: "sibling".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("listed")
+        .into_inner()
+        .letters;
+    assert!(theirs.is_empty(), "{theirs:?}");
+    // Replay and discard ask which.
+    let refused = letters_api
+        .replay(proto::DeadLettersRequest {
+            name: "fragile".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("which?");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    // Replayed while still broken: it fails again, and is a dead letter
+    // again (a new one, past the duplicate window of the first).
+    let first = by_id["d-3"].sequence;
+    let done = letters_api
+        .replay(proto::DeadLettersRequest {
+            name: "fragile".into(),
+            sequences: vec![first],
+            ..Default::default()
+        })
+        .await
+        .expect("replayed")
+        .into_inner()
+        .handled;
+    assert_eq!(done.len(), 1);
+    let again = eventually(Duration::from_secs(30), "d-3 dead again", || {
+        let c = letters_api.clone();
+        async move {
+            let l = list(c).await;
+            l.into_iter()
+                .find(|l| l.event_id == "d-3" && l.sequence != first)
+        }
+    })
+    .await;
+    assert!(
+        again.event_json.contains("replayid"),
+        "{}",
+        again.event_json
+    );
+
+    // Discard d-13.
+    let d13 = by_id["d-13"].sequence;
+    let discarded = letters_api
+        .discard(proto::DeadLettersRequest {
+            name: "fragile".into(),
+            sequences: vec![d13],
+            ..Default::default()
+        })
+        .await
+        .expect("discarded")
+        .into_inner()
+        .handled;
+    assert_eq!(discarded.len(), 1);
+
+    // Fixed (a passthrough now), the rest is replayed and arrives once.
+    let before = pipeline_free_generation(&api, "fragile").await;
+    processors
+        .update(proto::UpdateProcessorRequest {
+            id: "fragile".into(),
+            component: "passthrough@1.0.0".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("updated");
+    eventually(Duration::from_secs(60), "fragile runs the fix", || {
+        let api = api.clone();
+        async move {
+            let p = api
+                .processors()
+                .status(proto::ProcessorRef {
+                    id: "fragile".into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            let st = p.status?;
+            (st.phase == "running" && st.generation > before).then_some(())
+        }
+    })
+    .await;
+    let done = letters_api
+        .replay(proto::DeadLettersRequest {
+            name: "fragile".into(),
+            all: true,
+            ..Default::default()
+        })
+        .await
+        .expect("replayed")
+        .into_inner()
+        .handled;
+    let replayed: BTreeSet<String> = done.iter().map(|h| h.event_id.clone()).collect();
+    assert_eq!(replayed, BTreeSet::from(["d-3".into(), "d-5".into()]));
+    wait_count(&agent, "fixed", 19, Duration::from_secs(60)).await;
+    let out = read_all(&agent, "fixed").await;
+    let ids: Vec<String> = out.iter().map(|e| e.id().to_owned()).collect();
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(ids.len(), unique.len(), "each once: {ids:?}");
+    assert!(unique.contains(&"d-3".to_owned()) && unique.contains(&"d-5".to_owned()));
+    assert!(!unique.contains(&"d-13".to_owned()), "discarded");
+    let d5 = out.iter().find(|e| e.id() == "d-5").expect("d-5");
+    assert!(d5.extension("deadlettererror").is_none());
+    assert!(matches!(
+        d5.extension("replayid"),
+        Some(ExtensionValue::String(_))
+    ));
+    assert!(list(letters_api.clone()).await.is_empty());
+    // The sibling skipped the replays: it saw each event once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(count(&agent, "side").await, 20);
+
+    // The log has every replay and the discard.
+    let records: Vec<proto::LogRecord> = api
+        .logs()
+        .read(proto::ReadLogsRequest {
+            name: "fragile".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("log")
+        .into_inner()
+        .map(|r| r.expect("record"))
+        .collect()
+        .await;
+    let kinds = |kind: &str| records.iter().filter(|r| r.kind == kind).count();
+    assert_eq!(kinds("replay"), 3, "{records:#?}");
+    assert_eq!(kinds("discard"), 1, "{records:#?}");
+}
+
+/// A processor's current generation.
+async fn pipeline_free_generation(api: &ApiClient, id: &str) -> u64 {
+    api.processors()
+        .status(proto::ProcessorRef { id: id.into() })
+        .await
+        .expect("status")
+        .into_inner()
+        .generation
 }

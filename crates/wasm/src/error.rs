@@ -133,7 +133,9 @@ pub enum CallError {
         message: String,
     },
     /// The call ran past its CPU deadline ([`Limits::deadline`](super::Limits::deadline)).
-    #[error("the processor exceeded its {limit:?} CPU deadline and was stopped")]
+    #[error(
+        "the processor exceeded its {limit:?} CPU deadline and was stopped (the `deadline-ms` limit raises it)"
+    )]
     Deadline {
         /// The deadline it had.
         limit: Duration,

@@ -30,6 +30,7 @@
 mod cache;
 mod error;
 mod kind;
+pub mod output;
 pub mod pipe;
 mod processor;
 mod sandbox;
@@ -38,6 +39,7 @@ pub mod wit;
 
 pub use error::{CallError, CheckError, CreateError, GuestError, LoadError};
 pub use kind::Kind;
+pub use output::{Line, Said, Source};
 pub use processor::{Outcome, Processor, ProcessorSetup};
 /// A packed batch as the bindings type it: what [`Processor::process`]
 /// takes. [`flowd_core::event::packed`] builds the same record.

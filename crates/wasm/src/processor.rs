@@ -1,6 +1,7 @@
 //! A running processor: one live instance of a component, recreated after
 //! any trap, with its configuration, ports, limits and keyed state.
 
+use super::output::{GuestOutput, Said};
 use super::sandbox::Sandbox;
 use super::state::KeyedState;
 use super::{
@@ -103,6 +104,8 @@ pub struct Processor {
     parked: Option<KeyedState>,
     /// Instances discarded after a trap or a limit hit.
     recycled: u64,
+    /// What its instances said (`log`, stdout, stderr), until collected.
+    output: GuestOutput,
 }
 
 /// Instantiates `component` once without calling it, to type-check the
@@ -112,6 +115,7 @@ pub(crate) fn typecheck(host: &Host, component: &ProcessorComponent) -> Result<(
         "typecheck".into(),
         host.config().max_memory,
         KeyedState::new(0),
+        GuestOutput::default(),
     );
     let mut store = Host::new_store(component, sandbox);
     let ticks = host.deadline_ticks(Duration::from_secs(5));
@@ -203,6 +207,7 @@ impl Processor {
             component,
             live: None,
             recycled: 0,
+            output: GuestOutput::default(),
         };
         match processor.ensure_live() {
             Ok(()) => Ok(processor),
@@ -249,6 +254,12 @@ impl Processor {
     /// How many instances were discarded after traps or limit hits.
     pub fn recycled(&self) -> u64 {
         self.recycled
+    }
+
+    /// Takes what the guest said (`log` calls, stdout and stderr lines)
+    /// since the last time, so the host can log it.
+    pub fn take_said(&self) -> Said {
+        self.output.take()
     }
 
     /// Keyed state (committed writes and the current journal).
@@ -379,7 +390,12 @@ impl Processor {
             .parked
             .take()
             .unwrap_or_else(|| KeyedState::new(self.limits.state));
-        let sandbox = Sandbox::new(self.name.clone(), self.limits.memory, state);
+        let sandbox = Sandbox::new(
+            self.name.clone(),
+            self.limits.memory,
+            state,
+            self.output.clone(),
+        );
         let mut store = Store::new(&self.engine, sandbox);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
@@ -446,6 +462,7 @@ fn arm(store: &mut Store<Sandbox>, deadline_ticks: u64, fuel: bool, limits: &Lim
     let data = store.data_mut();
     data.state_quota_hit = false;
     data.limiter.reset();
+    data.output.clear_recent();
 }
 
 /// Turns a trap into the error that says which limit (if any) caused it.
@@ -467,7 +484,7 @@ fn classify(error: &wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> Call
         },
         Some(trap) => {
             let mut message = trap.to_string();
-            if let Some(line) = sandbox.last_stderr_line() {
+            if let Some(line) = sandbox.output.trap_context() {
                 message = format!("{message}: {line}");
             }
             CallError::Trap { message }

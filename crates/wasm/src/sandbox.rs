@@ -2,22 +2,19 @@
 //! imports it is granted: `log`, `state`, `clock`, and a WASI with no
 //! capabilities (no files, sockets, environment or arguments).
 
+use super::output::GuestOutput;
 use super::state::KeyedState;
 use crate::wit::{clock, log, state};
 use std::sync::Arc;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-
-/// Bytes of guest stderr kept to explain a trap (a Rust panic message).
-const STDERR_CAPACITY: usize = 16 * 1024;
 
 /// The data of one instance's `Store`.
 pub(crate) struct Sandbox {
     wasi: WasiCtx,
     table: ResourceTable,
-    stderr: MemoryOutputPipe,
+    pub(crate) output: GuestOutput,
     pub(crate) limiter: MemoryCap,
     pub(crate) state: KeyedState,
     /// Set when a `state.set` exceeded the quota (the call then traps).
@@ -26,28 +23,25 @@ pub(crate) struct Sandbox {
 }
 
 impl Sandbox {
-    pub(crate) fn new(name: Arc<str>, memory_cap: usize, state: KeyedState) -> Self {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+    pub(crate) fn new(
+        name: Arc<str>,
+        memory_cap: usize,
+        state: KeyedState,
+        output: GuestOutput,
+    ) -> Self {
+        let wasi = WasiCtx::builder()
+            .stdout(output.stdout())
+            .stderr(output.stderr())
+            .build();
         Sandbox {
             wasi,
             table: ResourceTable::new(),
-            stderr,
+            output,
             limiter: MemoryCap::new(memory_cap),
             state,
             state_quota_hit: false,
             name,
         }
-    }
-
-    /// The last line the guest wrote to stderr (a panic message, usually).
-    pub(crate) fn last_stderr_line(&self) -> Option<String> {
-        let bytes = self.stderr.contents();
-        let text = String::from_utf8_lossy(&bytes);
-        text.lines()
-            .rev()
-            .find(|l| !l.trim().is_empty() && !l.contains("RUST_BACKTRACE"))
-            .map(|l| l.trim().to_owned())
     }
 }
 
@@ -113,6 +107,7 @@ impl ResourceLimiter for MemoryCap {
 
 impl log::Host for Sandbox {
     fn log(&mut self, level: log::Level, message: String) {
+        self.output.log(level, &message);
         let name = &*self.name;
         match level {
             log::Level::Trace => tracing::trace!(processor = name, "{message}"),

@@ -7,6 +7,7 @@
 //! session's [`Principal`] may do first.
 
 pub mod access;
+pub mod deadletters;
 pub mod flows;
 pub mod namespaces;
 pub mod processors;

@@ -1,7 +1,8 @@
 //! A client of the management API (used by `flow` and the tests).
 
 use super::proto::{
-    self, pipelines_client::PipelinesClient, processors_client::ProcessorsClient,
+    self, dead_letters_client::DeadLettersClient, logs_client::LogsClient,
+    pipelines_client::PipelinesClient, processors_client::ProcessorsClient,
     registry_client::RegistryClient,
 };
 use anyhow::{Context as _, Result};
@@ -101,6 +102,14 @@ impl ApiClient {
 
     pub fn pipelines(&self) -> PipelinesClient<Authed> {
         PipelinesClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub fn dead_letters(&self) -> DeadLettersClient<Authed> {
+        DeadLettersClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub fn logs(&self) -> LogsClient<Authed> {
+        LogsClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// Uploads a component in chunks; `progress` is told the bytes sent.

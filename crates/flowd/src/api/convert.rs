@@ -148,6 +148,7 @@ pub(super) fn status(s: &Status) -> proto::ProcessorStatus {
         started_ms: s.started_ms,
         updated_ms: s.updated_ms,
         code: s.code.map(|c| c.as_str().to_owned()).unwrap_or_default(),
+        lag: s.lag,
     }
 }
 

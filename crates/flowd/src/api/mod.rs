@@ -1,6 +1,6 @@
 //! The gRPC management API, next to FNAP, for tools and scripts: the
 //! component [`Registry`](flowd_engine::registry), figure 6's processor lifecycle
-//! and [pipelines](crate::pipeline). The protocol is in
+//! [pipelines](crate::pipeline) and the processor log. The protocol is in
 //! `proto/flowd/v1/api.proto`; docs/api.md describes it.
 //!
 //! Every call is authenticated with the host's accounts, as FNAP is:
@@ -75,7 +75,13 @@ impl ApiServer {
                 services::ProcessorsService(ctx.clone()),
             ))
             .add_service(proto::pipelines_server::PipelinesServer::new(
-                services::PipelinesService(ctx),
+                services::PipelinesService(ctx.clone()),
+            ))
+            .add_service(proto::logs_server::LogsServer::new(services::LogsService(
+                ctx.clone(),
+            )))
+            .add_service(proto::dead_letters_server::DeadLettersServer::new(
+                services::DeadLettersService(ctx),
             ));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let task = tokio::spawn(async move {

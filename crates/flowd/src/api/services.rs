@@ -1,6 +1,8 @@
-//! The three services of the management API.
+//! The services of the management API.
 
-use super::proto::{self, pipelines_server, processors_server, registry_server};
+use super::proto::{
+    self, dead_letters_server, logs_server, pipelines_server, processors_server, registry_server,
+};
 use super::{ApiContext, convert};
 use crate::agent::Principal;
 use crate::agent::processors::ProcessorRequest;
@@ -492,5 +494,216 @@ impl pipelines_server::Pipelines for PipelinesService {
             .await
             .map_err(convert::pipeline_status)?;
         Ok(Response::new(convert::pipeline(&view, false)))
+    }
+}
+
+pub(super) struct LogsService(pub Arc<ApiContext>);
+
+/// What a name given to the log and dead-letter services stands for, as
+/// the caller may see it.
+struct Named {
+    /// The processors (segments) concerned.
+    specs: Vec<flowd_engine::ProcessorSpec>,
+    /// Only this fused step of theirs (a step's name was given).
+    step: Option<String>,
+}
+
+impl Named {
+    /// Every processor id concerned, fused steps included.
+    fn ids(&self) -> Vec<String> {
+        match &self.step {
+            Some(step) => vec![step.clone()],
+            // Sorted and once each: the broker refuses overlapping filters
+            // (a pipeline lists a fused segment under each of its steps).
+            None => self
+                .specs
+                .iter()
+                .flat_map(|s| {
+                    std::iter::once(s.id.clone()).chain(s.fused.iter().map(|f| f.id.clone()))
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+        }
+    }
+}
+
+/// Resolves `name`: a processor, a fused step, or a pipeline's steps.
+/// What `who` may not manage is answered as what does not exist.
+async fn named(ctx: &ApiContext, who: &Principal, name: &str) -> Result<Named, Status> {
+    let visible = ctx
+        .agent
+        .list_processors_as(who)
+        .await
+        .map_err(convert::agent_status)?;
+    if let Some((spec, _)) = visible.iter().find(|(spec, _)| spec.id == name) {
+        return Ok(Named {
+            specs: vec![spec.clone()],
+            step: None,
+        });
+    }
+    if let Some((spec, _)) = visible
+        .iter()
+        .find(|(spec, _)| spec.fused.iter().any(|f| f.id == name))
+    {
+        return Ok(Named {
+            specs: vec![spec.clone()],
+            step: Some(name.to_owned()),
+        });
+    }
+    match ctx.pipelines.get_as(who, name).await {
+        Ok(view) => Ok(Named {
+            specs: view.steps.into_iter().map(|(_, spec, _)| spec).collect(),
+            step: None,
+        }),
+        Err(crate::pipeline::PipelineError::NotFound(_)) => Err(Status::not_found(format!(
+            "no processor, fused step or pipeline `{name}`"
+        ))),
+        Err(e) => Err(convert::pipeline_status(e)),
+    }
+}
+
+#[tonic::async_trait]
+impl logs_server::Logs for LogsService {
+    type ReadStream = futures::stream::BoxStream<'static, Result<proto::LogRecord, Status>>;
+
+    async fn read(&self, request: Request<proto::ReadLogsRequest>) -> Reply<Self::ReadStream> {
+        use flowd_broker::logs::{Logs, Retention, Since};
+        let who = principal(&self.0, &request).await?;
+        let r = request.into_inner();
+        let processors = named(&self.0, &who, &r.name).await?.ids();
+        let logs = Logs::open(self.0.agent.broker(), Retention::default())
+            .await
+            .map_err(|e| Status::unavailable(format!("processor log: {e}")))?;
+        let since = match r.since_ms {
+            0 => Since::Start,
+            ms => Since::Time(ms),
+        };
+        let records = logs
+            .read(&processors, since, r.follow)
+            .await
+            .map_err(|e| Status::unavailable(format!("processor log: {e}")))?;
+        let out = records.map(|record| {
+            record
+                .map(|r| proto::LogRecord {
+                    time_ms: r.time_ms,
+                    level: r.level.as_str().to_owned(),
+                    kind: r.kind,
+                    processor: r.processor,
+                    host: r.host,
+                    instance: r.instance,
+                    event: r.event.unwrap_or_default(),
+                    message: r.message,
+                    sequence: r.sequence,
+                })
+                .map_err(|e| Status::unavailable(format!("processor log: {e}")))
+        });
+        Ok(Response::new(out.boxed()))
+    }
+}
+
+pub(super) struct DeadLettersService(pub Arc<ApiContext>);
+
+impl DeadLettersService {
+    async fn chosen(
+        &self,
+        request: &Request<proto::DeadLettersRequest>,
+        must_choose: bool,
+    ) -> Result<(Principal, Vec<crate::agent::deadletters::DeadLetter>), Status> {
+        use crate::agent::deadletters::Which;
+        let who = principal(&self.0, request).await?;
+        let r = request.get_ref();
+        let which = if !r.sequences.is_empty() {
+            Which::Sequences(r.sequences.iter().copied().collect())
+        } else if r.all || !must_choose {
+            Which::All
+        } else {
+            return Err(Status::invalid_argument(
+                "name the dead letters by sequence, or ask for all of them",
+            ));
+        };
+        let named = named(&self.0, &who, &r.name).await?;
+        let steps: Vec<String> = named.step.iter().cloned().collect();
+        let limit = match (must_choose, r.limit) {
+            (true, _) => crate::agent::deadletters::MAX_LISTED,
+            (false, 0) => 100,
+            (false, n) => n as usize,
+        };
+        let letters = self
+            .0
+            .agent
+            .dead_letters(&named.specs, &steps, &which, limit)
+            .await
+            .map_err(convert::agent_status)?;
+        Ok((who, letters))
+    }
+}
+
+fn handled(done: Vec<crate::agent::deadletters::Handled>) -> proto::HandledResponse {
+    proto::HandledResponse {
+        handled: done
+            .into_iter()
+            .map(|h| proto::HandledLetter {
+                sequence: h.sequence,
+                event_id: h.event,
+                to: h.to.unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl dead_letters_server::DeadLetters for DeadLettersService {
+    async fn list(
+        &self,
+        request: Request<proto::DeadLettersRequest>,
+    ) -> Reply<proto::DeadLettersResponse> {
+        use cloudevents::AttributesReader;
+        let (_, letters) = self.chosen(&request, false).await?;
+        Ok(Response::new(proto::DeadLettersResponse {
+            letters: letters
+                .into_iter()
+                .map(|l| proto::DeadLetter {
+                    flow: l.flow.to_string(),
+                    sequence: l.sequence,
+                    processor: l.processor,
+                    step: l.step.unwrap_or_default(),
+                    input: l.input,
+                    error: l.error,
+                    event_id: l.event.id().to_owned(),
+                    event_type: l.event.ty().to_owned(),
+                    event_source: l.event.source().to_string(),
+                    event_json: serde_json::to_string(&l.event).unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn replay(
+        &self,
+        request: Request<proto::DeadLettersRequest>,
+    ) -> Reply<proto::HandledResponse> {
+        let (who, letters) = self.chosen(&request, true).await?;
+        let done = self
+            .0
+            .agent
+            .replay_dead_letters(letters, who.user().unwrap_or("the host administrator"))
+            .await
+            .map_err(convert::agent_status)?;
+        Ok(Response::new(handled(done)))
+    }
+
+    async fn discard(
+        &self,
+        request: Request<proto::DeadLettersRequest>,
+    ) -> Reply<proto::HandledResponse> {
+        let (who, letters) = self.chosen(&request, true).await?;
+        let done = self
+            .0
+            .agent
+            .discard_dead_letters(letters, who.user().unwrap_or("the host administrator"))
+            .await
+            .map_err(convert::agent_status)?;
+        Ok(Response::new(handled(done)))
     }
 }

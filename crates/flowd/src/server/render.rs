@@ -80,6 +80,9 @@ pub(super) fn describe_processor(
         lines.push(format!("events-out={}", s.events_out));
         lines.push(format!("errors={}", s.errors));
         lines.push(format!("dead-lettered={}", s.dead_lettered));
+        if let Some(lag) = s.lag {
+            lines.push(format!("lag={lag}"));
+        }
         if let Some(code) = s.code {
             lines.push(format!("code={}", code.as_str()));
         }

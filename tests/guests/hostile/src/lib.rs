@@ -3,10 +3,12 @@
 //! By event `type`: `test.spin` loops forever, `test.hog` allocates without
 //! bound, `test.trap` panics (a trap), `test.fail` returns an event error,
 //! `test.count` increments keyed state `count` and emits its value in the
-//! `count` extension. Anything else is forwarded. Config `init=spin|trap|fail`
+//! `count` extension, `test.log` forwards the event after a `log` call,
+//! a stdout line and a stderr line naming it, `test.chatter` forwards it
+//! after writing 64 KiB to stderr. Anything else is forwarded. Config `init=spin|trap|fail`
 //! misbehaves in `init` instead.
 
-use flow_sdk::host::state;
+use flow_sdk::host::{self, state};
 use flow_sdk::{Batch, Bridge, Error, ExtensionValue, Output, Processor, Setup};
 
 pub struct Hostile;
@@ -52,6 +54,22 @@ impl Bridge for Hostile {
                     let mut new = event.to_new();
                     new.set_extension("count", ExtensionValue::Integer(count));
                     out.emit(&new);
+                }
+                "test.log" => {
+                    host::log(
+                        host::Level::Info,
+                        &format!("hostile guest logs {}", event.id()),
+                    );
+                    println!("hostile guest prints {}", event.id());
+                    eprintln!("hostile guest complains about {}", event.id());
+                    out.forward(&event);
+                }
+                "test.chatter" => {
+                    let line = "x".repeat(1023);
+                    for _ in 0..64 {
+                        eprintln!("{line}");
+                    }
+                    out.forward(&event);
                 }
                 _ => out.forward(&event),
             }

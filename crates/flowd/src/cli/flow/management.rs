@@ -30,13 +30,91 @@ pub(crate) enum ComponentCommand {
     Transfer { name: String, account: String },
 }
 
+#[derive(Subcommand)]
+pub(crate) enum DeadLetterCommand {
+    /// List the dead letters of a processor, a fused step or a pipeline.
+    Ls {
+        name: String,
+        /// At most this many (up to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one dead letter: why it failed, and the event (JSON).
+    Show { name: String, sequence: u64 },
+    /// Write dead letters back to the flows they came from, for the
+    /// processor that failed on them, and remove them.
+    Replay {
+        name: String,
+        /// Their sequences in the dead-letter flow (see `ls`).
+        sequences: Vec<u64>,
+        /// Every dead letter of NAME.
+        #[arg(long, conflicts_with = "sequences")]
+        all: bool,
+    },
+    /// Remove dead letters for good.
+    Discard {
+        name: String,
+        sequences: Vec<u64>,
+        #[arg(long, conflicts_with = "sequences")]
+        all: bool,
+    },
+}
+
 /// What a management command does.
 pub(crate) enum Action {
     Component(ComponentCommand),
-    Apply { file: PathBuf, dry_run: bool },
+    Apply {
+        file: PathBuf,
+        dry_run: bool,
+    },
     GetPipelines,
     DescribePipeline(String),
     DeletePipeline(String),
+    Logs {
+        name: String,
+        follow: bool,
+        since_ms: Option<u64>,
+    },
+    DeadLetter(DeadLetterCommand),
+}
+
+/// `--since`: a duration back from now (`30s`, `10m`, `2h`, `1d`) or an
+/// RFC 3339 time; in ms since the epoch.
+pub(crate) fn parse_since(text: &str) -> Result<u64> {
+    let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let scale = match unit {
+        "s" => Some(1_000u64),
+        "m" => Some(60_000),
+        "h" => Some(3_600_000),
+        "d" => Some(86_400_000),
+        _ => None,
+    };
+    if let (Some(scale), Ok(n)) = (scale, digits.parse::<u64>()) {
+        return Ok(now.saturating_sub(n.saturating_mul(scale)).max(1));
+    }
+    let time = chrono::DateTime::parse_from_rfc3339(text).with_context(|| {
+        format!("--since `{text}`: give a duration (30s, 10m, 2h, 1d) or an RFC 3339 time")
+    })?;
+    Ok(time.timestamp_millis().max(1) as u64)
+}
+
+fn print_log(r: &proto::LogRecord) {
+    let time = chrono::DateTime::from_timestamp_millis(r.time_ms as i64)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_default();
+    let event = if r.event.is_empty() {
+        String::new()
+    } else {
+        format!(" event={}", r.event)
+    };
+    println!(
+        "{time} {:<5} {} {}{event}: {}",
+        r.level, r.processor, r.kind, r.message
+    );
 }
 
 fn status_error(e: tonic::Status) -> anyhow::Error {
@@ -64,7 +142,7 @@ fn step_json(s: &proto::Step) -> serde_json::Value {
         "generation": p.generation, "phase": st.phase, "started_ms": st.started_ms,
         "events_in": st.events_in, "events_out": st.events_out, "errors": st.errors,
         "dead_lettered": st.dead_lettered, "last_error": st.last_error, "rate": s.rate,
-        "code": st.code,
+        "code": st.code, "lag": st.lag,
         "inputs": p.inputs, "outputs": p.outputs,
     })
 }
@@ -277,7 +355,7 @@ pub(crate) async fn execute(client: &ApiClient, action: Action, json: bool) -> R
                 let proc = s.processor.clone().unwrap_or_default();
                 let st = proc.status.clone().unwrap_or_default();
                 println!(
-                    "step={} processor={} runner={} phase={} generation={} in={} out={} errors={} dead={} rate={:.1}/s{}",
+                    "step={} processor={} runner={} phase={} generation={} in={} out={} errors={} dead={} lag={} rate={:.1}/s{}",
                     s.name,
                     proc.id,
                     s.runner,
@@ -291,6 +369,7 @@ pub(crate) async fn execute(client: &ApiClient, action: Action, json: bool) -> R
                     st.events_out,
                     st.errors,
                     st.dead_lettered,
+                    st.lag.map_or("-".to_owned(), |l| l.to_string()),
                     s.rate,
                     if st.code.is_empty() {
                         String::new()
@@ -308,6 +387,40 @@ pub(crate) async fn execute(client: &ApiClient, action: Action, json: bool) -> R
                 .map_err(status_error)?;
             println!("OK pipeline {name} deleted");
         }
+        Action::DeadLetter(command) => dead_letters(client, command, json).await?,
+        Action::Logs {
+            name,
+            follow,
+            since_ms,
+        } => {
+            use futures::StreamExt;
+            let mut records = client
+                .logs()
+                .read(proto::ReadLogsRequest {
+                    name,
+                    follow,
+                    since_ms: since_ms.unwrap_or(0),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            while let Some(record) = records.next().await {
+                let record = record.map_err(status_error)?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "time_ms": record.time_ms, "level": record.level, "kind": record.kind,
+                            "processor": record.processor, "host": record.host,
+                            "instance": record.instance, "event": record.event,
+                            "message": record.message, "sequence": record.sequence,
+                        })
+                    );
+                } else {
+                    print_log(&record);
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -318,4 +431,101 @@ fn list(items: &[String]) -> String {
     } else {
         items.join(",")
     }
+}
+
+async fn dead_letters(client: &ApiClient, command: DeadLetterCommand, json: bool) -> Result<()> {
+    let mut api = client.dead_letters();
+    let request =
+        |name: String, sequences: Vec<u64>, all: bool, limit: u32| proto::DeadLettersRequest {
+            name,
+            sequences,
+            all,
+            limit,
+        };
+    let letter_json = |l: &proto::DeadLetter| {
+        serde_json::json!({
+            "flow": l.flow, "sequence": l.sequence, "processor": l.processor, "step": l.step,
+            "input": l.input, "error": l.error, "event_id": l.event_id, "event_type": l.event_type,
+            "event_source": l.event_source,
+            "event": serde_json::from_str::<serde_json::Value>(&l.event_json).unwrap_or_default(),
+        })
+    };
+    match command {
+        DeadLetterCommand::Ls { name, limit } => {
+            let letters = api
+                .list(request(name, Vec::new(), false, limit))
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .letters;
+            if json {
+                return print_json(&letters.iter().map(letter_json).collect::<Vec<_>>());
+            }
+            println!("SEQ EVENT TYPE PROCESSOR ERROR");
+            for l in &letters {
+                let by = if l.step.is_empty() {
+                    &l.processor
+                } else {
+                    &l.step
+                };
+                println!(
+                    "{} {} {} {by} {}",
+                    l.sequence, l.event_id, l.event_type, l.error
+                );
+            }
+        }
+        DeadLetterCommand::Show { name, sequence } => {
+            let letters = api
+                .list(request(name, vec![sequence], false, 1))
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .letters;
+            let Some(l) = letters.first() else {
+                bail!("no dead letter #{sequence}");
+            };
+            if json {
+                return print_json(&letter_json(l));
+            }
+            println!("sequence={}", l.sequence);
+            println!("flow={}", l.flow);
+            println!("processor={}", l.processor);
+            if !l.step.is_empty() {
+                println!("step={}", l.step);
+            }
+            println!("input={}", l.input);
+            println!("error={}", l.error);
+            println!("{}", l.event_json);
+        }
+        DeadLetterCommand::Replay {
+            name,
+            sequences,
+            all,
+        } => {
+            let done = api
+                .replay(request(name, sequences, all, 0))
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .handled;
+            for h in &done {
+                println!("replayed #{} {} to {}", h.sequence, h.event_id, h.to);
+            }
+            println!("OK {} replayed", done.len());
+        }
+        DeadLetterCommand::Discard {
+            name,
+            sequences,
+            all,
+        } => {
+            let done = api
+                .discard(request(name, sequences, all, 0))
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .handled;
+            println!("OK {} discarded", done.len());
+        }
+    }
+    Ok(())
 }

@@ -190,6 +190,26 @@ enum Command {
         #[command(subcommand)]
         what: management::ComponentCommand,
     },
+    /// The processor log of a processor, a fused step or every step of a
+    /// pipeline: failures and what guests said (management API).
+    Logs {
+        /// A processor id, a fused step's id or a pipeline's name.
+        name: String,
+        /// Keep printing new records as they come.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only records this recent (`30s`, `10m`, `2h`, `1d`) or from
+        /// this time on (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Dead letters of a processor, a fused step or a pipeline: list,
+    /// show, replay, discard (management API).
+    #[command(name = "deadletter")]
+    DeadLetter {
+        #[command(subcommand)]
+        what: management::DeadLetterCommand,
+    },
     /// Create or change a pipeline from its manifest (YAML; `-` reads stdin).
     Apply {
         #[arg(long = "file", short = 'f')]
@@ -522,6 +542,16 @@ async fn run(cli: Cli) -> Result<()> {
     let management = match cli.command {
         Command::Component { what } => Ok(management::Action::Component(what)),
         Command::Apply { file, dry_run } => Ok(management::Action::Apply { file, dry_run }),
+        Command::DeadLetter { what } => Ok(management::Action::DeadLetter(what)),
+        Command::Logs {
+            name,
+            follow,
+            since,
+        } => Ok(management::Action::Logs {
+            name,
+            follow,
+            since_ms: since.as_deref().map(management::parse_since).transpose()?,
+        }),
         Command::Get {
             what: Get::Pipelines,
         } => Ok(management::Action::GetPipelines),
@@ -605,6 +635,8 @@ async fn execute(client: &mut Client, command: Command, json: bool) -> Result<()
     match command {
         Command::Component { .. }
         | Command::Apply { .. }
+        | Command::Logs { .. }
+        | Command::DeadLetter { .. }
         | Command::Delete {
             what: Target::Pipeline { .. },
         } => bail!("this command goes over the management API"),

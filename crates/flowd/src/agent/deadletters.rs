@@ -1,0 +1,264 @@
+//! Dead letters: the events processors gave up on, read, replayed to the
+//! processor that failed on them, or discarded.
+//!
+//! A dead letter is the original input event with the `deadletter*`
+//! attributes the runner adds (error, processor, fused step, input flow),
+//! stored in the processor's dead-letter flow. A replay writes the event
+//! back to the flow it came from, without those attributes, with two
+//! others:
+//! - `replayid`, new for every dead letter replayed: it takes the event
+//!   past the flow's duplicate window on purpose (its message id is the
+//!   replay's, not the event's), and should it fail again its new dead
+//!   letter is not taken for a duplicate of the first;
+//! - `replayfor` (`<processor>@<flow>`): other processors reading the same
+//!   flow skip it, since they processed the event the first time.
+//!
+//! The replay is idempotent: its message id is derived from the dead
+//! letter's place, so replaying the same letter twice (a retried command)
+//! writes it once within the flow's duplicate window. The letter is removed
+//! once its replay is stored, and the replay is recorded in the processor
+//! log.
+
+use super::{Agent, AgentError};
+use cloudevents::{AttributesReader, Event};
+use flowd_broker::logs::{Level, LogRecord, Logs, Retention};
+use flowd_broker::{FlowName, Outgoing, codec};
+use flowd_engine::ProcessorSpec;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Dead letters listed at most by one call.
+pub const MAX_LISTED: usize = 1000;
+/// Messages of one dead-letter flow looked at by one call.
+const MAX_SCANNED: usize = 100_000;
+
+/// The attributes the runner adds to a dead letter.
+pub const DEAD_LETTER_ATTRIBUTES: [&str; 4] = [
+    "deadlettererror",
+    "deadletterprocessor",
+    "deadletterstep",
+    "deadletterflow",
+];
+
+/// One dead letter.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The dead-letter flow it is stored in, and where.
+    pub flow: FlowName,
+    pub sequence: u64,
+    /// The processor that gave up on it.
+    pub processor: String,
+    /// The fused step that failed on it, if one did.
+    pub step: Option<String>,
+    /// The flow it was read from.
+    pub input: String,
+    /// Why.
+    pub error: String,
+    /// The event as it was read (without the dead-letter attributes).
+    pub event: Event,
+}
+
+/// Which dead letters a command is about.
+#[derive(Debug, Clone)]
+pub enum Which {
+    All,
+    /// These, by their sequence in the dead-letter flow.
+    Sequences(BTreeSet<u64>),
+}
+
+impl Which {
+    fn takes(&self, sequence: u64) -> bool {
+        match self {
+            Which::All => true,
+            Which::Sequences(s) => s.contains(&sequence),
+        }
+    }
+}
+
+/// What a replay or a discard did with one dead letter.
+#[derive(Debug, Clone)]
+pub struct Handled {
+    pub sequence: u64,
+    pub event: String,
+    /// Where it went (a replay), or nothing (a discard).
+    pub to: Option<String>,
+}
+
+fn text(event: &Event, name: &str) -> Option<String> {
+    event.extension(name).map(ToString::to_string)
+}
+
+impl Agent {
+    /// The dead letters of `specs` (processors a caller may manage) and of
+    /// their fused steps `steps` (empty: all of theirs), oldest first.
+    pub async fn dead_letters(
+        &self,
+        specs: &[ProcessorSpec],
+        steps: &[String],
+        which: &Which,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, AgentError> {
+        let ids: BTreeSet<&str> = specs.iter().map(|s| s.id.as_str()).collect();
+        let flows: BTreeSet<&FlowName> = specs.iter().map(|s| &s.dead_letter).collect();
+        let mut found = Vec::new();
+        for flow in flows {
+            let mut reader = match self.reader(flow, Some(1)).await {
+                Ok(reader) => reader,
+                // No dead letter yet: the flow is made on the first.
+                Err(AgentError::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let mut scanned = 0;
+            while scanned < MAX_SCANNED && found.len() < limit.min(MAX_LISTED) {
+                let batch = reader.next(256, Duration::from_millis(200)).await?;
+                if batch.is_empty() {
+                    break;
+                }
+                scanned += batch.len();
+                for (sequence, mut event) in batch {
+                    let Some(processor) = text(&event, "deadletterprocessor") else {
+                        continue;
+                    };
+                    let step = text(&event, "deadletterstep");
+                    let ours = ids.contains(processor.as_str())
+                        && (steps.is_empty()
+                            || steps.contains(&processor)
+                            || step.as_ref().is_some_and(|s| steps.contains(s)));
+                    if !ours || !which.takes(sequence) {
+                        continue;
+                    }
+                    let error = text(&event, "deadlettererror").unwrap_or_default();
+                    let input = text(&event, "deadletterflow").unwrap_or_default();
+                    for name in DEAD_LETTER_ATTRIBUTES {
+                        event.remove_extension(name);
+                    }
+                    found.push(DeadLetter {
+                        flow: flow.clone(),
+                        sequence,
+                        processor,
+                        step,
+                        input,
+                        error,
+                        event,
+                    });
+                    if found.len() >= limit.min(MAX_LISTED) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Writes `letters` back to the flows they came from, for the
+    /// processor that failed on them, and removes them; `by` names who
+    /// asked, for the log.
+    pub async fn replay_dead_letters(
+        &self,
+        letters: Vec<DeadLetter>,
+        by: &str,
+    ) -> Result<Vec<Handled>, AgentError> {
+        let logs = Logs::open(&self.broker, Retention::default()).await.ok();
+        let mut handled = Vec::new();
+        for letter in letters {
+            let input = FlowName::parse(&letter.input).map_err(|e| {
+                AgentError::Invalid(format!(
+                    "dead letter #{} names no flow it came from: {e}",
+                    letter.sequence
+                ))
+            })?;
+            let mut event = letter.event.clone();
+            let place = format!("{}:{}", letter.flow, letter.sequence);
+            let replay_id = hex::encode(&sha256(place.as_bytes())[..12]);
+            event.set_extension("replayid", replay_id.as_str());
+            event.set_extension(
+                "replayfor",
+                format!("{}@{}", letter.processor, input).as_str(),
+            );
+            let (headers, payload) = codec::message_for_event(&event);
+            self.broker
+                .publish([Outgoing {
+                    subject: input.subject(),
+                    message_id: format!("replay:{place}"),
+                    headers,
+                    payload,
+                }])
+                .await?;
+            self.broker
+                .remove_stored(&letter.flow, letter.sequence)
+                .await?;
+            let id = letter.event.id().to_owned();
+            if let Some(logs) = &logs {
+                let record = LogRecord {
+                    time_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
+                    level: Level::Info,
+                    kind: "replay".into(),
+                    processor: letter.step.clone().unwrap_or(letter.processor.clone()),
+                    host: String::new(),
+                    instance: 0,
+                    event: Some(id.clone()),
+                    message: format!(
+                        "dead letter #{} of {} replayed to {input} by {by} (replay id {replay_id})",
+                        letter.sequence, letter.flow
+                    ),
+                    sequence: 0,
+                };
+                let _ = logs.append(&record).await;
+            }
+            handled.push(Handled {
+                sequence: letter.sequence,
+                event: id,
+                to: Some(input.to_string()),
+            });
+        }
+        Ok(handled)
+    }
+
+    /// Removes `letters` for good; `by` names who asked, for the log.
+    pub async fn discard_dead_letters(
+        &self,
+        letters: Vec<DeadLetter>,
+        by: &str,
+    ) -> Result<Vec<Handled>, AgentError> {
+        let logs = Logs::open(&self.broker, Retention::default()).await.ok();
+        let mut handled = Vec::new();
+        for letter in letters {
+            if !self
+                .broker
+                .remove_stored(&letter.flow, letter.sequence)
+                .await?
+            {
+                continue;
+            }
+            let id = letter.event.id().to_owned();
+            if let Some(logs) = &logs {
+                let record = LogRecord {
+                    time_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
+                    level: Level::Info,
+                    kind: "discard".into(),
+                    processor: letter.step.clone().unwrap_or(letter.processor.clone()),
+                    host: String::new(),
+                    instance: 0,
+                    event: Some(id.clone()),
+                    message: format!(
+                        "dead letter #{} of {} discarded by {by}",
+                        letter.sequence, letter.flow
+                    ),
+                    sequence: 0,
+                };
+                let _ = logs.append(&record).await;
+            }
+            handled.push(Handled {
+                sequence: letter.sequence,
+                event: id,
+                to: None,
+            });
+        }
+        Ok(handled)
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
