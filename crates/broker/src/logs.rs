@@ -21,6 +21,8 @@ pub const STREAM: &str = "FLOWD_LOGS";
 pub const SUBJECT_PREFIX: &str = "flowd.logs";
 /// Bytes of one stored record, at most (longer messages are cut).
 pub const MAX_RECORD: usize = 8 * 1024;
+/// Records kept per processor (the oldest go first).
+pub const MAX_PER_PROCESSOR: i64 = 50_000;
 /// Records one read returns without `follow`.
 pub const MAX_READ: usize = 10_000;
 
@@ -114,6 +116,7 @@ pub enum Since {
 #[derive(Clone)]
 pub struct Logs {
     js: jetstream::Context,
+    client: async_nats::Client,
 }
 
 /// The subject of a processor's records.
@@ -131,13 +134,30 @@ impl Logs {
             max_age: retention.max_age,
             max_bytes: retention.max_bytes,
             max_message_size: (MAX_RECORD + 1024) as i32,
+            // One processor cannot push every other one's records out.
+            max_messages_per_subject: MAX_PER_PROCESSOR,
             discard: stream::DiscardPolicy::Old,
             num_replicas: broker.replicas,
             ..Default::default()
         })
         .await
         .map_err(request)?;
-        Ok(Logs { js })
+        Ok(Logs {
+            js,
+            client: broker.client().clone(),
+        })
+    }
+
+    /// Removes every record of `processor` (it was deleted: a processor
+    /// made later under the same id must not read them).
+    pub async fn purge(&self, processor: &str) -> Result<(), BrokerError> {
+        let stream = self.js.get_stream(STREAM).await.map_err(request)?;
+        stream
+            .purge()
+            .filter(subject(processor))
+            .await
+            .map_err(request)?;
+        Ok(())
     }
 
     /// Appends a record without waiting for the broker to store it.
@@ -152,10 +172,10 @@ impl Logs {
             record.message.push('…');
         }
         let payload = serde_json::to_vec(&record).map_err(request)?;
-        // The acknowledgement future is dropped: the record is sent, and
-        // its storing is not waited for.
-        let _ack = self
-            .js
+        // A plain publish, which the stream stores: no acknowledgement is
+        // waited for, and none holds a slot of the JetStream context the
+        // events are published through.
+        self.client
             .publish(subject(&record.processor), payload.into())
             .await
             .map_err(request)?;

@@ -87,7 +87,6 @@ impl Logbook {
         if !self.failures.take() {
             return;
         }
-        let held_back = std::mem::take(&mut self.failures.held_back);
         match entry.level {
             Level::Error => tracing::error!(
                 processor = entry.processor,
@@ -104,14 +103,14 @@ impl Logbook {
                 entry.message
             ),
         }
-        self.dropped(entry.processor, held_back, "failure").await;
+        let processor = entry.processor.to_owned();
         self.write(entry).await;
+        self.held_back(&processor, false).await;
     }
 
     /// Logs what the guest of `processor` said during a call.
     pub(crate) async fn said(&mut self, processor: &str, said: Said) {
-        let mut held_back = std::mem::take(&mut self.guest.held_back);
-        held_back += said.dropped;
+        self.guest.held_back = self.guest.held_back.saturating_add(said.dropped);
         for line in said.lines {
             if !self.guest.take() {
                 continue;
@@ -143,14 +142,27 @@ impl Logbook {
             })
             .await;
         }
-        held_back += std::mem::take(&mut self.guest.held_back);
-        self.dropped(processor, held_back, "guest output").await;
+        self.held_back(processor, true).await;
     }
 
-    async fn dropped(&mut self, processor: &str, count: u64, what: &str) {
+    /// Says how many records the limit held back, when the budget allows
+    /// one more record (the count waits otherwise, and grows).
+    async fn held_back(&mut self, processor: &str, guest: bool) {
+        let budget = if guest {
+            &mut self.guest
+        } else {
+            &mut self.failures
+        };
+        let count = budget.held_back;
         if count == 0 {
             return;
         }
+        if !budget.take() {
+            budget.held_back = count;
+            return;
+        }
+        budget.held_back = 0;
+        let what = if guest { "guest output" } else { "failure" };
         self.write(Entry {
             level: Level::Warn,
             kind: "dropped",

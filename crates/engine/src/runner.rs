@@ -1276,9 +1276,9 @@ impl Runner {
         headers.insert("ce-deadletterprocessor", encode(&self.spec.id));
         let flow = self.spec.inputs.get(port as usize).map(FlowName::as_str);
         headers.insert("ce-deadletterflow", encode(flow.unwrap_or_default()));
-        if let Some(step) = step.filter(|s| *s != self.spec.id) {
-            headers.insert("ce-deadletterstep", encode(step));
-        }
+        // Set, or emptied of whatever the event's producer put there.
+        let step = step.filter(|s| *s != self.spec.id).unwrap_or_default();
+        headers.insert("ce-deadletterstep", encode(step));
         // A replayed event that fails again is a new dead letter, not a
         // duplicate of its first one.
         let scope = match input.header("ce-replayid") {

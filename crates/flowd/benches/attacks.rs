@@ -42,6 +42,7 @@ async fn host(cache_secs: u64) -> Result<Bench> {
     config.participant.namespaces = vec!["bench.example.com".into()];
     config.metrics.listen = None;
     config.api.listen = None;
+    config.console.listen = None;
     config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
     config.fnap.tls_listen = None;
     config.fns.listen = None;

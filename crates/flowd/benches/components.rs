@@ -98,6 +98,7 @@ async fn push_to_first_event(nats: &Nats) -> Result<()> {
     config.nats.urls = vec![nats.url()];
     config.metrics.listen = None;
     config.api.listen = Some(([127, 0, 0, 1], 0).into());
+    config.console.listen = None;
     config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
     config.fnap.tls_listen = None;
     config.fns.listen = None;

@@ -677,6 +677,7 @@ async fn main() -> Result<()> {
     config.nats.urls = vec![url.clone()];
     config.metrics.listen = None;
     config.api.listen = None;
+    config.console.listen = None;
     config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
     config.fnap.tls_listen = None;
     config.fns.listen = None;

@@ -63,6 +63,7 @@ async fn run(hosts: usize) -> Result<(f64, Vec<(String, u64)>)> {
         config.cluster.heartbeat_ms = 250;
         config.metrics.listen = None;
         config.api.listen = None;
+        config.console.listen = None;
         config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
         config.fnap.tls_listen = None;
         config.fns.listen = None;

@@ -109,6 +109,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub fnap: FnapConfig,
     pub api: ApiConfig,
+    pub console: ConsoleConfig,
     pub fns: FnsConfig,
     /// Credentials for other participants' namespaces (remote
     /// subscriptions); without an entry, sessions are anonymous.
@@ -268,6 +269,24 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 61002))),
             tls: false,
+        }
+    }
+}
+
+/// `[console]`: the web console.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Address of the console; `None` disables it. Loopback by default:
+    /// it speaks plain HTTP (put a TLS proxy in front to serve it further).
+    #[serde(with = "address_or_off")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 61003))),
         }
     }
 }
@@ -441,6 +460,9 @@ pub struct HostFile {
     pub api: Option<SocketAddr>,
     #[serde(default)]
     pub api_tls: bool,
+    /// The web console.
+    #[serde(default)]
+    pub console: Option<SocketAddr>,
     /// The certificate the FNAP server presents (PEM file).
     #[serde(default)]
     pub tls_cert: Option<PathBuf>,

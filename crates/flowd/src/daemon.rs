@@ -5,6 +5,7 @@
 use crate::agent::Agent;
 use crate::api::{ApiContext, ApiServer};
 use crate::config::{BrokerTls, Config, HostFile};
+use crate::console::ConsoleServer;
 use crate::peers::Federation;
 use crate::pipeline::Pipelines;
 use crate::relays::Relays;
@@ -34,6 +35,7 @@ pub struct Daemon {
     updater: Option<Updater>,
     relays: Relays,
     api: Option<ApiServer>,
+    console: Option<ConsoleServer>,
     /// Publishes this host's accounts file to the other hosts.
     accounts: tokio::task::JoinHandle<()>,
     /// Revokes the copies of accounts removed on any host.
@@ -239,15 +241,27 @@ impl Daemon {
             )
         });
 
-        let api = match config.api.listen {
-            Some(addr) => {
-                let registry = Registry::open(&broker, host.clone()).await?;
-                let pipelines = Pipelines::open(
-                    agent.clone(),
-                    registry.clone(),
-                    config.limits.defaults.clone(),
-                )
-                .await?;
+        // The API and the console share one context (registry, pipelines).
+        let context = if config.api.listen.is_some() || config.console.listen.is_some() {
+            let registry = Registry::open(&broker, host.clone()).await?;
+            let pipelines = Pipelines::open(
+                agent.clone(),
+                registry.clone(),
+                config.limits.defaults.clone(),
+            )
+            .await?;
+            Some(ApiContext {
+                agent: agent.clone(),
+                registry,
+                pipelines,
+                state_dir: state_dir.clone(),
+                defaults: config.limits.defaults.clone(),
+            })
+        } else {
+            None
+        };
+        let api = match (config.api.listen, &context) {
+            (Some(addr), Some(ctx)) => {
                 let tls = if config.api.tls {
                     let (cert, key) = crate::tls::certificate_files(
                         &config.fnap.tls,
@@ -263,16 +277,13 @@ impl Daemon {
                 } else {
                     None
                 };
-                let ctx = ApiContext {
-                    agent: agent.clone(),
-                    registry,
-                    pipelines,
-                    state_dir: state_dir.clone(),
-                    defaults: config.limits.defaults.clone(),
-                };
-                Some(ApiServer::start(addr, ctx, tls).await?)
+                Some(ApiServer::start(addr, ctx.clone(), tls).await?)
             }
-            None => None,
+            _ => None,
+        };
+        let console = match (config.console.listen, context) {
+            (Some(addr), Some(ctx)) => Some(ConsoleServer::start(addr, ctx).await?),
+            _ => None,
         };
 
         let (metrics_server, metrics_addr) = match config.metrics.listen {
@@ -319,6 +330,7 @@ impl Daemon {
             fns: fns.as_ref().map(|f| f.addr),
             api: api.as_ref().map(|a| a.addr),
             api_tls: config.api.tls,
+            console: console.as_ref().map(|c| c.addr),
             tls_cert: tls.map(|(_, cert)| cert),
             pid: std::process::id(),
         }
@@ -331,6 +343,7 @@ impl Daemon {
             fnap = ?fnap.plain,
             fnap_tls = ?fnap.tls,
             api = ?api.as_ref().map(|a| a.addr),
+            console = ?console.as_ref().map(|c| c.addr),
             "flowd host ready"
         );
         Ok(Daemon {
@@ -345,6 +358,7 @@ impl Daemon {
             updater,
             relays,
             api,
+            console,
             accounts,
             reviews,
         })
@@ -386,11 +400,19 @@ impl Daemon {
         self.api.as_ref().map(|a| a.addr)
     }
 
+    /// The web console's address, if enabled.
+    pub fn console_addr(&self) -> Option<std::net::SocketAddr> {
+        self.console.as_ref().map(|c| c.addr)
+    }
+
     /// Stops processors after their current batch, then the broker.
     pub async fn shutdown(self) {
         self.fnap.shutdown();
         if let Some(api) = self.api {
             api.stop();
+        }
+        if let Some(console) = self.console {
+            console.stop();
         }
         self.relays.shutdown();
         self.accounts.abort();

@@ -13,7 +13,8 @@
 //! - [`peers`]: sessions with other participants' hosts; `relays`
 //!   (private): remote subscriptions carried into local flows;
 //! - [`pipeline`]: chains of processors declared by YAML manifests;
-//! - [`api`]: the gRPC management API (registry, processors, pipelines);
+//! - [`api`]: the gRPC management API (registry, processors, pipelines,
+//!   logs, dead letters); [`console`]: the web console;
 //! - [`user_agent`]: the `flow` user agent's configuration and log-in;
 //! - [`daemon`]: `flowd serve`, the host as a daemon; [`config`]: its TOML;
 //! - [`cli`]: the command lines of `flow` and `flowd` (the binaries are a
@@ -24,6 +25,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod logins;
 pub mod peers;

@@ -68,6 +68,7 @@ async fn host(tune: impl FnOnce(&mut Config)) -> Host {
     config.nats.urls = vec![nats.url()];
     config.metrics.listen = None;
     config.api.listen = None;
+    config.console.listen = None;
     config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
     config.fnap.tls_listen = None;
     config.fns.listen = None;

@@ -269,6 +269,8 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
                 "127.0.0.1:0",
                 "--api",
                 "127.0.0.1:0",
+                "--console",
+                "127.0.0.1:0",
                 "--state-dir",
             ])
             .arg(state.path())

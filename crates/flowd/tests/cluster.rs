@@ -40,7 +40,7 @@ impl Node {
                  [cluster]\nheartbeat_ms = 500\nfailover_ms = 3000\n\
                  [metrics]\nlisten = \"off\"\n[fns]\nlisten = \"off\"\n\
                  [fnap]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"off\"\n\
-                 [api]\nlisten = \"127.0.0.1:0\"\n",
+                 [api]\nlisten = \"127.0.0.1:0\"\n[console]\nlisten = \"off\"\n",
                 state.path().display(),
                 urls.iter()
                     .map(|u| format!("\"{u}\""))

@@ -67,6 +67,7 @@ async fn participant_with(
     config.nats.urls = vec![nats.url()];
     config.metrics.listen = None;
     config.api.listen = None;
+    config.console.listen = None;
     config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
     config.fnap.tls_listen = None;
     config.fns.listen = Some(([127, 0, 0, 1], 0).into());

@@ -90,6 +90,7 @@ async fn host(tune: impl FnOnce(&mut Config)) -> Host {
     config.nats.urls = vec![nats.url()];
     config.metrics.listen = None;
     config.api.listen = None;
+    config.console.listen = None;
     config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
     config.fnap.tls_listen = Some(([127, 0, 0, 1], 0).into());
     config.fnap.auth_failure_delay_ms = 10;

@@ -893,6 +893,7 @@ async fn the_api_speaks_tls_with_the_hosts_certificate() {
     config.fnap.tls_listen = None;
     config.fns.listen = None;
     config.api.listen = Some(([127, 0, 0, 1], 0).into());
+    config.console.listen = None;
     config.api.tls = true;
     let host = flowd::daemon::Daemon::start(config)
         .await
@@ -1242,4 +1243,176 @@ async fn pipeline_free_generation(api: &ApiClient, id: &str) -> u64 {
         .expect("status")
         .into_inner()
         .generation
+}
+
+/// The web console in a real browser (Debian's chromium driven by
+/// playwright-core, `tests/console/console.mjs`): log in with the
+/// administrator token; the pipeline's graph with rates moving while
+/// events flow; a step's log showing a trap's message; pause and resume a
+/// processor from the page; then, the step fixed, replay a dead letter
+/// from its page and see the event arrive in the output flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_a_live_pipeline_its_logs_and_replays_a_dead_letter() {
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let _host = support::Flowd::start_with_console(&nats.url(), state.path());
+    let api = api(state.path()).await;
+    let console = eventually(Duration::from_secs(20), "the console's address", || async {
+        HostFile::read(state.path()).and_then(|h| h.console)
+    })
+    .await;
+    let agent = Agent::connect(&[nats.url()]).await.expect("agent");
+    create_flows(&agent, &["watched-in", "watched-out"]).await;
+    push_file(&api, "transform", "flow_transform").await;
+    push_file(&api, "hostile", "guest_hostile").await;
+    push_file(&api, "passthrough", "flow_passthrough").await;
+    let manifest = |risky: &str| {
+        format!(
+            "name: watched\n\
+             inputs: {{in: flow://watched-in.pipe.example.com}}\n\
+             outputs: {{out: flow://watched-out.pipe.example.com}}\n\
+             steps:\n\
+             \x20 - name: mark\n    component: transform@1.0.0\n    from: in\n    config: {{set.data.marked: true}}\n\
+             \x20 - name: risky\n    component: {risky}\n    from: mark\n    to: out\n\
+             limits: {{deadline-ms: 2000, max-attempts: 1}}\n"
+        )
+    };
+    api.pipelines()
+        .apply(proto::ApplyRequest {
+            manifest: manifest("hostile@1.0.0"),
+            dry_run: false,
+        })
+        .await
+        .expect("applied");
+
+    // Events flow while the page is watched: one in ten traps.
+    let writing = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            for round in 0..600usize {
+                let events: Vec<Event> = (0..20)
+                    .map(|i| {
+                        let n = round * 20 + i;
+                        EventBuilderV10::new()
+                            .id(format!("w-{n}"))
+                            .source("urn:test")
+                            .ty(if n % 10 == 3 { "test.trap" } else { "test.ok" })
+                            .data("application/json", json!({"n": n}))
+                            .build()
+                            .expect("event")
+                    })
+                    .collect();
+                flows::write(&agent, &flow("watched-in"), &events).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let token = std::fs::read_to_string(flowd::user_agent::local_token_path(state.path()))
+        .expect("token")
+        .trim()
+        .to_owned();
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let shots = root.join("target/console-screenshots");
+    let browse = move |phase: &str, extra: &[(&str, String)]| {
+        let mut command = std::process::Command::new("node");
+        command
+            .arg(root.join("tests/console/console.mjs"))
+            .env("CONSOLE_URL", format!("http://{console}"))
+            .env("TOKEN", &token)
+            .env("PHASE", phase)
+            .env("PIPELINE", "watched")
+            .env("SHOTS", &shots);
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let out = command.output().expect("node runs");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "browser, {phase}: {said}");
+        said
+    };
+    let watched = tokio::task::spawn_blocking({
+        let browse = browse.clone();
+        move || {
+            browse(
+                "watch",
+                &[
+                    ("STEP", "risky".to_owned()),
+                    ("RUNNER", "watched-mark".to_owned()),
+                ],
+            )
+        }
+    })
+    .await
+    .expect("joined");
+    for part in ["graph", "logs", "pause", "resume"] {
+        assert!(watched.contains(&format!("ok watch {part}")), "{watched}");
+    }
+    writing.abort();
+
+    // The step fixed, a dead letter is replayed from the page.
+    api.pipelines()
+        .apply(proto::ApplyRequest {
+            manifest: manifest("passthrough@1.0.0"),
+            dry_run: false,
+        })
+        .await
+        .expect("re-applied");
+    eventually(Duration::from_secs(60), "risky runs the fix", || async {
+        let steps = pipeline(&api, "watched").await;
+        let risky = steps.get("risky")?;
+        let st = risky.status.as_ref()?;
+        (risky
+            .component
+            .contains(&digest_of(&api, "passthrough@1.0.0").await)
+            && st.phase == "running"
+            && st.generation == risky.generation)
+            .then_some(())
+    })
+    .await;
+    let letters = api
+        .dead_letters()
+        .list(proto::DeadLettersRequest {
+            name: "watched".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("listed")
+        .into_inner()
+        .letters;
+    let event = letters.first().expect("a dead letter").event_id.clone();
+    let replayed = tokio::task::spawn_blocking({
+        let event = event.clone();
+        move || browse("replay", &[("EVENT", event)])
+    })
+    .await
+    .expect("joined");
+    assert!(replayed.contains("ok replay replay"), "{replayed}");
+    eventually(
+        Duration::from_secs(30),
+        "the replayed event's output",
+        || async {
+            read_all(&agent, "watched-out")
+                .await
+                .iter()
+                .any(|e| e.id() == event)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// The digest a component reference names.
+async fn digest_of(api: &ApiClient, reference: &str) -> String {
+    api.registry()
+        .describe(proto::ComponentRef {
+            reference: reference.into(),
+        })
+        .await
+        .expect("component")
+        .into_inner()
+        .digest
 }

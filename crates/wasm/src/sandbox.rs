@@ -107,15 +107,15 @@ impl ResourceLimiter for MemoryCap {
 
 impl log::Host for Sandbox {
     fn log(&mut self, level: log::Level, message: String) {
+        // Kept (cut and counted) for the host to log under its budget; the
+        // host's own log gets it only at trace level, cut, so that a guest
+        // cannot flood it.
         self.output.log(level, &message);
-        let name = &*self.name;
-        match level {
-            log::Level::Trace => tracing::trace!(processor = name, "{message}"),
-            log::Level::Debug => tracing::debug!(processor = name, "{message}"),
-            log::Level::Info => tracing::info!(processor = name, "{message}"),
-            log::Level::Warn => tracing::warn!(processor = name, "{message}"),
-            log::Level::Error => tracing::error!(processor = name, "{message}"),
+        let mut end = message.len().min(super::output::MAX_LINE);
+        while !message.is_char_boundary(end) {
+            end -= 1;
         }
+        tracing::trace!(processor = &*self.name, ?level, "{}", &message[..end]);
     }
 }
 

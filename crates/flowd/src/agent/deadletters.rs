@@ -119,7 +119,7 @@ impl Agent {
                     let Some(processor) = text(&event, "deadletterprocessor") else {
                         continue;
                     };
-                    let step = text(&event, "deadletterstep");
+                    let step = text(&event, "deadletterstep").filter(|s| !s.is_empty());
                     let ours = ids.contains(processor.as_str())
                         && (steps.is_empty()
                             || steps.contains(&processor)
@@ -153,20 +153,52 @@ impl Agent {
     /// Writes `letters` back to the flows they came from, for the
     /// processor that failed on them, and removes them; `by` names who
     /// asked, for the log.
+    ///
+    /// A letter says itself which flow it came from, and a dead-letter
+    /// flow may hold what its writers put there: so each target is checked
+    /// first, and nothing is replayed unless every one passes. The flow must
+    /// be an input of the processor now (`specs`, the processors `who` may
+    /// manage), and `who` must be allowed to write to it, unless it is an
+    /// internal flow of the processor's own pipeline.
     pub async fn replay_dead_letters(
         &self,
+        who: &super::Principal,
+        specs: &[ProcessorSpec],
         letters: Vec<DeadLetter>,
-        by: &str,
     ) -> Result<Vec<Handled>, AgentError> {
-        let logs = Logs::open(&self.broker, Retention::default()).await.ok();
-        let mut handled = Vec::new();
-        for letter in letters {
-            let input = FlowName::parse(&letter.input).map_err(|e| {
-                AgentError::Invalid(format!(
-                    "dead letter #{} names no flow it came from: {e}",
+        let by = who.user().unwrap_or("the host administrator").to_owned();
+        let mut targets = Vec::with_capacity(letters.len());
+        for letter in &letters {
+            let refused = |why: &str| {
+                AgentError::Forbidden(format!(
+                    "dead letter #{} cannot be replayed: {why}",
                     letter.sequence
                 ))
-            })?;
+            };
+            let input = FlowName::parse(&letter.input)
+                .map_err(|e| refused(&format!("it names no flow it came from ({e})")))?;
+            let spec = specs
+                .iter()
+                .find(|s| s.id == letter.processor)
+                .ok_or_else(|| refused("its processor is not among those named"))?;
+            if !spec.inputs.contains(&input) {
+                return Err(refused(&format!(
+                    "{input} is no input of processor {} now",
+                    spec.id
+                )));
+            }
+            let internal = spec
+                .pipeline
+                .as_ref()
+                .is_some_and(|p| input.as_str().ends_with(&format!(".{p}.pipelines.flowd")));
+            if !internal {
+                self.check_write(who, &input).await?;
+            }
+            targets.push(input);
+        }
+        let logs = Logs::open(&self.broker, Retention::default()).await.ok();
+        let mut handled = Vec::new();
+        for (letter, input) in letters.into_iter().zip(targets) {
             let mut event = letter.event.clone();
             let place = format!("{}:{}", letter.flow, letter.sequence);
             let replay_id = hex::encode(&sha256(place.as_bytes())[..12]);

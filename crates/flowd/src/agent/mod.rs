@@ -692,13 +692,51 @@ impl Agent {
 
     /// Destroys a processor (figure 6); the host stops it and removes its
     /// consumers and state.
+    ///
+    /// Its log records and its dead letters go with it (the dead-letter
+    /// flow itself stays, as others may share it): a processor made later
+    /// under the same id, perhaps by another account, starts with neither.
+    /// Dead letters are removed up to [`deadletters::MAX_LISTED`]; a
+    /// processor's own default dead-letter flow is removed whole.
     pub async fn delete_processor(&self, id: &str) -> Result<(), AgentError> {
-        self.processor(id).await?;
+        let (spec, _) = self.processor(id).await?;
         self.buckets
             .processors
             .delete(id)
             .await
             .map_err(|e| unavailable(format!("deleting processor {id}: {e}")))?;
+        if let Ok(logs) =
+            flowd_broker::logs::Logs::open(&self.broker, flowd_broker::logs::Retention::default())
+                .await
+        {
+            for step in std::iter::once(&spec.id).chain(spec.fused.iter().map(|f| &f.id)) {
+                if let Err(e) = logs.purge(step).await {
+                    tracing::warn!(processor = step, "log records not removed: {e}");
+                }
+            }
+        }
+        if spec
+            .dead_letter
+            .as_str()
+            .starts_with(&format!("{id}.deadletter."))
+        {
+            let _ = self.broker.delete_flow(&spec.dead_letter).await;
+        } else if let Ok(letters) = self
+            .dead_letters(
+                std::slice::from_ref(&spec),
+                &[],
+                &deadletters::Which::All,
+                deadletters::MAX_LISTED,
+            )
+            .await
+        {
+            for letter in letters {
+                let _ = self
+                    .broker
+                    .remove_stored(&letter.flow, letter.sequence)
+                    .await;
+            }
+        }
         Ok(())
     }
 }

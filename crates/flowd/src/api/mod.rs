@@ -13,6 +13,8 @@ pub mod client;
 mod convert;
 mod services;
 
+pub(crate) use services::{named, read_logs};
+
 /// The generated protobuf types and service stubs.
 #[allow(clippy::all, missing_docs)]
 pub mod proto {

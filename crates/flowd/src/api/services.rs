@@ -501,11 +501,11 @@ pub(super) struct LogsService(pub Arc<ApiContext>);
 
 /// What a name given to the log and dead-letter services stands for, as
 /// the caller may see it.
-struct Named {
+pub(crate) struct Named {
     /// The processors (segments) concerned.
-    specs: Vec<flowd_engine::ProcessorSpec>,
+    pub specs: Vec<flowd_engine::ProcessorSpec>,
     /// Only this fused step of theirs (a step's name was given).
-    step: Option<String>,
+    pub step: Option<String>,
 }
 
 impl Named {
@@ -530,7 +530,7 @@ impl Named {
 
 /// Resolves `name`: a processor, a fused step, or a pipeline's steps.
 /// What `who` may not manage is answered as what does not exist.
-async fn named(ctx: &ApiContext, who: &Principal, name: &str) -> Result<Named, Status> {
+pub(crate) async fn named(ctx: &ApiContext, who: &Principal, name: &str) -> Result<Named, Status> {
     let visible = ctx
         .agent
         .list_processors_as(who)
@@ -568,22 +568,34 @@ impl logs_server::Logs for LogsService {
     type ReadStream = futures::stream::BoxStream<'static, Result<proto::LogRecord, Status>>;
 
     async fn read(&self, request: Request<proto::ReadLogsRequest>) -> Reply<Self::ReadStream> {
-        use flowd_broker::logs::{Logs, Retention, Since};
         let who = principal(&self.0, &request).await?;
-        let r = request.into_inner();
-        let processors = named(&self.0, &who, &r.name).await?.ids();
-        let logs = Logs::open(self.0.agent.broker(), Retention::default())
-            .await
-            .map_err(|e| Status::unavailable(format!("processor log: {e}")))?;
-        let since = match r.since_ms {
-            0 => Since::Start,
-            ms => Since::Time(ms),
-        };
-        let records = logs
-            .read(&processors, since, r.follow)
-            .await
-            .map_err(|e| Status::unavailable(format!("processor log: {e}")))?;
-        let out = records.map(|record| {
+        Ok(Response::new(
+            read_logs(&self.0, &who, request.into_inner()).await?,
+        ))
+    }
+}
+
+/// The log records `r` asks for, as `who` may read them.
+pub(crate) async fn read_logs(
+    ctx: &ApiContext,
+    who: &Principal,
+    r: proto::ReadLogsRequest,
+) -> Result<futures::stream::BoxStream<'static, Result<proto::LogRecord, Status>>, Status> {
+    use flowd_broker::logs::{Logs, Retention, Since};
+    let processors = named(ctx, who, &r.name).await?.ids();
+    let logs = Logs::open(ctx.agent.broker(), Retention::default())
+        .await
+        .map_err(|e| Status::unavailable(format!("processor log: {e}")))?;
+    let since = match r.since_ms {
+        0 => Since::Start,
+        ms => Since::Time(ms),
+    };
+    let records = logs
+        .read(&processors, since, r.follow)
+        .await
+        .map_err(|e| Status::unavailable(format!("processor log: {e}")))?;
+    Ok(records
+        .map(|record| {
             record
                 .map(|r| proto::LogRecord {
                     time_ms: r.time_ms,
@@ -597,9 +609,8 @@ impl logs_server::Logs for LogsService {
                     sequence: r.sequence,
                 })
                 .map_err(|e| Status::unavailable(format!("processor log: {e}")))
-        });
-        Ok(Response::new(out.boxed()))
-    }
+        })
+        .boxed())
 }
 
 pub(super) struct DeadLettersService(pub Arc<ApiContext>);
@@ -609,7 +620,14 @@ impl DeadLettersService {
         &self,
         request: &Request<proto::DeadLettersRequest>,
         must_choose: bool,
-    ) -> Result<(Principal, Vec<crate::agent::deadletters::DeadLetter>), Status> {
+    ) -> Result<
+        (
+            Principal,
+            Vec<flowd_engine::ProcessorSpec>,
+            Vec<crate::agent::deadletters::DeadLetter>,
+        ),
+        Status,
+    > {
         use crate::agent::deadletters::Which;
         let who = principal(&self.0, request).await?;
         let r = request.get_ref();
@@ -635,7 +653,7 @@ impl DeadLettersService {
             .dead_letters(&named.specs, &steps, &which, limit)
             .await
             .map_err(convert::agent_status)?;
-        Ok((who, letters))
+        Ok((who, named.specs, letters))
     }
 }
 
@@ -659,7 +677,7 @@ impl dead_letters_server::DeadLetters for DeadLettersService {
         request: Request<proto::DeadLettersRequest>,
     ) -> Reply<proto::DeadLettersResponse> {
         use cloudevents::AttributesReader;
-        let (_, letters) = self.chosen(&request, false).await?;
+        let (_, _, letters) = self.chosen(&request, false).await?;
         Ok(Response::new(proto::DeadLettersResponse {
             letters: letters
                 .into_iter()
@@ -683,11 +701,11 @@ impl dead_letters_server::DeadLetters for DeadLettersService {
         &self,
         request: Request<proto::DeadLettersRequest>,
     ) -> Reply<proto::HandledResponse> {
-        let (who, letters) = self.chosen(&request, true).await?;
+        let (who, specs, letters) = self.chosen(&request, true).await?;
         let done = self
             .0
             .agent
-            .replay_dead_letters(letters, who.user().unwrap_or("the host administrator"))
+            .replay_dead_letters(&who, &specs, letters)
             .await
             .map_err(convert::agent_status)?;
         Ok(Response::new(handled(done)))
@@ -697,7 +715,7 @@ impl dead_letters_server::DeadLetters for DeadLettersService {
         &self,
         request: Request<proto::DeadLettersRequest>,
     ) -> Reply<proto::HandledResponse> {
-        let (who, letters) = self.chosen(&request, true).await?;
+        let (who, _, letters) = self.chosen(&request, true).await?;
         let done = self
             .0
             .agent

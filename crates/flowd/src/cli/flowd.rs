@@ -74,6 +74,9 @@ struct ServeArgs {
     /// gRPC management API address (overrides the file); `off` disables it.
     #[arg(long)]
     api: Option<String>,
+    /// Web console address (`off` disables it).
+    #[arg(long)]
+    console: Option<String>,
 }
 
 /// `off`, or a socket address.
@@ -188,6 +191,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(value) = &args.fnap_tls {
         config.fnap.tls_listen = address("fnap-tls", value)?;
+    }
+    if let Some(value) = &args.console {
+        config.console.listen = address("console", value)?;
     }
     if let Some(value) = &args.api {
         config.api.listen = address("api", value)?;

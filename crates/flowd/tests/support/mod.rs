@@ -32,6 +32,33 @@ impl Flowd {
                 "off",
                 "--api",
                 "127.0.0.1:0",
+                "--console",
+                "off",
+                "--state-dir",
+            ])
+            .arg(state_dir);
+        })
+    }
+
+    /// [`Flowd::start`] with the web console on a free loopback port
+    /// (its address is in the state directory's `host.json`).
+    pub(crate) fn start_with_console(nats_url: &str, state_dir: &Path) -> Flowd {
+        Flowd::serve(|c| {
+            c.args([
+                "--nats",
+                nats_url,
+                "--metrics",
+                "off",
+                "--fnap",
+                "127.0.0.1:0",
+                "--fnap-tls",
+                "off",
+                "--fns",
+                "off",
+                "--api",
+                "127.0.0.1:0",
+                "--console",
+                "127.0.0.1:0",
                 "--state-dir",
             ])
             .arg(state_dir);

@@ -111,9 +111,19 @@ fn print_log(r: &proto::LogRecord) {
     } else {
         format!(" event={}", r.event)
     };
+    // Guest text is printed with its control characters escaped: a guest
+    // cannot forge lines or move the terminal's cursor.
+    let mut message = String::with_capacity(r.message.len());
+    for c in r.message.chars() {
+        if c.is_control() {
+            message.extend(c.escape_default());
+        } else {
+            message.push(c);
+        }
+    }
     println!(
-        "{time} {:<5} {} {}{event}: {}",
-        r.level, r.processor, r.kind, r.message
+        "{time} {:<5} {} {}{event}: {message}",
+        r.level, r.processor, r.kind
     );
 }
 

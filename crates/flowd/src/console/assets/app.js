@@ -1,0 +1,288 @@
+// The flowd console: one page, drawn from /api/live (the host's overview,
+// every second) and the log and dead-letter endpoints. No framework, no
+// build step: this file is served as it is from inside the binary.
+"use strict";
+
+const state = { overview: null, previous: null, rates: {}, logs: [], logName: "", letters: [], lettersName: "" };
+const CHANGE = { "x-flowd-console": "1", "content-type": "application/json" };
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null) e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c ?? "")));
+  return e;
+}
+
+function svg(tag, attrs = {}, ...children) {
+  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+async function call(path, options = {}) {
+  const response = await fetch(path, { credentials: "same-origin", ...options });
+  const body = await response.json().catch(() => ({}));
+  if (response.status === 401) { showLogin(); throw new Error(body.error || "log in first"); }
+  if (!response.ok) throw new Error(body.error || response.statusText);
+  return body;
+}
+
+function showLogin() {
+  document.getElementById("login").hidden = false;
+  document.getElementById("nav").hidden = true;
+  document.getElementById("view").replaceChildren();
+}
+
+document.getElementById("login-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  const error = document.getElementById("login-error");
+  error.textContent = "";
+  try {
+    await call("/login", {
+      method: "POST", headers: CHANGE,
+      body: JSON.stringify({ user: form.get("user"), password: form.get("password"), token: form.get("token") }),
+    });
+    start();
+  } catch (e) { error.textContent = e.message; }
+});
+
+// Events per second of every processor and step, from two overviews.
+function updateRates(now, before) {
+  if (!before) return;
+  const seconds = (now.now_ms - before.now_ms) / 1000;
+  if (seconds <= 0) return;
+  const counts = (o) => {
+    const m = {};
+    for (const p of o.processors) m[p.id] = p.status;
+    for (const pl of o.pipelines) for (const s of pl.steps) m[s.processor] = s.status;
+    return m;
+  };
+  const a = counts(now), b = counts(before);
+  for (const [id, st] of Object.entries(a)) {
+    const old = b[id];
+    if (!st || !old || st.events_in === undefined || old.events_in === undefined) continue;
+    const rin = Math.max(0, (st.events_in - old.events_in) / seconds);
+    const rout = Math.max(0, (st.events_out - old.events_out) / seconds);
+    // Smoothed, so that a rate shows between two status updates.
+    const r = state.rates[id] || { in: 0, out: 0 };
+    state.rates[id] = { in: r.in * 0.5 + rin * 0.5, out: r.out * 0.5 + rout * 0.5 };
+  }
+}
+
+function rate(id) {
+  const r = state.rates[id];
+  return r ? r.out.toFixed(1) : "0.0";
+}
+
+function phaseCell(status, paused) {
+  const phase = paused ? "paused" : (status.phase || "pending");
+  return el("td", { class: "phase-" + phase, "data-testid": "phase" }, phase);
+}
+
+// A pipeline as a graph: flows and steps in columns by depth.
+function pipelineGraph(p) {
+  const nodes = new Map();
+  const edges = [];
+  const flowNode = (name) => {
+    if (!nodes.has("f:" + name)) nodes.set("f:" + name, { kind: "flow", name, inputs: [] });
+    return "f:" + name;
+  };
+  for (const s of p.steps) {
+    const id = "s:" + s.name;
+    nodes.set(id, { kind: "step", step: s, inputs: s.inputs.map(flowNode) });
+    for (const i of s.inputs) edges.push({ from: "f:" + i, to: id, memory: s.fused });
+    for (const o of s.outputs) {
+      const f = flowNode(o);
+      nodes.get(f).inputs.push(id);
+      edges.push({ from: id, to: f, memory: false });
+    }
+  }
+  // Depth: the longest path from a source (bounded by the node count).
+  const depth = new Map();
+  const depthOf = (id, seen = 0) => {
+    if (depth.has(id)) return depth.get(id);
+    const n = nodes.get(id);
+    const d = seen > nodes.size || n.inputs.length === 0 ? 0 : 1 + Math.max(...n.inputs.map((i) => depthOf(i, seen + 1)));
+    depth.set(id, d);
+    return d;
+  };
+  const columns = [];
+  for (const id of nodes.keys()) {
+    const d = depthOf(id);
+    (columns[d] = columns[d] || []).push(id);
+  }
+  const W = 190, H = 58, GX = 60, GY = 22;
+  const pos = new Map();
+  columns.forEach((col, x) => col.forEach((id, y) => pos.set(id, { x: 10 + x * (W + GX), y: 10 + y * (H + GY) })));
+  const width = 20 + columns.length * (W + GX);
+  const height = 20 + Math.max(...columns.map((c) => c.length)) * (H + GY);
+  const root = svg("svg", { width, height, "data-testid": "graph-" + p.name });
+  for (const e of edges) {
+    const a = pos.get(e.from), b = pos.get(e.to);
+    if (!a || !b) continue;
+    root.append(svg("line", { x1: a.x + W, y1: a.y + H / 2, x2: b.x, y2: b.y + H / 2, class: e.memory ? "memory" : "" }));
+  }
+  for (const [id, n] of nodes) {
+    const { x, y } = pos.get(id);
+    if (n.kind === "flow") {
+      const g = svg("g", { class: "flow", transform: `translate(${x},${y})` },
+        svg("rect", { width: W, height: H, rx: 12 }),
+        svg("text", { x: 8, y: 22 }, n.name.length > 30 ? n.name.slice(0, 29) + "…" : n.name));
+      const flow = (state.overview.flows || []).find((f) => f.name === n.name);
+      g.append(svg("text", { x: 8, y: 42 }, flow ? `${flow.events} events` : "in memory"));
+      root.append(g);
+    } else {
+      const s = n.step, st = s.status || {};
+      const g = svg("g", { class: "step" + (s.fused ? " fused" : ""), transform: `translate(${x},${y})`, "data-testid": "node-" + s.name },
+        svg("rect", { width: W, height: H, rx: 3 }),
+        svg("text", { x: 8, y: 16 }, `${s.name} (${st.phase || "pending"})`),
+        svg("text", { x: 8, y: 32, "data-testid": "counts-" + s.name }, `in ${st.events_in ?? 0} out ${st.events_out ?? 0} dead ${st.dead_lettered ?? 0}`),
+        svg("text", { x: 8, y: 48, "data-testid": "rate-" + s.name }, `${rate(s.processor)}/s lag ${st.lag ?? "-"}`));
+      root.append(g);
+    }
+  }
+  return root;
+}
+
+const views = {
+  pipelines() {
+    const o = state.overview;
+    if (!o.pipelines.length) return [el("p", {}, "No pipelines.")];
+    return o.pipelines.flatMap((p) => [
+      el("h2", {}, `Pipeline ${p.name}`),
+      pipelineGraph(p),
+      el("table", {}, el("tr", {}, ...["step", "processor", "runner", "phase", "in", "out", "errors", "dead", "lag", "rate/s"].map((h) => el("th", {}, h))),
+        ...p.steps.map((s) => el("tr", {}, el("td", {}, s.name), el("td", {}, s.processor), el("td", {}, s.runner),
+          phaseCell(s.status, false), el("td", {}, s.status.events_in ?? 0), el("td", {}, s.status.events_out ?? 0),
+          el("td", {}, s.status.errors ?? 0), el("td", {}, s.status.dead_lettered ?? 0), el("td", {}, s.status.lag ?? "-"),
+          el("td", {}, rate(s.processor))))),
+    ]);
+  },
+  processors() {
+    const rows = state.overview.processors.map((p) => el("tr", { "data-testid": "processor-" + p.id },
+      el("td", {}, p.id), el("td", {}, p.kind), phaseCell(p.status, p.paused), el("td", {}, p.status.generation ?? ""),
+      el("td", {}, p.status.events_in ?? 0), el("td", {}, p.status.events_out ?? 0), el("td", {}, p.status.dead_lettered ?? 0),
+      el("td", {}, p.status.lag ?? "-"), el("td", {}, rate(p.id)), el("td", {}, p.status.last_error ?? ""),
+      el("td", {}, el("button", { "data-testid": (p.paused ? "resume-" : "pause-") + p.id, onclick: () => pauseResume(p.id, !p.paused) }, p.paused ? "Resume" : "Pause"),
+        " ", el("button", { onclick: () => { state.logName = p.id; location.hash = "logs"; } }, "Logs"),
+        " ", el("button", { onclick: () => { state.lettersName = p.id; location.hash = "deadletters"; } }, "Dead letters"))));
+    return [el("table", {}, el("tr", {}, ...["id", "kind", "phase", "generation", "in", "out", "dead", "lag", "rate/s", "last error", ""].map((h) => el("th", {}, h))), ...rows)];
+  },
+  flows() {
+    return [el("table", {}, el("tr", {}, ...["flow", "events", "bytes", "first", "last", "retention (s)", "public"].map((h) => el("th", {}, h))),
+      ...state.overview.flows.map((f) => el("tr", {}, el("td", {}, f.name), el("td", {}, f.events), el("td", {}, f.bytes),
+        el("td", {}, f.first_sequence), el("td", {}, f.last_sequence), el("td", {}, f.max_age_secs || "forever"), el("td", {}, f.public ? "yes" : "no"))))];
+  },
+  logs() {
+    const input = el("input", { id: "log-name", "data-testid": "log-name", value: state.logName, placeholder: "processor, step or pipeline" });
+    const show = el("button", { "data-testid": "log-show", onclick: () => { state.logName = input.value; state.logs = []; refreshLogs(); } }, "Show");
+    const rows = state.logs.slice(-500).reverse().map((r) => el("tr", { class: "log-" + r.level },
+      el("td", {}, new Date(r.time_ms).toISOString()), el("td", {}, r.level), el("td", {}, r.kind), el("td", {}, r.processor),
+      el("td", {}, r.event), el("td", { "data-testid": "log-message" }, r.message)));
+    return [el("div", { class: "toolbar" }, input, show),
+      el("table", { "data-testid": "logs" }, el("tr", {}, ...["time", "level", "kind", "processor", "event", "message"].map((h) => el("th", {}, h))), ...rows)];
+  },
+  deadletters() {
+    const input = el("input", { "data-testid": "letters-name", value: state.lettersName, placeholder: "processor, step or pipeline" });
+    const show = el("button", { "data-testid": "letters-show", onclick: () => { state.lettersName = input.value; refreshLetters(); } }, "Show");
+    const all = el("button", { "data-testid": "replay-all", onclick: () => letters("replay", [], true) }, "Replay all");
+    const rows = state.letters.map((l) => el("tr", { "data-testid": "letter-" + l.event_id },
+      el("td", {}, l.sequence), el("td", {}, l.event_id), el("td", {}, l.event_type), el("td", {}, l.step || l.processor),
+      el("td", {}, l.input), el("td", {}, l.error),
+      el("td", {}, el("button", { "data-testid": "replay-" + l.event_id, onclick: () => letters("replay", [l.sequence]) }, "Replay"),
+        " ", el("button", { "data-testid": "discard-" + l.event_id, onclick: () => letters("discard", [l.sequence]) }, "Discard"))));
+    return [el("div", { class: "toolbar" }, input, show, all, el("span", { id: "letters-result", "data-testid": "letters-result" })),
+      el("table", {}, el("tr", {}, ...["seq", "event", "type", "failed at", "from", "error", ""].map((h) => el("th", {}, h))), ...rows)];
+  },
+  components() {
+    return [el("table", {}, el("tr", {}, ...["name", "version", "kind", "size", "digest"].map((h) => el("th", {}, h))),
+      ...state.overview.components.map((c) => el("tr", {}, el("td", {}, c.name), el("td", {}, c.version), el("td", {}, c.kind),
+        el("td", {}, c.size), el("td", {}, c.digest))))];
+  },
+  hosts() {
+    const now = state.overview.now_ms;
+    return [el("table", {}, el("tr", {}, ...["host", "fqdn", "FNAP", "API", "instances", "events in", "rate/s", "heartbeat"].map((h) => el("th", {}, h))),
+      ...state.overview.hosts.map((h) => el("tr", {}, el("td", {}, h.id), el("td", {}, h.fqdn), el("td", {}, h.fnap ?? "-"),
+        el("td", {}, h.api ?? "-"), el("td", {}, h.instances), el("td", {}, h.events_in), el("td", {}, h.rate.toFixed(1)),
+        el("td", {}, `${Math.round((now - h.heartbeat_ms) / 1000)} s ago`))))];
+  },
+};
+
+function render() {
+  if (!state.overview) return;
+  const name = (location.hash || "#pipelines").slice(1);
+  const view = views[name] || views.pipelines;
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.getAttribute("href") === "#" + name);
+  // Keep what is typed in a filter box across redraws.
+  const focused = document.activeElement && document.activeElement.tagName === "INPUT" && document.getElementById("view").contains(document.activeElement);
+  if (focused) return;
+  document.getElementById("view").replaceChildren(...view());
+}
+
+async function pauseResume(id, pause) {
+  try { await call(`/api/processors/${encodeURIComponent(id)}/${pause ? "pause" : "resume"}`, { method: "POST", headers: CHANGE }); }
+  catch (e) { alert(e.message); }
+}
+
+async function refreshLogs() {
+  if (!state.logName) return;
+  const since = state.logs.length ? state.logs[state.logs.length - 1].time_ms : 0;
+  try {
+    const records = await call(`/api/logs?name=${encodeURIComponent(state.logName)}&since_ms=${since}`);
+    const seen = new Set(state.logs.map((r) => r.sequence));
+    for (const r of records) if (!seen.has(r.sequence)) state.logs.push(r);
+    if ((location.hash || "").slice(1) === "logs") render();
+  } catch (e) { state.logs = [{ time_ms: Date.now(), level: "error", kind: "console", processor: "", event: "", message: e.message, sequence: -1 }]; render(); }
+}
+
+async function refreshLetters() {
+  if (!state.lettersName) return;
+  try { state.letters = await call(`/api/deadletters?name=${encodeURIComponent(state.lettersName)}`); }
+  catch (e) { state.letters = []; }
+  if ((location.hash || "").slice(1) === "deadletters") render();
+}
+
+async function letters(action, sequences, all = false) {
+  try {
+    const done = await call(`/api/deadletters/${action}`, { method: "POST", headers: CHANGE,
+      body: JSON.stringify({ name: state.lettersName, sequences, all }) });
+    await refreshLetters();
+    const result = document.getElementById("letters-result");
+    if (result) result.textContent = `${done.handled.length} ${action === "replay" ? "replayed" : "discarded"}`;
+  } catch (e) { alert(e.message); }
+}
+
+let live = null;
+async function start() {
+  let me;
+  try { me = await call("/api/me"); } catch (e) { return; }
+  document.getElementById("login").hidden = true;
+  document.getElementById("nav").hidden = false;
+  document.getElementById("who").textContent = me.user + (me.admin ? " (administrator)" : "");
+  if (live) live.close();
+  live = new EventSource("/api/live");
+  live.addEventListener("overview", (event) => {
+    const now = JSON.parse(event.data);
+    updateRates(now, state.overview);
+    state.overview = now;
+    render();
+  });
+  live.onerror = () => { call("/api/me").catch(() => { live.close(); }); };
+  setInterval(() => {
+    const view = (location.hash || "").slice(1);
+    if (view === "logs") refreshLogs();
+    if (view === "deadletters") refreshLetters();
+  }, 2000);
+}
+
+window.addEventListener("hashchange", () => {
+  render();
+  if (location.hash === "#logs") refreshLogs();
+  if (location.hash === "#deadletters") refreshLetters();
+});
+call("/api/me").then(start, () => showLogin());
