@@ -915,7 +915,7 @@ impl Runner {
                     Some(k) if k < group.len() && group.len() > 1 => {
                         dead.push(DeadLetter {
                             index: group[k],
-                            error: e.to_string(),
+                            error: failure_text(&e, &inputs, &group),
                             step: self.failed_step(),
                         });
                         let rest: Vec<usize> = group
@@ -933,7 +933,7 @@ impl Runner {
                     }
                     _ => dead.push(DeadLetter {
                         index: group[0],
-                        error: e.to_string(),
+                        error: failure_text(&e, &inputs, &group),
                         step: self.failed_step(),
                     }),
                 },
@@ -1114,7 +1114,8 @@ impl Runner {
             };
             self.ctx.metrics.errors.get_or_create(&self.label).inc();
             status.errors += 1;
-            status.last_error = Some(failure.to_string());
+            let text = failure_text(&failure, inputs, group);
+            status.last_error = Some(text.clone());
             let step = self.failed_step().unwrap_or_else(|| self.spec.id.clone());
             let kind = match &failure {
                 CallError::Deadline { .. } => "deadline",
@@ -1143,7 +1144,7 @@ impl Runner {
                     processor: &step,
                     event,
                     message: format!(
-                        "call on {events} failed (attempt {} of {attempts}, {then}): {failure}",
+                        "call on {events} failed (attempt {} of {attempts}, {then}): {text}",
                         attempt + 1
                     ),
                 })
@@ -1374,6 +1375,22 @@ impl Runner {
 }
 
 /// The output message id of an event: its CloudEvents identity, scoped.
+/// A failure in words, naming a failing event by its id: the index the
+/// guest gave is its place in the call's batch, which after the runner
+/// split a batch to isolate a failing event means nothing to a reader.
+fn failure_text(failure: &CallError, inputs: &[Input], group: &[usize]) -> String {
+    let text = failure.to_string();
+    match failure.event_index().and_then(|k| {
+        let id = group
+            .get(k as usize)
+            .and_then(|&i| inputs.get(i)?.event_id())?;
+        Some((k, id))
+    }) {
+        Some((k, id)) => text.replacen(&format!("event {k}: "), &format!("event {id}: "), 1),
+        None => text,
+    }
+}
+
 fn identity(scope: &str, port: u32, view: &View<'_>, spans: &EventSpans) -> String {
     let source = view.slice(spans.source).unwrap_or_default();
     let id = view.slice(spans.id).unwrap_or_default();

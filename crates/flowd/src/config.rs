@@ -413,30 +413,32 @@ pub fn default_state_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".flowd"))
 }
 
-/// Why a configuration file is not usable.
+/// Why a configuration file is not usable. The cause is part of the
+/// message and not a separate `source`, so that a report of the whole
+/// chain (`{:#}`) says it once.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {reason}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}: {reason}")]
     Parse {
         path: PathBuf,
-        source: toml::de::Error,
+        reason: toml::de::Error,
     },
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            reason,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        toml::from_str(&text).map_err(|reason| ConfigError::Parse {
             path: path.to_owned(),
-            source,
+            reason,
         })
     }
 }

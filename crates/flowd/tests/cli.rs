@@ -347,6 +347,19 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
     );
     let described = flow(&["describe", "flow", "large.tour.example.com"], "");
     assert!(described.contains("events=4"), "{described}");
+    // `flow ... | head`: a reader that goes away ends flow quietly.
+    let mut piped = Command::new(env!("CARGO_BIN_EXE_flow"))
+        .args(["--state-dir", state.path().to_str().unwrap_or_default()])
+        .args(["describe", "flow", "large.tour.example.com"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flow starts");
+    drop(piped.stdout.take());
+    let out = piped.wait_with_output().expect("flow ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
 
     // The host's name service answers for the namespace it serves.
     let host: serde_json::Value =
@@ -631,4 +644,21 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
     let left = flow(&["deadletter", "ls", "fragile"], "");
     assert_eq!(left.lines().count(), 1, "only the header: {left}");
     wait_for(&["logs", "fragile"], "replayed to fragile.tour.example.com");
+}
+
+/// A configuration file with an error says so once, with the file's name.
+#[test]
+fn a_bad_configuration_is_reported_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("flowd.toml");
+    std::fs::write(&path, "[nats]\nurls = 5\n").expect("written");
+    let out = run(
+        FLOWD,
+        &["serve", "--config", path.to_str().unwrap_or_default()],
+        "",
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("flowd.toml"), "{stderr}");
+    assert_eq!(stderr.matches("invalid type").count(), 1, "{stderr}");
 }

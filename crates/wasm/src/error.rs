@@ -70,7 +70,9 @@ pub enum LoadError {
     /// list.
     #[error(
         "the component imports {imports}, which this host does not grant \
-         (processors have no network access; rebuild without it, or grant it in [wasm] granted)"
+         (processors have no network, file or environment access: build the component \
+         without them; a Python or JavaScript component that pulls in such a library \
+         needs it removed or stubbed)"
     )]
     NotGranted {
         /// The refused imports, comma-separated.

@@ -46,6 +46,8 @@ const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 const MAX_SESSIONS: usize = 1024;
 /// Log records one page read returns at most.
 const MAX_LOG_RECORDS: usize = 2000;
+/// Live streams open at once (each reads the overview every second).
+const MAX_LIVE: usize = 64;
 
 struct Session {
     principal: Principal,
@@ -55,6 +57,8 @@ struct Session {
 struct Console {
     ctx: ApiContext,
     sessions: Mutex<HashMap<String, Session>>,
+    /// Room for live streams ([`MAX_LIVE`]).
+    live: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running console server.
@@ -73,6 +77,7 @@ impl ConsoleServer {
         let console = Arc::new(Console {
             ctx,
             sessions: Mutex::new(HashMap::new()),
+            live: Arc::new(tokio::sync::Semaphore::new(MAX_LIVE)),
         });
         let app = router(console);
         let task = tokio::spawn(async move {
@@ -452,19 +457,29 @@ async fn live(
     headers: HeaderMap,
 ) -> Result<Sse<impl futures::Stream<Item = Result<SseEvent, std::convert::Infallible>>>, Failure> {
     c.who(&headers)?;
-    let stream = futures::stream::unfold((c, headers, true), |(c, headers, first)| async move {
-        if !first {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        let who = c.who(&headers).ok()?;
-        let event = match overview_of(&c, &who).await {
-            Ok(value) => SseEvent::default()
-                .event("overview")
-                .data(value.to_string()),
-            Err(Failure(_, message)) => SseEvent::default().event("trouble").data(message),
-        };
-        Some((Ok(event), (c, headers, false)))
-    });
+    // Held for as long as the stream lives.
+    let permit = c.live.clone().try_acquire_owned().map_err(|_| {
+        Failure(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{MAX_LIVE} live views are open: close one"),
+        )
+    })?;
+    let stream = futures::stream::unfold(
+        (c, headers, true, permit),
+        |(c, headers, first, permit)| async move {
+            if !first {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let who = c.who(&headers).ok()?;
+            let event = match overview_of(&c, &who).await {
+                Ok(value) => SseEvent::default()
+                    .event("overview")
+                    .data(value.to_string()),
+                Err(Failure(_, message)) => SseEvent::default().event("trouble").data(message),
+            };
+            Some((Ok(event), (c, headers, false, permit)))
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

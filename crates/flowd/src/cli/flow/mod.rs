@@ -417,6 +417,7 @@ fn pairs_json(lines: &[String]) -> serde_json::Value {
 /// Runs `flow` with the process's arguments; exits 1 with the error's
 /// first line on failure.
 pub fn main() {
+    quiet_on_closed_stdout();
     let outcome = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -427,6 +428,26 @@ pub fn main() {
         eprintln!("flow: {}", text.lines().next().unwrap_or_default());
         std::process::exit(1);
     }
+}
+
+/// `flow ... | head`: when the reader of stdout goes away, `println!`
+/// panics on the broken pipe; exit quietly instead, with the status a
+/// process killed by SIGPIPE has (as `git` or `cat` would), rather than a
+/// panic message and backtrace.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let text = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if text.contains("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 /// The flow or namespace a command is about (to pick the agent).
