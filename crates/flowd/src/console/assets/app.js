@@ -3,7 +3,7 @@
 // build step: this file is served as it is from inside the binary.
 "use strict";
 
-const state = { overview: null, previous: null, rates: {}, logs: [], logName: "", letters: [], lettersName: "" };
+const state = { overview: null, previous: null, rates: {}, logs: [], logName: "", letters: [], lettersName: "", lettersResult: "" };
 const CHANGE = { "x-flowd-console": "1", "content-type": "application/json" };
 
 function el(tag, attrs = {}, ...children) {
@@ -189,14 +189,16 @@ const views = {
   },
   deadletters() {
     const input = el("input", { "data-testid": "letters-name", value: state.lettersName, placeholder: "processor, step or pipeline" });
-    const show = el("button", { "data-testid": "letters-show", onclick: () => { state.lettersName = input.value; refreshLetters(); } }, "Show");
+    const show = el("button", { "data-testid": "letters-show", onclick: () => { state.lettersName = input.value; state.lettersResult = ""; refreshLetters(); } }, "Show");
     const all = el("button", { "data-testid": "replay-all", onclick: () => letters("replay", [], true) }, "Replay all");
     const rows = state.letters.map((l) => el("tr", { "data-testid": "letter-" + l.event_id },
       el("td", {}, l.sequence), el("td", {}, l.event_id), el("td", {}, l.event_type), el("td", {}, l.step || l.processor),
       el("td", {}, l.input), el("td", {}, l.error),
       el("td", {}, el("button", { "data-testid": "replay-" + l.event_id, onclick: () => letters("replay", [l.sequence]) }, "Replay"),
         " ", el("button", { "data-testid": "discard-" + l.event_id, onclick: () => letters("discard", [l.sequence]) }, "Discard"))));
-    return [el("div", { class: "toolbar" }, input, show, all, el("span", { id: "letters-result", "data-testid": "letters-result" })),
+    // The last action's result is kept in the state: the view is redrawn
+    // every second.
+    return [el("div", { class: "toolbar" }, input, show, all, el("span", { id: "letters-result", "data-testid": "letters-result" }, state.lettersResult)),
       el("table", {}, el("tr", {}, ...["seq", "event", "type", "failed at", "from", "error", ""].map((h) => el("th", {}, h))), ...rows)];
   },
   components() {
@@ -251,10 +253,9 @@ async function letters(action, sequences, all = false) {
   try {
     const done = await call(`/api/deadletters/${action}`, { method: "POST", headers: CHANGE,
       body: JSON.stringify({ name: state.lettersName, sequences, all }) });
+    state.lettersResult = `${done.handled.length} ${action === "replay" ? "replayed" : "discarded"}`;
     await refreshLetters();
-    const result = document.getElementById("letters-result");
-    if (result) result.textContent = `${done.handled.length} ${action === "replay" ? "replayed" : "discarded"}`;
-  } catch (e) { alert(e.message); }
+  } catch (e) { state.lettersResult = e.message; render(); }
 }
 
 let live = null;
