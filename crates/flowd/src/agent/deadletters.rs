@@ -219,29 +219,11 @@ impl Agent {
             self.broker
                 .remove_stored(&letter.flow, letter.sequence)
                 .await?;
-            let id = letter.event.id().to_owned();
-            if let Some(logs) = &logs {
-                let record = LogRecord {
-                    time_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
-                    level: Level::Info,
-                    kind: "replay".into(),
-                    processor: letter.step.clone().unwrap_or(letter.processor.clone()),
-                    host: String::new(),
-                    instance: 0,
-                    event: Some(id.clone()),
-                    message: format!(
-                        "dead letter #{} of {} replayed to {input} by {by} (replay id {replay_id})",
-                        letter.sequence, letter.flow
-                    ),
-                    sequence: 0,
-                };
-                let _ = logs.append(&record).await;
-            }
-            handled.push(Handled {
-                sequence: letter.sequence,
-                event: id,
-                to: Some(input.to_string()),
-            });
+            let message = format!(
+                "dead letter #{} of {} replayed to {input} by {by} (replay id {replay_id})",
+                letter.sequence, letter.flow
+            );
+            handled.push(record(logs.as_ref(), &letter, "replay", message, Some(&input)).await);
         }
         Ok(handled)
     }
@@ -262,31 +244,44 @@ impl Agent {
             {
                 continue;
             }
-            let id = letter.event.id().to_owned();
-            if let Some(logs) = &logs {
-                let record = LogRecord {
-                    time_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
-                    level: Level::Info,
-                    kind: "discard".into(),
-                    processor: letter.step.clone().unwrap_or(letter.processor.clone()),
-                    host: String::new(),
-                    instance: 0,
-                    event: Some(id.clone()),
-                    message: format!(
-                        "dead letter #{} of {} discarded by {by}",
-                        letter.sequence, letter.flow
-                    ),
-                    sequence: 0,
-                };
-                let _ = logs.append(&record).await;
-            }
-            handled.push(Handled {
-                sequence: letter.sequence,
-                event: id,
-                to: None,
-            });
+            let message = format!(
+                "dead letter #{} of {} discarded by {by}",
+                letter.sequence, letter.flow
+            );
+            handled.push(record(logs.as_ref(), &letter, "discard", message, None).await);
         }
         Ok(handled)
+    }
+}
+
+/// Records in the processor log (best effort: the letter is handled
+/// already) what was done with `letter`, and says so to the caller.
+async fn record(
+    logs: Option<&Logs>,
+    letter: &DeadLetter,
+    kind: &str,
+    message: String,
+    to: Option<&FlowName>,
+) -> Handled {
+    let id = letter.event.id().to_owned();
+    if let Some(logs) = logs {
+        let record = LogRecord {
+            time_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
+            level: Level::Info,
+            kind: kind.into(),
+            processor: letter.step.clone().unwrap_or(letter.processor.clone()),
+            host: String::new(),
+            instance: 0,
+            event: Some(id.clone()),
+            message,
+            sequence: 0,
+        };
+        let _ = logs.append(&record).await;
+    }
+    Handled {
+        sequence: letter.sequence,
+        event: id,
+        to: to.map(ToString::to_string),
     }
 }
 

@@ -13,7 +13,7 @@ pub mod client;
 mod convert;
 mod services;
 
-pub(crate) use services::{named, read_logs};
+pub(crate) use services::{chosen_letters, read_logs};
 
 /// The generated protobuf types and service stubs.
 #[allow(clippy::all, missing_docs)]

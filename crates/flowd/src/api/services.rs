@@ -615,46 +615,64 @@ pub(crate) async fn read_logs(
 
 pub(super) struct DeadLettersService(pub Arc<ApiContext>);
 
+/// A dead-letter request's principal, processors and chosen letters.
+type Chosen = (
+    Principal,
+    Vec<flowd_engine::ProcessorSpec>,
+    Vec<crate::agent::deadletters::DeadLetter>,
+);
+
 impl DeadLettersService {
     async fn chosen(
         &self,
         request: &Request<proto::DeadLettersRequest>,
         must_choose: bool,
-    ) -> Result<
-        (
-            Principal,
-            Vec<flowd_engine::ProcessorSpec>,
-            Vec<crate::agent::deadletters::DeadLetter>,
-        ),
-        Status,
-    > {
-        use crate::agent::deadletters::Which;
+    ) -> Result<Chosen, Status> {
         let who = principal(&self.0, request).await?;
-        let r = request.get_ref();
-        let which = if !r.sequences.is_empty() {
-            Which::Sequences(r.sequences.iter().copied().collect())
-        } else if r.all || !must_choose {
-            Which::All
-        } else {
-            return Err(Status::invalid_argument(
-                "name the dead letters by sequence, or ask for all of them",
-            ));
-        };
-        let named = named(&self.0, &who, &r.name).await?;
-        let steps: Vec<String> = named.step.iter().cloned().collect();
-        let limit = match (must_choose, r.limit) {
-            (true, _) => crate::agent::deadletters::MAX_LISTED,
-            (false, 0) => 100,
-            (false, n) => n as usize,
-        };
-        let letters = self
-            .0
-            .agent
-            .dead_letters(&named.specs, &steps, &which, limit)
-            .await
-            .map_err(convert::agent_status)?;
-        Ok((who, named.specs, letters))
+        let (specs, letters) =
+            chosen_letters(&self.0, &who, request.get_ref(), must_choose).await?;
+        Ok((who, specs, letters))
     }
+}
+
+/// The processors `r.name` stands for and the dead letters `r` chooses, as
+/// `who` may see them. A replay or discard (`must_choose`) needs the letters
+/// named by sequence or `all`; a listing takes all up to `r.limit`.
+pub(crate) async fn chosen_letters(
+    ctx: &ApiContext,
+    who: &Principal,
+    r: &proto::DeadLettersRequest,
+    must_choose: bool,
+) -> Result<
+    (
+        Vec<flowd_engine::ProcessorSpec>,
+        Vec<crate::agent::deadletters::DeadLetter>,
+    ),
+    Status,
+> {
+    use crate::agent::deadletters::Which;
+    let which = if !r.sequences.is_empty() {
+        Which::Sequences(r.sequences.iter().copied().collect())
+    } else if r.all || !must_choose {
+        Which::All
+    } else {
+        return Err(Status::invalid_argument(
+            "name the dead letters by sequence, or ask for all of them",
+        ));
+    };
+    let named = named(ctx, who, &r.name).await?;
+    let steps: Vec<String> = named.step.iter().cloned().collect();
+    let limit = match (must_choose, r.limit) {
+        (true, _) => crate::agent::deadletters::MAX_LISTED,
+        (false, 0) => 100,
+        (false, n) => n as usize,
+    };
+    let letters = ctx
+        .agent
+        .dead_letters(&named.specs, &steps, &which, limit)
+        .await
+        .map_err(convert::agent_status)?;
+    Ok((named.specs, letters))
 }
 
 fn handled(done: Vec<crate::agent::deadletters::Handled>) -> proto::HandledResponse {

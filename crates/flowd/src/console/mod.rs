@@ -13,8 +13,8 @@
 //! [`Agent`]: crate::agent::Agent
 
 use crate::agent::Principal;
-use crate::agent::deadletters::Which;
 use crate::api::ApiContext;
+use crate::api::proto::DeadLettersRequest;
 use anyhow::{Context as _, Result};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -164,13 +164,7 @@ type Answer = Result<Json<Value>, Failure>;
 impl Console {
     /// The session's principal, from the cookie.
     fn who(&self, headers: &HeaderMap) -> Result<Principal, Failure> {
-        let token = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
-            .map(str::to_owned);
+        let token = session_token(headers).map(str::to_owned);
         let unauthorised = || Failure(StatusCode::UNAUTHORIZED, "log in first".into());
         let token = token.ok_or_else(unauthorised)?;
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
@@ -194,6 +188,16 @@ impl Console {
         }
         self.who(headers)
     }
+}
+
+/// The session token in the request's cookies, if any.
+fn session_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
 }
 
 #[derive(Deserialize)]
@@ -271,14 +275,7 @@ async fn login(
 }
 
 async fn logout(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    if let Some(token) = headers
-        .get(header::COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.split(';')
-                .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
-        })
-    {
+    if let Some(token) = session_token(&headers) {
         c.sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -533,13 +530,12 @@ async fn dead_letters(
     Query(q): Query<NameQuery>,
 ) -> Answer {
     let who = c.who(&headers)?;
-    let named = crate::api::named(&c.ctx, &who, &q.name).await?;
-    let steps: Vec<String> = named.step.iter().cloned().collect();
-    let letters = c
-        .ctx
-        .agent
-        .dead_letters(&named.specs, &steps, &Which::All, 200)
-        .await?;
+    let request = DeadLettersRequest {
+        name: q.name,
+        limit: 200,
+        ..Default::default()
+    };
+    let (_, letters) = crate::api::chosen_letters(&c.ctx, &who, &request, false).await?;
     Ok(Json(Value::Array(
         letters
             .iter()
@@ -571,43 +567,31 @@ async fn handle_dead_letters(
     Json(form): Json<LettersForm>,
 ) -> Answer {
     let who = c.who_changes(&headers)?;
-    let which = if !form.sequences.is_empty() {
-        Which::Sequences(form.sequences.iter().copied().collect())
-    } else if form.all {
-        Which::All
-    } else {
-        return Err(Failure(
-            StatusCode::BAD_REQUEST,
-            "name the dead letters by sequence, or ask for all of them".into(),
-        ));
-    };
-    let named = crate::api::named(&c.ctx, &who, &form.name).await?;
-    let steps: Vec<String> = named.step.iter().cloned().collect();
-    let letters = c
-        .ctx
-        .agent
-        .dead_letters(
-            &named.specs,
-            &steps,
-            &which,
-            crate::agent::deadletters::MAX_LISTED,
-        )
-        .await?;
-    let by = who.user().unwrap_or("the host administrator").to_owned();
-    let done = match action.as_str() {
-        "replay" => {
-            c.ctx
-                .agent
-                .replay_dead_letters(&who, &named.specs, letters)
-                .await?
-        }
-        "discard" => c.ctx.agent.discard_dead_letters(letters, &by).await?,
+    let replay = match action.as_str() {
+        "replay" => true,
+        "discard" => false,
         other => {
             return Err(Failure(
                 StatusCode::NOT_FOUND,
                 format!("no action `{other}`: replay or discard"),
             ));
         }
+    };
+    let request = DeadLettersRequest {
+        name: form.name,
+        sequences: form.sequences,
+        all: form.all,
+        limit: 0,
+    };
+    let (specs, letters) = crate::api::chosen_letters(&c.ctx, &who, &request, true).await?;
+    let done = if replay {
+        c.ctx
+            .agent
+            .replay_dead_letters(&who, &specs, letters)
+            .await?
+    } else {
+        let by = who.user().unwrap_or("the host administrator");
+        c.ctx.agent.discard_dead_letters(letters, by).await?
     };
     Ok(Json(json!({
         "handled": done.iter().map(|h| json!({"sequence": h.sequence, "event_id": h.event, "to": h.to})).collect::<Vec<_>>(),

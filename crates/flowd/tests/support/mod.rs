@@ -18,31 +18,17 @@ pub(crate) struct Flowd {
 
 impl Flowd {
     pub(crate) fn start(nats_url: &str, state_dir: &Path) -> Flowd {
-        Flowd::serve(|c| {
-            c.args([
-                "--nats",
-                nats_url,
-                "--metrics",
-                "off",
-                "--fnap",
-                "127.0.0.1:0",
-                "--fnap-tls",
-                "off",
-                "--fns",
-                "off",
-                "--api",
-                "127.0.0.1:0",
-                "--console",
-                "off",
-                "--state-dir",
-            ])
-            .arg(state_dir);
-        })
+        Flowd::start_on(nats_url, state_dir, "off")
     }
 
     /// [`Flowd::start`] with the web console on a free loopback port
     /// (its address is in the state directory's `host.json`).
     pub(crate) fn start_with_console(nats_url: &str, state_dir: &Path) -> Flowd {
+        Flowd::start_on(nats_url, state_dir, "127.0.0.1:0")
+    }
+
+    /// Everything on free loopback ports or off; the console at `console`.
+    fn start_on(nats_url: &str, state_dir: &Path, console: &str) -> Flowd {
         Flowd::serve(|c| {
             c.args([
                 "--nats",
@@ -58,7 +44,7 @@ impl Flowd {
                 "--api",
                 "127.0.0.1:0",
                 "--console",
-                "127.0.0.1:0",
+                console,
                 "--state-dir",
             ])
             .arg(state_dir);
