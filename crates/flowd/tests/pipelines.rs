@@ -1240,6 +1240,36 @@ async fn dead_letters_are_listed_replayed_once_fixed_and_discarded() {
     let kinds = |kind: &str| records.iter().filter(|r| r.kind == kind).count();
     assert_eq!(kinds("replay"), 3, "{records:#?}");
     assert_eq!(kinds("discard"), 1, "{records:#?}");
+
+    // A forged dead letter (whoever may write the dead-letter flow can put
+    // one there) naming a flow that is no input of the processor is not
+    // replayed there.
+    let dead = FlowName::parse("fragile.deadletter.fixed.pipe.example.com").expect("flow");
+    let forged = EventBuilderV10::new()
+        .id("forged-1")
+        .source("urn:attacker")
+        .ty("test.ok")
+        .extension("deadletterprocessor", "fragile")
+        .extension("deadletterflow", flow("side").to_string())
+        .extension("deadlettererror", "none")
+        .build()
+        .expect("event");
+    flows::write(&agent, &dead, &[forged]).await;
+    let letter = eventually(Duration::from_secs(20), "the forged letter", || {
+        let c = letters_api.clone();
+        async move { list(c).await.into_iter().find(|l| l.event_id == "forged-1") }
+    })
+    .await;
+    let refused = letters_api
+        .replay(proto::DeadLettersRequest {
+            name: "fragile".into(),
+            sequences: vec![letter.sequence],
+            ..Default::default()
+        })
+        .await
+        .expect_err("not an input of fragile");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    assert_eq!(count(&agent, "side").await, 20);
 }
 
 /// A processor's current generation.
@@ -1422,4 +1452,90 @@ async fn digest_of(api: &ApiClient, reference: &str) -> String {
         .expect("component")
         .into_inner()
         .digest
+}
+
+/// One HTTP/1.1 exchange with the console: (status, headers and body).
+fn http(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("console connects");
+    stream.write_all(request.as_bytes()).expect("sent");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+/// The console from an attacker's side: nothing without a session, no
+/// session from a wrong token or a forged cookie, and no change (not even a
+/// log-in) without the header a cross-site form cannot send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_refuses_strangers_forged_sessions_and_cross_site_changes() {
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let _host = support::Flowd::start_with_console(&nats.url(), state.path());
+    let console = eventually(Duration::from_secs(20), "the console's address", || async {
+        HostFile::read(state.path()).and_then(|h| h.console)
+    })
+    .await;
+    let token = std::fs::read_to_string(flowd::user_agent::local_token_path(state.path()))
+        .expect("token")
+        .trim()
+        .to_owned();
+    let post = |path: &str, body: &str, extra: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n{extra}\r\n{body}",
+            body.len()
+        )
+    };
+    let get = |path: &str, extra: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n")
+    };
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(http(console, &get("/api/overview", "")).0, 401);
+        assert_eq!(
+            http(
+                console,
+                &get("/api/overview", "Cookie: flowd_console=forged\r\n")
+            )
+            .0,
+            401
+        );
+        let login = format!("{{\"token\":\"{token}\"}}");
+        let (status, _) = http(console, &post("/login", &login, ""));
+        assert_eq!(status, 403, "a log-in without the change header");
+        let wrong = http(
+            console,
+            &post("/login", "{\"token\":\"guess\"}", "x-flowd-console: 1\r\n"),
+        );
+        assert_eq!(wrong.0, 401, "{}", wrong.1);
+        let (status, answer) = http(console, &post("/login", &login, "x-flowd-console: 1\r\n"));
+        assert_eq!(status, 200, "{answer}");
+        let cookie = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .and_then(|c| c.split(';').next())
+            .expect("a session cookie")
+            .to_owned();
+        assert!(answer.to_lowercase().contains("httponly") && answer.contains("SameSite=Strict"));
+        let with = format!("Cookie: {cookie}\r\n");
+        assert_eq!(http(console, &get("/api/overview", &with)).0, 200);
+        let cross_site = http(console, &post("/api/processors/any/pause", "", &with));
+        assert_eq!(cross_site.0, 403, "{}", cross_site.1);
+        let letters = http(
+            console,
+            &post(
+                "/api/deadletters/replay",
+                "{\"name\":\"x\",\"all\":true}",
+                &with,
+            ),
+        );
+        assert_eq!(letters.0, 403, "{}", letters.1);
+    })
+    .await
+    .expect("joined");
 }
