@@ -51,6 +51,21 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(|v| v.as_str())
 }
 
+/// The value of CloudEvents attribute `name` (an extension or a context
+/// attribute, without the `ce-` prefix) in a stored message's headers.
+pub fn attribute<'h>(headers: &'h HeaderMap, name: &str) -> Option<Cow<'h, str>> {
+    header(headers, &format!("ce-{name}")).map(decode)
+}
+
+/// Sets (or replaces) CloudEvents attribute `name` in a message's headers,
+/// encoded as [`message_for`] encodes attributes.
+pub fn set_attribute(headers: &mut HeaderMap, name: &str, value: &str) {
+    headers.insert(
+        format!("ce-{name}").as_str(),
+        utf8_percent_encode(value, ENCODE).to_string(),
+    );
+}
+
 /// Packs one stored message into a batch; returns its index.
 pub fn pack_message(
     p: &mut Packer,

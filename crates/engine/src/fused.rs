@@ -60,6 +60,21 @@ pub(crate) struct Chain {
     pub links: Vec<Link>,
     /// The step whose failure failed the last call.
     pub failed: Option<usize>,
+    /// The step calls of the last call, in the order they ran (for their
+    /// spans); at most one per step.
+    pub calls: Vec<StepCall>,
+}
+
+/// One step's call within a call of the segment.
+pub(crate) struct StepCall {
+    /// The link called.
+    pub at: usize,
+    pub started: std::time::SystemTime,
+    pub ended: std::time::SystemTime,
+    pub events_in: u64,
+    pub events_out: u64,
+    /// Why it failed.
+    pub error: Option<String>,
 }
 
 /// The segment's outcome being built.
@@ -173,6 +188,7 @@ impl Chain {
             .map(|l| (l.processor.state().clone(), l.events_in, l.events_out))
             .collect();
         self.failed = None;
+        self.calls.clear();
         let mut out = Collector::default();
         match run(self, &mut out) {
             Ok(()) => Ok(out.finish()),
@@ -197,6 +213,7 @@ impl Chain {
         out: &mut Collector,
     ) -> Result<(), CallError> {
         let link = &mut self.links[at];
+        let started = std::time::SystemTime::now();
         let (result, input) = match call {
             Call::Process(port, batch) => {
                 link.events_in += (batch.events.len() / flow_abi::EVENT_WORDS) as u64;
@@ -204,15 +221,27 @@ impl Chain {
             }
             Call::Tick(now) => (link.processor.tick(now), None),
         };
+        let mut record = StepCall {
+            at,
+            started,
+            ended: std::time::SystemTime::now(),
+            events_in: input.map_or(0, |b| (b.events.len() / flow_abi::EVENT_WORDS) as u64),
+            events_out: 0,
+            error: None,
+        };
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(e) => {
                 link.errors += 1;
                 let e = locate(&link.id, e, origins);
+                record.error = Some(e.to_string());
+                self.calls.push(record);
                 self.failed = Some(at);
                 return Err(e);
             }
         };
+        record.events_out = outcome.emits.len() as u64;
+        self.calls.push(record);
         link.events_out += outcome.emits.len() as u64;
         let ports = link.ports.clone();
         let empty = types::Batch {

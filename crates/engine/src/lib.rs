@@ -21,7 +21,9 @@
 //! - [`spec`]: processor specs and statuses as stored in the broker;
 //! - [`registry`]: uploaded components, named and versioned;
 //! - [`artifacts`]: compiled components shared by the participant's hosts;
-//! - [`metrics`]: Prometheus metrics per processor.
+//! - [`metrics`]: Prometheus metrics per processor;
+//! - [`traces`]: OpenTelemetry spans of batches, steps and events, and
+//!   the events' `traceparent`.
 
 #![warn(missing_docs)]
 
@@ -32,6 +34,7 @@ pub mod metrics;
 pub mod registry;
 mod runner;
 pub mod spec;
+pub mod traces;
 
 pub use metrics::Metrics;
 pub use spec::{Code, Phase, ProcessorSpec, RunLimits, Status};
@@ -73,6 +76,8 @@ pub(crate) struct Context {
     logs: Option<Logs>,
     /// This host's id, for log records.
     host_id: Arc<str>,
+    /// Where spans go (nowhere unless `[telemetry]` exports them).
+    traces: traces::Traces,
 }
 
 impl Context {
@@ -270,13 +275,14 @@ fn stop_later(membership: &Membership, id: String, instance: u32, running: Insta
 impl Engine {
     /// Starts this host's share of the declared processors and follows
     /// changes to the set and to the live hosts. `host_id` names this host
-    /// among those on the broker.
+    /// among those on the broker; `traces` is where runners' spans go.
     pub async fn start(
         broker: Broker,
         host: Arc<Host>,
         metrics: Metrics,
         host_id: &str,
         cluster: &ClusterConfig,
+        traces: traces::Traces,
     ) -> Result<Engine> {
         let buckets = Buckets::open(&broker).await?;
         let membership = Membership::open(&broker, host_id, cluster).await?;
@@ -299,6 +305,7 @@ impl Engine {
                 }
             },
             host_id: host_id.into(),
+            traces,
         };
         let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
         let record = Arc::new(std::sync::Mutex::new(AgentRecord {

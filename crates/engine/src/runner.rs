@@ -9,6 +9,7 @@ use super::fused::{Chain, Link};
 use super::logbook::{Entry, Logbook};
 use super::metrics::Metrics;
 use super::spec::{self, Code, FusedStep, Phase, ProcessorSpec, Status};
+use super::traces::{self, HostSpan, KeyValue, Span as _, SpanKind};
 use anyhow::{Context as _, Result, anyhow};
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use flow_abi::{Emit, EventSpans, Packer, View};
@@ -153,6 +154,11 @@ struct Runner {
     baseline: bool,
     /// Its failures and its guests' output, for the processor log.
     logbook: Logbook,
+    /// The span of the batch being processed, when it is recorded: the
+    /// parent of its steps' spans and of the events it creates.
+    batch_span: Option<opentelemetry::trace::SpanContext>,
+    /// When the last call started and ended.
+    last_call: (std::time::SystemTime, std::time::SystemTime),
 }
 
 /// The keyed-state changes of a call: (owner step, key, value or removal).
@@ -176,6 +182,8 @@ struct InFlight {
     written: u64,
     dead_lettered: u64,
     started: Instant,
+    /// The batch's span, ended once it is acknowledged.
+    span: Option<HostSpan>,
 }
 
 impl InFlight {
@@ -315,6 +323,7 @@ async fn chain(ctx: &Context, spec: &ProcessorSpec) -> Result<Chain> {
     Ok(Chain {
         links,
         failed: None,
+        calls: Vec::new(),
     })
 }
 
@@ -399,6 +408,16 @@ impl Input {
     }
 }
 
+/// The spans one call made for the contexts its created events came
+/// from, by that context.
+#[derive(Default)]
+struct CreatedIn {
+    spans: std::collections::HashMap<
+        (opentelemetry::trace::TraceId, opentelemetry::trace::SpanId),
+        opentelemetry::trace::SpanContext,
+    >,
+}
+
 /// A failing input event, with why.
 struct DeadLetter {
     index: usize,
@@ -477,6 +496,8 @@ impl Runner {
             in_flight_bytes: 0,
             baseline,
             logbook: Logbook::new(ctx.logs.clone(), ctx.host_id.clone(), ctx.instance),
+            batch_span: None,
+            last_call: (std::time::SystemTime::now(), std::time::SystemTime::now()),
         })
     }
 
@@ -851,6 +872,7 @@ impl Runner {
             .work
             .take()
             .ok_or_else(|| anyhow!("processor instance lost"))?;
+        let call_started = std::time::SystemTime::now();
         let (work, packer, result) = tokio::task::spawn_blocking(move || {
             let batch = flowd_wasm::Batch {
                 bytes: packer.bytes,
@@ -870,6 +892,10 @@ impl Runner {
         })
         .await
         .map_err(|e| anyhow!("processor call panicked: {e}"))?;
+        self.last_call = (call_started, std::time::SystemTime::now());
+        if let (Some(batch), Work::Chain(chain)) = (&self.batch_span, &work) {
+            self.step_spans(batch, chain);
+        }
         for (step, said) in work.take_said() {
             if !said.lines.is_empty() || said.dropped > 0 {
                 let step = step.unwrap_or(&self.spec.id);
@@ -904,6 +930,8 @@ impl Runner {
         let group: Vec<usize> = (0..n)
             .filter(|&i| !inputs[i].replayed_for_other(&self.spec.id, flow))
             .collect();
+        let mut span = self.batch_span_for(flow, &inputs);
+        self.batch_span = span.as_ref().and_then(traces::recorded);
         let mut work: VecDeque<Vec<usize>> = VecDeque::new();
         if !group.is_empty() {
             work.push_back(group);
@@ -940,6 +968,16 @@ impl Runner {
             }
         }
         let dead_count = dead.len() as u64;
+        if let Some(span) = &mut span
+            && let Some(first) = dead.first()
+        {
+            span.set_status(traces::Status::error(format!(
+                "{dead_count} dead-lettered, first {}: {}",
+                inputs[first.index].event_id().unwrap_or_default(),
+                first.error
+            )));
+        }
+        self.batch_span = None;
         for letter in &dead {
             outgoing.push(self.dead_letter(
                 port,
@@ -991,6 +1029,7 @@ impl Runner {
                 written,
                 dead_lettered: dead_count,
                 started,
+                span,
             },
             status,
         )
@@ -1069,6 +1108,16 @@ impl Runner {
         // turn into a no-op.
         for message in &batch.acks {
             let _ = message.ack().await;
+        }
+        // The batch's span lasts until its outputs are stored and its
+        // inputs acknowledged.
+        if let Some(mut span) = batch.span {
+            span.set_attribute(KeyValue::new("flowd.events_out", batch.written as i64));
+            span.set_attribute(KeyValue::new(
+                "flowd.dead_letters",
+                batch.dead_lettered as i64,
+            ));
+            span.end();
         }
         self.ctx
             .processed
@@ -1206,6 +1255,7 @@ impl Runner {
             });
         }
         let mut out = Vec::with_capacity(outcome.emits.len());
+        let mut created_in = CreatedIn::default();
         for (i, word) in outcome.emits.iter().enumerate() {
             let port = outcome.ports.as_ref().map_or(0, |p| p[i]);
             if port as usize >= outputs {
@@ -1252,7 +1302,10 @@ impl Runner {
                     // Validates every attribute before anything is stored.
                     packed::unpack_view(&created, j)?;
                     let spans = created.event(j as usize).unwrap_or_default();
-                    let (headers, payload) = codec::message_for(&created, &spans);
+                    let (mut headers, payload) = codec::message_for(&created, &spans);
+                    if self.ctx.traces.is_on() {
+                        self.created_in(&mut created_in, &mut headers);
+                    }
                     (headers, payload, created, spans)
                 }
             };
@@ -1264,6 +1317,115 @@ impl Runner {
             });
         }
         Ok(out)
+    }
+
+    /// The span of a batch from `flow`, linked to the contexts its events
+    /// carry (`None` when tracing is off).
+    fn batch_span_for(&self, flow: &str, inputs: &[Input]) -> Option<HostSpan> {
+        if !self.ctx.traces.is_on() {
+            return None;
+        }
+        let links = inputs
+            .iter()
+            .filter_map(|i| traces::event_context(i.message.headers.as_ref()))
+            .take(traces::BATCH_LINKS)
+            .map(traces::Link::with_context)
+            .collect();
+        self.ctx.traces.start(
+            "flowd.batch",
+            SpanKind::Consumer,
+            &traces::Context::new(),
+            vec![
+                KeyValue::new("flowd.processor", self.spec.id.clone()),
+                KeyValue::new("flowd.instance", i64::from(self.ctx.instance)),
+                KeyValue::new("flowd.host", self.ctx.host_id.to_string()),
+                KeyValue::new("messaging.system", "nats"),
+                KeyValue::new("messaging.operation.type", "process"),
+                KeyValue::new("messaging.destination.name", flow.to_owned()),
+                KeyValue::new("messaging.batch.message_count", inputs.len() as i64),
+            ],
+            links,
+            None,
+        )
+    }
+
+    /// A span per step of the segment's last call, under the batch's.
+    fn step_spans(&self, batch: &opentelemetry::trace::SpanContext, chain: &Chain) {
+        let parent = traces::parent(batch);
+        for call in &chain.calls {
+            let Some(link) = chain.links.get(call.at) else {
+                continue;
+            };
+            let Some(mut span) = self.ctx.traces.start(
+                "flowd.step",
+                SpanKind::Internal,
+                &parent,
+                vec![
+                    KeyValue::new("flowd.processor", self.spec.id.clone()),
+                    KeyValue::new("flowd.step", link.id.clone()),
+                    KeyValue::new("flowd.events_in", call.events_in as i64),
+                    KeyValue::new("flowd.events_out", call.events_out as i64),
+                ],
+                Vec::new(),
+                Some(call.started),
+            ) else {
+                return;
+            };
+            if let Some(error) = &call.error {
+                span.set_status(traces::Status::error(error.clone()));
+            }
+            span.end_with_timestamp(call.ended);
+        }
+    }
+
+    /// Gives an event the processor created the context it was created
+    /// in: a span of this call under the context the guest copied from its
+    /// input (one span per distinct input context, at most
+    /// [`traces::EVENT_SPANS`] per call), or else the batch's span.
+    fn created_in(&self, made: &mut CreatedIn, headers: &mut async_nats::HeaderMap) {
+        let Some(from) = traces::event_context(Some(headers)) else {
+            if let Some(batch) = &self.batch_span {
+                traces::set_event_context(headers, batch);
+            }
+            return;
+        };
+        let key = (from.trace_id(), from.span_id());
+        if let Some(cx) = made.spans.get(&key) {
+            traces::set_event_context(headers, cx);
+            return;
+        }
+        if made.spans.len() >= traces::EVENT_SPANS || !from.is_sampled() {
+            return;
+        }
+        let links = self
+            .batch_span
+            .iter()
+            .map(|b| traces::Link::with_context(b.clone()))
+            .collect();
+        let Some(mut span) = self.ctx.traces.start(
+            "flowd.process",
+            SpanKind::Consumer,
+            &traces::parent(&from),
+            vec![
+                KeyValue::new("flowd.processor", self.spec.id.clone()),
+                KeyValue::new("flowd.host", self.ctx.host_id.to_string()),
+                KeyValue::new(
+                    "cloudevents.event_id",
+                    codec::attribute(headers, "id")
+                        .map(|s| s.into_owned())
+                        .unwrap_or_default(),
+                ),
+            ],
+            links,
+            Some(self.last_call.0),
+        ) else {
+            return;
+        };
+        span.end_with_timestamp(self.last_call.1);
+        if let Some(cx) = traces::recorded(&span) {
+            traces::set_event_context(headers, &cx);
+            made.spans.insert(key, cx);
+        }
     }
 
     fn dead_letter(&self, port: u32, input: &Input, error: &str, step: Option<&str>) -> Outgoing {

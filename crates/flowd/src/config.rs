@@ -33,6 +33,11 @@
 //! [metrics]
 //! listen = "127.0.0.1:9464"             # every listen address may be "off"
 //!
+//! [telemetry]                           # OpenTelemetry traces (off without an endpoint)
+//! otlp_endpoint = "http://127.0.0.1:4317"  # OTLP over gRPC (a collector)
+//! sample_ratio = 0.1                    # share of new traces kept (default 1.0)
+//! service_name = "flowd"
+//!
 //! [fnap]                                # the FNAA server (docs/fnap.md)
 //! listen = "127.0.0.1:61000"            # plain text + STARTTLS
 //! tls_listen = "127.0.0.1:61001"        # implicit TLS
@@ -110,6 +115,7 @@ pub struct Config {
     pub fnap: FnapConfig,
     pub api: ApiConfig,
     pub console: ConsoleConfig,
+    pub telemetry: crate::telemetry::TelemetryConfig,
     pub fns: FnsConfig,
     /// Credentials for other participants' namespaces (remote
     /// subscriptions); without an entry, sessions are anonymous.

@@ -40,6 +40,8 @@ pub struct Daemon {
     accounts: tokio::task::JoinHandle<()>,
     /// Revokes the copies of accounts removed on any host.
     reviews: Option<tokio::task::JoinHandle<()>>,
+    /// Where spans go (`[telemetry]`).
+    telemetry: crate::telemetry::Telemetry,
 }
 
 impl Daemon {
@@ -128,12 +130,18 @@ impl Daemon {
             ),
             None => flowd_broker::cluster::host_id(&state_dir).context("the host id")?,
         };
+        let telemetry = crate::telemetry::Telemetry::start(
+            &config.telemetry,
+            &host_id,
+            &config.participant.fqdn,
+        )?;
         let engine = Engine::start(
             broker.clone(),
             host.clone(),
             metrics.clone(),
             &host_id,
             &config.cluster,
+            telemetry.traces(),
         )
         .await?;
         crate::accounts::local::ensure_local_token(&state_dir)
@@ -154,7 +162,8 @@ impl Daemon {
             .with_shared_accounts(shared_accounts)
             .with_login_limits(config.logins.clone())
             .with_quotas(config.quotas.clone())
-            .with_limit_maxima(config.limits.max.clone());
+            .with_limit_maxima(config.limits.max.clone())
+            .with_traces(telemetry.traces(), &host_id);
         if let (None, Some(operator)) = (&embedded, &config.nats.operator) {
             let seed = std::fs::read_to_string(&operator.signing_key).with_context(|| {
                 format!(
@@ -361,6 +370,7 @@ impl Daemon {
             console,
             accounts,
             reviews,
+            telemetry,
         })
     }
 
@@ -432,6 +442,7 @@ impl Daemon {
         if let Some(embedded) = self.embedded {
             embedded.shutdown().await;
         }
+        self.telemetry.shutdown().await;
     }
 }
 

@@ -15,6 +15,7 @@
 //! - [`pipeline`]: chains of processors declared by YAML manifests;
 //! - [`api`]: the gRPC management API (registry, processors, pipelines,
 //!   logs, dead letters); [`console`]: the web console;
+//! - [`telemetry`]: OpenTelemetry traces exported over OTLP;
 //! - [`user_agent`]: the `flow` user agent's configuration and log-in;
 //! - [`daemon`]: `flowd serve`, the host as a daemon; [`config`]: its TOML;
 //! - [`cli`]: the command lines of `flow` and `flowd` (the binaries are a
@@ -32,6 +33,7 @@ pub mod peers;
 pub mod pipeline;
 mod relays;
 mod server;
+pub mod telemetry;
 pub mod tls;
 pub mod user_agent;
 

@@ -405,7 +405,9 @@ async fn pull(
             }
             continue;
         }
-        agent.write_scoped(&sub.local, &events, &scope).await?;
+        agent
+            .write_relayed(&sub.local, &events, &scope, &sub.remote)
+            .await?;
         for message in messages {
             message.ack().await.map_err(|e| unavailable(&e))?;
         }

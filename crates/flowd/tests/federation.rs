@@ -2689,3 +2689,304 @@ async fn on_an_operator_run_nats_subscribers_get_accounts_of_their_own() {
         .await;
     assert!(again.is_err(), "{again:?}");
 }
+
+/// An OTLP/gRPC receiver in the test: every span exported to it, with the
+/// `service.instance.id` of the host that sent it.
+mod otlp {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    pub(crate) struct Receiver {
+        pub(crate) spans: Arc<Mutex<Vec<(String, Span)>>>,
+    }
+
+    #[tonic::async_trait]
+    impl TraceService for Receiver {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut spans = self.spans.lock().expect("spans");
+            for resource in request.into_inner().resource_spans {
+                let host = resource
+                    .resource
+                    .as_ref()
+                    .and_then(|r| text(&r.attributes, "service.instance.id"))
+                    .unwrap_or_default();
+                for scope in resource.scope_spans {
+                    for span in scope.spans {
+                        spans.push((host.clone(), span));
+                    }
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    /// A string attribute.
+    pub(crate) fn text(attributes: &[KeyValue], key: &str) -> Option<String> {
+        attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.as_ref())
+            .and_then(|v| match &v.value {
+                Some(any_value::Value::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            })
+    }
+
+    /// Serves the receiver on `port`.
+    pub(crate) fn serve(port: u16) -> Receiver {
+        let receiver = Receiver::default();
+        let service = TraceServiceServer::new(receiver.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve(([127, 0, 0, 1], port).into())
+                .await
+                .expect("OTLP receiver");
+        });
+        receiver
+    }
+}
+
+/// An event's trace goes with it from one participant to another: the
+/// writer's host records its write under the event's `traceparent`, the
+/// subscriber's relay continues that trace, the pipeline's batch span links
+/// to it with a span per fused step, and the event the pipeline creates
+/// carries the context of the span that made it, in the same trace. An
+/// event written without a context gets one from the write's span; one
+/// whose `traceparent` is garbage is stored as written, and its processing
+/// is not disturbed. Every span reaches an OTLP receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_follows_an_event_through_a_pipeline_and_across_participants() {
+    use flowd::api::client::{ApiClient, Credentials};
+    use flowd::api::proto;
+    let collector = free_port();
+    let receiver = otlp::serve(collector);
+    let endpoint = format!("http://127.0.0.1:{collector}");
+    let dns_b = free_port();
+    let b = participant_with("fnaa.unix.ar", "flows.unix.ar", |c| {
+        c.fns.listen = Some(dns(dns_b));
+        c.cluster.host_id = Some("writer-host".into());
+        c.telemetry.otlp_endpoint = Some(endpoint.clone());
+    })
+    .await;
+    let a = participant_with("fnaa.emiliano.ar", "flows.emiliano.ar", |c| {
+        c.fns.nameserver = Some(dns(dns_b));
+        c.api.listen = Some(([127, 0, 0, 1], 0).into());
+        c.cluster.host_id = Some("reader-host".into());
+        c.telemetry.otlp_endpoint = Some(endpoint.clone());
+    })
+    .await;
+    let mut admin_b = b.admin().await;
+    let mut admin_a = a.admin().await;
+    admin_b
+        .command("CREATE FLOW traced.flows.unix.ar PUBLIC")
+        .await
+        .expect("public flow on B");
+    admin_a
+        .command("CREATE FLOW traced.flows.emiliano.ar")
+        .await
+        .expect("output on A");
+    let token = std::fs::read_to_string(a.state.path().join("admin.token")).expect("token");
+    let api = ApiClient::connect(
+        &format!("http://{}", a.daemon.api_addr().expect("API")),
+        &Credentials::Token(token.trim().to_owned()),
+        None,
+    )
+    .await
+    .expect("API");
+    let transform = std::fs::read(support::component("flow_transform")).expect("built");
+    api.push("transform", "1.0.0", transform, |_| {})
+        .await
+        .expect("pushed");
+    // Two steps, fused into one runner.
+    let manifest = "\
+name: traced
+inputs:
+  remote: flow://traced.flows.unix.ar
+outputs:
+  local: flow://traced.flows.emiliano.ar
+steps:
+  - name: tag
+    component: transform@1.0.0
+    from: remote
+    config: {set.data.via: emiliano}
+  - name: mark
+    component: transform@1.0.0
+    from: tag
+    to: local
+    config: {set.data.marked: true}
+";
+    eventually(Duration::from_secs(20), "the pipeline applies", || async {
+        api.pipelines()
+            .apply(proto::ApplyRequest {
+                manifest: manifest.into(),
+                dry_run: false,
+            })
+            .await
+            .ok()
+    })
+    .await;
+    let (trace, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let line = |id: &str, traceparent: Option<&str>| {
+        let mut event = serde_json::json!({
+            "specversion": "1.0", "id": id, "source": "urn:test", "type": "tick",
+            "data": {"n": 1},
+        });
+        if let Some(tp) = traceparent {
+            event["traceparent"] = tp.into();
+        }
+        event.to_string()
+    };
+    admin_b
+        .block(
+            "WRITE FLOW traced.flows.unix.ar",
+            vec![
+                line("traced", Some(&format!("00-{trace}-{parent}-01"))),
+                line("untraced", None),
+                line("garbage", Some("00-not-a-trace-context-01")),
+            ],
+        )
+        .await
+        .expect("written on B");
+
+    // What B stored: the traced event as written, the untraced one inside
+    // the trace of B's write, the garbage as it was.
+    let mut stored = std::collections::HashMap::new();
+    admin_b
+        .read("READ FLOW traced.flows.unix.ar FROM START", |line| {
+            let event: serde_json::Value = serde_json::from_str(line).expect("JSON");
+            stored.insert(event["id"].as_str().unwrap_or_default().to_owned(), event);
+            true
+        })
+        .await
+        .expect("read on B");
+    assert_eq!(
+        stored["traced"]["traceparent"],
+        format!("00-{trace}-{parent}-01")
+    );
+    assert_eq!(
+        stored["garbage"]["traceparent"],
+        "00-not-a-trace-context-01"
+    );
+    let started = stored["untraced"]["traceparent"]
+        .as_str()
+        .expect("the write started a trace")
+        .to_owned();
+    let started: Vec<&str> = started.split('-').collect();
+    assert_eq!((started.len(), started[3]), (4, "01"), "{started:?}");
+
+    // Through the pipeline on A.
+    let mut out = std::collections::HashMap::new();
+    eventually(
+        Duration::from_secs(60),
+        "events through the pipeline",
+        || async {
+            let mut c = a.admin().await;
+            (ids(&mut c, "traced.flows.emiliano.ar").await.len() == 3).then_some(())
+        },
+    )
+    .await;
+    admin_a
+        .read("READ FLOW traced.flows.emiliano.ar FROM START", |line| {
+            let event: serde_json::Value = serde_json::from_str(line).expect("JSON");
+            out.insert(event["id"].as_str().unwrap_or_default().to_owned(), event);
+            true
+        })
+        .await
+        .expect("read on A");
+    for id in ["traced", "untraced", "garbage"] {
+        assert_eq!(out[id]["data"]["marked"], true, "{id} processed");
+    }
+    let created: Vec<String> = out["traced"]["traceparent"]
+        .as_str()
+        .expect("traceparent")
+        .split('-')
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(created[1], trace, "the created event stays in the trace");
+    assert_ne!(created[2], parent, "created under a span of the processor");
+
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let spans = eventually(
+        Duration::from_secs(30),
+        "the spans are exported",
+        || async {
+            let spans = receiver.spans.lock().expect("spans").clone();
+            let named = |n: &str| spans.iter().any(|(_, s)| s.name == n);
+            let steps = spans.iter().filter(|(_, s)| s.name == "flowd.step").count();
+            (named("flowd.publish") && named("flowd.relay") && named("flowd.process") && steps >= 2)
+                .then_some(spans)
+        },
+    )
+    .await;
+    let in_trace = |name: &str| {
+        spans
+            .iter()
+            .filter(|(_, s)| s.name == name && hex(&s.trace_id) == trace)
+            .collect::<Vec<_>>()
+    };
+    // B recorded its write under the writer's span.
+    let publish = in_trace("flowd.publish");
+    assert_eq!(publish.len(), 1, "{publish:?}");
+    assert_eq!(publish[0].0, "writer-host");
+    assert_eq!(hex(&publish[0].1.parent_span_id), parent);
+    // B's write of the untraced event is the root of the trace it started.
+    assert!(spans.iter().any(|(host, s)| host == "writer-host"
+        && s.name == "flowd.publish"
+        && hex(&s.trace_id) == started[1]
+        && hex(&s.span_id) == started[2]
+        && s.parent_span_id.is_empty()));
+    // A's relay continued the trace.
+    let relay = in_trace("flowd.relay");
+    assert_eq!(relay.len(), 1, "{relay:?}");
+    assert_eq!(relay[0].0, "reader-host");
+    assert_eq!(hex(&relay[0].1.parent_span_id), parent);
+    assert_eq!(
+        otlp::text(&relay[0].1.attributes, "flowd.remote_flow").as_deref(),
+        Some("traced.flows.unix.ar")
+    );
+    // The event A's pipeline created carries the span that created it.
+    let process = in_trace("flowd.process");
+    assert_eq!(process.len(), 1, "{process:?}");
+    assert_eq!(hex(&process[0].1.parent_span_id), parent);
+    assert_eq!(hex(&process[0].1.span_id), created[2]);
+    assert_eq!(
+        otlp::text(&process[0].1.attributes, "cloudevents.event_id").as_deref(),
+        Some("traced")
+    );
+    // The batch that did it links to the event's context, and its steps
+    // are its children, one span each.
+    let batch = spans
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| {
+            s.name == "flowd.batch" && process[0].1.links.iter().any(|l| l.span_id == s.span_id)
+        })
+        .expect("the process span links to its batch");
+    assert!(
+        batch
+            .links
+            .iter()
+            .any(|l| hex(&l.trace_id) == trace && hex(&l.span_id) == parent),
+        "the batch links to the event's context: {batch:?}"
+    );
+    let steps: BTreeSet<String> = spans
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.name == "flowd.step" && s.parent_span_id == batch.span_id)
+        .filter_map(|s| otlp::text(&s.attributes, "flowd.step"))
+        .collect();
+    assert_eq!(steps.len(), 2, "one span per fused step: {steps:?}");
+    assert!(steps.iter().any(|s| s.ends_with("tag")) && steps.iter().any(|s| s.ends_with("mark")));
+}

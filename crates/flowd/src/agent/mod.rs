@@ -136,6 +136,19 @@ pub struct Agent {
     limit_maxima: processors::LimitMaxima,
     /// Remote subscriptions this host marked `failing`.
     relays_failing: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Where the spans of writes and relays go, and this host's id for
+    /// them.
+    traces: flowd_engine::traces::Traces,
+    host_id: std::sync::Arc<str>,
+}
+
+/// How events reach a flow, for their spans.
+#[derive(Clone, Copy)]
+enum Hop<'a> {
+    /// Written by a client of this host.
+    Publish,
+    /// Carried from a remote participant's flow.
+    Relay(&'a FlowName),
 }
 
 /// Reads a flow batch by batch (FNAP `READ FLOW`).
@@ -281,6 +294,8 @@ impl Agent {
             admissions: Default::default(),
             limit_maxima: processors::LimitMaxima::default(),
             relays_failing: Default::default(),
+            traces: flowd_engine::traces::Traces::off(),
+            host_id: "".into(),
             namespace_cache: Default::default(),
         })
     }
@@ -314,6 +329,14 @@ impl Agent {
     /// What one principal may hold.
     pub fn quotas(&self) -> &quotas::Quotas {
         &self.quotas
+    }
+
+    /// Where the spans of writes and relays go (`[telemetry]`), and the
+    /// id of this host they name.
+    pub fn with_traces(mut self, traces: flowd_engine::traces::Traces, host_id: &str) -> Agent {
+        self.traces = traces;
+        self.host_id = host_id.into();
+        self
     }
 
     /// The highest limits a processor may ask for (`[limits.max]`).
@@ -458,10 +481,34 @@ impl Agent {
         events: &[Event],
         scope: &str,
     ) -> Result<Published, BrokerError> {
+        self.store_events(flow, events, scope, Hop::Publish).await
+    }
+
+    /// Writes events relayed from `remote` (a subscription's copy), with
+    /// message ids in `scope`; each keeps its `traceparent` (the trace it
+    /// was created in), which the relay's span continues.
+    pub(crate) async fn write_relayed(
+        &self,
+        flow: &FlowName,
+        events: &[Event],
+        scope: &str,
+        remote: &FlowName,
+    ) -> Result<Published, BrokerError> {
+        self.store_events(flow, events, scope, Hop::Relay(remote))
+            .await
+    }
+
+    async fn store_events(
+        &self,
+        flow: &FlowName,
+        events: &[Event],
+        scope: &str,
+        hop: Hop<'_>,
+    ) -> Result<Published, BrokerError> {
         self.broker.flow_info(flow).await?;
         // Collected first: a borrowing iterator held across the publish
         // would make this future not `Send`.
-        let messages: Vec<Outgoing> = events
+        let mut messages: Vec<Outgoing> = events
             .iter()
             .map(|event| {
                 let (headers, payload) = codec::message_for_event(event);
@@ -478,7 +525,95 @@ impl Agent {
                 }
             })
             .collect();
-        self.broker.publish(messages).await
+        let spans = self.hop_spans(flow, hop, &mut messages);
+        let published = self.broker.publish(messages).await;
+        for mut span in spans {
+            use flowd_engine::traces::Span as _;
+            if let Err(e) = &published {
+                span.set_status(flowd_engine::traces::Status::error(e.to_string()));
+            }
+            span.end();
+        }
+        published
+    }
+
+    /// The spans of a write or a relay (none when tracing is off): one per
+    /// event that carries a sampled context, as its child (at most
+    /// [`traces::EVENT_SPANS`](flowd_engine::traces::EVENT_SPANS) per
+    /// call); and for a client's write, one more whose context the events
+    /// written without any become part of (when it is sampled).
+    fn hop_spans(
+        &self,
+        flow: &FlowName,
+        hop: Hop<'_>,
+        messages: &mut [Outgoing],
+    ) -> Vec<flowd_engine::traces::HostSpan> {
+        use flowd_engine::traces::{self, Context, KeyValue, SpanKind};
+        if !self.traces.is_on() {
+            return Vec::new();
+        }
+        let (name, kind) = match hop {
+            Hop::Publish => ("flowd.publish", SpanKind::Producer),
+            Hop::Relay(_) => ("flowd.relay", SpanKind::Consumer),
+        };
+        let attributes = |id: Option<String>| {
+            let mut a = vec![
+                KeyValue::new("messaging.system", "nats"),
+                KeyValue::new("messaging.destination.name", flow.to_string()),
+                KeyValue::new("flowd.host", self.host_id.to_string()),
+            ];
+            if let Hop::Relay(remote) = hop {
+                a.push(KeyValue::new("flowd.remote_flow", remote.to_string()));
+            }
+            if let Some(id) = id {
+                a.push(KeyValue::new("cloudevents.event_id", id));
+            }
+            a
+        };
+        let mut spans = Vec::new();
+        let mut untraced = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            match traces::event_context(Some(&m.headers)) {
+                Some(cx) if cx.is_sampled() && spans.len() < traces::EVENT_SPANS => {
+                    let id =
+                        flowd_broker::codec::attribute(&m.headers, "id").map(|s| s.into_owned());
+                    spans.extend(self.traces.start(
+                        name,
+                        kind.clone(),
+                        &traces::parent(&cx),
+                        attributes(id),
+                        Vec::new(),
+                        None,
+                    ));
+                }
+                Some(_) => {}
+                // No context (or none that is valid W3C trace context,
+                // which is left as the producer wrote it).
+                None if flowd_broker::codec::attribute(&m.headers, "traceparent").is_none() => {
+                    untraced.push(i)
+                }
+                None => {}
+            }
+        }
+        if let (Hop::Publish, false) = (hop, untraced.is_empty()) {
+            let mut a = attributes(None);
+            a.push(KeyValue::new(
+                "messaging.batch.message_count",
+                untraced.len() as i64,
+            ));
+            if let Some(span) = self
+                .traces
+                .start(name, kind, &Context::new(), a, Vec::new(), None)
+            {
+                if let Some(cx) = traces::recorded(&span) {
+                    for i in untraced {
+                        traces::set_event_context(&mut messages[i].headers, &cx);
+                    }
+                }
+                spans.push(span);
+            }
+        }
+        spans
     }
 
     /// Reads a flow: from its first event (`from_start`) or only new ones,

@@ -545,7 +545,8 @@ impl Agent {
         if events.is_empty() {
             return Ok(());
         }
-        self.write_scoped(&sub.local, events, scope).await?;
+        self.write_relayed(&sub.local, events, scope, &sub.remote)
+            .await?;
         self.subscriptions
             .put(format!("position.{}", sub.token), last.to_string().into())
             .await
