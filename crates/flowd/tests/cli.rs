@@ -540,6 +540,42 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
         described.contains("step=route processor=orders-route runner=orders-enrich phase=running"),
         "{described}"
     );
+    // The created apac orders have no route: dead-lettered, with why in
+    // the log. Routing the rest to `rest` and replaying them delivers them.
+    let apac = ["order-11", "order-2", "order-5"];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let letters = loop {
+        let listed = flow(&["deadletter", "ls", "orders"], "");
+        if apac.iter().all(|id| listed.contains(id)) || std::time::Instant::now() > deadline {
+            break listed;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert_eq!(letters.lines().count(), 4, "a header and three: {letters}");
+    assert!(letters.contains("no route"), "{letters}");
+    let logs = flow(&["logs", "orders"], "");
+    assert!(logs.contains("order-2") && logs.contains("no route"), "{logs}");
+    let routed = manifest.replace("unmatched: error", "default: rest");
+    let updated = flow(&["apply", "-f", "-"], &routed);
+    assert!(updated.contains("updated route"), "{updated}");
+    let replayed = flow(&["deadletter", "replay", "orders", "--all"], "");
+    assert!(replayed.contains("OK 3 replayed"), "{replayed}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let rest = loop {
+        let read = flow(&["read", "rest.tour.example.com", "--from-start"], "");
+        if read.lines().count() >= 3 || std::time::Instant::now() > deadline {
+            break read;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    let mut rest: Vec<String> = rest
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")["id"].to_string())
+        .collect();
+    rest.sort();
+    assert_eq!(rest, apac.map(|id| format!("{id:?}")), "replayed into rest");
+    let letters = flow(&["deadletter", "ls", "orders"], "");
+    assert_eq!(letters.lines().count(), 1, "none left: {letters}");
     let pipelines = flow(&["get", "pipelines"], "");
     assert!(
         pipelines.contains("orders") && pipelines.contains("4/4 steps running"),
