@@ -15,7 +15,9 @@
 //!
 //! The server listens on the address given (by default the FNAP address, so
 //! that the `_queue` records published in DNS lead subscribers to it); its
-//! monitoring port stays on loopback. Beyond loopback its client port
+//! monitoring port (HTTP without authentication) stays on loopback: the
+//! configured one, or a free port on the loopback address of the client
+//! address's family ([`default_monitor_ip`]). Beyond loopback its client port
 //! speaks TLS only, with the host's certificate (the one FNAP presents), so
 //! that no password crosses a network in clear.
 //!
@@ -64,6 +66,12 @@ pub enum EmbeddedError {
         "the embedded broker would listen on {0} without TLS; subscribers' passwords would cross the network in clear"
     )]
     PlainBeyondLoopback(IpAddr),
+    /// The monitoring endpoint answers anyone without a password: it is
+    /// kept on loopback.
+    #[error(
+        "the embedded broker's monitoring endpoint would listen on {0}; it has no authentication, so it listens on loopback only"
+    )]
+    MonitorBeyondLoopback(SocketAddr),
     /// Making a user's credentials failed.
     #[error(transparent)]
     Grant(#[from] super::grants::GrantError),
@@ -115,6 +123,22 @@ pub struct EmbeddedOptions {
     /// The certificate and key (PEM files) of the client port; `None`:
     /// plain text, which [`EmbeddedNats::start`] accepts on loopback only.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Where the server's monitoring endpoint (HTTP, no authentication)
+    /// listens: a loopback address only. `None`: a free port on the
+    /// loopback address of the client port's family (`::1` for an IPv6
+    /// client address, the client address itself when it is a loopback
+    /// one, else `127.0.0.1`).
+    pub monitor: Option<SocketAddr>,
+}
+
+/// The monitoring endpoint's address for a server whose client port is on
+/// `listen`, unless one is configured.
+pub fn default_monitor_ip(listen: IpAddr) -> IpAddr {
+    match listen {
+        ip if is_loopback(ip) => ip,
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    }
 }
 
 /// Whether clients reach `ip` only from this machine.
@@ -159,6 +183,7 @@ fn adopt_global_account(data_dir: &Path) -> Result<(), EmbeddedError> {
 pub struct EmbeddedNats {
     url: String,
     port: u16,
+    monitor: SocketAddr,
     password: String,
     /// The certificate the client port presents, when it speaks TLS.
     certificate: Option<PathBuf>,
@@ -170,7 +195,7 @@ pub struct EmbeddedNats {
 struct Spec {
     binary: PathBuf,
     config: PathBuf,
-    monitor_port: u16,
+    monitor: SocketAddr,
     /// The running server's process id (0: none), for reloads.
     pid: Arc<AtomicU32>,
 }
@@ -208,7 +233,7 @@ impl Spec {
     async fn ready(&self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         while tokio::time::Instant::now() < deadline {
-            if healthz(self.monitor_port).await {
+            if healthz(self.monitor).await {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -219,18 +244,16 @@ impl Spec {
 
 /// `GET path` on the monitoring port: the body of a 200 answer, within
 /// two seconds.
-async fn monitor(port: u16, path: &str) -> Option<Vec<u8>> {
-    tokio::time::timeout(Duration::from_secs(2), monitor_once(port, path))
+async fn monitor(at: SocketAddr, path: &str) -> Option<Vec<u8>> {
+    tokio::time::timeout(Duration::from_secs(2), monitor_once(at, path))
         .await
         .ok()
         .flatten()
 }
 
-async fn monitor_once(port: u16, path: &str) -> Option<Vec<u8>> {
-    let mut stream = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+async fn monitor_once(at: SocketAddr, path: &str) -> Option<Vec<u8>> {
+    let mut stream = tokio::net::TcpStream::connect(at).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {at}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response).await;
@@ -241,15 +264,13 @@ async fn monitor_once(port: u16, path: &str) -> Option<Vec<u8>> {
     Some(response.split_off(body))
 }
 
-async fn healthz(port: u16) -> bool {
-    monitor(port, "/healthz?js-enabled-only=true")
-        .await
-        .is_some()
+async fn healthz(at: SocketAddr) -> bool {
+    monitor(at, "/healthz?js-enabled-only=true").await.is_some()
 }
 
 /// When the server last read its configuration (`/varz`).
-async fn config_load_time(port: u16) -> Option<String> {
-    let body = monitor(port, "/varz").await?;
+async fn config_load_time(at: SocketAddr) -> Option<String> {
+    let body = monitor(at, "/varz").await?;
     let varz: serde_json::Value = serde_json::from_slice(&body).ok()?;
     varz["config_load_time"].as_str().map(str::to_owned)
 }
@@ -285,7 +306,16 @@ impl EmbeddedNats {
             None => free_port(listen).map_err(io(&data_dir))?,
         };
         std::fs::write(&port_file, port.to_string()).map_err(io(&port_file))?;
-        let monitor_port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST)).map_err(io(state_dir))?;
+        let monitor = match options.monitor {
+            Some(at) if !is_loopback(at.ip()) => {
+                return Err(EmbeddedError::MonitorBeyondLoopback(at));
+            }
+            Some(at) => at,
+            None => {
+                let ip = default_monitor_ip(listen);
+                SocketAddr::new(ip, free_port(ip).map_err(io(state_dir))?)
+            }
+        };
         let password = grants::secret();
         let host_hash = grants::hash(&password)?;
         let config = data_dir.join("server.conf");
@@ -301,14 +331,14 @@ impl EmbeddedNats {
             "# Written by flowd at each start.\n\
              listen: {}\nhttp: {}\njetstream {{ store_dir: {} }}\n{tls}include \"auth.conf\"\n",
             quoted(&SocketAddr::new(listen, port).to_string()),
-            quoted(&format!("127.0.0.1:{monitor_port}")),
+            quoted(&monitor.to_string()),
             quoted(&data_dir.to_string_lossy()),
         );
         write_private(&config, &text)?;
         let spec = Spec {
             binary,
             config,
-            monitor_port,
+            monitor,
             pid: Arc::new(AtomicU32::new(0)),
         };
         let users = Users {
@@ -318,7 +348,7 @@ impl EmbeddedNats {
                 limits: options.limits,
                 tls: options.tls.is_some(),
                 pid: spec.pid.clone(),
-                monitor_port,
+                monitor,
                 lock: tokio::sync::Mutex::new(()),
                 unread: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -332,7 +362,7 @@ impl EmbeddedNats {
         }
         // Signalled (reloads) only once it runs its handlers.
         spec.pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
-        tracing::info!(port, data = %data_dir.display(), "embedded nats-server ready");
+        tracing::info!(port, %monitor, data = %data_dir.display(), "embedded nats-server ready");
         let (stop, stopped) = watch::channel(false);
         let supervisor = tokio::spawn(supervise(spec, child, stopped));
         let connect_ip = if listen.is_unspecified() {
@@ -343,6 +373,7 @@ impl EmbeddedNats {
         Ok(EmbeddedNats {
             url: format!("nats://{}", SocketAddr::new(connect_ip, port)),
             port,
+            monitor,
             password,
             certificate: options.tls.as_ref().map(|(cert, _)| cert.clone()),
             users,
@@ -359,6 +390,11 @@ impl EmbeddedNats {
     /// The server's client port (kept across restarts).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Where the server's monitoring endpoint listens.
+    pub fn monitor(&self) -> SocketAddr {
+        self.monitor
     }
 
     /// The host's own user and password.
@@ -412,7 +448,7 @@ struct UsersInner {
     /// The client port speaks TLS only.
     tls: bool,
     pid: Arc<AtomicU32>,
-    monitor_port: u16,
+    monitor: SocketAddr,
     /// One change at a time: each rewrites the whole file.
     lock: tokio::sync::Mutex<()>,
     /// The file was written but the server may not have read it (a reload
@@ -484,7 +520,7 @@ impl Users {
         let deadline = tokio::time::Instant::now() + within;
         // The load time before the reload, to see it change.
         let before = loop {
-            match config_load_time(self.inner.monitor_port).await {
+            match config_load_time(self.inner.monitor).await {
                 Some(t) => break Some(t),
                 None if tokio::time::Instant::now() >= deadline => break None,
                 None => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -502,7 +538,7 @@ impl Users {
         }
         let deadline = tokio::time::Instant::now() + within;
         while before.is_some() && tokio::time::Instant::now() < deadline {
-            let now = config_load_time(self.inner.monitor_port).await;
+            let now = config_load_time(self.inner.monitor).await;
             if now.is_some() && now != before {
                 return Ok(());
             }
@@ -631,6 +667,71 @@ async fn supervise(spec: Spec, mut child: Child, mut stopped: watch::Receiver<bo
                 let _ = child.wait().await;
                 return;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_monitor_stays_on_the_loopback_of_the_client_address_family() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(default_monitor_ip(ip("127.0.0.5")), ip("127.0.0.5"));
+        assert_eq!(default_monitor_ip(ip("::1")), ip("::1"));
+        assert_eq!(default_monitor_ip(ip("192.0.2.10")), ip("127.0.0.1"));
+        assert_eq!(default_monitor_ip(ip("0.0.0.0")), ip("127.0.0.1"));
+        assert_eq!(default_monitor_ip(ip("2001:db8::1")), ip("::1"));
+        assert_eq!(default_monitor_ip(ip("::")), ip("::1"));
+    }
+
+    #[tokio::test]
+    async fn the_monitor_listens_where_configured_and_never_beyond_loopback() {
+        // An IPv6 broker is monitored on ::1, not on 127.0.0.1.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v6 = EmbeddedNats::start(
+            dir.path(),
+            None,
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            &EmbeddedOptions::default(),
+        )
+        .await
+        .expect("an IPv6 broker");
+        assert_eq!(v6.monitor().ip(), IpAddr::V6(std::net::Ipv6Addr::LOCALHOST));
+        assert!(healthz(v6.monitor()).await, "answers on {}", v6.monitor());
+        assert!(v6.url().starts_with("nats://[::1]:"), "{}", v6.url());
+        drop(v6);
+
+        // A configured loopback address is used as given.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+        let at = SocketAddr::new(ip, free_port(ip).expect("port"));
+        let options = EmbeddedOptions {
+            monitor: Some(at),
+            ..Default::default()
+        };
+        let chosen = EmbeddedNats::start(dir.path(), None, Ipv4Addr::LOCALHOST.into(), &options)
+            .await
+            .expect("a broker monitored where configured");
+        assert_eq!(chosen.monitor(), at);
+        assert!(healthz(at).await);
+        drop(chosen);
+
+        // Anything beyond loopback is refused before a server starts.
+        for wide in ["0.0.0.0:8222", "192.0.2.10:8222", "[::]:8222"] {
+            let options = EmbeddedOptions {
+                monitor: Some(wide.parse().expect("address")),
+                ..Default::default()
+            };
+            let dir = tempfile::tempdir().expect("tempdir");
+            let refused =
+                EmbeddedNats::start(dir.path(), None, Ipv4Addr::LOCALHOST.into(), &options).await;
+            assert!(
+                matches!(refused, Err(EmbeddedError::MonitorBeyondLoopback(_))),
+                "{wide}: {:?}",
+                refused.err()
+            );
         }
     }
 }

@@ -149,7 +149,7 @@ fn mutate(rng: &mut Rng, seeds: &[Vec<u8>], input: &mut Vec<u8>) {
 }
 
 fn manifest_properties(text: &str) -> bool {
-    let Ok(m) = manifest::parse(text) else {
+    let (Some(m), _) = manifest::read(text) else {
         return false;
     };
     {

@@ -1,104 +1,7 @@
 //! `flowd` configuration (TOML). Every key has a default, so `flowd serve`
 //! with no file starts a working host on loopback with its own NATS server.
-//!
-//! ```toml
-//! [participant]
-//! fqdn = "flows.example.com"          # this host's identity
-//! namespaces = ["finance.example.com"] # namespaces it serves
-//! state_dir = "/var/lib/flowd"
-//!
-//! [nats]
-//! urls = ["nats://127.0.0.1:4222"]     # empty: start an embedded nats-server
-//! server = "/usr/local/bin/nats-server"  # binary for the embedded server
-//! listen = "192.0.2.10"                 # its address (default: FNAP's)
-//! replicas = 3                          # copies of flows and buckets (cluster)
-//! tls = "auto"                          # embedded broker: TLS beyond loopback ("required": always)
-//!
-//! credentials = "/etc/flowd/host.creds" # operator-run NATS: the host's user
-//!
-//! [nats.operator]                       # operator-run NATS: subscriber accounts
-//! signing_key = "/etc/flowd/op-signing.nk"
-//! account = "AB...XYZ"                  # the host's account
-//!
-//! [nats.subscribers]                    # limits of each subscriber's broker account
-//! connections = 2
-//! subscriptions = 16
-//! payload = 4096                        # largest message a subscriber may publish
-//!
-//! [cluster]                             # several hosts on one NATS
-//! host_id = "h-1"                       # default: made once, in <state_dir>/host-id
-//! heartbeat_ms = 1000
-//! failover_ms = 5000                    # a silent host's work moves after this
-//!
-//! [metrics]
-//! listen = "127.0.0.1:9464"             # every listen address may be "off"
-//!
-//! [telemetry]                           # OpenTelemetry traces (off without an endpoint)
-//! otlp_endpoint = "http://127.0.0.1:4317"  # OTLP over gRPC (a collector)
-//! sample_ratio = 0.1                    # share of new traces kept (default 1.0)
-//! service_name = "flowd"
-//!
-//! [fnap]                                # the FNAA server (docs/fnap.md)
-//! listen = "127.0.0.1:61000"            # plain text + STARTTLS
-//! tls_listen = "127.0.0.1:61001"        # implicit TLS
-//! plain_auth_from = ["127.0.0.0/8", "::1/128"]  # PLAIN in clear only from here
-//! anonymous = true                      # AUTHENTICATE ANONYMOUS (public flows)
-//! idle_timeout_secs = 300
-//!
-//! [fnap.tls]                            # no cert/key: a self-signed one in
-//! cert = "/etc/flowd/cert.pem"          # <state_dir>/tls/
-//! key = "/etc/flowd/key.pem"
-//!
-//! [fns]                                 # the Flow Name Service (DNS)
-//! listen = "127.0.0.1:8053"             # embedded authoritative server
-//! agent_host = "fnaa.example.com"       # SRV target (default: participant.fqdn)
-//! addresses = ["192.0.2.10"]            # its A/AAAA (default: the FNAP address)
-//! nameserver = "127.0.0.1:53"           # resolver for discovery (default: system)
-//!
-//! [fns.update]                          # also publish to BIND9 & co. (RFC 2136)
-//! server = "127.0.0.1:53"
-//! zone = "example.com"
-//! key_file = "/etc/flowd/tsig.key"      # tsig-keygen output (hmac-sha256)
-//!
-//! [[peers]]                             # remote namespaces we subscribe to
-//! namespace = "flows.unix.ar"
-//! username = "emiliano"
-//! password_env = "UNIX_AR_PASSWORD"
-//! ca = "/etc/flowd/unix-ar-ca.pem"      # certificates trusted for its TLS
-//! tls = "required"                      # the default: STARTTLS always;
-//!                                       # "implicit": TLS at tls_port;
-//!                                       # "plain": clear text, by choice
-//! hosts = ["fnaa.unix.ar"]              # agents outside the namespace
-//!
-//! [logins]                              # what log-ins may cost
-//! concurrent_checks = 2                 # argon2 checks at once (~20 MiB each)
-//! checks_per_address = 1                # of those, one address's (IPv6 /64)
-//! check_wait_ms = 2000                  # then 450, try again later
-//! cache_secs = 300                      # verified credentials remembered
-//! failure_delay_ms = 250                # per address (IPv6 /64), doubling
-//!
-//! [quotas]                              # what one principal may hold
-//! subscriptions_per_account = 1000
-//! anonymous_subscriptions_per_address = 8   # IPv6: per /64
-//! anonymous_subscriptions = 256
-//! processors_per_account = 1000
-//! components_per_account = 500
-//! component_bytes_per_account = 1073741824
-//!
-//! [limits]                              # defaults for new processors
-//! memory_mib = 64
-//! deadline_ms = 100
-//! batch = 100
-//! max_attempts = 3
-//! tick_ms = 1000
-//!
-//! [limits.max]                          # the most a declaration may ask
-//! memory_mib = 1024
-//! deadline_ms = 10000
-//! batch = 10000
-//! max_attempts = 100
-//! tick_ms = 3600000
-//! ```
+//! The reference, every section and key with an example, is
+//! `docs/configuration.md`; a test below reads it, so it stays complete.
 
 use flowd_engine::RunLimits;
 use serde::{Deserialize, Serialize};
@@ -329,6 +232,11 @@ pub struct Nats {
     /// address, which DNS publishes as the broker's): subscribers on other
     /// hosts pull their copies from it.
     pub listen: Option<std::net::IpAddr>,
+    /// Where the embedded server's monitoring endpoint (HTTP, no
+    /// authentication: `/varz`, `/healthz`, `/jsz`) listens; loopback
+    /// only. Default: a free port on the loopback address of `listen`'s
+    /// family. The address is logged at start.
+    pub monitor: Option<std::net::SocketAddr>,
     /// TLS on the embedded server's client port: `auto` (on whenever it
     /// listens beyond loopback) or `required` (always).
     pub tls: BrokerTls,
@@ -496,6 +404,51 @@ impl HostFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ```toml block of docs/configuration.md.
+    fn reference() -> String {
+        let doc = include_str!("../../../docs/configuration.md");
+        let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let end = start + doc[start..].find("```").expect("its end");
+        doc[start..end].to_owned()
+    }
+
+    /// Every key path of a TOML table (`nats.subscribers.payload`).
+    fn keys(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        let toml::Value::Table(table) = value else {
+            return;
+        };
+        for (k, v) in table {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            keys(v, &path, out);
+            out.push(path);
+        }
+    }
+
+    #[test]
+    fn the_configuration_reference_is_complete_and_reads() {
+        let text = reference();
+        let read: Config = toml::from_str(&text).expect("the reference is a valid configuration");
+        assert_ne!(read, Config::default(), "it sets values");
+        let documented: toml::Value = toml::from_str(&text).expect("TOML");
+        let mut documented_keys = Vec::new();
+        keys(&documented, "", &mut documented_keys);
+        let defaults = toml::Value::try_from(Config::default()).expect("serialises");
+        let mut default_keys = Vec::new();
+        keys(&defaults, "", &mut default_keys);
+        let missing: Vec<&String> = default_keys
+            .iter()
+            .filter(|k| !documented_keys.contains(k))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in docs/configuration.md: {missing:?}"
+        );
+    }
 
     #[test]
     fn defaults_and_unknown_keys() {

@@ -71,6 +71,7 @@ impl Daemon {
             };
             let options = EmbeddedOptions {
                 limits: config.nats.subscribers,
+                monitor: config.nats.monitor,
                 tls: tls
                     .then(|| {
                         crate::tls::certificate_files(

@@ -137,7 +137,7 @@ fn flowd_run_reports_a_failing_event_and_keeps_the_others() {
         ],
         &input,
     );
-    assert!(out.status.success());
+    assert_eq!(out.status.code(), Some(1), "not every event went through");
     let events = lines(&out);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["data"], serde_json::json!({"a": 1, "b": 2}));
@@ -146,6 +146,7 @@ fn flowd_run_reports_a_failing_event_and_keeps_the_others() {
         stderr.contains("event bad:") && stderr.contains("data is not JSON"),
         "{stderr}"
     );
+    assert!(stderr.contains("1 of 2 events failed"), "{stderr}");
 }
 
 #[test]
@@ -554,7 +555,10 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
     assert_eq!(letters.lines().count(), 4, "a header and three: {letters}");
     assert!(letters.contains("no route"), "{letters}");
     let logs = flow(&["logs", "orders"], "");
-    assert!(logs.contains("order-2") && logs.contains("no route"), "{logs}");
+    assert!(
+        logs.contains("order-2") && logs.contains("no route"),
+        "{logs}"
+    );
     let routed = manifest.replace("unmatched: error", "default: rest");
     let updated = flow(&["apply", "-f", "-"], &routed);
     assert!(updated.contains("updated route"), "{updated}");

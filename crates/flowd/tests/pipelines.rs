@@ -540,6 +540,46 @@ async fn manifest_errors_are_located_and_nothing_is_half_applied() {
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{what}: {e:?}");
         assert!(e.message().contains(needle), "{what}: {}", e.message());
     }
+    // Four typos of different phases (an unknown field, an edge no one
+    // writes, a missing component, a bad configuration): one apply names
+    // them all, each at its place, in the order of their places.
+    let typos = "\
+name: p
+inputs: {a: flow://in.pipe.example.com}
+outputs: {b: flow://out.pipe.example.com}
+steps:
+  - name: s
+    component: filter@1.0.0
+    from: a
+    paralelism: 2
+    config: {colour: red}
+  - name: t
+    component: nope@1.0.0
+    from: [s, nowhere]
+    to: b
+";
+    let e = api
+        .pipelines()
+        .apply(proto::ApplyRequest {
+            manifest: typos.into(),
+            dry_run: false,
+        })
+        .await
+        .expect_err("four typos");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let message = e.message();
+    let mut from = 0;
+    for needle in [
+        "line 5, column 11: step `s`:",
+        "line 8, column 5: steps[0].paralelism: Unknown field `paralelism`",
+        "line 11, column 16: step `t`: no such component: nope@1.0.0",
+        "line 12, column 15: step `t` reads `nowhere`",
+    ] {
+        let found = message[from..]
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} (in order) missing in:\n{message}"));
+        from += found + needle.len();
+    }
     let listed = api
         .pipelines()
         .list(proto::ListPipelinesRequest {})

@@ -309,5 +309,14 @@ fn run(args: RunArgs) -> Result<()> {
     if let Err(e) = processor.teardown() {
         tracing::warn!("teardown: {e}");
     }
+    // The others were written; the status says that not all were, so a
+    // script (or a test) cannot take a partial run for a good one.
+    if summary.failed > 0 {
+        bail!(
+            "{} of {} events failed (each is reported above; the others were written)",
+            summary.failed,
+            summary.read
+        );
+    }
     Ok(())
 }

@@ -229,9 +229,110 @@ impl<'de> Deserialize<'de> for Values {
     }
 }
 
-/// Reads a manifest; a syntax or shape error names its place.
-pub fn parse(text: &str) -> Result<Manifest, String> {
-    marked_yaml::from_yaml(0, text).map_err(|e| e.to_string())
+/// One problem found in a manifest, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub at: Location,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.at.line == 0 {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.at, self.message)
+        }
+    }
+}
+
+/// The most problems one reading reports: each unknown field costs a
+/// reading of the whole manifest, so a hostile one cannot make it quadratic
+/// without bound.
+pub const MAX_DIAGNOSTICS: usize = 64;
+
+/// Reads a manifest. Unknown fields do not stop the reading: each is
+/// reported with its place and left out, so that the checks after this one
+/// run too and an author sees every problem in one pass. Any other shape
+/// error (a missing field, a value of the wrong type) or a syntax error
+/// stops it, and the manifest is `None`.
+pub fn read(text: &str) -> (Option<Manifest>, Vec<Diagnostic>) {
+    let mut node = match marked_yaml::parse_yaml(0, text) {
+        Ok(node) => node,
+        Err(e) => return (None, vec![syntax(&e)]),
+    };
+    let mut errors = Vec::new();
+    loop {
+        let e = match marked_yaml::from_node::<Manifest>(&node) {
+            Ok(manifest) => return (Some(manifest), errors),
+            Err(e) => e,
+        };
+        let at = e.start_mark().map(location).unwrap_or_default();
+        let unknown = matches!(&*e, marked_yaml::Error::UnknownFieldError(..));
+        errors.push(Diagnostic {
+            at,
+            message: e.to_string(),
+        });
+        if !unknown || errors.len() >= MAX_DIAGNOSTICS || !remove_key_at(&mut node, at) {
+            return (None, errors);
+        }
+    }
+}
+
+/// Reads a manifest that must have no problem of shape at all.
+pub fn parse(text: &str) -> Result<Manifest, Vec<Diagnostic>> {
+    match read(text) {
+        (Some(manifest), errors) if errors.is_empty() => Ok(manifest),
+        (_, errors) => Err(errors),
+    }
+}
+
+fn location(mark: marked_yaml::Marker) -> Location {
+    Location {
+        line: mark.line(),
+        column: mark.column(),
+    }
+}
+
+fn syntax(e: &marked_yaml::LoadError) -> Diagnostic {
+    use marked_yaml::LoadError::*;
+    let (mark, message) = match e {
+        TopLevelMustBeMapping(m) => (Some(*m), "a manifest is a mapping".to_owned()),
+        TopLevelMustBeSequence(m) => (Some(*m), "expected a sequence".to_owned()),
+        UnexpectedAnchor(m) => (Some(*m), "anchors are not read".to_owned()),
+        MappingKeyMustBeScalar(m) => (Some(*m), "keys must be plain values".to_owned()),
+        UnexpectedTag(m) => (Some(*m), "tags are not read".to_owned()),
+        ScanError(m, e) => (Some(*m), e.to_string()),
+        DuplicateKey(inner) => (
+            inner.key.span().start().copied(),
+            format!("`{}` is given twice", inner.key.as_str()),
+        ),
+        #[allow(unreachable_patterns)]
+        _ => (None, e.to_string()),
+    };
+    Diagnostic {
+        at: mark.map(location).unwrap_or_default(),
+        message,
+    }
+}
+
+/// Removes the mapping key that starts at `at`, wherever it is.
+fn remove_key_at(node: &mut marked_yaml::Node, at: Location) -> bool {
+    use marked_yaml::Node;
+    match node {
+        Node::Scalar(_) => false,
+        Node::Sequence(items) => items.iter_mut().any(|item| remove_key_at(item, at)),
+        Node::Mapping(map) => {
+            let key = map
+                .keys()
+                .find(|k| k.span().start().copied().map(location) == Some(at))
+                .cloned();
+            match key {
+                Some(key) => map.remove(&key).is_some(),
+                None => map.values_mut().any(|value| remove_key_at(value, at)),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -289,8 +390,51 @@ steps:
     fn shape_errors_name_their_place() {
         let err = parse("name: x\ninputs: {}\noutputs: {}\nsteps:\n  - name: a\n    colour: red\n")
             .expect_err("unknown field");
-        assert!(err.contains("colour"), "{err}");
+        assert_eq!(
+            err.len(),
+            2,
+            "the unknown field and the missing one: {err:?}"
+        );
+        assert_eq!(err[0].at, Location { line: 6, column: 5 });
+        assert!(err[0].message.contains("colour"), "{err:?}");
+        assert!(
+            err[1].message.contains("missing field `component`"),
+            "{err:?}"
+        );
         let err = parse("name: [\n").expect_err("syntax");
-        assert!(!err.is_empty());
+        assert_eq!(err.len(), 1);
+        assert_ne!(err[0].at.line, 0, "{err:?}");
+    }
+
+    #[test]
+    fn every_unknown_field_is_reported_and_the_rest_is_read() {
+        let text = "name: x\ninptus: {}\ninputs: {}\noutputs: {}\nsteps:\n  - name: a\n    compnent: c\n    component: c\n    from: i\n    limits: {batch: 5, bach: 6}\n";
+        let (manifest, errors) = read(text);
+        let manifest = manifest.expect("read without the unknown fields");
+        assert_eq!(
+            manifest.steps[0].limits.as_ref().and_then(|l| l.batch),
+            Some(5)
+        );
+        let places: Vec<(usize, usize)> = errors.iter().map(|e| (e.at.line, e.at.column)).collect();
+        assert_eq!(places, vec![(2, 1), (7, 5), (10, 24)], "{errors:?}");
+        for (e, field) in errors.iter().zip(["inptus", "compnent", "bach"]) {
+            assert!(e.message.contains(field), "{e}");
+        }
+        // A wrong type stops the reading, after the unknown fields before it.
+        let (manifest, errors) = read("name: x\ncolour: red\ninputs: {}\noutputs: {}\nsteps: 5\n");
+        assert!(manifest.is_none());
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(errors[1].at.line, 5, "{errors:?}");
+    }
+
+    #[test]
+    fn a_manifest_of_unknown_fields_is_bounded() {
+        let mut text = String::from("name: x\ninputs: {}\noutputs: {}\nsteps: []\n");
+        for i in 0..1000 {
+            text.push_str(&format!("unknown{i}: 1\n"));
+        }
+        let (manifest, errors) = read(&text);
+        assert!(manifest.is_none());
+        assert_eq!(errors.len(), MAX_DIAGNOSTICS);
     }
 }

@@ -11,6 +11,7 @@
 //! Every check runs before anything is applied, and every error carries
 //! the manifest location it is about.
 
+pub use super::manifest::Diagnostic;
 use super::manifest::{self, Location, Manifest, StepLimits, at};
 use crate::agent::Agent;
 use flowd_broker::FlowName;
@@ -18,35 +19,22 @@ use flowd_engine::registry::{ComponentRef, Registry};
 use flowd_engine::spec::{FusedStep, Port, ProcessorSpec, RunLimits};
 use flowd_wasm::ProcessorSetup;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
 
 /// The most instances a step may ask for.
 pub const MAX_PARALLELISM: u32 = 64;
-
-/// One problem found in a manifest, and where.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    pub at: Location,
-    pub message: String,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.at.line == 0 {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.at, self.message)
-        }
-    }
-}
 
 /// Namespace of the flows between steps of a pipeline.
 pub const INTERNAL_NAMESPACE: &str = "pipelines.flowd";
 
 /// The flow of an edge between two steps.
 pub fn internal_flow(pipeline: &str, edge: &str) -> FlowName {
-    FlowName::parse(&format!("{edge}.{pipeline}.{INTERNAL_NAMESPACE}"))
-        .unwrap_or_else(|_| unreachable_name(pipeline, edge))
+    edge_flow(pipeline, edge).unwrap_or_else(|| unreachable_name(pipeline, edge))
+}
+
+/// The flow of an edge, if the names make one: validation goes on past
+/// names it has already reported.
+fn edge_flow(pipeline: &str, edge: &str) -> Option<FlowName> {
+    FlowName::parse(&format!("{edge}.{pipeline}.{INTERNAL_NAMESPACE}")).ok()
 }
 
 /// Where a pipeline's failing events go.
@@ -134,23 +122,21 @@ pub struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    /// Validates `text` and translates it; every error found is returned.
+    /// Validates `text` and translates it; every error found is returned,
+    /// in the order of their places. The phases (fields, graph, then
+    /// components, flows and configurations) all run when the manifest
+    /// could be read at all, so one pass reports everything.
     pub async fn plan(&self, text: &str) -> Result<Plan, Vec<Diagnostic>> {
-        let manifest = manifest::parse(text).map_err(|message| {
-            vec![Diagnostic {
-                at: Location::default(),
-                message,
-            }]
-        })?;
-        let mut errors = Vec::new();
-        let structure = structure(&manifest, &mut errors);
-        if !errors.is_empty() {
+        let (manifest, mut errors) = manifest::read(text);
+        let Some(manifest) = manifest else {
             return Err(errors);
-        }
+        };
+        let structure = structure(&manifest, &mut errors);
         let plan = self.resolve(&manifest, &structure, &mut errors).await;
         if errors.is_empty() {
             Ok(plan)
         } else {
+            errors.sort_by_key(|e| (e.at.line, e.at.column));
             Err(errors)
         }
     }
@@ -158,7 +144,14 @@ impl Checker<'_> {
     /// Components, kinds, flows and configurations: the checks that ask
     /// the registry, the broker and the Wasm host.
     async fn resolve(&self, m: &Manifest, s: &Structure, errors: &mut Vec<Diagnostic>) -> Plan {
-        let name = m.name.as_str().to_owned();
+        // The structural checks have reported a name that makes no flow;
+        // the checks here still run, under a stand-in name, and the plan
+        // is not used.
+        let name = if edge_flow(m.name.as_str(), "deadletter").is_some() {
+            m.name.as_str().to_owned()
+        } else {
+            "invalid".to_owned()
+        };
         let mut flow_of: HashMap<String, FlowName> = HashMap::new();
         let mut inputs = Vec::new();
         let mut outputs = Vec::new();
@@ -179,7 +172,9 @@ impl Checker<'_> {
                                     .await
                                     .is_ok_and(|chain| chain.is_empty());
                             if foreign {
-                                let local = internal_flow(&name, edge);
+                                let Some(local) = edge_flow(&name, edge) else {
+                                    continue;
+                                };
                                 remote.push(RemoteInput {
                                     edge: edge.clone(),
                                     remote: flow,
@@ -207,7 +202,9 @@ impl Checker<'_> {
         let mut between = Vec::new();
         for edge in s.producers.keys() {
             if !flow_of.contains_key(edge) {
-                let flow = internal_flow(&name, edge);
+                let Some(flow) = edge_flow(&name, edge) else {
+                    continue;
+                };
                 between.push((edge.clone(), flow.clone()));
                 flow_of.insert(edge.clone(), flow);
             }
