@@ -16,6 +16,7 @@
 //! - [`api`]: the gRPC management API (registry, processors, pipelines,
 //!   logs, dead letters); [`console`]: the web console;
 //! - [`telemetry`]: OpenTelemetry traces exported over OTLP;
+//! - [`testing`]: fixture tests of a processor component (`flow test`);
 //! - [`user_agent`]: the `flow` user agent's configuration and log-in;
 //! - [`daemon`]: `flowd serve`, the host as a daemon; [`config`]: its TOML;
 //! - [`cli`]: the command lines of `flow` and `flowd` (the binaries are a
@@ -34,6 +35,7 @@ pub mod pipeline;
 mod relays;
 mod server;
 pub mod telemetry;
+pub mod testing;
 pub mod tls;
 pub mod user_agent;
 

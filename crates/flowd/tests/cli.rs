@@ -702,3 +702,209 @@ fn a_bad_configuration_is_reported_once() {
     assert!(stderr.contains("flowd.toml"), "{stderr}");
     assert_eq!(stderr.matches("invalid type").count(), 1, "{stderr}");
 }
+
+const FLOW: &str = env!("CARGO_BIN_EXE_flow");
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+/// The standard processors' behaviour, as their fixtures in
+/// `processors/<name>/tests/` state it, through `flow test`.
+#[test]
+fn the_standard_processors_pass_their_fixture_tests() {
+    for (project, component_name, cases) in [
+        ("processors/filter", "flow_filter", 2),
+        ("processors/transform", "flow_transform", 1),
+        ("processors/router", "flow_router", 1),
+        ("processors/merge", "flow_merge", 1),
+        ("processors/threshold", "flow_threshold", 2),
+        ("processors/passthrough", "flow_passthrough", 1),
+        ("processors/enrich-py", "flow_enrich_py", 1),
+        ("processors/filter-js", "flow_filter_js", 1),
+    ] {
+        let wasm = component(component_name);
+        let out = run(
+            FLOW,
+            &[
+                "test",
+                repo(project).to_str().unwrap_or_default(),
+                "-c",
+                wasm.to_str().unwrap_or_default(),
+            ],
+            "",
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{project}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("{cases} cases: {cases} passed, 0 failed")),
+            "{project}: {stdout}"
+        );
+    }
+}
+
+/// What `flow test` says when a processor does not do what its fixtures
+/// expect: a diff of the output, an event that failed unexpectedly, an
+/// expected failure that did not happen, state that differs; volatile
+/// fields left out; `--update` writing what was emitted.
+#[test]
+fn flow_test_shows_what_differs_and_exits_1() {
+    let project = tempfile::tempdir().expect("tempdir");
+    let dir = project.path();
+    std::fs::write(
+        dir.join("flow.toml"),
+        "[processor]\ncomponent = \"transform.wasm\"\n[test]\nvolatile = [\"time\"]\n",
+    )
+    .expect("flow.toml");
+    std::fs::copy(component("flow_transform"), dir.join("transform.wasm")).expect("copy");
+    let case = |name: &str, toml: &str, input: &str, expected: Option<&str>| {
+        let c = dir.join("tests").join(name);
+        std::fs::create_dir_all(c.join("input")).expect("mkdir");
+        std::fs::write(c.join("case.toml"), toml).expect("case.toml");
+        std::fs::write(c.join("input/in.jsonl"), input).expect("input");
+        if let Some(expected) = expected {
+            std::fs::create_dir_all(c.join("expected")).expect("mkdir");
+            std::fs::write(c.join("expected/out.jsonl"), expected).expect("expected");
+        }
+    };
+    let event = |id: &str, data: &str, time: &str| {
+        format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"urn:t","type":"t","time":"{time}","datacontenttype":"application/json","data":{data}}}"#
+        ) + "\n"
+    };
+    // Passes: the times differ, but `time` is volatile; `data.n` is volatile
+    // in this case only.
+    case(
+        "a-volatile",
+        "config = [\"set.data.b=2\"]\nvolatile = [\"data.n\"]\n",
+        &event("x", r#"{"a":1,"n":5}"#, "2026-01-01T00:00:00Z"),
+        Some(&event(
+            "x",
+            r#"{"a":1,"b":2,"n":6}"#,
+            "2030-01-01T00:00:00Z",
+        )),
+    );
+    // Fails: the output differs.
+    case(
+        "b-differs",
+        "config = [\"set.data.b=2\"]\n",
+        &(event("x", r#"{"a":1}"#, "2026-01-01T00:00:00Z")
+            + &event("y", r#"{"a":2}"#, "2026-01-01T00:00:00Z")),
+        Some(
+            &(event("x", r#"{"a":1,"b":2}"#, "2026-01-01T00:00:00Z")
+                + &event("y", r#"{"a":2,"b":3}"#, "2026-01-01T00:00:00Z")),
+        ),
+    );
+    // Fails: an event failed that should not have, and one that should
+    // have did not.
+    case(
+        "c-failures",
+        "config = [\"set.data.b=2\"]\nfail = [\"fine\"]\n",
+        &(event("fine", "{}", "2026-01-01T00:00:00Z")
+            + r#"{"specversion":"1.0","id":"text","source":"urn:t","type":"t","datacontenttype":"text/plain","data":"x"}"#
+            + "\n"),
+        Some(&event("fine", r#"{"b":2}"#, "2026-01-01T00:00:00Z")),
+    );
+    // Fails: a key the configuration does not know, and state that differs.
+    case(
+        "d-refused",
+        "config = [\"colour=red\"]\n",
+        &event("x", "{}", "2026-01-01T00:00:00Z"),
+        None,
+    );
+    case(
+        "e-state",
+        "config = [\"set.data.b=2\"]\n[expected-state]\nseen = \"1\"\n",
+        &event("x", "{}", "2026-01-01T00:00:00Z"),
+        Some(&event("x", r#"{"b":2}"#, "2026-01-01T00:00:00Z")),
+    );
+    let out = run(FLOW, &["test", dir.to_str().unwrap_or_default()], "");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("4 of 5 cases failed"), "{stderr}");
+    assert!(stdout.contains("test a-volatile ... ok"), "{stdout}");
+    assert!(stdout.contains("test b-differs ... FAILED"), "{stdout}");
+    // The diff shows the one event that differs, expected and emitted.
+    assert!(
+        stdout.contains(r#"- {"data":{"a":2,"b":3}"#)
+            && stdout.contains(r#"+ {"data":{"a":2,"b":2}"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"  {"data":{"a":1,"b":2}"#),
+        "the equal event as context: {stdout}"
+    );
+    assert!(stdout.contains("event text failed:"), "{stdout}");
+    assert!(
+        stdout.contains("event fine was expected to fail, and did not"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("test d-refused ... FAILED"), "{stdout}");
+    assert!(
+        stdout.contains("colour"),
+        "the refused key is named: {stdout}"
+    );
+    assert!(stdout.contains(r#"- "seen" = "1""#), "{stdout}");
+
+    // --update writes what was emitted; then the case passes.
+    let out = run(
+        FLOW,
+        &[
+            "test",
+            dir.to_str().unwrap_or_default(),
+            "--case",
+            "b-differs",
+            "--update",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = run(
+        FLOW,
+        &[
+            "test",
+            dir.to_str().unwrap_or_default(),
+            "--case",
+            "b-differs",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 cases: 1 passed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // No project, or a component that is not there: a clear error.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let out = run(
+        FLOW,
+        &["test", empty.path().to_str().unwrap_or_default()],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("flow.toml"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(dir.join("transform.wasm")).expect("rm");
+    let out = run(FLOW, &["test", dir.to_str().unwrap_or_default()], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("transform.wasm"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -207,13 +207,6 @@ fn serve(args: ServeArgs) -> Result<()> {
         .block_on(crate::daemon::serve(config))
 }
 
-fn default_cache_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|d| d.join("flowd"))
-}
-
 fn run(args: RunArgs) -> Result<()> {
     let config = args
         .config
@@ -225,7 +218,7 @@ fn run(args: RunArgs) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let host = Host::new(HostConfig {
-        cache_dir: args.cache_dir.or_else(default_cache_dir),
+        cache_dir: args.cache_dir.or_else(super::default_cache_dir),
         max_instances: 4,
         ..HostConfig::default()
     })?;

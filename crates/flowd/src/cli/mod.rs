@@ -8,3 +8,15 @@
 
 pub mod flow;
 pub mod flowd;
+
+/// Where compiled components are cached: `$FLOWD_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/flowd`, else `~/.cache/flowd`.
+pub(crate) fn default_cache_dir() -> Option<std::path::PathBuf> {
+    if let Some(dir) = std::env::var_os("FLOWD_CACHE_DIR") {
+        return Some(dir.into());
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("flowd"))
+}

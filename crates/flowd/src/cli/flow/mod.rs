@@ -122,6 +122,23 @@ enum Command {
         #[arg(long)]
         local: Option<FlowName>,
     },
+    /// Run a processor project's fixture tests (flow.toml, tests/<case>/):
+    /// each output compared with its expected file; exit 1 on a mismatch
+    /// or a failed event (docs/authoring.md).
+    Test {
+        /// The project directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Test this component instead of the one flow.toml names.
+        #[arg(long, short = 'c')]
+        component: Option<PathBuf>,
+        /// Only the cases whose name contains this.
+        #[arg(long)]
+        case: Option<String>,
+        /// Write what each output emitted as its expected file.
+        #[arg(long)]
+        update: bool,
+    },
     /// Cancel a subscription copy (the flow SUBSCRIBE returned).
     Unsubscribe { copy: FlowName },
     /// Grant an account a right (read, write, admin) on a namespace.
@@ -507,6 +524,20 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             return describe_component(file, json);
         }
+        Command::Test {
+            dir,
+            component,
+            case,
+            update,
+        } => {
+            let options = crate::testing::Options {
+                component: component.clone(),
+                filter: case.clone(),
+                update: *update,
+                cache_dir: crate::cli::default_cache_dir(),
+            };
+            return test(dir, &options, json);
+        }
         Command::Get {
             what: Get::Agents { configured: true },
         } => {
@@ -661,6 +692,7 @@ async fn execute(client: &mut Client, command: Command, json: bool) -> Result<()
         | Command::Delete {
             what: Target::Pipeline { .. },
         } => bail!("this command goes over the management API"),
+        Command::Test { .. } => bail!("flow test runs locally"),
         Command::Create {
             what:
                 Create::Namespace {
@@ -1027,6 +1059,47 @@ async fn create(
         print_json(&serde_json::json!({"id": id, "kind": kind, "component": digest}))?;
     } else {
         println!("created {kind} processor {id}");
+    }
+    Ok(())
+}
+
+/// `flow test`: one line per case, what is wrong under a failed one, and
+/// an error (status 1) unless all passed.
+fn test(dir: &std::path::Path, options: &crate::testing::Options, json: bool) -> Result<()> {
+    let reports = crate::testing::run(dir, options)?;
+    let failed = reports.iter().filter(|r| !r.passed()).count();
+    if json {
+        print_json(&serde_json::json!(
+            reports
+                .iter()
+                .map(|r| serde_json::json!({"case": r.name, "passed": r.passed(), "problems": r.problems}))
+                .collect::<Vec<_>>()
+        ))?;
+    } else {
+        for report in &reports {
+            if report.passed() {
+                println!(
+                    "test {} ... {}",
+                    report.name,
+                    if options.update { "updated" } else { "ok" }
+                );
+            } else {
+                println!("test {} ... FAILED", report.name);
+                for problem in &report.problems {
+                    for line in problem.lines() {
+                        println!("    {line}");
+                    }
+                }
+            }
+        }
+        println!(
+            "{} cases: {} passed, {failed} failed",
+            reports.len(),
+            reports.len() - failed
+        );
+    }
+    if failed > 0 {
+        bail!("{failed} of {} cases failed", reports.len());
     }
     Ok(())
 }
