@@ -17,6 +17,7 @@
 //!   logs, dead letters); [`console`]: the web console;
 //! - [`telemetry`]: OpenTelemetry traces exported over OTLP;
 //! - [`testing`]: fixture tests of a processor component (`flow test`);
+//!   [`dev`]: the watch and build of `flow dev`;
 //! - [`user_agent`]: the `flow` user agent's configuration and log-in;
 //! - [`daemon`]: `flowd serve`, the host as a daemon; [`config`]: its TOML;
 //! - [`cli`]: the command lines of `flow` and `flowd` (the binaries are a
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod daemon;
+pub mod dev;
 pub mod logins;
 pub mod peers;
 pub mod pipeline;

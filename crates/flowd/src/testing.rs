@@ -150,16 +150,12 @@ pub fn run(dir: &Path, options: &Options) -> Result<Vec<CaseReport>> {
         ..flowd_wasm::HostConfig::default()
     })?;
     let loaded = host.load_file(&component).with_context(|| {
-        format!(
-            "loading {} (is it built?{})",
-            component.display(),
-            project
-                .processor
-                .build
-                .as_ref()
-                .map(|b| format!(" `{b}` builds it"))
-                .unwrap_or_default()
-        )
+        let hint = match &project.processor.build {
+            _ if component.exists() => String::new(),
+            Some(build) => format!(" (not built? `{build}` builds it)"),
+            None => " (not built?)".to_owned(),
+        };
+        format!("loading {}{hint}", component.display())
     })?;
     let tests = dir.join("tests");
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&tests)

@@ -252,11 +252,11 @@ fn flowd_account_adds_lists_and_removes_accounts() {
 /// The README's tour: `flowd serve` with no broker configured starts its own
 /// nats-server; the `flow` CLI finds the host, creates flows and a
 /// processor, writes and reads; `/metrics` reports the processor.
-#[test]
-fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
-    let state = tempfile::tempdir().expect("tempdir");
-    let metrics_port = support::free_port();
-    let _host = support::KillOnDrop(
+/// `flowd serve` with its embedded broker and every listener on a free
+/// loopback port, ready (its `host.json` written); `metrics_port` is the
+/// one the caller may scrape.
+fn serve(state: &std::path::Path, metrics_port: u16) -> support::KillOnDrop {
+    let host = support::KillOnDrop(
         Command::new(FLOWD)
             .args([
                 "serve",
@@ -274,14 +274,14 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
                 "127.0.0.1:0",
                 "--state-dir",
             ])
-            .arg(state.path())
+            .arg(state)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("flowd serve starts"),
     );
-    let host_file = state.path().join("host.json");
+    let host_file = state.join("host.json");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !host_file.exists() {
         assert!(
@@ -290,17 +290,28 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let flow = |args: &[&str], stdin: &str| {
-        let mut all = vec!["--state-dir", state.path().to_str().unwrap_or_default()];
-        all.extend_from_slice(args);
-        let out = run(env!("CARGO_BIN_EXE_flow"), &all, stdin);
-        assert!(
-            out.status.success(),
-            "flow {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    host
+}
+
+/// `flow --state-dir <state> args...`, which must succeed: its stdout.
+fn flow_on(state: &std::path::Path, args: &[&str], stdin: &str) -> String {
+    let mut all = vec!["--state-dir", state.to_str().unwrap_or_default()];
+    all.extend_from_slice(args);
+    let out = run(env!("CARGO_BIN_EXE_flow"), &all, stdin);
+    assert!(
+        out.status.success(),
+        "flow {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let metrics_port = support::free_port();
+    let _host = serve(state.path(), metrics_port);
+    let flow = |args: &[&str], stdin: &str| flow_on(state.path(), args, stdin);
     flow(&["create", "namespace", "tour.example.com"], "");
     flow(&["create", "flow", "invoices.tour.example.com"], "");
     flow(&["create", "flow", "large.tour.example.com"], "");
@@ -363,9 +374,10 @@ fn flowd_serve_with_embedded_nats_and_the_flow_cli() {
     assert_eq!(out.status.code(), Some(141), "{stderr}");
 
     // The host's name service answers for the namespace it serves.
-    let host: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&host_file).expect("host.json"))
-            .expect("JSON");
+    let host: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(state.path().join("host.json")).expect("host.json"),
+    )
+    .expect("JSON");
     let dns = host["fns"].as_str().expect("name service address");
     let fnap = host["fnap"].as_str().expect("FNAP address");
     let port = fnap.rsplit_once(':').map(|(_, p)| p).unwrap_or_default();
@@ -906,5 +918,195 @@ fn flow_test_shows_what_differs_and_exits_1() {
         String::from_utf8_lossy(&out.stderr).contains("transform.wasm"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let path = entry.path();
+        let target = to.join(entry.file_name());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).expect("copy");
+        }
+    }
+}
+
+/// `flow dev` on a running signal processor while events flow: a changed
+/// component is built, tested and swapped in; a broken one fails its tests
+/// and the processor keeps the component it had. Across both, every event
+/// is counted exactly once in the windows of the processor's keyed state
+/// (nothing lost, nothing applied twice, the state kept), and each key
+/// alerts once (its zone, in the state, survives the swap).
+#[test]
+fn flow_dev_swaps_a_running_processor_keeping_its_place_and_state() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let _host = serve(state.path(), support::free_port());
+    let flow = |args: &[&str], stdin: &str| flow_on(state.path(), args, stdin);
+    flow(&["create", "namespace", "dev.example.com"], "");
+    for name in ["readings", "alerts", "stats"] {
+        flow(&["create", "flow", &format!("{name}.dev.example.com")], "");
+    }
+    let threshold = component("flow_threshold");
+    let created = flow(
+        &[
+            "signal",
+            "--from",
+            "readings.dev.example.com",
+            "--to",
+            "alerts.dev.example.com",
+            "--to",
+            "stats.dev.example.com",
+            "-c",
+            threshold.to_str().unwrap_or_default(),
+            "-C",
+            "field=data.t",
+            "-C",
+            "above=30",
+            "-C",
+            "key=data.room",
+            "--id",
+            "watch",
+            "--tick-ms",
+            "300",
+        ],
+        "",
+    );
+    assert!(created.contains("watch"), "{created}");
+
+    // The project: its "build" copies the source component into place.
+    let project = tempfile::tempdir().expect("tempdir");
+    let dir = project.path();
+    std::fs::write(
+        dir.join("flow.toml"),
+        "[processor]\ncomponent = \"out/threshold.wasm\"\nbuild = \"mkdir -p out && cp src/threshold.wasm out/threshold.wasm\"\n",
+    )
+    .expect("flow.toml");
+    std::fs::create_dir_all(dir.join("src")).expect("mkdir");
+    let source = dir.join("src/threshold.wasm");
+    std::fs::copy(&threshold, &source).expect("copy");
+    copy_dir(
+        &repo("processors/threshold/tests/alerts-once-per-crossing"),
+        &dir.join("tests/alerts"),
+    );
+
+    let mut dev = support::KillOnDrop(
+        Command::new(FLOW)
+            .args(["--state-dir", state.path().to_str().unwrap_or_default()])
+            .args(["dev", dir.to_str().unwrap_or_default(), "-p", "watch"])
+            .args(["--interval-ms", "100"])
+            .env("FLOWD_CACHE_DIR", state.path().join("cache"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("flow dev starts"),
+    );
+    let (said, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = dev.0.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if said.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut transcript = String::new();
+    let mut wait_for = |needle: &str| -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    transcript.push_str(&line);
+                    transcript.push('\n');
+                    if line.starts_with(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no `{needle}` from flow dev:\n{transcript}"),
+            }
+        }
+    };
+    wait_for("swapped:");
+
+    let reading = |i: usize| {
+        format!(
+            r#"{{"specversion":"1.0","id":"r-{i}","source":"urn:sensors","type":"reading","data":{{"room":"room-{}","t":{}}}}}"#,
+            i % 3,
+            31 + i % 7
+        )
+    };
+    let write = |from: usize, to: usize| {
+        for start in (from..to).step_by(100) {
+            let batch: String = (start..(start + 100).min(to))
+                .map(|i| reading(i) + "\n")
+                .collect();
+            let wrote = flow(&["write", "readings.dev.example.com"], &batch);
+            assert!(wrote.contains("wrote"), "{wrote}");
+        }
+    };
+    // Events flow while a new build is swapped in: the same code with a
+    // custom section, so another digest.
+    let writer = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| write(0, 1500));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut bytes = std::fs::read(&source).expect("read");
+        bytes.extend_from_slice(&[0x00, 0x06, 0x03, b'd', b'e', b'v', b'v', b'2']);
+        std::fs::write(&source, &bytes).expect("edit");
+        let swapped = wait_for("swapped:");
+        writer.join().expect("writer");
+        swapped
+    });
+    let digest = writer
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .expect("a digest")
+        .to_owned();
+
+    // A broken build fails its tests; the processor keeps its component.
+    std::fs::write(&source, b"not a component").expect("break");
+    wait_for("tests failed");
+    wait_for("watch keeps running the component it had");
+    write(1500, 1800);
+
+    // Every reading counted once, across the windows of all ticks.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let (counted, alerts) = loop {
+        let windows = flow(&["read", "stats.dev.example.com", "--from-start"], "");
+        let counted: u64 = windows
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("JSON")["data"]["count"]
+                    .as_u64()
+                    .unwrap_or_default()
+            })
+            .sum();
+        if counted >= 1800 || std::time::Instant::now() > deadline {
+            let alerts = flow(&["read", "alerts.dev.example.com", "--from-start"], "");
+            break (counted, alerts);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert_eq!(counted, 1800, "each reading in exactly one window");
+    let mut rooms: Vec<String> = alerts
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")["subject"].to_string())
+        .collect();
+    rooms.sort();
+    assert_eq!(
+        rooms,
+        ["\"room-0\"", "\"room-1\"", "\"room-2\""],
+        "one alert per room"
+    );
+    let described = flow(&["describe", "processor", "watch"], "");
+    assert!(
+        described.contains(&digest),
+        "runs the swapped build: {described}"
     );
 }

@@ -14,6 +14,7 @@ use flowd_fnap::data::{Outcome as _, ProcessorUpdated, SubscribeReply, Written};
 use flowd_wasm::{Host, HostConfig, Kind};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use std::time::Duration;
 
 mod management;
 
@@ -138,6 +139,23 @@ enum Command {
         /// Write what each output emitted as its expected file.
         #[arg(long)]
         update: bool,
+    },
+    /// Watch a processor project: on every change build it, run its
+    /// fixture tests and, when both pass, swap the component into a running
+    /// processor, keeping its position and state (docs/authoring.md).
+    Dev {
+        /// The project directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The processor to swap the component into.
+        #[arg(long, short = 'p')]
+        processor: String,
+        /// How often the files are looked at, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+        /// One build, test and swap, then exit (status 1 if one failed).
+        #[arg(long)]
+        once: bool,
     },
     /// Cancel a subscription copy (the flow SUBSCRIBE returned).
     Unsubscribe { copy: FlowName },
@@ -615,6 +633,23 @@ async fn run(cli: Cli) -> Result<()> {
         } => Ok(management::Action::DeletePipeline(name)),
         other => Err(other),
     };
+    if let Err(Command::Dev {
+        dir,
+        processor,
+        interval_ms,
+        once,
+    }) = &management
+    {
+        let session = || user_agent::connect(entry, &state_dir, &overrides);
+        return dev(
+            dir,
+            processor,
+            Duration::from_millis((*interval_ms).max(50)),
+            *once,
+            session,
+        )
+        .await;
+    }
     let command = match management {
         Ok(action) => {
             let api =
@@ -693,6 +728,7 @@ async fn execute(client: &mut Client, command: Command, json: bool) -> Result<()
             what: Target::Pipeline { .. },
         } => bail!("this command goes over the management API"),
         Command::Test { .. } => bail!("flow test runs locally"),
+        Command::Dev { .. } => bail!("flow dev runs its own sessions"),
         Command::Create {
             what:
                 Create::Namespace {
@@ -1061,6 +1097,134 @@ async fn create(
         println!("created {kind} processor {id}");
     }
     Ok(())
+}
+
+/// `flow dev`: build, test and swap at the start and after every change of
+/// the project's files, until interrupted.
+async fn dev<F, Fut>(
+    dir: &std::path::Path,
+    id: &str,
+    interval: Duration,
+    once: bool,
+    session: F,
+) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Client, user_agent::UserAgentError>>,
+{
+    let project = crate::testing::project(dir)?;
+    let component = dir.join(&project.processor.component);
+    let mut watch = crate::dev::Watch::new(dir, vec![component.clone()])?;
+    println!(
+        "flow dev: watching {}; a change is built, tested and swapped into processor {id}",
+        dir.display()
+    );
+    let mut running: Option<String> = None;
+    loop {
+        let outcome = match dev_build_and_test(dir) {
+            Ok(bytes) => dev_swap(&session, id, &bytes, &mut running).await,
+            Err(why) => Err(why),
+        };
+        if let Err(why) = &outcome {
+            println!("{why}");
+            println!("{id} keeps running the component it had");
+        }
+        if once {
+            return outcome.map_err(|_| anyhow::anyhow!("flow dev --once: nothing swapped"));
+        }
+        // What the build wrote is not a change to build again.
+        let _ = watch.changed()?;
+        loop {
+            tokio::time::sleep(interval).await;
+            if watch.changed()? {
+                // Editors write in several steps: let them finish.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = watch.changed()?;
+                break;
+            }
+        }
+        println!("changed: building");
+    }
+}
+
+/// Builds the project and runs its tests: the component's bytes, or why
+/// not (printed by the caller).
+fn dev_build_and_test(dir: &std::path::Path) -> Result<Vec<u8>, String> {
+    let project = crate::testing::project(dir).map_err(|e| format!("{e:#}"))?;
+    if let Some(command) = &project.processor.build {
+        let took = crate::dev::build(dir, command).map_err(|e| format!("build failed: {e}"))?;
+        println!("built in {:.1}s", took.as_secs_f64());
+    }
+    if dir.join("tests").is_dir() {
+        let options = crate::testing::Options {
+            cache_dir: crate::cli::default_cache_dir(),
+            ..Default::default()
+        };
+        let reports =
+            crate::testing::run(dir, &options).map_err(|e| format!("tests failed: {e:#}"))?;
+        let failed: Vec<&crate::testing::CaseReport> =
+            reports.iter().filter(|r| !r.passed()).collect();
+        if !failed.is_empty() {
+            let mut text = format!("tests failed: {} of {} cases", failed.len(), reports.len());
+            for report in failed {
+                text.push_str(&format!("\n  {}:", report.name));
+                for problem in &report.problems {
+                    for line in problem.lines() {
+                        text.push_str(&format!("\n    {line}"));
+                    }
+                }
+            }
+            return Err(text);
+        }
+        println!("tests passed: {} cases", reports.len());
+    } else {
+        println!("no tests/ directory: the component is swapped untested");
+    }
+    let component = dir.join(&project.processor.component);
+    std::fs::read(&component).map_err(|e| format!("{}: {e}", component.display()))
+}
+
+/// Uploads the component and points the processor at it, unless it runs
+/// it already.
+async fn dev_swap<F, Fut>(
+    session: &F,
+    id: &str,
+    bytes: &[u8],
+    running: &mut Option<String>,
+) -> Result<(), String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Client, user_agent::UserAgentError>>,
+{
+    let swap = async {
+        let mut client = session().await?;
+        let digest = client.put_component(bytes).await?;
+        if running.as_deref() == Some(digest.as_str()) {
+            let _ = client.quit().await;
+            return Ok::<_, anyhow::Error>((digest, None));
+        }
+        let reply = client
+            .block(
+                &Fnap::UpdateProcessor(id.to_owned()).encode(),
+                &[format!("component={digest}")],
+            )
+            .await?;
+        let ProcessorUpdated { generation, .. } = ProcessorUpdated::from_reply(&reply)?;
+        let _ = client.quit().await;
+        Ok((digest, Some(generation)))
+    };
+    match swap.await {
+        Ok((digest, Some(generation))) => {
+            println!("swapped: {id} runs {digest} (generation {generation})");
+            *running = Some(digest);
+            Ok(())
+        }
+        Ok((digest, None)) => {
+            println!("unchanged: {id} runs {digest} already");
+            Ok(())
+        }
+        Err(e) => Err(format!("swap failed: {e:#}")),
+    }
 }
 
 /// `flow test`: one line per case, what is wrong under a failed one, and
