@@ -17,7 +17,7 @@
 //!   logs, dead letters); [`console`]: the web console;
 //! - [`telemetry`]: OpenTelemetry traces exported over OTLP;
 //! - [`testing`]: fixture tests of a processor component (`flow test`);
-//!   [`dev`]: the watch and build of `flow dev`;
+//!   [`dev`]: the watch and build of `flow dev`; [`scaffold`]: `flow new`;
 //! - [`user_agent`]: the `flow` user agent's configuration and log-in;
 //! - [`daemon`]: `flowd serve`, the host as a daemon; [`config`]: its TOML;
 //! - [`cli`]: the command lines of `flow` and `flowd` (the binaries are a
@@ -35,6 +35,7 @@ pub mod logins;
 pub mod peers;
 pub mod pipeline;
 mod relays;
+pub mod scaffold;
 mod server;
 pub mod telemetry;
 pub mod testing;

@@ -1110,3 +1110,186 @@ fn flow_dev_swaps_a_running_processor_keeping_its_place_and_state() {
         "runs the swapped build: {described}"
     );
 }
+
+/// `flow new` for every kind, in a directory outside the repository: each
+/// project builds with cargo alone (the SDK is in the project), passes its
+/// own `flow test` case, fails it once its skeleton is changed, and runs on
+/// a host as a processor of its kind.
+#[test]
+fn flow_new_projects_build_pass_their_tests_and_run_on_a_host() {
+    let work = tempfile::tempdir().expect("tempdir");
+    // One target directory for the four builds: the SDK's dependencies are
+    // compiled once.
+    let target = work.path().join("target");
+    let state = tempfile::tempdir().expect("tempdir");
+    let _host = serve(state.path(), support::free_port());
+    let flow = |args: &[&str], stdin: &str| flow_on(state.path(), args, stdin);
+    flow(&["create", "namespace", "new.example.com"], "");
+    for name in ["a", "b", "c", "d", "created", "other", "counts"] {
+        flow(&["create", "flow", &format!("{name}.new.example.com")], "");
+    }
+    let mut components = Vec::new();
+    for kind in ["bridge", "collector", "distributor", "signal"] {
+        let name = format!("my-{kind}");
+        let dir = work.path().join(&name);
+        let out = Command::new(FLOW)
+            .args(["new", &name, "--kind", kind, "--dir"])
+            .arg(&dir)
+            .output()
+            .expect("flow new");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let built = Command::new("cargo")
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+            .current_dir(&dir)
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .expect("cargo build");
+        assert!(
+            built.status.success(),
+            "{kind}: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let wasm = target.join(format!(
+            "wasm32-wasip2/release/{}.wasm",
+            name.replace('-', "_")
+        ));
+        let wasm_arg = wasm.to_str().unwrap_or_default().to_owned();
+        let dir_arg = dir.to_str().unwrap_or_default().to_owned();
+        let tested = run(FLOW, &["test", &dir_arg, "-c", &wasm_arg], "");
+        assert!(
+            tested.status.success(),
+            "{kind}: {}",
+            String::from_utf8_lossy(&tested.stdout)
+        );
+        // The case is the skeleton's: an expected output changed fails it.
+        let expected = std::fs::read_dir(dir.join("tests/example/expected"))
+            .expect("expected/")
+            .flatten()
+            .next()
+            .expect("an expected file")
+            .path();
+        let right = std::fs::read_to_string(&expected).expect("read");
+        std::fs::write(&expected, right.replacen("urn:", "urn:x", 1)).expect("write");
+        let wrong = run(FLOW, &["test", &dir_arg, "-c", &wasm_arg], "");
+        assert_eq!(
+            wrong.status.code(),
+            Some(1),
+            "{kind}: a changed expectation fails"
+        );
+        std::fs::write(&expected, right).expect("restore");
+        components.push(wasm_arg);
+    }
+
+    let sample = |prefix: &str| {
+        (1..=4)
+            .map(|i| {
+                let ty = if i % 2 == 0 { "deleted.order" } else { "created.order" };
+                format!(
+                    r#"{{"specversion":"1.0","id":"{prefix}-{i}","source":"urn:t","type":"{ty}","data":{{"n":{i}}}}}"#
+                ) + "\n"
+            })
+            .collect::<String>()
+    };
+    let f = |name: &str| format!("{name}.new.example.com");
+    flow(
+        &[
+            "replicate",
+            &f("a"),
+            &f("b"),
+            "-c",
+            &components[0],
+            "--id",
+            "br",
+        ],
+        "",
+    );
+    flow(
+        &[
+            "collect",
+            &f("b"),
+            &f("d"),
+            &f("c"),
+            "-c",
+            &components[1],
+            "--id",
+            "co",
+        ],
+        "",
+    );
+    flow(
+        &[
+            "distribute",
+            &f("c"),
+            &f("created"),
+            &f("other"),
+            "-c",
+            &components[2],
+            "--id",
+            "di",
+        ],
+        "",
+    );
+    flow(
+        &[
+            "signal",
+            "--from",
+            &f("c"),
+            "--to",
+            &f("counts"),
+            "-c",
+            &components[3],
+            "--id",
+            "si",
+            "--tick-ms",
+            "200",
+        ],
+        "",
+    );
+    flow(&["write", &f("a")], &sample("a"));
+    flow(&["write", &f("d")], &sample("d"));
+    // a -> bridge -> b; b and d -> collector -> c (8 events, ids distinct:
+    // a flow keeps one event per id and source); c -> the distributor by
+    // type, and c -> the signal's counts.
+    let read = |name: &str, n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let text = flow(&["read", &f(name), "--from-start"], "");
+            let events: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("JSON"))
+                .collect();
+            if events.len() >= n || std::time::Instant::now() > deadline {
+                return events;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    let b = read("b", 4);
+    assert_eq!(b.len(), 4);
+    assert_eq!(b[2]["seen"], 2, "the bridge's count per type: {:?}", b[2]);
+    let c = read("c", 8);
+    assert_eq!(c.len(), 8, "{c:?}");
+    assert_eq!(
+        c.iter().filter(|e| e["input"] == f("b")).count(),
+        4,
+        "{c:?}"
+    );
+    assert_eq!(read("created", 4).len(), 4);
+    assert_eq!(read("other", 4).len(), 4);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let counted = loop {
+        let counted: u64 = read("counts", 1)
+            .iter()
+            .map(|e| e["data"]["count"].as_u64().unwrap_or_default())
+            .sum();
+        if counted >= 8 || std::time::Instant::now() > deadline {
+            break counted;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(counted, 8, "the signal counted what it read");
+}

@@ -123,6 +123,21 @@ enum Command {
         #[arg(long)]
         local: Option<FlowName>,
     },
+    /// Start a processor project: the kind's skeleton, the SDK, a sample
+    /// test case; it builds with one command and passes `flow test`.
+    New {
+        /// The project's name (its directory unless --dir).
+        name: String,
+        /// bridge, collector, distributor or signal.
+        #[arg(long, short = 'k')]
+        kind: crate::scaffold::Kind,
+        /// The language (rust).
+        #[arg(long, short = 'l', default_value = "rust")]
+        lang: crate::scaffold::Lang,
+        /// Where to create it (default: ./<name>).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run a processor project's fixture tests (flow.toml, tests/<case>/):
     /// each output compared with its expected file; exit 1 on a mismatch
     /// or a failed event (docs/authoring.md).
@@ -542,6 +557,20 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             return describe_component(file, json);
         }
+        Command::New {
+            name,
+            kind,
+            lang,
+            dir,
+        } => {
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from(name));
+            let written = crate::scaffold::create(&dir, name, *kind, *lang)?;
+            println!("created {} ({} files)", dir.display(), written.len());
+            println!("  cd {}", dir.display());
+            println!("  cargo build --release --target wasm32-wasip2");
+            println!("  flow test");
+            return Ok(());
+        }
         Command::Test {
             dir,
             component,
@@ -727,7 +756,7 @@ async fn execute(client: &mut Client, command: Command, json: bool) -> Result<()
         | Command::Delete {
             what: Target::Pipeline { .. },
         } => bail!("this command goes over the management API"),
-        Command::Test { .. } => bail!("flow test runs locally"),
+        Command::Test { .. } | Command::New { .. } => bail!("this command runs locally"),
         Command::Dev { .. } => bail!("flow dev runs its own sessions"),
         Command::Create {
             what:

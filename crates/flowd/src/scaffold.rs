@@ -1,0 +1,540 @@
+//! `flow new`: a processor project outside this repository that builds with
+//! one command and passes its own `flow test` cases.
+//!
+//! The Rust SDK travels inside the `flow` binary: the project gets a copy
+//! of `flow-sdk`, `flow-abi` and the WIT contract under `vendor/`, of
+//! exactly the version this host speaks, so it builds without a checkout
+//! of flowd and without a registry release of the SDK (cargo still fetches
+//! `wit-bindgen` and `serde` from crates.io).
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+
+/// The processor kinds a project can start as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Bridge,
+    Collector,
+    Distributor,
+    Signal,
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bridge" => Ok(Kind::Bridge),
+            "collector" => Ok(Kind::Collector),
+            "distributor" => Ok(Kind::Distributor),
+            "signal" => Ok(Kind::Signal),
+            other => Err(format!(
+                "`{other}`: a kind is bridge, collector, distributor or signal"
+            )),
+        }
+    }
+}
+
+/// The languages a project can be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    Rust,
+}
+
+impl std::str::FromStr for Lang {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rust" => Ok(Lang::Rust),
+            "python" | "js" | "c" | "go" => Err(format!(
+                "`flow new --lang {s}` is not there yet: rust only for now (docs/authoring.md)"
+            )),
+            other => Err(format!("`{other}`: a language is rust")),
+        }
+    }
+}
+
+/// The SDK's files, as this binary was built with them: (path in the
+/// project, contents).
+const VENDORED: &[(&str, &str)] = &[
+    (
+        "vendor/flow-sdk/src/lib.rs",
+        include_str!("../../../sdk/src/lib.rs"),
+    ),
+    (
+        "vendor/flow-sdk/src/bindings.rs",
+        include_str!("../../../sdk/src/bindings.rs"),
+    ),
+    (
+        "vendor/flow-sdk/src/config.rs",
+        include_str!("../../../sdk/src/config.rs"),
+    ),
+    (
+        "vendor/flow-sdk/src/error.rs",
+        include_str!("../../../sdk/src/error.rs"),
+    ),
+    (
+        "vendor/flow-sdk/src/event.rs",
+        include_str!("../../../sdk/src/event.rs"),
+    ),
+    (
+        "vendor/flow-sdk/src/glue.rs",
+        include_str!("../../../sdk/src/glue.rs"),
+    ),
+    (
+        "vendor/flow-sdk/src/host.rs",
+        include_str!("../../../sdk/src/host.rs"),
+    ),
+    (
+        "vendor/flow-sdk/src/json.rs",
+        include_str!("../../../sdk/src/json.rs"),
+    ),
+    (
+        "vendor/flow-sdk/src/kinds.rs",
+        include_str!("../../../sdk/src/kinds.rs"),
+    ),
+    (
+        "vendor/flow-sdk/src/output.rs",
+        include_str!("../../../sdk/src/output.rs"),
+    ),
+    (
+        "vendor/flow-sdk/src/select.rs",
+        include_str!("../../../sdk/src/select.rs"),
+    ),
+    (
+        "vendor/flow-abi/src/lib.rs",
+        include_str!("../../../sdk/abi/src/lib.rs"),
+    ),
+    ("vendor/wit/host.wit", include_str!("../../../wit/host.wit")),
+    (
+        "vendor/wit/processors.wit",
+        include_str!("../../../wit/processors.wit"),
+    ),
+    (
+        "vendor/wit/types.wit",
+        include_str!("../../../wit/types.wit"),
+    ),
+];
+
+const SDK_MANIFEST: &str = r#"[package]
+name = "flow-sdk"
+description = "Write ESON flow processors as WebAssembly components (vendored by flow new)."
+version = "VERSION"
+edition = "2024"
+license = "Apache-2.0"
+
+[dependencies]
+flow-abi = { path = "../flow-abi" }
+wit-bindgen = { version = "0.63", default-features = false, features = ["macros", "realloc"] }
+serde = { version = "1", features = ["derive"] }
+serde_json = "1"
+"#;
+
+const ABI_MANIFEST: &str = r#"[package]
+name = "flow-abi"
+description = "The packed batch layout of the eson:flow processor contract (vendored by flow new)."
+version = "VERSION"
+edition = "2024"
+license = "Apache-2.0"
+
+[dependencies]
+"#;
+
+const PROJECT_MANIFEST: &str = r#"[package]
+name = "NAME"
+version = "0.1.0"
+edition = "2024"
+
+# One crate makes one component.
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+flow-sdk = { path = "vendor/flow-sdk" }
+
+# Small, fast guests.
+[profile.release]
+opt-level = 3
+lto = true
+codegen-units = 1
+strip = true
+panic = "abort"
+
+# A project of its own, even inside another workspace.
+[workspace]
+"#;
+
+const FLOW_TOML: &str = r#"# flow test / flow dev (docs/authoring.md)
+[processor]
+name = "NAME"
+component = "target/wasm32-wasip2/release/CRATE.wasm"
+build = "cargo build --release --target wasm32-wasip2"
+"#;
+
+const BRIDGE: &str = r#"//! NAME (bridge): counts the events of each type in keyed state and
+//! stamps every event with its type's count so far, in the extension
+//! `seen` (configurable with `extension=<name>`).
+
+use flow_sdk::host::state;
+use flow_sdk::{Batch, Bridge, Error, ExtensionValue, Output, Processor, Setup};
+
+pub struct Processor_ {
+    extension: String,
+}
+
+impl Processor for Processor_ {
+    fn init(setup: &Setup) -> Result<Self, Error> {
+        setup.config.reject_unknown(&["extension"], &[])?;
+        Ok(Processor_ {
+            extension: setup.config.get("extension").unwrap_or("seen").to_owned(),
+        })
+    }
+}
+
+impl Bridge for Processor_ {
+    fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<(), Error> {
+        for event in batch.iter() {
+            let key = format!("count/{}", event.ty());
+            let count = state::get_json::<i64>(&key).unwrap_or(0) + 1;
+            state::set_json(&key, &count);
+            let mut new = event.to_new();
+            new.set_extension(&self.extension, ExtensionValue::Integer(count));
+            out.emit(&new);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+flow_sdk::bridge!(Processor_);
+"#;
+
+const COLLECTOR: &str = r#"//! NAME (collector): merges its inputs into one output, each event tagged
+//! with the input it came from in the extension `input`.
+
+use flow_sdk::{Batch, Collector, Error, ExtensionValue, Output, Processor, Setup};
+
+pub struct Processor_ {
+    inputs: Vec<String>,
+}
+
+impl Processor for Processor_ {
+    fn init(setup: &Setup) -> Result<Self, Error> {
+        setup.config.reject_unknown(&[], &[])?;
+        Ok(Processor_ {
+            inputs: setup.inputs.clone(),
+        })
+    }
+}
+
+impl Collector for Processor_ {
+    fn process(&mut self, input: u32, batch: &Batch, out: &mut Output) -> Result<(), Error> {
+        let name = self.inputs.get(input as usize).cloned().unwrap_or_default();
+        for event in batch.iter() {
+            let mut new = event.to_new();
+            new.set_extension("input", ExtensionValue::String(name.clone()));
+            out.emit(&new);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+flow_sdk::collector!(Processor_);
+"#;
+
+const DISTRIBUTOR: &str = r#"//! NAME (distributor): events whose type starts with `prefix=` (default
+//! `created.`) go to the first output, the others to the second.
+
+use flow_sdk::{Batch, Distributor, Error, Processor, RoutedOutput, Setup};
+
+pub struct Processor_ {
+    prefix: String,
+}
+
+impl Processor for Processor_ {
+    fn init(setup: &Setup) -> Result<Self, Error> {
+        setup.config.reject_unknown(&["prefix"], &[])?;
+        if setup.outputs.len() != 2 {
+            return Err(Error::config("two outputs: matching, then the others"));
+        }
+        Ok(Processor_ {
+            prefix: setup.config.get("prefix").unwrap_or("created.").to_owned(),
+        })
+    }
+}
+
+impl Distributor for Processor_ {
+    fn process(&mut self, batch: &Batch, out: &mut RoutedOutput) -> Result<(), Error> {
+        for event in batch.iter() {
+            let port = if event.ty().starts_with(&self.prefix) { 0 } else { 1 };
+            out.forward_to(port, &event);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+flow_sdk::distributor!(Processor_);
+"#;
+
+const SIGNAL: &str = r#"//! NAME (signal): counts the events it reads in keyed state and, on every
+//! tick, emits the count since the last tick (`{"count": n, "at_ms": t}`) on
+//! its first output, then starts again.
+
+use flow_sdk::host::state;
+use flow_sdk::{Batch, Error, NewEvent, Processor, RoutedOutput, Setup, Signal};
+
+pub struct Processor_;
+
+impl Processor for Processor_ {
+    fn init(setup: &Setup) -> Result<Self, Error> {
+        setup.config.reject_unknown(&[], &[])?;
+        Ok(Processor_)
+    }
+}
+
+impl Signal for Processor_ {
+    fn process(&mut self, _input: u32, batch: &Batch, _out: &mut RoutedOutput) -> Result<(), Error> {
+        let count = state::get_json::<u64>("count").unwrap_or(0) + batch.len() as u64;
+        state::set_json("count", &count);
+        Ok(())
+    }
+
+    fn tick(&mut self, now_ms: u64, out: &mut RoutedOutput) -> Result<(), Error> {
+        let count = state::get_json::<u64>("count").unwrap_or(0);
+        if count == 0 {
+            return Ok(());
+        }
+        let event = NewEvent::new(format!("count-{now_ms}"), "urn:NAME", "NAME.count")
+            .with_json(&flow_sdk::serde_json::json!({"count": count, "at_ms": now_ms}))?;
+        out.emit_to(0, &event);
+        state::set_json("count", &0u64);
+        Ok(())
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+flow_sdk::signal!(Processor_);
+"#;
+
+/// The sample events of every project.
+const SAMPLE: &str = r#"{"specversion":"1.0","id":"e-1","source":"urn:example","type":"created.order","datacontenttype":"application/json","data":{"amount":17}}
+{"specversion":"1.0","id":"e-2","source":"urn:example","type":"deleted.order","datacontenttype":"application/json","data":{"amount":41}}
+{"specversion":"1.0","id":"e-3","source":"urn:example","type":"created.order","datacontenttype":"application/json","data":{"amount":5}}
+"#;
+
+/// A case of the project's own: what the skeleton does with the samples.
+fn example_case(kind: Kind, name: &str) -> Vec<(String, String)> {
+    let event = |id: &str, ty: &str, amount: u32, ext: &str| {
+        format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"urn:example","type":"{ty}","datacontenttype":"application/json","data":{{"amount":{amount}}}{ext}}}"#
+        ) + "\n"
+    };
+    let file = |path: &str, text: String| (format!("tests/example/{path}"), text);
+    match kind {
+        Kind::Bridge => vec![
+            file(
+                "case.toml",
+                "description = \"each event stamped with its type's count so far\"\n".into(),
+            ),
+            file("input/in.jsonl", SAMPLE.into()),
+            file(
+                "expected/out.jsonl",
+                event("e-1", "created.order", 17, r#","seen":1"#)
+                    + &event("e-2", "deleted.order", 41, r#","seen":1"#)
+                    + &event("e-3", "created.order", 5, r#","seen":2"#),
+            ),
+        ],
+        Kind::Collector => vec![
+            file(
+                "case.toml",
+                "description = \"events of both inputs, tagged with their input\"\ninputs = [\"left\", \"right\"]\n".into(),
+            ),
+            file(
+                "input/left.jsonl",
+                SAMPLE.lines().take(2).map(|l| format!("{l}\n")).collect(),
+            ),
+            file(
+                "input/right.jsonl",
+                SAMPLE.lines().skip(2).map(|l| format!("{l}\n")).collect(),
+            ),
+            file(
+                "expected/out.jsonl",
+                event("e-1", "created.order", 17, r#","input":"left""#)
+                    + &event("e-2", "deleted.order", 41, r#","input":"left""#)
+                    + &event("e-3", "created.order", 5, r#","input":"right""#),
+            ),
+        ],
+        Kind::Distributor => vec![
+            file(
+                "case.toml",
+                "description = \"created events to the first output, the rest to the second\"\noutputs = [\"created\", \"other\"]\n".into(),
+            ),
+            file("input/in.jsonl", SAMPLE.into()),
+            file(
+                "expected/created.jsonl",
+                event("e-1", "created.order", 17, "") + &event("e-3", "created.order", 5, ""),
+            ),
+            file("expected/other.jsonl", event("e-2", "deleted.order", 41, "")),
+        ],
+        Kind::Signal => vec![
+            file(
+                "case.toml",
+                "description = \"one count at the tick after the events\"\noutputs = [\"counts\"]\ntick-every = 1000\ntick-ms = 1767225600000\n".into(),
+            ),
+            file("input/in.jsonl", SAMPLE.into()),
+            file(
+                "expected/counts.jsonl",
+                format!(
+                    r#"{{"specversion":"1.0","id":"count-1767225600000","source":"urn:{name}","type":"{name}.count","datacontenttype":"application/json","data":{{"at_ms":1767225600000,"count":3}}}}"#
+                ) + "\n",
+            ),
+        ],
+    }
+}
+
+const README: &str = r#"# NAME
+
+A KIND processor for flowd (ESON), in Rust.
+
+```sh
+rustup target add wasm32-wasip2                   # once
+cargo build --release --target wasm32-wasip2       # the component: COMPONENT
+flow test                                          # tests/: outputs compared with expected ones
+flow dev -p <processor>                            # rebuild, test and swap into a running processor
+```
+
+`src/lib.rs` is the processor; `tests/<case>/` its fixtures (input events per
+port, the expected output per port, `case.toml`); `flow.toml` tells `flow test`
+and `flow dev` what to build and test. `vendor/` holds the flow SDK and the
+WIT contract of the host that made this project. See docs/authoring.md and
+docs/wit.md of flowd.
+"#;
+
+/// Writes a new project `name` of `kind` in `lang` at `dir` (which must
+/// not exist yet); returns the files written.
+pub fn create(dir: &Path, name: &str, kind: Kind, lang: Lang) -> Result<Vec<PathBuf>> {
+    let Lang::Rust = lang;
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !valid {
+        bail!(
+            "`{name}`: a project name is lower-case letters, digits, `-` and `_`, starting with a letter"
+        );
+    }
+    if dir.exists() {
+        bail!("{} exists already", dir.display());
+    }
+    let krate = name.replace('-', "_");
+    let version = env!("CARGO_PKG_VERSION");
+    let kind_name = match kind {
+        Kind::Bridge => "bridge",
+        Kind::Collector => "collector",
+        Kind::Distributor => "distributor",
+        Kind::Signal => "signal",
+    };
+    let skeleton = match kind {
+        Kind::Bridge => BRIDGE,
+        Kind::Collector => COLLECTOR,
+        Kind::Distributor => DISTRIBUTOR,
+        Kind::Signal => SIGNAL,
+    };
+    let type_name = pascal(name);
+    let component = format!("target/wasm32-wasip2/release/{krate}.wasm");
+    let mut files: Vec<(String, String)> = vec![
+        ("Cargo.toml".into(), PROJECT_MANIFEST.replace("NAME", name)),
+        (
+            "flow.toml".into(),
+            FLOW_TOML.replace("NAME", name).replace("CRATE", &krate),
+        ),
+        (
+            "src/lib.rs".into(),
+            skeleton
+                .replace("Processor_", &type_name)
+                .replace("NAME", name),
+        ),
+        (
+            "README.md".into(),
+            README
+                .replace("NAME", name)
+                .replace("KIND", kind_name)
+                .replace("COMPONENT", &component),
+        ),
+        (".gitignore".into(), "/target\n".into()),
+        (
+            "vendor/flow-sdk/Cargo.toml".into(),
+            SDK_MANIFEST.replace("VERSION", version),
+        ),
+        (
+            "vendor/flow-abi/Cargo.toml".into(),
+            ABI_MANIFEST.replace("VERSION", version),
+        ),
+    ];
+    files.extend(
+        VENDORED
+            .iter()
+            .map(|(path, text)| ((*path).to_owned(), (*text).to_owned())),
+    );
+    files.extend(example_case(kind, name));
+    let mut written = Vec::new();
+    for (path, text) in files {
+        let path = dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
+        }
+        std::fs::write(&path, text).with_context(|| path.display().to_string())?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// `my-dedupe` -> `MyDedupe`: the processor's type name.
+fn pascal(name: &str) -> String {
+    name.split(['-', '_'])
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let mut chars = w.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_and_types_named_after_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for bad in ["", "Upper", "1st", "a b", "../x", "a/b"] {
+            assert!(
+                create(&dir.path().join("p"), bad, Kind::Bridge, Lang::Rust).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(pascal("my-dedupe_2"), "MyDedupe2");
+        let written =
+            create(&dir.path().join("p"), "my-dedupe", Kind::Signal, Lang::Rust).expect("created");
+        assert!(
+            written
+                .iter()
+                .any(|p| p.ends_with("vendor/wit/processors.wit"))
+        );
+        let lib = std::fs::read_to_string(dir.path().join("p/src/lib.rs")).expect("lib.rs");
+        assert!(lib.contains("pub struct MyDedupe;") && lib.contains("signal!(MyDedupe)"));
+        assert!(
+            create(&dir.path().join("p"), "again", Kind::Bridge, Lang::Rust).is_err(),
+            "an existing directory is left alone"
+        );
+        assert!("python".parse::<Lang>().is_err());
+    }
+}
