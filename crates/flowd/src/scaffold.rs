@@ -39,6 +39,7 @@ impl std::str::FromStr for Kind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {
     Rust,
+    Python,
 }
 
 impl std::str::FromStr for Lang {
@@ -47,10 +48,11 @@ impl std::str::FromStr for Lang {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "rust" => Ok(Lang::Rust),
-            "python" | "js" | "c" | "go" => Err(format!(
-                "`flow new --lang {s}` is not there yet: rust only for now (docs/authoring.md)"
+            "python" => Ok(Lang::Python),
+            "js" | "c" | "go" => Err(format!(
+                "`flow new --lang {s}` is not there yet: rust or python (docs/authoring.md)"
             )),
-            other => Err(format!("`{other}`: a language is rust")),
+            other => Err(format!("`{other}`: a language is rust or python")),
         }
     }
 }
@@ -319,6 +321,159 @@ impl Signal for Processor_ {
 flow_sdk::signal!(Processor_);
 "#;
 
+/// The Python SDK and its build script, laid out as in a checkout so that
+/// the script finds `wit/` and `sdk/python/` next to itself.
+const VENDORED_PYTHON: &[(&str, &str)] = &[
+    (
+        "vendor/sdk/python/flow_sdk/__init__.py",
+        include_str!("../../../sdk/python/flow_sdk/__init__.py"),
+    ),
+    (
+        "vendor/sdk/python/build-component",
+        include_str!("../../../sdk/python/build-component"),
+    ),
+    ("vendor/wit/host.wit", include_str!("../../../wit/host.wit")),
+    (
+        "vendor/wit/processors.wit",
+        include_str!("../../../wit/processors.wit"),
+    ),
+    (
+        "vendor/wit/types.wit",
+        include_str!("../../../wit/types.wit"),
+    ),
+];
+
+const PYTHON_FLOW_TOML: &str = r#"# flow test / flow dev (docs/authoring.md)
+[processor]
+name = "NAME"
+component = "build/MODULE.wasm"
+build = "bash vendor/sdk/python/build-component . MODULE WORLD build/MODULE.wasm"
+
+[test]
+deadline-ms = 2000   # the first calls of a Python component warm it up
+"#;
+
+const PYTHON_BRIDGE: &str = r#""""NAME (bridge): counts the events of each type in keyed state and stamps
+every event with its type's count so far, in the extension `seen`
+(configurable with `extension=<name>`)."""
+
+import json
+
+import flow_sdk
+
+
+class Processor:
+    def __init__(self, setup):
+        setup.config.reject_unknown(["extension"])
+        self.extension = setup.config.get("extension", "seen")
+
+    def process(self, batch, out):
+        for event in batch:
+            key = f"count/{event.type}"
+            stored = flow_sdk.state_get(key)
+            count = (json.loads(stored) if stored else 0) + 1
+            flow_sdk.state_set(key, json.dumps(count).encode())
+            new = event.to_new()
+            new.extensions[self.extension] = count
+            out.emit(new)
+
+
+WitWorld, Bridge = flow_sdk.bridge(Processor)
+"#;
+
+const PYTHON_COLLECTOR: &str = r#""""NAME (collector): merges its inputs into one output, each event tagged
+with the input it came from in the extension `input`."""
+
+import flow_sdk
+
+
+class Processor:
+    def __init__(self, setup):
+        setup.config.reject_unknown([])
+        self.inputs = list(setup.inputs)
+
+    def process(self, input, batch, out):
+        name = self.inputs[input] if input < len(self.inputs) else ""
+        for event in batch:
+            new = event.to_new()
+            new.extensions["input"] = name
+            out.emit(new)
+
+
+WitWorld, Collector = flow_sdk.collector(Processor)
+"#;
+
+const PYTHON_DISTRIBUTOR: &str = r#""""NAME (distributor): events whose type starts with `prefix=` (default
+`created.`) go to the first output, the others to the second."""
+
+import flow_sdk
+
+
+class Processor:
+    def __init__(self, setup):
+        setup.config.reject_unknown(["prefix"])
+        if len(setup.outputs) != 2:
+            raise flow_sdk.ConfigError("two outputs: matching, then the others")
+        self.prefix = setup.config.get("prefix", "created.")
+
+    def process(self, batch, out):
+        for event in batch:
+            out.forward_to(0 if event.type.startswith(self.prefix) else 1, event)
+
+
+WitWorld, Distributor = flow_sdk.distributor(Processor)
+"#;
+
+const PYTHON_SIGNAL: &str = r#""""NAME (signal): counts the events it reads in keyed state and, on every
+tick, emits the count since the last tick (`{"count": n, "at_ms": t}`) on its
+first output, then starts again."""
+
+import json
+
+import flow_sdk
+
+
+def _count():
+    stored = flow_sdk.state_get("count")
+    return json.loads(stored) if stored else 0
+
+
+class Processor:
+    def __init__(self, setup):
+        setup.config.reject_unknown([])
+
+    def process(self, input, batch, out):
+        flow_sdk.state_set("count", json.dumps(_count() + len(batch)).encode())
+
+    def tick(self, now_ms, out):
+        count = _count()
+        if count == 0:
+            return
+        event = flow_sdk.NewEvent(f"count-{now_ms}", "urn:NAME", "NAME.count")
+        out.emit_to(0, event.set_json({"count": count, "at_ms": now_ms}))
+        flow_sdk.state_set("count", b"0")
+
+
+WitWorld, Signal = flow_sdk.signal(Processor)
+"#;
+
+const PYTHON_README: &str = r#"# NAME
+
+A KIND processor for flowd (ESON), in Python.
+
+```sh
+scripts/setup of flowd, once: componentize-py and wasm-tools in ~/.local/share/flowd
+bash vendor/sdk/python/build-component . MODULE WORLD build/MODULE.wasm   # the component
+flow test                                          # tests/: outputs compared with expected ones
+flow dev -p <processor>                            # rebuild, test and swap into a running processor
+```
+
+`MODULE.py` is the processor; `tests/<case>/` its fixtures; `flow.toml` tells
+`flow test` and `flow dev` what to build and test. `vendor/` holds the flow
+Python SDK, its build script and the WIT contract of the host that made this
+project. See docs/authoring.md and docs/python.md of flowd.
+"#;
+
 /// The sample events of every project.
 const SAMPLE: &str = r#"{"specversion":"1.0","id":"e-1","source":"urn:example","type":"created.order","datacontenttype":"application/json","data":{"amount":17}}
 {"specversion":"1.0","id":"e-2","source":"urn:example","type":"deleted.order","datacontenttype":"application/json","data":{"amount":41}}
@@ -416,7 +571,6 @@ docs/wit.md of flowd.
 /// Writes a new project `name` of `kind` in `lang` at `dir` (which must
 /// not exist yet); returns the files written.
 pub fn create(dir: &Path, name: &str, kind: Kind, lang: Lang) -> Result<Vec<PathBuf>> {
-    let Lang::Rust = lang;
     let valid = !name.is_empty()
         && name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -431,14 +585,39 @@ pub fn create(dir: &Path, name: &str, kind: Kind, lang: Lang) -> Result<Vec<Path
     if dir.exists() {
         bail!("{} exists already", dir.display());
     }
-    let krate = name.replace('-', "_");
-    let version = env!("CARGO_PKG_VERSION");
-    let kind_name = match kind {
+    let mut files = match lang {
+        Lang::Rust => rust_files(name, kind),
+        Lang::Python => python_files(name, kind),
+    };
+    files.push((
+        ".gitignore".into(),
+        "/target\n/build\n__pycache__/\n".into(),
+    ));
+    files.extend(example_case(kind, name));
+    let mut written = Vec::new();
+    for (path, text) in files {
+        let path = dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
+        }
+        std::fs::write(&path, text).with_context(|| path.display().to_string())?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
         Kind::Bridge => "bridge",
         Kind::Collector => "collector",
         Kind::Distributor => "distributor",
         Kind::Signal => "signal",
-    };
+    }
+}
+
+fn rust_files(name: &str, kind: Kind) -> Vec<(String, String)> {
+    let krate = name.replace('-', "_");
+    let version = env!("CARGO_PKG_VERSION");
     let skeleton = match kind {
         Kind::Bridge => BRIDGE,
         Kind::Collector => COLLECTOR,
@@ -463,10 +642,9 @@ pub fn create(dir: &Path, name: &str, kind: Kind, lang: Lang) -> Result<Vec<Path
             "README.md".into(),
             README
                 .replace("NAME", name)
-                .replace("KIND", kind_name)
+                .replace("KIND", kind_name(kind))
                 .replace("COMPONENT", &component),
         ),
-        (".gitignore".into(), "/target\n".into()),
         (
             "vendor/flow-sdk/Cargo.toml".into(),
             SDK_MANIFEST.replace("VERSION", version),
@@ -481,17 +659,35 @@ pub fn create(dir: &Path, name: &str, kind: Kind, lang: Lang) -> Result<Vec<Path
             .iter()
             .map(|(path, text)| ((*path).to_owned(), (*text).to_owned())),
     );
-    files.extend(example_case(kind, name));
-    let mut written = Vec::new();
-    for (path, text) in files {
-        let path = dir.join(path);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
-        }
-        std::fs::write(&path, text).with_context(|| path.display().to_string())?;
-        written.push(path);
-    }
-    Ok(written)
+    files
+}
+
+fn python_files(name: &str, kind: Kind) -> Vec<(String, String)> {
+    let module = name.replace('-', "_");
+    let world = format!("{}-processor", kind_name(kind));
+    let skeleton = match kind {
+        Kind::Bridge => PYTHON_BRIDGE,
+        Kind::Collector => PYTHON_COLLECTOR,
+        Kind::Distributor => PYTHON_DISTRIBUTOR,
+        Kind::Signal => PYTHON_SIGNAL,
+    };
+    let fill = |text: &str| {
+        text.replace("NAME", name)
+            .replace("MODULE", &module)
+            .replace("WORLD", &world)
+            .replace("KIND", kind_name(kind))
+    };
+    let mut files: Vec<(String, String)> = vec![
+        ("flow.toml".into(), fill(PYTHON_FLOW_TOML)),
+        (format!("{module}.py"), fill(skeleton)),
+        ("README.md".into(), fill(PYTHON_README)),
+    ];
+    files.extend(
+        VENDORED_PYTHON
+            .iter()
+            .map(|(path, text)| ((*path).to_owned(), (*text).to_owned())),
+    );
+    files
 }
 
 /// `my-dedupe` -> `MyDedupe`: the processor's type name.
@@ -535,6 +731,6 @@ mod tests {
             create(&dir.path().join("p"), "again", Kind::Bridge, Lang::Rust).is_err(),
             "an existing directory is left alone"
         );
-        assert!("python".parse::<Lang>().is_err());
+        assert!("go".parse::<Lang>().is_err());
     }
 }

@@ -1111,78 +1111,109 @@ fn flow_dev_swaps_a_running_processor_keeping_its_place_and_state() {
     );
 }
 
-/// `flow new` for every kind, in a directory outside the repository: each
-/// project builds with cargo alone (the SDK is in the project), passes its
-/// own `flow test` case, fails it once its skeleton is changed, and runs on
-/// a host as a processor of its kind.
+/// Makes a `flow new` project of `lang` and `kind` under `work`, builds it
+/// as its README says, checks that it passes its own `flow test` case and
+/// fails it once the expected output is changed; returns its component.
+fn new_project(work: &std::path::Path, lang: &str, kind: &str) -> String {
+    let name = format!("{lang}-{kind}");
+    let dir = work.join(&name);
+    let out = Command::new(FLOW)
+        .args(["new", &name, "--kind", kind, "--lang", lang, "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("flow new");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let project: toml::Value =
+        toml::from_str(&std::fs::read_to_string(dir.join("flow.toml")).expect("flow.toml"))
+            .expect("TOML");
+    let build = project["processor"]["build"].as_str().expect("build");
+    // Rust projects share one target directory: the SDK's dependencies are
+    // compiled once.
+    let target = work.join("target");
+    let built = Command::new("sh")
+        .args(["-c", build])
+        .current_dir(&dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("build");
+    assert!(
+        built.status.success(),
+        "{name}: `{build}`: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let wasm = match lang {
+        "rust" => target.join(format!(
+            "wasm32-wasip2/release/{}.wasm",
+            name.replace('-', "_")
+        )),
+        _ => dir.join(
+            project["processor"]["component"]
+                .as_str()
+                .expect("component"),
+        ),
+    };
+    let wasm = wasm.to_str().unwrap_or_default().to_owned();
+    let test = |what: &str| {
+        Command::new(FLOW)
+            .args(["test", dir.to_str().unwrap_or_default(), "-c", &wasm])
+            .env("FLOWD_CACHE_DIR", work.join("cache"))
+            .output()
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    };
+    let tested = test("flow test");
+    assert!(
+        tested.status.success(),
+        "{name}: {}{}",
+        String::from_utf8_lossy(&tested.stdout),
+        String::from_utf8_lossy(&tested.stderr)
+    );
+    // The case is the skeleton's: an expected output changed fails it.
+    let expected = std::fs::read_dir(dir.join("tests/example/expected"))
+        .expect("expected/")
+        .flatten()
+        .next()
+        .expect("an expected file")
+        .path();
+    let right = std::fs::read_to_string(&expected).expect("read");
+    std::fs::write(&expected, right.replacen("urn:", "urn:x", 1)).expect("write");
+    let wrong = test("flow test, changed");
+    assert_eq!(
+        wrong.status.code(),
+        Some(1),
+        "{name}: a changed expectation fails"
+    );
+    std::fs::write(&expected, right).expect("restore");
+    wasm
+}
+
+/// `flow new` for every language and kind, in a directory outside the
+/// repository: each project builds with its own toolchain alone (the SDK is
+/// in the project), passes its own `flow test` case and fails it once its
+/// expectation is changed; the Rust ones run on a host as a processor of
+/// each kind, the Python bridge too.
 #[test]
 fn flow_new_projects_build_pass_their_tests_and_run_on_a_host() {
     let work = tempfile::tempdir().expect("tempdir");
-    // One target directory for the four builds: the SDK's dependencies are
-    // compiled once.
-    let target = work.path().join("target");
     let state = tempfile::tempdir().expect("tempdir");
     let _host = serve(state.path(), support::free_port());
     let flow = |args: &[&str], stdin: &str| flow_on(state.path(), args, stdin);
     flow(&["create", "namespace", "new.example.com"], "");
-    for name in ["a", "b", "c", "d", "created", "other", "counts"] {
+    for name in ["a", "b", "c", "d", "e", "created", "other", "counts"] {
         flow(&["create", "flow", &format!("{name}.new.example.com")], "");
     }
-    let mut components = Vec::new();
-    for kind in ["bridge", "collector", "distributor", "signal"] {
-        let name = format!("my-{kind}");
-        let dir = work.path().join(&name);
-        let out = Command::new(FLOW)
-            .args(["new", &name, "--kind", kind, "--dir"])
-            .arg(&dir)
-            .output()
-            .expect("flow new");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let built = Command::new("cargo")
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
-            .current_dir(&dir)
-            .env("CARGO_TARGET_DIR", &target)
-            .output()
-            .expect("cargo build");
-        assert!(
-            built.status.success(),
-            "{kind}: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        let wasm = target.join(format!(
-            "wasm32-wasip2/release/{}.wasm",
-            name.replace('-', "_")
-        ));
-        let wasm_arg = wasm.to_str().unwrap_or_default().to_owned();
-        let dir_arg = dir.to_str().unwrap_or_default().to_owned();
-        let tested = run(FLOW, &["test", &dir_arg, "-c", &wasm_arg], "");
-        assert!(
-            tested.status.success(),
-            "{kind}: {}",
-            String::from_utf8_lossy(&tested.stdout)
-        );
-        // The case is the skeleton's: an expected output changed fails it.
-        let expected = std::fs::read_dir(dir.join("tests/example/expected"))
-            .expect("expected/")
-            .flatten()
-            .next()
-            .expect("an expected file")
-            .path();
-        let right = std::fs::read_to_string(&expected).expect("read");
-        std::fs::write(&expected, right.replacen("urn:", "urn:x", 1)).expect("write");
-        let wrong = run(FLOW, &["test", &dir_arg, "-c", &wasm_arg], "");
-        assert_eq!(
-            wrong.status.code(),
-            Some(1),
-            "{kind}: a changed expectation fails"
-        );
-        std::fs::write(&expected, right).expect("restore");
-        components.push(wasm_arg);
-    }
+    let kinds = ["bridge", "collector", "distributor", "signal"];
+    let components: Vec<String> = kinds
+        .iter()
+        .map(|kind| new_project(work.path(), "rust", kind))
+        .collect();
+    let python: Vec<String> = kinds
+        .iter()
+        .map(|kind| new_project(work.path(), "python", kind))
+        .collect();
 
     let sample = |prefix: &str| {
         (1..=4)
@@ -1249,6 +1280,20 @@ fn flow_new_projects_build_pass_their_tests_and_run_on_a_host() {
         ],
         "",
     );
+    flow(
+        &[
+            "replicate",
+            &f("a"),
+            &f("e"),
+            "-c",
+            &python[0],
+            "--id",
+            "py",
+            "--deadline-ms",
+            "2000",
+        ],
+        "",
+    );
     flow(&["write", &f("a")], &sample("a"));
     flow(&["write", &f("d")], &sample("d"));
     // a -> bridge -> b; b and d -> collector -> c (8 events, ids distinct:
@@ -1271,6 +1316,13 @@ fn flow_new_projects_build_pass_their_tests_and_run_on_a_host() {
     let b = read("b", 4);
     assert_eq!(b.len(), 4);
     assert_eq!(b[2]["seen"], 2, "the bridge's count per type: {:?}", b[2]);
+    let e = read("e", 4);
+    assert_eq!(e.len(), 4);
+    assert_eq!(
+        e[2]["seen"], 2,
+        "the Python bridge's count per type: {:?}",
+        e[2]
+    );
     let c = read("c", 8);
     assert_eq!(c.len(), 8, "{c:?}");
     assert_eq!(
