@@ -40,6 +40,7 @@ impl std::str::FromStr for Kind {
 pub enum Lang {
     Rust,
     Python,
+    Js,
 }
 
 impl std::str::FromStr for Lang {
@@ -49,10 +50,11 @@ impl std::str::FromStr for Lang {
         match s {
             "rust" => Ok(Lang::Rust),
             "python" => Ok(Lang::Python),
-            "js" | "c" | "go" => Err(format!(
-                "`flow new --lang {s}` is not there yet: rust or python (docs/authoring.md)"
+            "js" | "javascript" => Ok(Lang::Js),
+            "c" | "go" => Err(format!(
+                "`flow new --lang {s}` is not there yet: rust, python or js (docs/authoring.md)"
             )),
-            other => Err(format!("`{other}`: a language is rust or python")),
+            other => Err(format!("`{other}`: a language is rust, python or js")),
         }
     }
 }
@@ -474,6 +476,184 @@ Python SDK, its build script and the WIT contract of the host that made this
 project. See docs/authoring.md and docs/python.md of flowd.
 "#;
 
+/// The JavaScript SDK, its build script and its toolchain's pinned
+/// versions, laid out as in a checkout (the script finds `wit/` and
+/// `sdk/js/node_modules` from where it is).
+const VENDORED_JS: &[(&str, &str)] = &[
+    (
+        "vendor/sdk/js/flow-sdk.js",
+        include_str!("../../../sdk/js/flow-sdk.js"),
+    ),
+    (
+        "vendor/sdk/js/build-component",
+        include_str!("../../../sdk/js/build-component"),
+    ),
+    (
+        "vendor/sdk/js/package.json",
+        include_str!("../../../sdk/js/package.json"),
+    ),
+    (
+        "vendor/sdk/js/package-lock.json",
+        include_str!("../../../sdk/js/package-lock.json"),
+    ),
+    ("vendor/wit/host.wit", include_str!("../../../wit/host.wit")),
+    (
+        "vendor/wit/processors.wit",
+        include_str!("../../../wit/processors.wit"),
+    ),
+    (
+        "vendor/wit/types.wit",
+        include_str!("../../../wit/types.wit"),
+    ),
+];
+
+const JS_FLOW_TOML: &str = r#"# flow test / flow dev (docs/authoring.md)
+[processor]
+name = "NAME"
+component = "build/MODULE.wasm"
+# The toolchain (componentize-js, rolldown) is installed once, from the npm
+# registry, at the versions vendor/sdk/js/package-lock.json pins.
+build = "test -x vendor/sdk/js/node_modules/.bin/componentize-js || npm ci --prefix vendor/sdk/js --no-audit --no-fund --loglevel=error; bash vendor/sdk/js/build-component MODULE.js WORLD build/MODULE.wasm"
+
+[test]
+deadline-ms = 2000   # the first calls of a JavaScript component warm it up
+"#;
+
+const JS_STATE: &str = r#"import { get, set } from 'eson:flow/state@0.1.0';
+
+const decoder = new TextDecoder();
+const encoder = new TextEncoder();
+const load = (key) => {
+  const stored = get(key);
+  return stored ? JSON.parse(decoder.decode(stored)) : 0;
+};
+const store = (key, value) => set(key, encoder.encode(JSON.stringify(value)));
+"#;
+
+const JS_BRIDGE: &str = r#"/**
+ * NAME (bridge): counts the events of each type in keyed state and stamps
+ * every event with its type's count so far, in the extension `seen`
+ * (configurable with `extension=<name>`).
+ */
+import * as flow from './vendor/sdk/js/flow-sdk.js';
+STATE
+class Processor {
+  constructor(setup) {
+    setup.config.rejectUnknown(['extension']);
+    this.extension = setup.config.get('extension') ?? 'seen';
+  }
+
+  process(batch, out) {
+    for (const event of batch) {
+      const key = `count/${event.type}`;
+      const count = load(key) + 1;
+      store(key, count);
+      const next = event.toNew();
+      next.extensions[this.extension] = count;
+      out.emit(next);
+    }
+  }
+}
+
+export const { init, update, teardown, bridge } = flow.bridge(Processor);
+"#;
+
+const JS_COLLECTOR: &str = r#"/**
+ * NAME (collector): merges its inputs into one output, each event tagged
+ * with the input it came from in the extension `input`.
+ */
+import * as flow from './vendor/sdk/js/flow-sdk.js';
+
+class Processor {
+  constructor(setup) {
+    setup.config.rejectUnknown([]);
+    this.inputs = setup.inputs;
+  }
+
+  process(input, batch, out) {
+    const name = this.inputs[input] ?? '';
+    for (const event of batch) {
+      const next = event.toNew();
+      next.extensions.input = name;
+      out.emit(next);
+    }
+  }
+}
+
+export const { init, update, teardown, collector } = flow.collector(Processor);
+"#;
+
+const JS_DISTRIBUTOR: &str = r#"/**
+ * NAME (distributor): events whose type starts with `prefix=` (default
+ * `created.`) go to the first output, the others to the second.
+ */
+import * as flow from './vendor/sdk/js/flow-sdk.js';
+
+class Processor {
+  constructor(setup) {
+    setup.config.rejectUnknown(['prefix']);
+    if (setup.outputs.length !== 2) throw new flow.ConfigError('two outputs: matching, then the others');
+    this.prefix = setup.config.get('prefix') ?? 'created.';
+  }
+
+  process(batch, out) {
+    for (const event of batch) {
+      out.forwardTo(event.type.startsWith(this.prefix) ? 0 : 1, event);
+    }
+  }
+}
+
+export const { init, update, teardown, distributor } = flow.distributor(Processor);
+"#;
+
+const JS_SIGNAL: &str = r#"/**
+ * NAME (signal): counts the events it reads in keyed state and, on every
+ * tick, emits the count since the last tick (`{"count": n, "at_ms": t}`) on
+ * its first output, then starts again.
+ */
+import * as flow from './vendor/sdk/js/flow-sdk.js';
+STATE
+class Processor {
+  constructor(setup) {
+    setup.config.rejectUnknown([]);
+  }
+
+  process(input, batch, out) {
+    store('count', load('count') + batch.length);
+  }
+
+  tick(nowMs, out) {
+    const count = load('count');
+    if (count === 0) return;
+    const at = Number(nowMs);
+    const event = new flow.NewEvent(`count-${at}`, 'urn:NAME', 'NAME.count');
+    out.emitTo(0, event.setJson({ count, at_ms: at }));
+    store('count', 0);
+  }
+}
+
+export const { init, update, teardown, signal } = flow.signal(Processor);
+"#;
+
+const JS_README: &str = r#"# NAME
+
+A KIND processor for flowd (ESON), in JavaScript.
+
+```sh
+npm ci --prefix vendor/sdk/js                      # once: componentize-js and rolldown
+bash vendor/sdk/js/build-component MODULE.js WORLD build/MODULE.wasm   # the component
+flow test                                          # tests/: outputs compared with expected ones
+flow dev -p <processor>                            # rebuild, test and swap into a running processor
+```
+
+`MODULE.js` is the processor; `tests/<case>/` its fixtures; `flow.toml` tells
+`flow test` and `flow dev` what to build and test (its build installs the
+toolchain when it is missing). `vendor/` holds the flow JavaScript SDK, its
+build script, the toolchain's pinned versions and the WIT contract of the
+host that made this project. See docs/authoring.md and docs/javascript.md of
+flowd.
+"#;
+
 /// The sample events of every project.
 const SAMPLE: &str = r#"{"specversion":"1.0","id":"e-1","source":"urn:example","type":"created.order","datacontenttype":"application/json","data":{"amount":17}}
 {"specversion":"1.0","id":"e-2","source":"urn:example","type":"deleted.order","datacontenttype":"application/json","data":{"amount":41}}
@@ -588,6 +768,7 @@ pub fn create(dir: &Path, name: &str, kind: Kind, lang: Lang) -> Result<Vec<Path
     let mut files = match lang {
         Lang::Rust => rust_files(name, kind),
         Lang::Python => python_files(name, kind),
+        Lang::Js => js_files(name, kind),
     };
     files.push((
         ".gitignore".into(),
@@ -656,6 +837,35 @@ fn rust_files(name: &str, kind: Kind) -> Vec<(String, String)> {
     ];
     files.extend(
         VENDORED
+            .iter()
+            .map(|(path, text)| ((*path).to_owned(), (*text).to_owned())),
+    );
+    files
+}
+
+fn js_files(name: &str, kind: Kind) -> Vec<(String, String)> {
+    let module = name.replace('-', "_");
+    let world = format!("{}-processor", kind_name(kind));
+    let skeleton = match kind {
+        Kind::Bridge => JS_BRIDGE,
+        Kind::Collector => JS_COLLECTOR,
+        Kind::Distributor => JS_DISTRIBUTOR,
+        Kind::Signal => JS_SIGNAL,
+    };
+    let fill = |text: &str| {
+        text.replace("STATE", JS_STATE)
+            .replace("NAME", name)
+            .replace("MODULE", &module)
+            .replace("WORLD", &world)
+            .replace("KIND", kind_name(kind))
+    };
+    let mut files: Vec<(String, String)> = vec![
+        ("flow.toml".into(), fill(JS_FLOW_TOML)),
+        (format!("{module}.js"), fill(skeleton)),
+        ("README.md".into(), fill(JS_README)),
+    ];
+    files.extend(
+        VENDORED_JS
             .iter()
             .map(|(path, text)| ((*path).to_owned(), (*text).to_owned())),
     );

@@ -1194,7 +1194,7 @@ fn new_project(work: &std::path::Path, lang: &str, kind: &str) -> String {
 /// repository: each project builds with its own toolchain alone (the SDK is
 /// in the project), passes its own `flow test` case and fails it once its
 /// expectation is changed; the Rust ones run on a host as a processor of
-/// each kind, the Python bridge too.
+/// each kind, the Python and JavaScript bridges too.
 #[test]
 fn flow_new_projects_build_pass_their_tests_and_run_on_a_host() {
     let work = tempfile::tempdir().expect("tempdir");
@@ -1202,7 +1202,7 @@ fn flow_new_projects_build_pass_their_tests_and_run_on_a_host() {
     let _host = serve(state.path(), support::free_port());
     let flow = |args: &[&str], stdin: &str| flow_on(state.path(), args, stdin);
     flow(&["create", "namespace", "new.example.com"], "");
-    for name in ["a", "b", "c", "d", "e", "created", "other", "counts"] {
+    for name in ["a", "b", "c", "d", "e", "g", "created", "other", "counts"] {
         flow(&["create", "flow", &format!("{name}.new.example.com")], "");
     }
     let kinds = ["bridge", "collector", "distributor", "signal"];
@@ -1213,6 +1213,10 @@ fn flow_new_projects_build_pass_their_tests_and_run_on_a_host() {
     let python: Vec<String> = kinds
         .iter()
         .map(|kind| new_project(work.path(), "python", kind))
+        .collect();
+    let js: Vec<String> = kinds
+        .iter()
+        .map(|kind| new_project(work.path(), "js", kind))
         .collect();
 
     let sample = |prefix: &str| {
@@ -1294,6 +1298,20 @@ fn flow_new_projects_build_pass_their_tests_and_run_on_a_host() {
         ],
         "",
     );
+    flow(
+        &[
+            "replicate",
+            &f("a"),
+            &f("g"),
+            "-c",
+            &js[0],
+            "--id",
+            "js",
+            "--deadline-ms",
+            "2000",
+        ],
+        "",
+    );
     flow(&["write", &f("a")], &sample("a"));
     flow(&["write", &f("d")], &sample("d"));
     // a -> bridge -> b; b and d -> collector -> c (8 events, ids distinct:
@@ -1322,6 +1340,13 @@ fn flow_new_projects_build_pass_their_tests_and_run_on_a_host() {
         e[2]["seen"], 2,
         "the Python bridge's count per type: {:?}",
         e[2]
+    );
+    let g = read("g", 4);
+    assert_eq!(g.len(), 4);
+    assert_eq!(
+        g[2]["seen"], 2,
+        "the JavaScript bridge's count per type: {:?}",
+        g[2]
     );
     let c = read("c", 8);
     assert_eq!(c.len(), 8, "{c:?}");

@@ -567,7 +567,9 @@ async fn run(cli: Cli) -> Result<()> {
             let written = crate::scaffold::create(&dir, name, *kind, *lang)?;
             println!("created {} ({} files)", dir.display(), written.len());
             println!("  cd {}", dir.display());
-            println!("  cargo build --release --target wasm32-wasip2");
+            if let Some(build) = crate::testing::project(&dir)?.processor.build {
+                println!("  {build}");
+            }
             println!("  flow test");
             return Ok(());
         }
