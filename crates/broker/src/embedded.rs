@@ -69,7 +69,7 @@ pub enum EmbeddedError {
     /// The monitoring endpoint answers anyone without a password: it is
     /// kept on loopback.
     #[error(
-        "the embedded broker's monitoring endpoint would listen on {0}; it has no authentication, so it listens on loopback only"
+        "the embedded broker's monitoring endpoint cannot listen on {0}: it has no authentication, so it listens on a loopback address, and on a port of its own (not 0)"
     )]
     MonitorBeyondLoopback(SocketAddr),
     /// Making a user's credentials failed.
@@ -307,7 +307,7 @@ impl EmbeddedNats {
         };
         std::fs::write(&port_file, port.to_string()).map_err(io(&port_file))?;
         let monitor = match options.monitor {
-            Some(at) if !is_loopback(at.ip()) => {
+            Some(at) if !is_loopback(at.ip()) || at.port() == 0 => {
                 return Err(EmbeddedError::MonitorBeyondLoopback(at));
             }
             Some(at) => at,
@@ -719,7 +719,12 @@ mod tests {
         drop(chosen);
 
         // Anything beyond loopback is refused before a server starts.
-        for wide in ["0.0.0.0:8222", "192.0.2.10:8222", "[::]:8222"] {
+        for wide in [
+            "0.0.0.0:8222",
+            "192.0.2.10:8222",
+            "[::]:8222",
+            "127.0.0.1:0",
+        ] {
             let options = EmbeddedOptions {
                 monitor: Some(wide.parse().expect("address")),
                 ..Default::default()

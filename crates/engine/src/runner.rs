@@ -971,11 +971,11 @@ impl Runner {
         if let Some(span) = &mut span
             && let Some(first) = dead.first()
         {
-            span.set_status(traces::Status::error(format!(
+            span.set_status(traces::Status::error(traces::bounded(format!(
                 "{dead_count} dead-lettered, first {}: {}",
                 inputs[first.index].event_id().unwrap_or_default(),
                 first.error
-            )));
+            ))));
         }
         self.batch_span = None;
         for letter in &dead {
@@ -1372,7 +1372,7 @@ impl Runner {
                 return;
             };
             if let Some(error) = &call.error {
-                span.set_status(traces::Status::error(error.clone()));
+                span.set_status(traces::Status::error(traces::bounded(error.clone())));
             }
             span.end_with_timestamp(call.ended);
         }
@@ -1411,9 +1411,11 @@ impl Runner {
                 KeyValue::new("flowd.host", self.ctx.host_id.to_string()),
                 KeyValue::new(
                     "cloudevents.event_id",
-                    codec::attribute(headers, "id")
-                        .map(|s| s.into_owned())
-                        .unwrap_or_default(),
+                    traces::bounded(
+                        codec::attribute(headers, "id")
+                            .map(|s| s.into_owned())
+                            .unwrap_or_default(),
+                    ),
                 ),
             ],
             links,

@@ -88,6 +88,24 @@ impl Traces {
     }
 }
 
+/// The longest attribute or status text a span carries. Event ids and
+/// guest errors are the producer's and the guest's text: unbounded, they
+/// would fill the export queue and make batches a collector refuses.
+pub const MAX_TEXT: usize = 256;
+
+/// `text` cut to at most [`MAX_TEXT`] bytes, at a character boundary.
+pub fn bounded(text: impl Into<String>) -> String {
+    let mut text = text.into();
+    if text.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 /// The context of a span that is recorded (sampled), as a parent for
 /// others; `None` for a span that is not.
 pub fn recorded(span: &HostSpan) -> Option<SpanContext> {
@@ -170,6 +188,19 @@ impl Injector for Injected<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn span_texts_are_bounded_at_a_character_boundary() {
+        assert_eq!(bounded("short"), "short");
+        let long = "é".repeat(MAX_TEXT);
+        let cut = bounded(long);
+        assert!(
+            cut.len() <= MAX_TEXT && cut.len() >= MAX_TEXT - 1,
+            "{}",
+            cut.len()
+        );
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
 
     fn headers(traceparent: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

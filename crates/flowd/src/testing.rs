@@ -33,6 +33,22 @@ pub const PROJECT_FILE: &str = "flow.toml";
 /// The largest `flow.toml` or `case.toml` read.
 const MAX_TOML: u64 = 1 << 20;
 
+/// The largest `batch` and `memory-mib` a case may ask (a host's ceilings).
+const MAX_BATCH: usize = 10_000;
+const MAX_MEMORY_MIB: usize = 4096;
+
+/// What a volatile field's value is replaced with on both sides.
+const VOLATILE: &str = "(volatile)";
+
+/// A port name usable as a file name: no separators, not `.` or `..`.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
 /// `flow.toml`: the component a project builds, and defaults of its tests.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -290,6 +306,22 @@ fn run_case(
     } else {
         case.outputs.clone()
     };
+    for port in inputs.iter().chain(&outputs) {
+        if !plain_name(port) {
+            bail!("port `{port}`: a port name is letters, digits, `.`, `-` and `_`");
+        }
+    }
+    for (dir, ports, what) in [
+        (&input_dir, &inputs, "input"),
+        (&expected_dir, &outputs, "expected"),
+    ] {
+        if let Some(stray) = ports_in(dir).into_iter().find(|p| !ports.contains(p)) {
+            bail!(
+                "{what}/{stray}.jsonl is no port of this case (ports: {})",
+                ports.join(", ")
+            );
+        }
+    }
     let mut config = pairs(&defaults.config)?;
     config.extend(pairs(&case.config)?);
     let setup = ProcessorSetup {
@@ -303,7 +335,7 @@ fn run_case(
         memory: case
             .memory_mib
             .or(defaults.memory_mib)
-            .map_or(defaults_limits.memory, |m| m << 20),
+            .map_or(defaults_limits.memory, |m| m.min(MAX_MEMORY_MIB) << 20),
         deadline: case
             .deadline_ms
             .or(defaults.deadline_ms)
@@ -336,7 +368,7 @@ fn run_case(
     pipe::run_into(
         &mut processor,
         readers,
-        case.batch.unwrap_or(100),
+        case.batch.unwrap_or(100).clamp(1, MAX_BATCH),
         ticks,
         &mut collected,
     )?;
@@ -364,11 +396,13 @@ fn run_case(
             std::fs::write(&path, text).with_context(|| path.display().to_string())?;
             continue;
         }
-        let expected = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(e).with_context(|| path.display().to_string()),
-        };
+        // Every output has its file, an empty one when it must emit
+        // nothing: a misnamed file is then an error, not a pass.
+        let expected = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "expected/{port}.jsonl: every output needs its expected file (empty: emits nothing)"
+            )
+        })?;
         let mut want = Vec::new();
         for (i, line) in expected.lines().enumerate() {
             if line.trim().is_empty() {
@@ -403,21 +437,27 @@ fn run_case(
     }
     if let Some(expected) = &case.expected_state {
         let state = processor.state();
-        let actual: BTreeMap<String, String> = state
+        let actual: BTreeMap<String, Vec<u8>> = state
             .keys("")
             .into_iter()
             .filter_map(|k| {
-                let value = String::from_utf8_lossy(state.get(&k)?).into_owned();
+                let value = state.get(&k)?.to_vec();
                 Some((k, value))
             })
             .collect();
-        if &actual != expected {
-            let show = |m: &BTreeMap<String, String>| -> Vec<String> {
-                m.iter().map(|(k, v)| format!("{k:?} = {v:?}")).collect()
+        let expected: BTreeMap<String, Vec<u8>> = expected
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+            .collect();
+        if actual != expected {
+            let show = |m: &BTreeMap<String, Vec<u8>>| -> Vec<String> {
+                m.iter()
+                    .map(|(k, v)| format!("{k:?} = {:?}", String::from_utf8_lossy(v)))
+                    .collect()
             };
             problems.push(format!(
                 "keyed state differs\n{}",
-                diff(&show(expected), &show(&actual))
+                diff(&show(&expected), &show(&actual))
             ));
         }
     }
@@ -425,13 +465,17 @@ fn run_case(
     Ok(problems)
 }
 
-/// `value` without the volatile fields: top-level attributes by name, and
-/// `data.<path>` through objects and arrays.
+/// `value` with the volatile fields' values replaced by a placeholder:
+/// top-level attributes by name, and `data.<path>` through objects and
+/// arrays. A volatile field must still be there (on both sides, or on
+/// neither); only its value is not compared.
 fn strip(mut value: Value, volatile: &[&str]) -> Value {
     fn remove(at: &mut Value, path: &[&str]) {
         match (at, path) {
             (Value::Object(map), [last]) => {
-                map.remove(*last);
+                if let Some(value) = map.get_mut(*last) {
+                    *value = Value::String(VOLATILE.to_owned());
+                }
             }
             (Value::Object(map), [step, rest @ ..]) => {
                 if let Some(next) = map.get_mut(*step) {
@@ -504,14 +548,23 @@ mod tests {
             "id": "x", "time": "now", "type": "t",
             "data": {"at": 5, "keep": 1, "items": [{"ts": 1, "v": 2}]}
         });
-        let stripped = strip(
-            value,
-            &["id", "time", "data.at", "data.items.0.ts", "data.nowhere.x"],
-        );
+        let volatile = [
+            "id",
+            "time",
+            "data.at",
+            "data.items.0.ts",
+            "data.nowhere.x",
+            "subject",
+        ];
+        let v = VOLATILE;
         assert_eq!(
-            stripped,
-            serde_json::json!({"type": "t", "data": {"keep": 1, "items": [{"v": 2}]}})
+            strip(value, &volatile),
+            serde_json::json!({"id": v, "time": v, "type": "t",
+                "data": {"at": v, "keep": 1, "items": [{"ts": v, "v": 2}]}}),
+            "a volatile field's value is not compared, and a missing one stays missing"
         );
+        assert!(plain_name("alerts") && plain_name("eu.orders.example.com"));
+        assert!(!plain_name("../x") && !plain_name("a/b") && !plain_name("") && !plain_name(".."));
     }
 
     #[test]

@@ -530,7 +530,9 @@ impl Agent {
         for mut span in spans {
             use flowd_engine::traces::Span as _;
             if let Err(e) = &published {
-                span.set_status(flowd_engine::traces::Status::error(e.to_string()));
+                span.set_status(flowd_engine::traces::Status::error(
+                    flowd_engine::traces::bounded(e.to_string()),
+                ));
             }
             span.end();
         }
@@ -566,7 +568,10 @@ impl Agent {
                 a.push(KeyValue::new("flowd.remote_flow", remote.to_string()));
             }
             if let Some(id) = id {
-                a.push(KeyValue::new("cloudevents.event_id", id));
+                a.push(KeyValue::new(
+                    "cloudevents.event_id",
+                    flowd_engine::traces::bounded(id),
+                ));
             }
             a
         };

@@ -251,12 +251,61 @@ impl fmt::Display for Diagnostic {
 /// without bound.
 pub const MAX_DIAGNOSTICS: usize = 64;
 
+/// The largest manifest read. A pipeline of the largest size allowed takes
+/// a few KiB; this leaves room for comments and long configurations.
+pub const MAX_MANIFEST_BYTES: usize = 256 << 10;
+
+/// The deepest nesting of mappings and sequences read. A manifest needs
+/// four levels (steps, a step, its config, a value list); the tree is
+/// built, walked, read and dropped recursively, so a deep one would
+/// overflow the stack.
+pub const MAX_DEPTH: usize = 32;
+
+/// A manifest too large or too deep to read, found with the YAML event
+/// parser (which keeps its own stack on the heap) before any tree is built.
+fn unreadable(text: &str) -> Option<Diagnostic> {
+    use yaml_rust2::parser::{Event, Parser};
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Some(Diagnostic {
+            at: Location::default(),
+            message: format!(
+                "the manifest is {} bytes, more than the {MAX_MANIFEST_BYTES} read",
+                text.len()
+            ),
+        });
+    }
+    let mut parser = Parser::new_from_str(text);
+    let mut depth = 0usize;
+    loop {
+        match parser.next_token() {
+            Ok((Event::SequenceStart(..) | Event::MappingStart(..), mark)) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(Diagnostic {
+                        at: Location {
+                            line: mark.line(),
+                            column: mark.col() + 1,
+                        },
+                        message: format!("nested deeper than {MAX_DEPTH} levels"),
+                    });
+                }
+            }
+            Ok((Event::SequenceEnd | Event::MappingEnd, _)) => depth = depth.saturating_sub(1),
+            Ok((Event::StreamEnd, _)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
 /// Reads a manifest. Unknown fields do not stop the reading: each is
 /// reported with its place and left out, so that the checks after this one
 /// run too and an author sees every problem in one pass. Any other shape
 /// error (a missing field, a value of the wrong type) or a syntax error
 /// stops it, and the manifest is `None`.
 pub fn read(text: &str) -> (Option<Manifest>, Vec<Diagnostic>) {
+    if let Some(refused) = unreadable(text) {
+        return (None, vec![refused]);
+    }
     let mut node = match marked_yaml::parse_yaml(0, text) {
         Ok(node) => node,
         Err(e) => return (None, vec![syntax(&e)]),
@@ -425,6 +474,25 @@ steps:
         assert!(manifest.is_none());
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert_eq!(errors[1].at.line, 5, "{errors:?}");
+    }
+
+    #[test]
+    fn deep_or_large_manifests_are_refused_before_a_tree_is_built() {
+        // Block nesting has no limit in YAML itself: 200 000 levels would
+        // overflow the stack of any recursive walk.
+        let mut deep = String::from("name: x\ninputs: {}\noutputs: {}\nsteps:\n");
+        deep.push_str(&"- ".repeat(100_000));
+        deep.push_str("x\n");
+        let (manifest, errors) = read(&deep);
+        assert!(manifest.is_none());
+        assert!(errors[0].message.contains("nested deeper"), "{errors:?}");
+        assert_eq!(errors[0].at.line, 5, "{errors:?}");
+        let flow_deep = format!("name: {}x{}\n", "[".repeat(40), "]".repeat(40));
+        assert!(read(&flow_deep).1[0].message.contains("nested deeper"));
+        let large = format!("name: x\n# {}\n", "y".repeat(MAX_MANIFEST_BYTES));
+        assert!(read(&large).1[0].message.contains("bytes"));
+        // What a manifest needs is well within the bound.
+        assert!(parse(EXAMPLE).is_ok());
     }
 
     #[test]

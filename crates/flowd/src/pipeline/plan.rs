@@ -23,6 +23,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 /// The most instances a step may ask for.
 pub const MAX_PARALLELISM: u32 = 64;
 
+/// The most steps a pipeline may have.
+pub const MAX_STEPS: usize = 128;
+
 /// Namespace of the flows between steps of a pipeline.
 pub const INTERNAL_NAMESPACE: &str = "pipelines.flowd";
 
@@ -127,17 +130,45 @@ impl Checker<'_> {
     /// components, flows and configurations) all run when the manifest
     /// could be read at all, so one pass reports everything.
     pub async fn plan(&self, text: &str) -> Result<Plan, Vec<Diagnostic>> {
-        let (manifest, mut errors) = manifest::read(text);
+        // Reading is CPU work of up to MAX_DIAGNOSTICS passes: off the
+        // async workers.
+        let owned = text.to_owned();
+        let (manifest, mut errors) = tokio::task::spawn_blocking(move || manifest::read(&owned))
+            .await
+            .unwrap_or_else(|e| {
+                (
+                    None,
+                    vec![Diagnostic {
+                        at: Location::default(),
+                        message: format!("reading the manifest: {e}"),
+                    }],
+                )
+            });
         let Some(manifest) = manifest else {
             return Err(errors);
         };
         let structure = structure(&manifest, &mut errors);
-        let plan = self.resolve(&manifest, &structure, &mut errors).await;
-        if errors.is_empty() {
-            Ok(plan)
+        // Each step is a registry look-up and an instantiation: only for a
+        // pipeline of a size that may run.
+        let plan = if manifest.steps.len() <= MAX_STEPS {
+            Some(self.resolve(&manifest, &structure, &mut errors).await)
         } else {
-            errors.sort_by_key(|e| (e.at.line, e.at.column));
-            Err(errors)
+            None
+        };
+        match plan {
+            Some(plan) if errors.is_empty() => Ok(plan),
+            _ => {
+                errors.sort_by_key(|e| (e.at.line, e.at.column));
+                if errors.len() > manifest::MAX_DIAGNOSTICS {
+                    let more = errors.len() - manifest::MAX_DIAGNOSTICS;
+                    errors.truncate(manifest::MAX_DIAGNOSTICS);
+                    errors.push(Diagnostic {
+                        at: Location::default(),
+                        message: format!("and {more} more"),
+                    });
+                }
+                Err(errors)
+            }
         }
     }
 
@@ -465,6 +496,15 @@ fn structure(m: &Manifest, errors: &mut Vec<Diagnostic>) -> Structure {
     }
     if m.steps.is_empty() {
         push(at(&m.name), "a pipeline needs at least one step".into());
+    }
+    if m.steps.len() > MAX_STEPS {
+        push(
+            at(&m.name),
+            format!(
+                "{} steps: a pipeline has at most {MAX_STEPS}",
+                m.steps.len()
+            ),
+        );
     }
     let mut producers: BTreeMap<String, Producer> = BTreeMap::new();
     let mut produced_at: HashMap<String, Location> = HashMap::new();
