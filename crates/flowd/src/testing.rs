@@ -231,13 +231,15 @@ fn ports_in(dir: &Path) -> Vec<String> {
     ports
 }
 
-fn pairs(entries: &[String]) -> Result<Vec<(String, String)>> {
+/// `key=value` entries as pairs, in order; `what` names where they came
+/// from in the error (`--set`, `config`).
+pub(crate) fn config_pairs(what: &str, entries: &[String]) -> Result<Vec<(String, String)>> {
     entries
         .iter()
         .map(|kv| {
             kv.split_once('=')
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .with_context(|| format!("config `{kv}`: expected KEY=VALUE"))
+                .with_context(|| format!("{what} `{kv}`: expected KEY=VALUE"))
         })
         .collect()
 }
@@ -322,8 +324,8 @@ fn run_case(
             );
         }
     }
-    let mut config = pairs(&defaults.config)?;
-    config.extend(pairs(&case.config)?);
+    let mut config = config_pairs("config", &defaults.config)?;
+    config.extend(config_pairs("config", &case.config)?);
     let setup = ProcessorSetup {
         name: file_name(dir),
         config,

@@ -430,14 +430,7 @@ struct ProcessorArgs {
 }
 
 fn parse_config(pairs: &[String]) -> Result<Vec<(String, String)>> {
-    pairs
-        .iter()
-        .map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .with_context(|| format!("--set `{kv}`: expected KEY=VALUE"))
-        })
-        .collect()
+    crate::testing::config_pairs("--set", pairs)
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
