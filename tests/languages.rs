@@ -1,8 +1,9 @@
-//! Processors written in Python (componentize-py) and JavaScript
-//! (componentize-js), run for real in the flowd host: `processors/enrich-py`
-//! and `processors/filter-js`, built by `scripts/build-processors` into
-//! `flow_enrich_py.wasm` and `flow_filter_js.wasm`. They run under the
-//! default limits (64 MiB, 100 ms); see docs/python.md, docs/javascript.md.
+//! Processors written in Python (componentize-py), JavaScript
+//! (componentize-js) and C (wit-bindgen's C bindings, the WASI preview-1
+//! adapter), run for real in the flowd host: `processors/enrich-py`,
+//! `processors/filter-js` and `processors/sample-c`, built by
+//! `scripts/build-processors`. They run under the default limits (64 MiB,
+//! 100 ms); see docs/python.md, docs/javascript.md, docs/c.md.
 
 use cloudevents::event::ExtensionValue;
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
@@ -13,6 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 const PY: &str = "flow_enrich_py";
 const JS: &str = "flow_filter_js";
+const C: &str = "flow_sample_c";
 
 fn bridge(name: &str, config: &[(&str, &str)]) -> Result<flowd_wasm::Processor, CreateError> {
     processor(name, config, &["in"], &["out"], Limits::default())
@@ -212,8 +214,14 @@ fn javascript_filter_refuses_unknown_keys_and_updates_in_place() {
 }
 
 #[test]
-fn python_and_javascript_components_import_only_wasi_without_sockets_or_http() {
-    for name in [PY, JS] {
+fn components_of_every_language_import_only_wasi_without_sockets_or_http() {
+    // The C processor links only the host imports it calls.
+    let wanted: [(&str, &[&str]); 3] = [
+        (PY, &["eson:flow/log", "eson:flow/state", "eson:flow/clock"]),
+        (JS, &["eson:flow/log", "eson:flow/state", "eson:flow/clock"]),
+        (C, &["eson:flow/state"]),
+    ];
+    for (name, wanted) in wanted {
         let c = host().load_file(&component(name)).expect("loads");
         let imports = c.imports();
         for i in imports {
@@ -226,7 +234,7 @@ fn python_and_javascript_components_import_only_wasi_without_sockets_or_http() {
                 "{name} imports {i}: {imports:?}"
             );
         }
-        for wanted in ["eson:flow/log", "eson:flow/state", "eson:flow/clock"] {
+        for wanted in wanted {
             assert!(
                 imports.iter().any(|i| i.starts_with(wanted)),
                 "{name} lacks {wanted}: {imports:?}"
@@ -237,11 +245,11 @@ fn python_and_javascript_components_import_only_wasi_without_sockets_or_http() {
 
 /// Instantiation plus `init` and the first call, then 10 000 events in
 /// batches of 100, with a quarter of the default memory: 16 MiB is enough
-/// for both (Python needs 13 MiB, JavaScript 10 MiB to instantiate). Prints
+/// for all (Python needs 13 MiB, JavaScript 10 MiB to instantiate). Prints
 /// the timings; run with `--nocapture` to see them next to the Rust
 /// filter's and transform's.
 #[test]
-fn python_and_javascript_run_under_tight_limits() {
+fn python_javascript_and_c_run_under_tight_limits() {
     let tight = Limits {
         memory: 16 << 20,
         ..Limits::default()
@@ -258,7 +266,7 @@ fn python_and_javascript_run_under_tight_limits() {
         .collect();
     /// (component, configuration, events expected out).
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], usize);
-    let cases: [Case; 4] = [
+    let cases: [Case; 5] = [
         (
             "flow_filter",
             &[("where", "type == created.invoice")],
@@ -267,6 +275,11 @@ fn python_and_javascript_run_under_tight_limits() {
         (JS, &[("type", "created.invoice")], 5_000),
         ("flow_transform", &[("set.data.region", "eu")], 10_000),
         (PY, &[("set", "region=eu")], 10_000),
+        (
+            C,
+            &[("every", "2"), ("key", "type"), ("stamp", "nth")],
+            5_000,
+        ),
     ];
     for (name, config, expected) in cases {
         host()
@@ -292,4 +305,96 @@ fn python_and_javascript_run_under_tight_limits() {
             elapsed.as_secs_f64() * 1e6 / events.len() as f64
         );
     }
+}
+
+fn typed(id: &str, ty: &str) -> Event {
+    event(id, ty, json!({ "id": id }))
+}
+
+#[test]
+fn c_sample_keeps_one_in_n_per_key_and_stamps_them() {
+    let mut p = bridge(C, &[("every", "2"), ("key", "type")]).expect("creates");
+    let first = [typed("1", "a"), typed("2", "a"), typed("3", "b")];
+    assert_eq!(ids(&call1(&mut p, &first).expect("processes")), ["1", "3"]);
+    let second = [typed("4", "a"), typed("5", "b"), typed("6", "b")];
+    assert_eq!(ids(&call1(&mut p, &second).expect("processes")), ["4", "6"]);
+    let state = p.state();
+    assert_eq!(
+        state.get("count/a").map(|v| v.to_vec()),
+        Some(b"3".to_vec())
+    );
+    assert_eq!(
+        state.get("count/b").map(|v| v.to_vec()),
+        Some(b"3".to_vec())
+    );
+
+    let mut p = bridge(C, &[("every", "3"), ("stamp", "nth")]).expect("creates");
+    let tagged = EventBuilderV10::new()
+        .id("x")
+        .source("urn:s")
+        .ty("t")
+        .subject("s")
+        .extension("nth", "old")
+        .extension("tenant", "acme")
+        .data("application/json", json!({"k": 1}))
+        .build()
+        .expect("valid");
+    let events = [
+        tagged.clone(),
+        typed("y", "t"),
+        typed("z", "t"),
+        typed("w", "t"),
+    ];
+    let out = call1(&mut p, &events).expect("processes");
+    assert_eq!(ids(&out), ["x", "w"]);
+    assert_eq!(out[0].extension("nth"), Some(&ExtensionValue::Integer(1)));
+    assert_eq!(
+        out[0].extension("tenant"),
+        Some(&ExtensionValue::String("acme".into()))
+    );
+    assert_eq!(out[0].subject(), Some("s"));
+    assert_eq!(data(&out[0]), json!({"k": 1}));
+    assert_eq!(out[1].extension("nth"), Some(&ExtensionValue::Integer(4)));
+}
+
+#[test]
+fn c_sample_refuses_bad_configuration_and_reports_bad_state() {
+    let err = config_error(bridge(C, &[]));
+    assert!(err.contains("`every` is required"), "{err}");
+    let err = config_error(bridge(C, &[("every", "0")]));
+    assert!(err.contains("`every=0`"), "{err}");
+    let err = config_error(bridge(C, &[("every", "2"), ("evry", "3")]));
+    assert!(err.contains("unknown key `evry`"), "{err}");
+    let err = config_error(bridge(C, &[("every", "2"), ("stamp", "No")]));
+    assert!(err.contains("`stamp=No`"), "{err}");
+
+    let mut p = bridge(C, &[("every", "1")]).expect("creates");
+    let err = p
+        .update(vec![("every".into(), "x".into())])
+        .expect_err("refused");
+    assert!(err.to_string().contains("`every=x`"), "{err}");
+    let all = [typed("1", "t"), typed("2", "t")];
+    assert_eq!(
+        ids(&call1(&mut p, &all).expect("the old one stays")),
+        ["1", "2"]
+    );
+    p.update(vec![("every".into(), "2".into())])
+        .expect("updated");
+    // The count goes on from the state: 3 is the third event, kept.
+    let next = [typed("3", "t"), typed("4", "t")];
+    assert_eq!(ids(&call1(&mut p, &next).expect("processes")), ["3"]);
+
+    // A count the state cannot hold fails the call as a whole.
+    let setup = flowd_tests::setup(C, &[("every", "2")], &["in"], &["out"]);
+    let state = flowd_wasm::state::KeyedState::restore(
+        [("count/".to_string(), b"many".to_vec())],
+        Limits::default().state,
+    );
+    let component = host().load_file(&component(C)).expect("loads");
+    let mut p = host()
+        .create_with_state(component, setup, Limits::default(), state)
+        .expect("creates");
+    let err = call1(&mut p, &[typed("5", "t")]).expect_err("fails");
+    assert!(err.to_string().contains("not a count"), "{err}");
+    assert_eq!(err.event_index(), None, "{err}");
 }

@@ -736,6 +736,7 @@ fn the_standard_processors_pass_their_fixture_tests() {
         ("processors/passthrough", "flow_passthrough", 1),
         ("processors/enrich-py", "flow_enrich_py", 1),
         ("processors/filter-js", "flow_filter_js", 1),
+        ("processors/sample-c", "flow_sample_c", 2),
     ] {
         let wasm = component(component_name);
         let out = run(
@@ -1369,4 +1370,43 @@ fn flow_new_projects_build_pass_their_tests_and_run_on_a_host() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     assert_eq!(counted, 8, "the signal counted what it read");
+}
+
+/// A guest that writes to stdout and stderr, then traps: `flow test`
+/// reports the failure with the guest's message instead of stopping (a
+/// guest's blocking WASI write used to enter the async runtime from
+/// inside it and abort the run).
+#[test]
+fn flow_test_reports_a_guest_that_prints_and_traps() {
+    let project = tempfile::tempdir().expect("tempdir");
+    let dir = project.path();
+    std::fs::write(
+        dir.join("flow.toml"),
+        "[processor]\ncomponent = \"hostile.wasm\"\n",
+    )
+    .expect("flow.toml");
+    std::fs::copy(component("guest_hostile"), dir.join("hostile.wasm")).expect("copy");
+    let case = dir.join("tests/traps");
+    std::fs::create_dir_all(case.join("input")).expect("mkdir");
+    std::fs::create_dir_all(case.join("expected")).expect("mkdir");
+    std::fs::write(case.join("case.toml"), "").expect("case.toml");
+    let event = |id: &str, ty: &str| {
+        format!(r#"{{"specversion":"1.0","id":"{id}","source":"urn:t","type":"{ty}"}}"#) + "\n"
+    };
+    std::fs::write(
+        case.join("input/in.jsonl"),
+        event("a", "test.log") + &event("b", "test.trap"),
+    )
+    .expect("input");
+    std::fs::write(case.join("expected/out.jsonl"), event("a", "test.log")).expect("expected");
+    let out = run(FLOW, &["test", dir.to_str().unwrap_or_default()], "");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("hostile guest traps on event b"),
+        "{stdout}{stderr}"
+    );
+    assert!(stdout.contains("1 cases: 0 passed, 1 failed"), "{stdout}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

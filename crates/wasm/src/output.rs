@@ -72,14 +72,19 @@ struct Buffer {
     /// The unfinished last line of stdout and of stderr.
     partial: [Vec<u8>; 2],
     /// The most recent stderr lines, kept across collections to explain a
-    /// trap (a Rust panic writes `panicked at file:line:` then the message).
+    /// trap (a Rust panic writes `panicked at file:line:` then the message;
+    /// a Go panic `panic: message` then its goroutine's frames).
     recent_stderr: VecDeque<String>,
 }
+
+/// Stderr lines kept to explain a trap: enough for a Go panic's message
+/// and its first frames.
+const RECENT_STDERR: usize = 32;
 
 impl Buffer {
     fn push(&mut self, source: Source, text: String) {
         if source == Source::Stderr {
-            if self.recent_stderr.len() == 8 {
+            if self.recent_stderr.len() == RECENT_STDERR {
                 self.recent_stderr.pop_front();
             }
             self.recent_stderr.push_back(text.clone());
@@ -172,6 +177,9 @@ impl GuestOutput {
             buffer.write(1, b"\n");
         }
         let recent = &buffer.recent_stderr;
+        if let Some(go) = go_panic(recent) {
+            return Some(go);
+        }
         let message = recent
             .iter()
             .rev()
@@ -317,5 +325,57 @@ mod tests {
         );
         out.clear_recent();
         assert_eq!(out.trap_context(), None);
+    }
+}
+
+/// A Go panic or fatal error in the guest's stderr: its message, and the
+/// `file:line` of the first frame outside the Go runtime.
+fn go_panic(recent: &VecDeque<String>) -> Option<String> {
+    let at = recent
+        .iter()
+        .rposition(|l| l.starts_with("panic: ") || l.starts_with("fatal error: "))?;
+    let message = recent[at].trim();
+    let place = recent
+        .iter()
+        .skip(at + 1)
+        .filter(|l| l.starts_with('\t') && l.contains(".go:"))
+        .map(|l| l.trim().split(" +0x").next().unwrap_or_default())
+        .find(|l| !l.starts_with("runtime/") && !l.contains("/src/runtime/"));
+    Some(match place {
+        Some(place) => format!("{message} (at {place})"),
+        None => message.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod go_tests {
+    use super::*;
+
+    #[test]
+    fn a_go_panic_names_its_message_and_first_own_frame() {
+        let stderr: VecDeque<String> = [
+            "some output",
+            "panic: runtime error: index out of range [3] with length 3",
+            "",
+            "goroutine 1 [running]:",
+            "runtime.gopanic(...)",
+            "\truntime/panic.go:800 +0x12",
+            "main.(*dedupe).Process(0x1, 0x2)",
+            "\tdedupe/main.go:95 +0x3",
+            "github.com/flowd-project/flowd/sdk/go/flow/bridge.exportProcess(...)",
+            "\tgithub.com/flowd-project/flowd/sdk/go/flow/bridge/bridge.go:50 +0x9",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(
+            go_panic(&stderr).as_deref(),
+            Some(
+                "panic: runtime error: index out of range [3] with length 3 (at dedupe/main.go:95)"
+            )
+        );
+        let plain: VecDeque<String> = ["thread panicked at src/lib.rs:3:5:", "boom"]
+            .map(String::from)
+            .into();
+        assert_eq!(go_panic(&plain), None);
     }
 }

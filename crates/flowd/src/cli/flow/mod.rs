@@ -578,7 +578,12 @@ async fn run(cli: Cli) -> Result<()> {
                 update: *update,
                 cache_dir: crate::cli::default_cache_dir(),
             };
-            return test(dir, &options, json);
+            // Off the async thread: a guest's blocking WASI calls (a write to
+            // stderr) enter the runtime themselves.
+            let dir = dir.clone();
+            return tokio::task::spawn_blocking(move || test(&dir, &options, json))
+                .await
+                .context("the test run stopped")?;
         }
         Command::Get {
             what: Get::Agents { configured: true },
@@ -1145,7 +1150,11 @@ where
     );
     let mut running: Option<String> = None;
     loop {
-        let outcome = match dev_build_and_test(dir) {
+        let owned = dir.to_path_buf();
+        let built = tokio::task::spawn_blocking(move || dev_build_and_test(&owned))
+            .await
+            .unwrap_or_else(|e| Err(format!("the build and test stopped: {e}")));
+        let outcome = match built {
             Ok(bytes) => dev_swap(&session, id, &bytes, &mut running).await,
             Err(why) => Err(why),
         };

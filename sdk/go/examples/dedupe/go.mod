@@ -1,0 +1,7 @@
+module dedupe
+
+go 1.24
+
+require github.com/flowd-project/flowd/sdk/go/flow v0.0.0
+
+replace github.com/flowd-project/flowd/sdk/go/flow => ../../flow

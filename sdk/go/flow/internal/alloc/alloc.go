@@ -1,0 +1,73 @@
+// Package alloc is the memory the host writes into: arguments of exports
+// and results of imports (cabi_export_realloc, cabi_import_realloc).
+//
+// The host calls the allocator at a point where the component may not
+// call out (the canonical ABI forbids leaving the instance while it
+// lowers values). Go's allocator may start a collection, and the
+// collector calls WASI imports, which traps there. So the allocator hands
+// out memory from a reserve made beforehand, in Go code that may collect:
+// at start-up, at the end of every export call, and before every import
+// that returns a list. The reserve grows to twice what the busiest
+// call needed.
+package alloc
+
+import "unsafe"
+
+const minReserve = 256 << 10 // bytes
+
+var (
+	block   []uint64 // the reserve's memory, kept alive until the next Refill
+	free    []uint64 // the unused tail of block
+	used    uint64   // bytes handed out since the last Refill
+	biggest uint64   // the most any interval between refills needed
+	spill   [][]uint64
+)
+
+func init() { grow(minReserve) }
+
+// Realloc is the canonical ABI allocator: never collects while the reserve
+// suffices; beyond it, it allocates from the Go heap (which may collect).
+func Realloc(old, oldSize, align, size uint32) uint32 {
+	if size == 0 {
+		return align
+	}
+	words := (uint64(size) + 7) / 8 // 8-byte words: every alignment the contract uses
+	used += words * 8
+	var chunk []uint64
+	if words <= uint64(len(free)) {
+		chunk, free = free[:words:words], free[words:]
+	} else {
+		chunk = make([]uint64, words)
+		spill = append(spill, chunk)
+	}
+	p := unsafe.Pointer(unsafe.SliceData(chunk))
+	if old != 0 && oldSize != 0 {
+		copy(unsafe.Slice((*byte)(p), size), unsafe.Slice((*byte)(unsafe.Pointer(uintptr(old))), min(oldSize, size)))
+	}
+	return uint32(uintptr(p))
+}
+
+// Ensure makes at least n bytes available to the allocator; call it from
+// Go code that may collect, before an import that returns a list.
+func Ensure(n uint64) {
+	if uint64(len(free))*8 < n {
+		grow(n)
+	}
+}
+
+// Refill restores the reserve after a call. Memory handed out before stays
+// valid for as long as Go values point into it.
+func Refill() {
+	biggest = max(biggest, used)
+	used = 0
+	spill = nil
+	want := max(minReserve, 2*biggest)
+	if uint64(len(free))*8 < want {
+		grow(want)
+	}
+}
+
+func grow(n uint64) {
+	block = make([]uint64, (n+7)/8)
+	free = block
+}
