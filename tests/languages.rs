@@ -1,9 +1,10 @@
 //! Processors written in Python (componentize-py), JavaScript
-//! (componentize-js) and C (wit-bindgen's C bindings, the WASI preview-1
-//! adapter), run for real in the flowd host: `processors/enrich-py`,
-//! `processors/filter-js` and `processors/sample-c`, built by
-//! `scripts/build-processors`. They run under the default limits (64 MiB,
-//! 100 ms); see docs/python.md, docs/javascript.md, docs/c.md.
+//! (componentize-js), Go (go:wasmexport) and C (wit-bindgen's C bindings),
+//! run for real in the flowd host: `processors/enrich-py`,
+//! `processors/filter-js`, `processors/dedupe-go` and `processors/sample-c`,
+//! built by `scripts/build-processors`. They run under the default limits
+//! (64 MiB, 100 ms); see docs/python.md, docs/javascript.md, docs/go.md,
+//! docs/c.md.
 
 use cloudevents::event::ExtensionValue;
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
@@ -14,6 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 const PY: &str = "flow_enrich_py";
 const JS: &str = "flow_filter_js";
+const GO: &str = "flow_dedupe_go";
 const C: &str = "flow_sample_c";
 
 fn bridge(name: &str, config: &[(&str, &str)]) -> Result<flowd_wasm::Processor, CreateError> {
@@ -215,8 +217,9 @@ fn javascript_filter_refuses_unknown_keys_and_updates_in_place() {
 
 #[test]
 fn components_of_every_language_import_only_wasi_without_sockets_or_http() {
-    // The C processor links only the host imports it calls.
-    let wanted: [(&str, &[&str]); 3] = [
+    // The Go and C processors link only the host imports they call.
+    let wanted: [(&str, &[&str]); 4] = [
+        (GO, &["eson:flow/state", "eson:flow/clock"]),
         (PY, &["eson:flow/log", "eson:flow/state", "eson:flow/clock"]),
         (JS, &["eson:flow/log", "eson:flow/state", "eson:flow/clock"]),
         (C, &["eson:flow/state"]),
@@ -305,6 +308,107 @@ fn python_javascript_and_c_run_under_tight_limits() {
             elapsed.as_secs_f64() * 1e6 / events.len() as f64
         );
     }
+}
+
+fn order(id: &str, no: serde_json::Value) -> Event {
+    event(id, "created.order", json!({ "order": { "no": no } }))
+}
+
+#[test]
+fn go_dedupe_drops_repeats_across_calls_and_within_one() {
+    let mut p = bridge(GO, &[("key", "data.order.no")]).expect("creates");
+    let first = [
+        order("1", json!(7)),
+        order("2", json!(8)),
+        order("3", json!(7)),
+    ];
+    assert_eq!(ids(&call1(&mut p, &first).expect("processes")), ["1", "2"]);
+    // The state remembers across calls; the string "7" is another key.
+    let second = [
+        order("4", json!(8)),
+        order("5", json!("7")),
+        order("6", json!(9)),
+    ];
+    assert_eq!(ids(&call1(&mut p, &second).expect("processes")), ["5", "6"]);
+    let mut keys = p.state().keys("");
+    keys.sort();
+    assert_eq!(keys, ["seen/\"7\"", "seen/7", "seen/8", "seen/9"]);
+
+    // A non-JSON event fails alone, by its index in the batch; the error
+    // keeps the instance and rolls the call's state back.
+    let text = EventBuilderV10::new()
+        .id("t")
+        .source("urn:s")
+        .ty("created.order")
+        .data("text/plain", "nope".to_string())
+        .build()
+        .expect("valid");
+    let err = call1(
+        &mut p,
+        &[order("7", json!(10)), order("8", json!(11)), text],
+    )
+    .expect_err("event 2 fails");
+    assert_eq!(err.event_index(), Some(2), "{err}");
+    assert!(err.to_string().contains("not JSON"), "{err}");
+    assert!(!err.poisoned(), "an error value keeps the instance");
+    assert_eq!(
+        ids(&call1(&mut p, &[order("9", json!(10))]).expect("processes")),
+        ["9"],
+        "the failed call's sighting of 10 was rolled back"
+    );
+}
+
+/// 40 000 events of 300 bytes in batches of 100, 20 000 keys in the state,
+/// under the default limits: Go's runtime grows its heap and collects many
+/// times, while the host lowers batches into memory reserved beforehand
+/// and the WASI adapter keeps its own (docs/go.md).
+#[test]
+fn go_dedupe_runs_long_under_the_default_limits() {
+    let mut p = bridge(GO, &[("key", "data.k")]).expect("creates");
+    let pad = "x".repeat(300);
+    let events: Vec<Event> = (0..40_000)
+        .map(|i| {
+            event(
+                &format!("e{i}"),
+                "t",
+                json!({ "k": i % 20_000, "pad": pad }),
+            )
+        })
+        .collect();
+    let kept: Vec<String> = events
+        .chunks(100)
+        .flat_map(|c| {
+            let out = call1(&mut p, c).expect("processes");
+            ids(&out).into_iter().map(String::from).collect::<Vec<_>>()
+        })
+        .collect();
+    let state_keys = p.state().keys("seen/").len();
+    assert_eq!((kept.len(), state_keys), (20_000, 20_000));
+    assert_eq!(kept.first().map(String::as_str), Some("e0"));
+    assert_eq!(kept.last().map(String::as_str), Some("e19999"));
+}
+
+#[test]
+fn go_dedupe_refuses_bad_configuration_and_updates_in_place() {
+    let err = config_error(bridge(GO, &[("kee", "id")]));
+    assert!(err.contains("unknown key `kee`"), "{err}");
+    let err = config_error(bridge(GO, &[("window-ms", "0")]));
+    assert!(err.contains("`window-ms=0`"), "{err}");
+    let err = config_error(bridge(GO, &[("key", "data..x")]));
+    assert!(err.contains("empty segment"), "{err}");
+
+    let mut p = bridge(GO, &[("key", "subject")]).expect("creates");
+    let err = p
+        .update(vec![("window-ms".into(), "soon".into())])
+        .expect_err("refused");
+    assert!(err.to_string().contains("`window-ms=soon`"), "{err}");
+    // Still keyed by subject: no subject, no key, so both pass.
+    let two = [event("a", "t", json!({})), event("a2", "t", json!({}))];
+    assert_eq!(ids(&call1(&mut p, &two).expect("processes")), ["a", "a2"]);
+    p.update(vec![("key".into(), "type".into())])
+        .expect("updated");
+    let more = [event("b", "t", json!({})), event("c", "t", json!({}))];
+    assert_eq!(ids(&call1(&mut p, &more).expect("processes")), ["b"]);
 }
 
 fn typed(id: &str, ty: &str) -> Event {

@@ -736,6 +736,7 @@ fn the_standard_processors_pass_their_fixture_tests() {
         ("processors/passthrough", "flow_passthrough", 1),
         ("processors/enrich-py", "flow_enrich_py", 1),
         ("processors/filter-js", "flow_filter_js", 1),
+        ("processors/dedupe-go", "flow_dedupe_go", 3),
         ("processors/sample-c", "flow_sample_c", 2),
     ] {
         let wasm = component(component_name);

@@ -29,9 +29,13 @@ func hostKeys(ptr unsafe.Pointer, length uint32, ret unsafe.Pointer)
 //go:wasmimport eson:flow/clock@0.1.0 now-ms
 func hostNowMs() uint64
 
-func str(s string) (unsafe.Pointer, uint32) { return unsafe.Pointer(unsafe.StringData(s)), uint32(len(s)) }
+func str(s string) (unsafe.Pointer, uint32) {
+	return unsafe.Pointer(unsafe.StringData(s)), uint32(len(s))
+}
 
-func bytesOf(b []byte) (unsafe.Pointer, uint32) { return unsafe.Pointer(unsafe.SliceData(b)), uint32(len(b)) }
+func bytesOf(b []byte) (unsafe.Pointer, uint32) {
+	return unsafe.Pointer(unsafe.SliceData(b)), uint32(len(b))
+}
 
 // at turns an address the host wrote into a Go pointer. The memory was
 // allocated by the canonical ABI allocator (package alloc) as a Go object,
@@ -73,7 +77,7 @@ type stateStore struct{}
 func (stateStore) Get(key string) ([]byte, bool) {
 	var ret [3]uint32 // option<list<u8>>: tag, address, length
 	p, n := str(key)
-	alloc.Ensure(1 << 20) // the host allocates the value while Go may not collect
+	alloc.Ensure(64 << 10) // the host allocates the value while Go may not collect
 	hostGet(p, n, unsafe.Pointer(&ret))
 	if ret[0]&0xff == 0 {
 		return nil, false
@@ -101,7 +105,7 @@ func (stateStore) Delete(key string) {
 func (stateStore) Keys(prefix string) []string {
 	var ret [2]uint32 // list<string>: address, length
 	p, n := str(prefix)
-	alloc.Ensure(1 << 20)
+	alloc.Ensure(64 << 10)
 	hostKeys(p, n, unsafe.Pointer(&ret))
 	if ret[1] == 0 {
 		return nil

@@ -29,7 +29,9 @@ func exportInit(cp, cn, ip, in, op, on uint32) uint32 {
 func postInit(uint32) { glue.Release() }
 
 //go:wasmexport update
-func exportUpdate(cp, cn uint32) uint32 { return glue.Done(glue.Unit(instance.Update(glue.Config(cp, cn)))) }
+func exportUpdate(cp, cn uint32) uint32 {
+	return glue.Done(glue.Unit(instance.Update(glue.Config(cp, cn))))
+}
 
 //go:wasmexport cabi_post_update
 func postUpdate(uint32) { glue.Release() }

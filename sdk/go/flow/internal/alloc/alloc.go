@@ -23,7 +23,11 @@ var (
 	spill   [][]uint64
 )
 
-func init() { grow(minReserve) }
+func init() {
+	grow(minReserve)
+	// Keeps the adapter's arena linked in (see adapter.go).
+	adapterArena[len(adapterArena)-1] = 0
+}
 
 // Realloc is the canonical ABI allocator: never collects while the reserve
 // suffices; beyond it, it allocates from the Go heap (which may collect).
@@ -48,10 +52,12 @@ func Realloc(old, oldSize, align, size uint32) uint32 {
 }
 
 // Ensure makes at least n bytes available to the allocator; call it from
-// Go code that may collect, before an import that returns a list.
+// Go code that may collect, before an import that returns a list. The
+// reserve grows by four times that, so that a run of imports shares one
+// block.
 func Ensure(n uint64) {
 	if uint64(len(free))*8 < n {
-		grow(n)
+		grow(max(4*n, minReserve))
 	}
 }
 
