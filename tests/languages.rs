@@ -330,7 +330,7 @@ fn go_dedupe_drops_repeats_across_calls_and_within_one() {
         order("6", json!(9)),
     ];
     assert_eq!(ids(&call1(&mut p, &second).expect("processes")), ["5", "6"]);
-    let mut keys = p.state().keys("");
+    let mut keys = p.state().keys("seen/");
     keys.sort();
     assert_eq!(keys, ["seen/\"7\"", "seen/7", "seen/8", "seen/9"]);
 
@@ -356,6 +356,52 @@ fn go_dedupe_drops_repeats_across_calls_and_within_one() {
         ["9"],
         "the failed call's sighting of 10 was rolled back"
     );
+}
+
+/// Expired sightings leave the state: the state is bounded by the keys of
+/// the last window and a quarter, not by every key ever seen.
+#[test]
+fn go_dedupe_sweeps_expired_sightings_from_its_state() {
+    let mut p = bridge(GO, &[("key", "data.order.no"), ("window-ms", "1")]).expect("creates");
+    let first: Vec<Event> = (0..50).map(|i| order(&format!("a{i}"), json!(i))).collect();
+    assert_eq!(call1(&mut p, &first).expect("processes").len(), 50);
+    assert_eq!(p.state().keys("seen/").len(), 50);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    // Number 7 again: its sighting expired, so it passes; the other 49 are swept.
+    let second = [order("b1", json!(7)), order("b2", json!(1000))];
+    assert_eq!(
+        ids(&call1(&mut p, &second).expect("processes")),
+        ["b1", "b2"]
+    );
+    let mut keys = p.state().keys("seen/");
+    keys.sort();
+    assert_eq!(keys, ["seen/1000", "seen/7"]);
+    // Integers beyond 2^53 are distinct keys (no float rounding).
+    let big = [
+        order(
+            "c1",
+            serde_json::from_str("9007199254740993").expect("json"),
+        ),
+        order(
+            "c2",
+            serde_json::from_str("9007199254740992").expect("json"),
+        ),
+    ];
+    assert_eq!(ids(&call1(&mut p, &big).expect("processes")), ["c1", "c2"]);
+}
+
+/// A first call far larger than the allocator's reserve (4 MiB of
+/// arguments against 256 KiB): the host's lowering takes Go heap memory
+/// while the collector is held off, then the reserve grows.
+#[test]
+fn go_dedupe_takes_a_first_batch_larger_than_its_reserve() {
+    let mut p = bridge(GO, &[("key", "data.k")]).expect("creates");
+    let pad = "y".repeat(2000);
+    let batch: Vec<Event> = (0..2000)
+        .map(|i| event(&format!("e{i}"), "t", json!({ "k": i % 1500, "pad": pad })))
+        .collect();
+    assert_eq!(call1(&mut p, &batch).expect("processes").len(), 1500);
+    assert_eq!(call1(&mut p, &batch[..100]).expect("processes").len(), 0);
 }
 
 /// 40 000 events of 300 bytes in batches of 100, 20 000 keys in the state,

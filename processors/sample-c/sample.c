@@ -63,7 +63,7 @@ bool flow_process(const flow_batch *batch, flow_output *out, flow_error *err) {
         flow_str name = {slot, slot_len}, stored;
         uint64_t seen = 0;
         if (flow_state_get(name, &stored)) {
-            bool ok = flow_str_u64(stored, &seen);
+            bool ok = flow_str_u64(stored, &seen) && seen < UINT64_MAX;
             free((void *)stored.ptr);
             if (!ok) {
                 free(slot);

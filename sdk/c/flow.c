@@ -81,6 +81,32 @@ static flow_str of_wit(const W(string_t) *s) { return (flow_str){(const char *)s
 
 /* ---- errors ---- */
 
+/* Preset so that a processor returning false without naming an error still
+ * reports one instead of leaving the bindings an uninitialised variant. */
+static void preset(flow_error *err) {
+    static const char message[] = "the processor returned false without an error";
+    size_t n = sizeof message - 1;
+    uint8_t *copy = malloc(n);
+    if (!copy) abort();
+    memcpy(copy, message, n);
+    err->raw.tag = ESON_FLOW_TYPES_ERROR_FAILED;
+    err->raw.val.failed = (W(string_t)){copy, n};
+}
+
+/* Frees the message err holds (the preset, or an earlier error call's):
+ * an error call replaces it, a successful call drops it. */
+static void clear_preset(flow_error *err) {
+    if (err->raw.tag == ESON_FLOW_TYPES_ERROR_EVENT_FAILED) {
+        free(err->raw.val.event_failed.message.ptr);
+    } else if (err->raw.tag == ESON_FLOW_TYPES_ERROR_INVALID_CONFIG) {
+        free(err->raw.val.invalid_config.ptr);
+    } else {
+        free(err->raw.val.failed.ptr);
+    }
+    err->raw.tag = ESON_FLOW_TYPES_ERROR_FAILED;
+    err->raw.val.failed = (W(string_t)){NULL, 0};
+}
+
 static bool fail(flow_error *err, uint8_t tag, uint32_t index, const char *format, va_list args) {
     char small[1];
     va_list copy;
@@ -94,6 +120,7 @@ static bool fail(flow_error *err, uint8_t tag, uint32_t index, const char *forma
         vsnprintf((char *)message.ptr, (size_t)n + 1, format, args);
         message.len = (size_t)n;
     }
+    clear_preset(err);
     err->raw.tag = tag;
     if (tag == ESON_FLOW_TYPES_ERROR_EVENT_FAILED) {
         err->raw.val.event_failed.index = index;
@@ -175,34 +202,44 @@ static const flow_str *names_of(const W(list_string_t) *raw) {
     return names;
 }
 
+/* `current` is the setup the processor sees. It is set before flow_init, so
+ * that pointers the processor keeps into its setup stay valid after the
+ * call, and restored when init fails. */
 bool LIFE(init)(W(setup_t) *setup, W(error_t) *err) {
-    flow_setup s = {config_of(&setup->config), names_of(&setup->inputs), setup->inputs.len,
-                    names_of(&setup->outputs), setup->outputs.len};
-    if (!flow_init(&s, (flow_error *)err)) {
-        free((void *)s.config.pairs);
-        free((void *)s.inputs);
-        free((void *)s.outputs);
+    flow_setup before = current;
+    current = (flow_setup){config_of(&setup->config), names_of(&setup->inputs), setup->inputs.len,
+                           names_of(&setup->outputs), setup->outputs.len};
+    preset((flow_error *)err);
+    if (!flow_init(&current, (flow_error *)err)) {
+        free((void *)current.config.pairs);
+        free((void *)current.inputs);
+        free((void *)current.outputs);
         eson_flow_types_setup_free(setup);
+        current = before;
         return false;
     }
-    current = s;
+    clear_preset((flow_error *)err);
     current_raw = *setup;
     return true;
 }
 
 __attribute__((weak)) bool flow_update(const flow_config *config, flow_error *err) {
-    flow_setup s = current;
-    s.config = *config;
-    return flow_init(&s, err);
+    flow_config before = current.config;
+    current.config = *config;
+    bool ok = flow_init(&current, err);
+    current.config = before;
+    return ok;
 }
 
 bool LIFE(update)(W(config_t) *config, W(error_t) *err) {
     flow_config c = config_of(config);
+    preset((flow_error *)err);
     if (!flow_update(&c, (flow_error *)err)) {
         free((void *)c.pairs);
         eson_flow_types_config_free(config);
         return false;
     }
+    clear_preset((flow_error *)err);
     free((void *)current.config.pairs);
     eson_flow_types_config_free(&current_raw.config);
     current.config = c;
@@ -342,18 +379,20 @@ static uint32_t pack(flow_output *o, const flow_event *e) {
     return index;
 }
 
-void flow_forward(flow_output *o, size_t index) { push(&o->emits, (uint32_t)index & ~CREATED); }
-void flow_emit(flow_output *o, const flow_event *e) { push(&o->emits, CREATED | pack(o, e)); }
-
 void flow_forward_to(flow_output *o, uint32_t port, size_t index) {
-    flow_forward(o, index);
+    push(&o->emits, (uint32_t)index & ~CREATED);
     push(&o->ports, port);
 }
 
 void flow_emit_to(flow_output *o, uint32_t port, const flow_event *e) {
-    flow_emit(o, e);
+    push(&o->emits, CREATED | pack(o, e));
     push(&o->ports, port);
 }
+
+/* In a routed world every emit needs a port: the plain calls use port 0, so
+ * `emits` and `ports` stay the same length whichever calls a processor mixes. */
+void flow_forward(flow_output *o, size_t index) { flow_forward_to(o, 0, index); }
+void flow_emit(flow_output *o, const flow_event *e) { flow_emit_to(o, 0, e); }
 
 static flow_batch batch_of(const eson_flow_types_batch_t *raw) {
     return (flow_batch){raw->bytes.ptr, raw->bytes.len, raw->events.ptr, raw->events.len,
@@ -376,22 +415,24 @@ static void drop(flow_output *o) {
 }
 
 #if ROUTED
-static bool routed(bool ok, flow_output *o, eson_flow_types_routed_output_t *ret) {
+static bool routed(bool ok, flow_output *o, eson_flow_types_routed_output_t *ret, flow_error *err) {
     if (!ok) {
         drop(o);
         return false;
     }
+    clear_preset(err);
     ret->created = created_of(o);
     ret->emits = (W(list_u32_t)){o->emits.ptr, o->emits.len};
     ret->ports = (W(list_u32_t)){o->ports.ptr, o->ports.len};
     return true;
 }
 #else
-static bool output(bool ok, flow_output *o, eson_flow_types_output_t *ret) {
+static bool output(bool ok, flow_output *o, eson_flow_types_output_t *ret, flow_error *err) {
     if (!ok) {
         drop(o);
         return false;
     }
+    clear_preset(err);
     free(o->ports.ptr);
     ret->created = created_of(o);
     ret->emits = (W(list_u32_t)){o->emits.ptr, o->emits.len};
@@ -404,42 +445,47 @@ bool exports_eson_flow_bridge_process(eson_flow_types_batch_t *events, eson_flow
                                       eson_flow_types_error_t *err) {
     flow_output o = {0};
     flow_batch b = batch_of(events);
+    preset((flow_error *)err);
     bool ok = flow_process(&b, &o, (flow_error *)err);
     eson_flow_types_batch_free(events);
-    return output(ok, &o, ret);
+    return output(ok, &o, ret, (flow_error *)err);
 }
 #elif defined(FLOW_COLLECTOR)
 bool exports_eson_flow_collector_process(uint32_t input, eson_flow_types_batch_t *events,
                                          eson_flow_types_output_t *ret, eson_flow_types_error_t *err) {
     flow_output o = {0};
     flow_batch b = batch_of(events);
+    preset((flow_error *)err);
     bool ok = flow_process(input, &b, &o, (flow_error *)err);
     eson_flow_types_batch_free(events);
-    return output(ok, &o, ret);
+    return output(ok, &o, ret, (flow_error *)err);
 }
 #elif defined(FLOW_DISTRIBUTOR)
 bool exports_eson_flow_distributor_process(eson_flow_types_batch_t *events, eson_flow_types_routed_output_t *ret,
                                            eson_flow_types_error_t *err) {
     flow_output o = {0};
     flow_batch b = batch_of(events);
+    preset((flow_error *)err);
     bool ok = flow_process(&b, &o, (flow_error *)err);
     eson_flow_types_batch_free(events);
-    return routed(ok, &o, ret);
+    return routed(ok, &o, ret, (flow_error *)err);
 }
 #elif defined(FLOW_SIGNAL)
 bool exports_eson_flow_signal_process(uint32_t input, eson_flow_types_batch_t *events,
                                       eson_flow_types_routed_output_t *ret, eson_flow_types_error_t *err) {
     flow_output o = {0};
     flow_batch b = batch_of(events);
+    preset((flow_error *)err);
     bool ok = flow_process(input, &b, &o, (flow_error *)err);
     eson_flow_types_batch_free(events);
-    return routed(ok, &o, ret);
+    return routed(ok, &o, ret, (flow_error *)err);
 }
 
 bool exports_eson_flow_signal_tick(uint64_t now_ms, eson_flow_types_routed_output_t *ret,
                                    eson_flow_types_error_t *err) {
     flow_output o = {0};
-    return routed(flow_tick(now_ms, &o, (flow_error *)err), &o, ret);
+    preset((flow_error *)err);
+    return routed(flow_tick(now_ms, &o, (flow_error *)err), &o, ret, (flow_error *)err);
 }
 #endif
 
@@ -451,6 +497,9 @@ bool flow_state_get(flow_str key, flow_str *value) {
     W(string_t) k = wit_of(key);
     W(list_u8_t) v;
     if (!eson_flow_state_get(&k, &v)) return false;
+    /* An empty list may come with a dangling non-null pointer; the caller
+     * frees what it gets, so hand over NULL. */
+    if (v.len == 0) v.ptr = NULL;
     *value = (flow_str){(const char *)v.ptr, v.len};
     return true;
 }
@@ -473,7 +522,12 @@ void flow_log(flow_level level, const char *format, ...) {
     int n = vsnprintf(line, sizeof line, format, args);
     va_end(args);
     if (n < 0) return;
-    W(string_t) message = {(uint8_t *)line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1};
+    size_t len = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
+    /* Truncation must not split a UTF-8 sequence: back up over its continuation bytes. */
+    if ((size_t)n >= sizeof line) {
+        while (len > 0 && ((unsigned char)line[len] & 0xc0) == 0x80) len--;
+    }
+    W(string_t) message = {(uint8_t *)line, len};
     eson_flow_log_log((eson_flow_log_level_t)level, &message);
 }
 

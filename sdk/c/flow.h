@@ -107,6 +107,7 @@ typedef struct {
     flow_ext_kind kind;
 } flow_extension;
 
+/* The number of extension attributes of event i. */
 size_t flow_extension_count(const flow_batch *batch, size_t i);
 /* The k-th extension of event i (k < flow_extension_count). */
 flow_extension flow_extension_at(const flow_batch *batch, size_t i, size_t k);
@@ -131,7 +132,8 @@ typedef struct flow_output flow_output;
 /* Bridge and collector: forward input event `index` unchanged, or emit a new one. */
 void flow_forward(flow_output *out, size_t index);
 void flow_emit(flow_output *out, const flow_event *event);
-/* Distributor and signal: the same, to an output port. */
+/* Distributor and signal: the same, to an output port (the calls above
+ * send to port 0 there). */
 void flow_forward_to(flow_output *out, uint32_t port, size_t index);
 void flow_emit_to(flow_output *out, uint32_t port, const flow_event *event);
 
@@ -148,6 +150,7 @@ bool flow_state_get(flow_str key, flow_str *value);
 void flow_state_set(flow_str key, flow_str value);
 void flow_state_delete(flow_str key);
 
+/* Log levels. */
 typedef enum { FLOW_TRACE = 0, FLOW_DEBUG, FLOW_INFO, FLOW_WARN, FLOW_ERROR } flow_level;
 /* A line in the host's log, tagged with the processor. */
 void flow_log(flow_level level, const char *format, ...) __attribute__((format(printf, 2, 3)));

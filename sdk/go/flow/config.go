@@ -68,6 +68,7 @@ type Setup struct {
 // invalid-config and keeps the old configuration on update.
 type ConfigError struct{ Message string }
 
+// Error is the message with its kind, as the host reports it.
 func (e *ConfigError) Error() string { return "invalid configuration: " + e.Message }
 
 // InvalidConfig is a ConfigError; the message should name the key.
@@ -82,6 +83,7 @@ type EventError struct {
 	Message string
 }
 
+// Error names the event by its index in the batch.
 func (e *EventError) Error() string { return fmt.Sprintf("event %d: %s", e.Index, e.Message) }
 
 // EventFailed is an EventError for the event at index.

@@ -30,15 +30,17 @@ type Extension struct {
 	Kind  ExtensionKind
 }
 
-// StringExtension, BoolExtension and IntExtension make extension attributes.
+// StringExtension is an extension attribute of CloudEvents type String.
 func StringExtension(name, value string) Extension {
 	return Extension{Name: name, Value: value, Kind: KindString}
 }
 
+// BoolExtension is an extension attribute of CloudEvents type Boolean.
 func BoolExtension(name string, value bool) Extension {
 	return Extension{Name: name, Value: strconv.FormatBool(value), Kind: KindBoolean}
 }
 
+// IntExtension is an extension attribute of CloudEvents type Integer.
 func IntExtension(name string, value int64) Extension {
 	return Extension{Name: name, Value: strconv.FormatInt(value, 10), Kind: KindInteger}
 }
@@ -102,17 +104,27 @@ func (e Event) optional(w int) (string, bool) {
 // Index is the event's position in its batch (what a forward refers to).
 func (e Event) Index() int { return e.index }
 
-// ID, Source and Type are the required CloudEvents attributes.
-func (e Event) ID() string     { return e.text(0) }
-func (e Event) Source() string { return e.text(2) }
-func (e Event) Type() string   { return e.text(4) }
+// ID is the `id` attribute.
+func (e Event) ID() string { return e.text(0) }
 
-// Subject, Time (RFC 3339), DataContentType and DataSchema are optional:
-// the boolean says whether the event has the attribute.
-func (e Event) Subject() (string, bool)         { return e.optional(6) }
-func (e Event) Time() (string, bool)            { return e.optional(8) }
+// Source is the `source` attribute.
+func (e Event) Source() string { return e.text(2) }
+
+// Type is the `type` attribute.
+func (e Event) Type() string { return e.text(4) }
+
+// Subject is the `subject` attribute; false when the event has none.
+func (e Event) Subject() (string, bool) { return e.optional(6) }
+
+// Time is the `time` attribute (RFC 3339); false when the event has none.
+func (e Event) Time() (string, bool) { return e.optional(8) }
+
+// DataContentType is the `datacontenttype` attribute; false when the event
+// has none.
 func (e Event) DataContentType() (string, bool) { return e.optional(10) }
-func (e Event) DataSchema() (string, bool)      { return e.optional(12) }
+
+// DataSchema is the `dataschema` attribute; false when the event has none.
+func (e Event) DataSchema() (string, bool) { return e.optional(12) }
 
 // Data is the event's payload; false when it has none. The bytes belong to
 // the batch: copy them to keep them past the call.

@@ -2,6 +2,7 @@ package flow
 
 import (
 	"fmt"
+	"strings"
 	"unsafe"
 
 	"github.com/flowd-project/flowd/sdk/go/flow/internal/alloc"
@@ -56,7 +57,7 @@ const (
 // Log writes a line into the host's log, tagged with the processor (the
 // host bounds and rate-limits it).
 func Log(level Level, message string) {
-	p, n := str(message)
+	p, n := str(strings.ToValidUTF8(message, "\uFFFD"))
 	hostLog(uint32(level), p, n)
 }
 
@@ -78,7 +79,9 @@ func (stateStore) Get(key string) ([]byte, bool) {
 	var ret [3]uint32 // option<list<u8>>: tag, address, length
 	p, n := str(key)
 	alloc.Ensure(64 << 10) // the host allocates the value while Go may not collect
+	alloc.Hold()
 	hostGet(p, n, unsafe.Pointer(&ret))
+	alloc.Resume()
 	if ret[0]&0xff == 0 {
 		return nil, false
 	}
@@ -106,7 +109,9 @@ func (stateStore) Keys(prefix string) []string {
 	var ret [2]uint32 // list<string>: address, length
 	p, n := str(prefix)
 	alloc.Ensure(64 << 10)
+	alloc.Hold()
 	hostKeys(p, n, unsafe.Pointer(&ret))
+	alloc.Resume()
 	if ret[1] == 0 {
 		return nil
 	}

@@ -22,6 +22,7 @@ func Register(factory func(flow.Setup) (Processor, error)) { instance.Register(f
 
 //go:wasmexport init
 func exportInit(cp, cn, ip, in, op, on uint32) uint32 {
+	glue.Begin()
 	return glue.Done(glue.Unit(instance.Init(glue.Setup(cp, cn, ip, in, op, on))))
 }
 
@@ -30,6 +31,7 @@ func postInit(uint32) { glue.Release() }
 
 //go:wasmexport update
 func exportUpdate(cp, cn uint32) uint32 {
+	glue.Begin()
 	return glue.Done(glue.Unit(instance.Update(glue.Config(cp, cn))))
 }
 
@@ -37,13 +39,18 @@ func exportUpdate(cp, cn uint32) uint32 {
 func postUpdate(uint32) { glue.Release() }
 
 //go:wasmexport teardown
-func exportTeardown() { instance.Teardown() }
+func exportTeardown() {
+	glue.Begin()
+	instance.Teardown()
+	glue.Done(0)
+}
 
 //go:wasmexport eson:flow/bridge@0.1.0#process
 func exportProcess(bp, bn, ep, en, xp, xn uint32) uint32 {
+	glue.Begin()
 	p, ok := instance.Get()
 	if !ok {
-		return glue.Unit(glue.NotReady)
+		return glue.Done(glue.Unit(glue.NotReady))
 	}
 	var out flow.Output
 	err := p.Process(glue.Batch(bp, bn, ep, en, xp, xn), &out)

@@ -9,9 +9,17 @@
 // at start-up, at the end of every export call, and before every import
 // that returns a list. The reserve grows to twice what the busiest
 // call needed.
+//
+// When a call needs more than the reserve, the allocator takes Go heap
+// memory, and that must not start a collection either: the collector is
+// held off (debug.SetGCPercent(-1)) from the end of each export until the
+// next export's body starts, and while an import returns its values.
 package alloc
 
-import "unsafe"
+import (
+	"runtime/debug"
+	"unsafe"
+)
 
 const minReserve = 256 << 10 // bytes
 
@@ -23,11 +31,26 @@ var (
 	spill   [][]uint64
 )
 
+// percent is the collector's setting while Go code runs (Go's default).
+var percent = 100
+
 func init() {
 	grow(minReserve)
-	// Keeps the adapter's arena linked in (see adapter.go).
-	adapterArena[len(adapterArena)-1] = 0
+	// Keeps the adapter's arena linked in (see adapter.go): a read, so that
+	// nothing is written into memory the adapter owns.
+	keep = adapterArena[len(adapterArena)-1]
+	// The first export's arguments are lowered after initialisation.
+	Hold()
 }
+
+var keep byte
+
+// Hold stops the collector from starting, for a window in which the host
+// calls the allocator.
+func Hold() { debug.SetGCPercent(-1) }
+
+// Resume lets the collector run again.
+func Resume() { debug.SetGCPercent(percent) }
 
 // Realloc is the canonical ABI allocator: never collects while the reserve
 // suffices; beyond it, it allocates from the Go heap (which may collect).

@@ -5,6 +5,7 @@
 package glue
 
 import (
+	"errors"
 	"unsafe"
 
 	"github.com/flowd-project/flowd/sdk/go/flow"
@@ -38,10 +39,16 @@ func Release() {
 	live = live[:0]
 }
 
+// Begin starts an export's body: its arguments are lowered, Go may
+// collect again.
+func Begin() { alloc.Resume() }
+
 // Done ends an export call: the allocator's reserve is refilled for the
-// next call's arguments, while the runtime may still collect.
+// next call's arguments, while the runtime may still collect, and then
+// the collector is held until the next Begin.
 func Done(ret uint32) uint32 {
 	alloc.Refill()
+	alloc.Hold()
 	return ret
 }
 
@@ -165,14 +172,16 @@ func Routed(out *flow.RoutedOutput, err error) uint32 {
 // from byte 8.
 func failure(err error) uint32 {
 	ret[0] = 1
-	switch e := err.(type) {
-	case *flow.ConfigError:
+	var config *flow.ConfigError
+	var event *flow.EventError
+	switch {
+	case errors.As(err, &config):
 		ret[1] = 0
-		ret[2], ret[3] = text(e.Message)
-	case *flow.EventError:
+		ret[2], ret[3] = text(config.Message)
+	case errors.As(err, &event):
 		ret[1] = 1
-		ret[2] = uint32(max(e.Index, 0))
-		ret[3], ret[4] = text(e.Message)
+		ret[2] = uint32(max(event.Index, 0))
+		ret[3], ret[4] = text(event.Message)
 	default:
 		ret[1] = 2
 		ret[2], ret[3] = text(err.Error())
@@ -217,7 +226,11 @@ func (i *Instance[P]) Update(config flow.Config) error {
 		return &flow.ConfigError{Message: "update before init"}
 	}
 	if u, ok := any(i.current).(interface{ Update(flow.Config) error }); ok {
-		return u.Update(config)
+		if err := u.Update(config); err != nil {
+			return err
+		}
+		i.setup.Config = config
+		return nil
 	}
 	setup := i.setup
 	setup.Config = config
