@@ -14,7 +14,7 @@
  * With both, an event must match a `type` and every `where`. At least one
  * key is required; any other key is refused with invalid-config naming it.
  */
-import * as flow from '../../sdk/js/flow-sdk.js';
+import * as flow from '../../sdk/js/flow-sdk/flow-sdk.js';
 
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 

@@ -10,6 +10,7 @@ pub struct Config {
 }
 
 impl Config {
+    /// A configuration of these pairs, in order (the SDK makes it from the setup; tests make their own).
     pub fn new(pairs: Vec<(String, String)>) -> Self {
         Config { pairs }
     }
@@ -69,8 +70,11 @@ impl Config {
 /// its input and output ports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Setup {
+    /// The `key=value` configuration.
     pub config: Config,
+    /// The input port names, in port order.
     pub inputs: Vec<String>,
+    /// The output port names, in port order.
     pub outputs: Vec<String>,
 }
 

@@ -6,16 +6,23 @@ pub enum Error {
     /// The configuration is not acceptable; the text names the key.
     Config(String),
     /// The input event at `index` of the batch cannot be processed.
-    Event { index: u32, message: String },
+    Event {
+        /// The event's position in the batch.
+        index: u32,
+        /// Why.
+        message: String,
+    },
     /// The call failed as a whole.
     Failed(String),
 }
 
 impl Error {
+    /// The configuration is refused: name the key and what is expected.
     pub fn config(message: impl Into<String>) -> Self {
         Error::Config(message.into())
     }
 
+    /// Input event `index` of the batch cannot be processed: it is dead-lettered and the others are retried without it.
     pub fn event(index: u32, message: impl Into<String>) -> Self {
         Error::Event {
             index,
@@ -23,6 +30,7 @@ impl Error {
         }
     }
 
+    /// The call failed as a whole: the batch is retried.
     pub fn failed(message: impl Into<String>) -> Self {
         Error::Failed(message.into())
     }

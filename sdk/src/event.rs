@@ -23,10 +23,12 @@ impl Batch {
         View::new(&self.raw.bytes, &self.raw.events, &self.raw.extensions)
     }
 
+    /// The number of events.
     pub fn len(&self) -> usize {
         self.view().len()
     }
 
+    /// Whether the batch has no event.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -41,6 +43,7 @@ impl Batch {
         })
     }
 
+    /// The events, in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Event<'_>> {
         let view = self.view();
         (0..view.len()).map(move |i| Event {
@@ -77,10 +80,12 @@ impl<'a> Event<'a> {
             .unwrap_or_default()
     }
 
+    /// The `id` attribute.
     pub fn id(&self) -> &'a str {
         self.text(self.spans.id)
     }
 
+    /// The `source` attribute.
     pub fn source(&self) -> &'a str {
         self.text(self.spans.source)
     }
@@ -90,6 +95,7 @@ impl<'a> Event<'a> {
         self.text(self.spans.ty)
     }
 
+    /// The `subject` attribute, if set.
     pub fn subject(&self) -> Option<&'a str> {
         optional(self.text(self.spans.subject))
     }
@@ -99,14 +105,17 @@ impl<'a> Event<'a> {
         optional(self.text(self.spans.time))
     }
 
+    /// The `datacontenttype` attribute, if set.
     pub fn datacontenttype(&self) -> Option<&'a str> {
         optional(self.text(self.spans.datacontenttype))
     }
 
+    /// The `dataschema` attribute, if set.
     pub fn dataschema(&self) -> Option<&'a str> {
         optional(self.text(self.spans.dataschema))
     }
 
+    /// The payload's bytes, if the event has data.
     pub fn data(&self) -> Option<&'a [u8]> {
         self.spans
             .data
@@ -200,8 +209,11 @@ impl<'a> Event<'a> {
 /// A CloudEvents extension attribute value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExtensionValue {
+    /// CloudEvents String.
     String(String),
+    /// CloudEvents Boolean.
     Boolean(bool),
+    /// CloudEvents Integer.
     Integer(i64),
 }
 
@@ -252,14 +264,23 @@ impl std::fmt::Display for ExtensionValue {
 /// allocated. Emitting it copies the bytes straight into the output batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewEvent<'a> {
+    /// `id` (required).
     pub id: Cow<'a, str>,
+    /// `source` (required).
     pub source: Cow<'a, str>,
+    /// `type` (required).
     pub ty: Cow<'a, str>,
+    /// `subject`.
     pub subject: Option<Cow<'a, str>>,
+    /// `time` (RFC 3339).
     pub time: Option<Cow<'a, str>>,
+    /// `datacontenttype`.
     pub datacontenttype: Option<Cow<'a, str>>,
+    /// `dataschema`.
     pub dataschema: Option<Cow<'a, str>>,
+    /// The payload's bytes.
     pub data: Option<Cow<'a, [u8]>>,
+    /// Extension attributes, in order.
     pub extensions: Vec<(Cow<'a, str>, ExtensionValue)>,
 }
 
@@ -304,6 +325,7 @@ impl<'a> NewEvent<'a> {
         }
     }
 
+    /// The extension attribute `name`, if set.
     pub fn extension(&self, name: &str) -> Option<&ExtensionValue> {
         self.extensions
             .iter()
@@ -311,6 +333,7 @@ impl<'a> NewEvent<'a> {
             .map(|(_, v)| v)
     }
 
+    /// Removes the extension attribute `name`, returning its value.
     pub fn remove_extension(&mut self, name: &str) -> Option<ExtensionValue> {
         let at = self.extensions.iter().position(|(n, _)| n == name)?;
         Some(self.extensions.remove(at).1)

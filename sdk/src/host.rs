@@ -11,14 +11,17 @@ pub fn log(level: Level, message: &str) {
     wit_log::log(level, message);
 }
 
+/// `log` at level info.
 pub fn info(message: &str) {
     log(Level::Info, message);
 }
 
+/// `log` at level warn.
 pub fn warn(message: &str) {
     log(Level::Warn, message);
 }
 
+/// `log` at level debug.
 pub fn debug(message: &str) {
     log(Level::Debug, message);
 }
@@ -34,14 +37,17 @@ pub fn now_ms() -> u64 {
 pub mod state {
     use super::wit_state;
 
+    /// The value stored under `key`, if any.
     pub fn get(key: &str) -> Option<Vec<u8>> {
         wit_state::get(key)
     }
 
+    /// Stores `value` under `key` (within the state quota, or the call fails).
     pub fn set(key: &str, value: &[u8]) {
         wit_state::set(key, value);
     }
 
+    /// Removes `key`.
     pub fn delete(key: &str) {
         wit_state::delete(key);
     }

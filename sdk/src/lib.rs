@@ -28,6 +28,8 @@
 //! Build it with `cargo build --target wasm32-wasip2 --release`: the result is
 //! a component the flowd host accepts.
 
+#![warn(missing_docs)]
+
 pub mod bindings;
 mod config;
 mod error;

@@ -49,6 +49,7 @@ pub struct Output {
 }
 
 impl Output {
+    /// An empty output (the SDK makes one per call).
     pub fn new() -> Self {
         Output::default()
     }
@@ -69,6 +70,7 @@ impl Output {
         self.emits.len()
     }
 
+    /// Whether nothing has been emitted yet.
     pub fn is_empty(&self) -> bool {
         self.emits.is_empty()
     }
@@ -91,6 +93,7 @@ pub struct RoutedOutput {
 }
 
 impl RoutedOutput {
+    /// An empty output (the SDK makes one per call).
     pub fn new() -> Self {
         RoutedOutput::default()
     }
@@ -108,10 +111,12 @@ impl RoutedOutput {
         self.ports.push(port);
     }
 
+    /// How many events have been emitted so far.
     pub fn len(&self) -> usize {
         self.emits.len()
     }
 
+    /// Whether nothing has been emitted yet.
     pub fn is_empty(&self) -> bool {
         self.emits.is_empty()
     }

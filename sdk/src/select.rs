@@ -6,7 +6,9 @@ use serde_json::Value;
 /// extension), e.g. `type`, `subject`, `region`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selector {
+    /// A dotted path into the JSON data (empty: the whole data).
     Data(String),
+    /// A CloudEvents attribute by name.
     Attribute(String),
 }
 

@@ -1,11 +1,16 @@
 //! `flow new`: a processor project outside this repository that builds with
 //! one command and passes its own `flow test` cases.
 //!
-//! The Rust SDK travels inside the `flow` binary: the project gets a copy
-//! of `flow-sdk`, `flow-abi` and the WIT contract under `vendor/`, of
-//! exactly the version this host speaks, so it builds without a checkout
-//! of flowd and without a registry release of the SDK (cargo still fetches
-//! `wit-bindgen` and `serde` from crates.io).
+//! Every SDK travels inside the `flow` binary: the project gets a copy of
+//! the SDK of its language and of the WIT contract, of exactly the version
+//! this host speaks, so it builds without a checkout of flowd and without a
+//! registry release of the SDK. Rust: `flow-sdk` and `flow-abi` under
+//! `vendor/` (cargo still fetches `wit-bindgen` and `serde` from
+//! crates.io); Python: the package `flowd-flow-sdk`, whose wheel the build
+//! makes; JavaScript: the npm package `@flowd/flow-sdk`, installed from the
+//! tarball the build packs; C: `flow.h` and `flow.c`; Go: the module
+//! `github.com/flowd-project/flowd/sdk/go/flow` under `flowd/`, which
+//! `go.mod` replaces it with.
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -41,6 +46,8 @@ pub enum Lang {
     Rust,
     Python,
     Js,
+    C,
+    Go,
 }
 
 impl std::str::FromStr for Lang {
@@ -51,12 +58,36 @@ impl std::str::FromStr for Lang {
             "rust" => Ok(Lang::Rust),
             "python" => Ok(Lang::Python),
             "js" | "javascript" => Ok(Lang::Js),
-            "c" | "go" => Err(format!(
-                "`flow new --lang {s}` is not there yet: rust, python or js (docs/authoring.md)"
+            "c" => Ok(Lang::C),
+            "go" => Ok(Lang::Go),
+            other => Err(format!(
+                "`{other}`: a language is rust, python, js, c or go"
             )),
-            other => Err(format!("`{other}`: a language is rust, python or js")),
         }
     }
+}
+
+/// The WIT contract this host speaks: (file name, contents); every project
+/// gets a copy next to its SDK.
+const WIT: &[(&str, &str)] = &[
+    ("host.wit", include_str!("../../../wit/host.wit")),
+    (
+        "processors.wit",
+        include_str!("../../../wit/processors.wit"),
+    ),
+    ("types.wit", include_str!("../../../wit/types.wit")),
+];
+
+/// `files` under their project paths, then the WIT contract in `wit_dir`.
+fn vendored(files: &[(&str, &str)], wit_dir: &str) -> Vec<(String, String)> {
+    files
+        .iter()
+        .map(|(path, text)| ((*path).to_owned(), (*text).to_owned()))
+        .chain(
+            WIT.iter()
+                .map(|(name, text)| (format!("{wit_dir}/{name}"), (*text).to_owned())),
+        )
+        .collect()
 }
 
 /// The SDK's files, as this binary was built with them: (path in the
@@ -109,15 +140,6 @@ const VENDORED: &[(&str, &str)] = &[
     (
         "vendor/flow-abi/src/lib.rs",
         include_str!("../../../sdk/abi/src/lib.rs"),
-    ),
-    ("vendor/wit/host.wit", include_str!("../../../wit/host.wit")),
-    (
-        "vendor/wit/processors.wit",
-        include_str!("../../../wit/processors.wit"),
-    ),
-    (
-        "vendor/wit/types.wit",
-        include_str!("../../../wit/types.wit"),
     ),
 ];
 
@@ -334,14 +356,13 @@ const VENDORED_PYTHON: &[(&str, &str)] = &[
         "vendor/sdk/python/build-component",
         include_str!("../../../sdk/python/build-component"),
     ),
-    ("vendor/wit/host.wit", include_str!("../../../wit/host.wit")),
     (
-        "vendor/wit/processors.wit",
-        include_str!("../../../wit/processors.wit"),
+        "vendor/sdk/python/pyproject.toml",
+        include_str!("../../../sdk/python/pyproject.toml"),
     ),
     (
-        "vendor/wit/types.wit",
-        include_str!("../../../wit/types.wit"),
+        "vendor/sdk/python/wheel_backend.py",
+        include_str!("../../../sdk/python/wheel_backend.py"),
     ),
 ];
 
@@ -472,8 +493,11 @@ flow dev -p <processor>                            # rebuild, test and swap into
 
 `MODULE.py` is the processor; `tests/<case>/` its fixtures; `flow.toml` tells
 `flow test` and `flow dev` what to build and test. `vendor/` holds the flow
-Python SDK, its build script and the WIT contract of the host that made this
-project. See docs/authoring.md and docs/python.md of flowd.
+Python SDK (`vendor/sdk/python`, the package `flowd-flow-sdk`: the build
+makes its wheel and bundles it; `pip install vendor/sdk/python` puts it in
+an environment for your own tests), its build script and the WIT contract of
+the host that made this project. See docs/authoring.md and docs/python.md of
+flowd.
 "#;
 
 /// The JavaScript SDK, its build script and its toolchain's pinned
@@ -481,8 +505,12 @@ project. See docs/authoring.md and docs/python.md of flowd.
 /// `sdk/js/node_modules` from where it is).
 const VENDORED_JS: &[(&str, &str)] = &[
     (
-        "vendor/sdk/js/flow-sdk.js",
-        include_str!("../../../sdk/js/flow-sdk.js"),
+        "vendor/sdk/js/flow-sdk/flow-sdk.js",
+        include_str!("../../../sdk/js/flow-sdk/flow-sdk.js"),
+    ),
+    (
+        "vendor/sdk/js/flow-sdk/package.json",
+        include_str!("../../../sdk/js/flow-sdk/package.json"),
     ),
     (
         "vendor/sdk/js/build-component",
@@ -496,15 +524,6 @@ const VENDORED_JS: &[(&str, &str)] = &[
         "vendor/sdk/js/package-lock.json",
         include_str!("../../../sdk/js/package-lock.json"),
     ),
-    ("vendor/wit/host.wit", include_str!("../../../wit/host.wit")),
-    (
-        "vendor/wit/processors.wit",
-        include_str!("../../../wit/processors.wit"),
-    ),
-    (
-        "vendor/wit/types.wit",
-        include_str!("../../../wit/types.wit"),
-    ),
 ];
 
 const JS_FLOW_TOML: &str = r#"# flow test / flow dev (docs/authoring.md)
@@ -513,7 +532,9 @@ name = "NAME"
 component = "build/MODULE.wasm"
 # The toolchain (componentize-js, rolldown) is installed once, from the npm
 # registry, at the versions vendor/sdk/js/package-lock.json pins.
-build = "test -x vendor/sdk/js/node_modules/.bin/componentize-js || npm ci --prefix vendor/sdk/js --no-audit --no-fund --loglevel=error; bash vendor/sdk/js/build-component MODULE.js WORLD build/MODULE.wasm"
+# The SDK is the npm package @flowd/flow-sdk: its tarball is packed from
+# vendor/sdk/js/flow-sdk and installed into node_modules the first time.
+build = "test -x vendor/sdk/js/node_modules/.bin/componentize-js || npm ci --prefix vendor/sdk/js --no-audit --no-fund --loglevel=error; test -d node_modules/@flowd/flow-sdk || { mkdir -p build && npm pack ./vendor/sdk/js/flow-sdk --pack-destination build --silent >/dev/null && npm install --no-audit --no-fund --loglevel=error; }; bash vendor/sdk/js/build-component MODULE.js WORLD build/MODULE.wasm"
 
 [test]
 deadline-ms = 2000   # the first calls of a JavaScript component warm it up
@@ -535,7 +556,7 @@ const JS_BRIDGE: &str = r#"/**
  * every event with its type's count so far, in the extension `seen`
  * (configurable with `extension=<name>`).
  */
-import * as flow from './vendor/sdk/js/flow-sdk.js';
+import * as flow from '@flowd/flow-sdk';
 STATE
 class Processor {
   constructor(setup) {
@@ -562,7 +583,7 @@ const JS_COLLECTOR: &str = r#"/**
  * NAME (collector): merges its inputs into one output, each event tagged
  * with the input it came from in the extension `input`.
  */
-import * as flow from './vendor/sdk/js/flow-sdk.js';
+import * as flow from '@flowd/flow-sdk';
 
 class Processor {
   constructor(setup) {
@@ -587,7 +608,7 @@ const JS_DISTRIBUTOR: &str = r#"/**
  * NAME (distributor): events whose type starts with `prefix=` (default
  * `created.`) go to the first output, the others to the second.
  */
-import * as flow from './vendor/sdk/js/flow-sdk.js';
+import * as flow from '@flowd/flow-sdk';
 
 class Processor {
   constructor(setup) {
@@ -611,7 +632,7 @@ const JS_SIGNAL: &str = r#"/**
  * tick, emits the count since the last tick (`{"count": n, "at_ms": t}`) on
  * its first output, then starts again.
  */
-import * as flow from './vendor/sdk/js/flow-sdk.js';
+import * as flow from '@flowd/flow-sdk';
 STATE
 class Processor {
   constructor(setup) {
@@ -641,6 +662,7 @@ A KIND processor for flowd (ESON), in JavaScript.
 
 ```sh
 npm ci --prefix vendor/sdk/js                      # once: componentize-js and rolldown
+npm pack ./vendor/sdk/js/flow-sdk --pack-destination build && npm install   # once: the SDK package
 bash vendor/sdk/js/build-component MODULE.js WORLD build/MODULE.wasm   # the component
 flow test                                          # tests/: outputs compared with expected ones
 flow dev -p <processor>                            # rebuild, test and swap into a running processor
@@ -648,9 +670,11 @@ flow dev -p <processor>                            # rebuild, test and swap into
 
 `MODULE.js` is the processor; `tests/<case>/` its fixtures; `flow.toml` tells
 `flow test` and `flow dev` what to build and test (its build installs the
-toolchain when it is missing). `vendor/` holds the flow JavaScript SDK, its
-build script, the toolchain's pinned versions and the WIT contract of the
-host that made this project. See docs/authoring.md and docs/javascript.md of
+toolchain and the SDK when they are missing). `vendor/` holds the flow
+JavaScript SDK (`vendor/sdk/js/flow-sdk`, the npm package `@flowd/flow-sdk`
+that `package.json` installs from its tarball), its build script, the
+toolchain's pinned versions and the WIT contract of the host that made this
+project. See docs/authoring.md and docs/javascript.md of
 flowd.
 "#;
 
@@ -769,10 +793,12 @@ pub fn create(dir: &Path, name: &str, kind: Kind, lang: Lang) -> Result<Vec<Path
         Lang::Rust => rust_files(name, kind),
         Lang::Python => python_files(name, kind),
         Lang::Js => js_files(name, kind),
+        Lang::C => c_files(name, kind),
+        Lang::Go => go_files(name, kind),
     };
     files.push((
         ".gitignore".into(),
-        "/target\n/build\n__pycache__/\n".into(),
+        "/target\n/build\n/node_modules\n__pycache__/\n".into(),
     ));
     files.extend(example_case(kind, name));
     let mut written = Vec::new();
@@ -835,11 +861,7 @@ fn rust_files(name: &str, kind: Kind) -> Vec<(String, String)> {
             ABI_MANIFEST.replace("VERSION", version),
         ),
     ];
-    files.extend(
-        VENDORED
-            .iter()
-            .map(|(path, text)| ((*path).to_owned(), (*text).to_owned())),
-    );
+    files.extend(vendored(VENDORED, "vendor/wit"));
     files
 }
 
@@ -861,15 +883,30 @@ fn js_files(name: &str, kind: Kind) -> Vec<(String, String)> {
     };
     let mut files: Vec<(String, String)> = vec![
         ("flow.toml".into(), fill(JS_FLOW_TOML)),
+        ("package.json".into(), js_package(name)),
         (format!("{module}.js"), fill(skeleton)),
         ("README.md".into(), fill(JS_README)),
     ];
-    files.extend(
-        VENDORED_JS
-            .iter()
-            .map(|(path, text)| ((*path).to_owned(), (*text).to_owned())),
-    );
+    files.extend(vendored(VENDORED_JS, "vendor/wit"));
     files
+}
+
+/// The project's `package.json`: the SDK package from the tarball its
+/// build packs (`build/flowd-flow-sdk-<version>.tgz`).
+fn js_package(name: &str) -> String {
+    let sdk: serde_json::Value =
+        serde_json::from_str(include_str!("../../../sdk/js/flow-sdk/package.json"))
+            .unwrap_or_default();
+    let version = sdk["version"].as_str().unwrap_or("0.1.0");
+    let package = serde_json::json!({
+        "name": name,
+        "private": true,
+        "type": "module",
+        "dependencies": {
+            "@flowd/flow-sdk": format!("file:build/flowd-flow-sdk-{version}.tgz"),
+        },
+    });
+    serde_json::to_string_pretty(&package).unwrap_or_default() + "\n"
 }
 
 fn python_files(name: &str, kind: Kind) -> Vec<(String, String)> {
@@ -892,11 +929,183 @@ fn python_files(name: &str, kind: Kind) -> Vec<(String, String)> {
         (format!("{module}.py"), fill(skeleton)),
         ("README.md".into(), fill(PYTHON_README)),
     ];
-    files.extend(
-        VENDORED_PYTHON
-            .iter()
-            .map(|(path, text)| ((*path).to_owned(), (*text).to_owned())),
-    );
+    files.extend(vendored(VENDORED_PYTHON, "vendor/wit"));
+    files
+}
+
+/// The C SDK and its build script, laid out as in a checkout (the script
+/// finds `wit/` two directories up).
+const VENDORED_C: &[(&str, &str)] = &[
+    ("vendor/sdk/c/flow.h", include_str!("../../../sdk/c/flow.h")),
+    ("vendor/sdk/c/flow.c", include_str!("../../../sdk/c/flow.c")),
+    (
+        "vendor/sdk/c/build-component",
+        include_str!("../../../sdk/c/build-component"),
+    ),
+];
+
+const C_FLOW_TOML: &str = r#"# flow test / flow dev (docs/authoring.md)
+[processor]
+name = "NAME"
+component = "build/MODULE.wasm"
+build = "bash vendor/sdk/c/build-component KIND build/MODULE.wasm MODULE.c"
+"#;
+
+const C_README: &str = r#"# NAME
+
+A KIND processor for flowd (ESON), in C.
+
+```sh
+scripts/setup of flowd, once: clang, lld, wasi-libc, wit-bindgen, wasm-tools, the WASI adapter
+bash vendor/sdk/c/build-component KIND build/MODULE.wasm MODULE.c   # the component
+flow test                                          # tests/: outputs compared with expected ones
+flow dev -p <processor>                            # rebuild, test and swap into a running processor
+```
+
+`MODULE.c` is the processor; `tests/<case>/` its fixtures; `flow.toml` tells
+`flow test` and `flow dev` what to build and test. `vendor/` holds the flow C
+SDK (`flow.h` is its reference), its build script and the WIT contract of the
+host that made this project. See docs/authoring.md and docs/c.md of flowd.
+"#;
+
+/// The Go SDK (a module of its own), its build scripts and the WIT, under
+/// `flowd/`: Go gives `vendor/` a meaning of its own.
+const VENDORED_GO: &[(&str, &str)] = &[
+    (
+        "flowd/sdk/go/build-component",
+        include_str!("../../../sdk/go/build-component"),
+    ),
+    (
+        "flowd/sdk/go/adapter-arena",
+        include_str!("../../../sdk/go/adapter-arena"),
+    ),
+    (
+        "flowd/sdk/go/flow/go.mod",
+        include_str!("../../../sdk/go/flow/go.mod"),
+    ),
+    (
+        "flowd/sdk/go/flow/doc.go",
+        include_str!("../../../sdk/go/flow/doc.go"),
+    ),
+    (
+        "flowd/sdk/go/flow/config.go",
+        include_str!("../../../sdk/go/flow/config.go"),
+    ),
+    (
+        "flowd/sdk/go/flow/event.go",
+        include_str!("../../../sdk/go/flow/event.go"),
+    ),
+    (
+        "flowd/sdk/go/flow/host.go",
+        include_str!("../../../sdk/go/flow/host.go"),
+    ),
+    (
+        "flowd/sdk/go/flow/output.go",
+        include_str!("../../../sdk/go/flow/output.go"),
+    ),
+    (
+        "flowd/sdk/go/flow/bridge/bridge.go",
+        include_str!("../../../sdk/go/flow/bridge/bridge.go"),
+    ),
+    (
+        "flowd/sdk/go/flow/collector/collector.go",
+        include_str!("../../../sdk/go/flow/collector/collector.go"),
+    ),
+    (
+        "flowd/sdk/go/flow/distributor/distributor.go",
+        include_str!("../../../sdk/go/flow/distributor/distributor.go"),
+    ),
+    (
+        "flowd/sdk/go/flow/signal/signal.go",
+        include_str!("../../../sdk/go/flow/signal/signal.go"),
+    ),
+    (
+        "flowd/sdk/go/flow/internal/glue/glue.go",
+        include_str!("../../../sdk/go/flow/internal/glue/glue.go"),
+    ),
+    (
+        "flowd/sdk/go/flow/internal/alloc/alloc.go",
+        include_str!("../../../sdk/go/flow/internal/alloc/alloc.go"),
+    ),
+    (
+        "flowd/sdk/go/flow/internal/alloc/adapter.go",
+        include_str!("../../../sdk/go/flow/internal/alloc/adapter.go"),
+    ),
+];
+
+const GO_FLOW_TOML: &str = r#"# flow test / flow dev (docs/authoring.md)
+[processor]
+name = "NAME"
+component = "build/MODULE.wasm"
+build = "bash flowd/sdk/go/build-component . WORLD build/MODULE.wasm"
+"#;
+
+const GO_README: &str = r#"# NAME
+
+A KIND processor for flowd (ESON), in Go.
+
+```sh
+scripts/setup of flowd, once: Go, wasm-tools and the WASI adapter in ~/.local/share/flowd
+bash flowd/sdk/go/build-component . WORLD build/MODULE.wasm   # the component
+flow test                                          # tests/: outputs compared with expected ones
+flow dev -p <processor>                            # rebuild, test and swap into a running processor
+```
+
+`main.go` is the processor; `tests/<case>/` its fixtures; `flow.toml` tells
+`flow test` and `flow dev` what to build and test. `flowd/` holds the flow Go
+SDK (module `github.com/flowd-project/flowd/sdk/go/flow`, which `go.mod`
+replaces with it; `go doc` reads its reference), the build scripts and the
+WIT contract of the host that made this project. See docs/authoring.md and
+docs/go.md of flowd.
+"#;
+
+fn c_files(name: &str, kind: Kind) -> Vec<(String, String)> {
+    let module = name.replace('-', "_");
+    let skeleton = match kind {
+        Kind::Bridge => include_str!("../templates/c/bridge.c"),
+        Kind::Collector => include_str!("../templates/c/collector.c"),
+        Kind::Distributor => include_str!("../templates/c/distributor.c"),
+        Kind::Signal => include_str!("../templates/c/signal.c"),
+    };
+    let fill = |text: &str| {
+        text.replace("NAME", name)
+            .replace("MODULE", &module)
+            .replace("KIND", kind_name(kind))
+    };
+    let mut files: Vec<(String, String)> = vec![
+        ("flow.toml".into(), fill(C_FLOW_TOML)),
+        (format!("{module}.c"), fill(skeleton)),
+        ("README.md".into(), fill(C_README)),
+    ];
+    files.extend(vendored(VENDORED_C, "vendor/wit"));
+    files
+}
+
+fn go_files(name: &str, kind: Kind) -> Vec<(String, String)> {
+    let module = name.replace('-', "_");
+    let world = format!("{}-processor", kind_name(kind));
+    let skeleton = match kind {
+        Kind::Bridge => include_str!("../templates/go/bridge.go"),
+        Kind::Collector => include_str!("../templates/go/collector.go"),
+        Kind::Distributor => include_str!("../templates/go/distributor.go"),
+        Kind::Signal => include_str!("../templates/go/signal.go"),
+    };
+    let fill = |text: &str| {
+        text.replace("NAME", name)
+            .replace("MODULE", &module)
+            .replace("WORLD", &world)
+            .replace("KIND", kind_name(kind))
+    };
+    let mut files: Vec<(String, String)> = vec![
+        ("flow.toml".into(), fill(GO_FLOW_TOML)),
+        (
+            "go.mod".into(),
+            include_str!("../templates/go/go.mod.in").replace("MODULE", name),
+        ),
+        ("main.go".into(), fill(skeleton)),
+        ("README.md".into(), fill(GO_README)),
+    ];
+    files.extend(vendored(VENDORED_GO, "flowd/wit"));
     files
 }
 
@@ -941,6 +1150,16 @@ mod tests {
             create(&dir.path().join("p"), "again", Kind::Bridge, Lang::Rust).is_err(),
             "an existing directory is left alone"
         );
-        assert!("go".parse::<Lang>().is_err());
+        assert_eq!("go".parse::<Lang>(), Ok(Lang::Go));
+        let unknown = "cobol".parse::<Lang>().expect_err("not a language");
+        assert!(unknown.contains("rust, python, js, c or go"), "{unknown}");
+        // A Go project keeps its SDK out of `vendor/` (Go's own module
+        // vendoring) and points go.mod at it.
+        create(&dir.path().join("g"), "go-thing", Kind::Bridge, Lang::Go).expect("created");
+        let go_mod = std::fs::read_to_string(dir.path().join("g/go.mod")).expect("go.mod");
+        assert!(go_mod.starts_with("module go-thing\n"), "{go_mod}");
+        assert!(go_mod.contains("=> ./flowd/sdk/go/flow"), "{go_mod}");
+        assert!(dir.path().join("g/flowd/sdk/go/flow/go.mod").is_file());
+        assert!(!dir.path().join("g/vendor").exists());
     }
 }

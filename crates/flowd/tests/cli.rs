@@ -994,48 +994,11 @@ fn flow_dev_swaps_a_running_processor_keeping_its_place_and_state() {
         &dir.join("tests/alerts"),
     );
 
-    let mut dev = support::KillOnDrop(
-        Command::new(FLOW)
-            .args(["--state-dir", state.path().to_str().unwrap_or_default()])
-            .args(["dev", dir.to_str().unwrap_or_default(), "-p", "watch"])
-            .args(["--interval-ms", "100"])
-            .env("FLOWD_CACHE_DIR", state.path().join("cache"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("flow dev starts"),
+    let mut dev = DevRun::start(
+        state.path(),
+        &[dir.to_str().unwrap_or_default(), "-p", "watch"],
     );
-    let (said, lines) = std::sync::mpsc::channel::<String>();
-    let stdout = dev.0.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if said.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut transcript = String::new();
-    let mut wait_for = |needle: &str| -> String {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) => {
-                    transcript.push_str(&line);
-                    transcript.push('\n');
-                    if line.starts_with(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no `{needle}` from flow dev:\n{transcript}"),
-            }
-        }
-    };
-    wait_for("swapped:");
+    dev.wait_for("swapped:");
 
     let reading = |i: usize| {
         format!(
@@ -1061,7 +1024,7 @@ fn flow_dev_swaps_a_running_processor_keeping_its_place_and_state() {
         let mut bytes = std::fs::read(&source).expect("read");
         bytes.extend_from_slice(&[0x00, 0x06, 0x03, b'd', b'e', b'v', b'v', b'2']);
         std::fs::write(&source, &bytes).expect("edit");
-        let swapped = wait_for("swapped:");
+        let swapped = dev.wait_for("swapped:");
         writer.join().expect("writer");
         swapped
     });
@@ -1073,8 +1036,8 @@ fn flow_dev_swaps_a_running_processor_keeping_its_place_and_state() {
 
     // A broken build fails its tests; the processor keeps its component.
     std::fs::write(&source, b"not a component").expect("break");
-    wait_for("tests failed");
-    wait_for("watch keeps running the component it had");
+    dev.wait_for("tests failed");
+    dev.wait_for("processor watch keeps running the component it had");
     write(1500, 1800);
 
     // Every reading counted once, across the windows of all ticks.
@@ -1110,6 +1073,242 @@ fn flow_dev_swaps_a_running_processor_keeping_its_place_and_state() {
     assert!(
         described.contains(&digest),
         "runs the swapped build: {described}"
+    );
+}
+
+/// A running `flow dev`, its output read line by line.
+struct DevRun {
+    _child: support::KillOnDrop,
+    lines: std::sync::mpsc::Receiver<String>,
+    transcript: String,
+}
+
+impl DevRun {
+    fn start(state: &std::path::Path, args: &[&str]) -> DevRun {
+        let mut child = support::KillOnDrop(
+            Command::new(FLOW)
+                .args(["--state-dir", state.to_str().unwrap_or_default(), "dev"])
+                .args(args)
+                .args(["--interval-ms", "100"])
+                .env("FLOWD_CACHE_DIR", state.join("cache"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("flow dev starts"),
+        );
+        let (said, lines) = std::sync::mpsc::channel::<String>();
+        let stdout = child.0.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if said.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        DevRun {
+            _child: child,
+            lines,
+            transcript: String::new(),
+        }
+    }
+
+    /// The next line that holds `needle` (two minutes at most).
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.transcript.push_str(&line);
+                    self.transcript.push('\n');
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no `{needle}` from flow dev:\n{}", self.transcript),
+            }
+        }
+    }
+}
+
+/// `flow dev` on a stateful step fused inside a running pipeline, while
+/// events flow: each build is swapped into the step by applying the
+/// pipeline's manifest again with the step pointed at the build's digest;
+/// a broken build keeps the step as it was. Every key passes the
+/// de-duplicating step exactly once across the swaps: nothing lost, nothing
+/// passed twice, the step's keyed state kept.
+#[test]
+fn flow_dev_swaps_a_pipeline_step_keeping_its_place_and_state() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let _host = serve(state.path(), support::free_port());
+    let flow = |args: &[&str], stdin: &str| flow_on(state.path(), args, stdin);
+    flow(&["create", "namespace", "devp.example.com"], "");
+    for name in ["orders", "kept"] {
+        flow(&["create", "flow", &format!("{name}.devp.example.com")], "");
+    }
+    for (file, name) in [
+        ("flow_passthrough", "passthrough"),
+        ("flow_dedupe_go", "dedupe-go"),
+    ] {
+        let pushed = flow(
+            &[
+                "component",
+                "push",
+                component(file).to_str().unwrap_or_default(),
+                "--name",
+                name,
+                "--version",
+                "1.0.0",
+            ],
+            "",
+        );
+        assert!(pushed.starts_with("OK "), "{pushed}");
+    }
+    let manifest = "\
+name: devp
+inputs:
+  orders: flow://orders.devp.example.com
+outputs:
+  kept: flow://kept.devp.example.com
+steps:
+  - name: pass
+    component: passthrough@1.0.0
+    from: orders
+  - name: dedupe          # fused after pass
+    component: dedupe-go@1.0.0   # the released build
+    from: pass
+    to: kept
+    config:
+      key: data.k
+";
+    let applied = flow(&["apply", "-f", "-"], manifest);
+    assert!(applied.contains("created pass,dedupe"), "{applied}");
+
+    // The project: its "build" copies the source component into place.
+    let project = tempfile::tempdir().expect("tempdir");
+    let dir = project.path();
+    std::fs::write(
+        dir.join("flow.toml"),
+        "[processor]\ncomponent = \"out/dedupe.wasm\"\nbuild = \"mkdir -p out && cp src/dedupe.wasm out/dedupe.wasm\"\n",
+    )
+    .expect("flow.toml");
+    std::fs::create_dir_all(dir.join("src")).expect("mkdir");
+    let source = dir.join("src/dedupe.wasm");
+    std::fs::copy(component("flow_dedupe_go"), &source).expect("copy");
+    copy_dir(&repo("processors/dedupe-go/tests"), &dir.join("tests"));
+
+    let mut dev = DevRun::start(
+        state.path(),
+        &[
+            dir.to_str().unwrap_or_default(),
+            "--pipeline",
+            "devp",
+            "--step",
+            "dedupe",
+        ],
+    );
+    // The first build is the released one's bytes: the same digest as
+    // dedupe-go@1.0.0, so the step is unchanged (`unchanged: ... runs`).
+    dev.wait_for("step dedupe of pipeline devp runs sha256:");
+
+    let order = |i: usize| {
+        format!(
+            r#"{{"specversion":"1.0","id":"o-{i}","source":"urn:shop","type":"created.order","data":{{"k":{}}}}}"#,
+            i % 500
+        ) + "\n"
+    };
+    let write = |from: usize, to: usize| {
+        for start in (from..to).step_by(100) {
+            let batch: String = (start..(start + 100).min(to)).map(order).collect();
+            let wrote = flow(&["write", "orders.devp.example.com"], &batch);
+            assert!(wrote.contains("wrote"), "{wrote}");
+        }
+    };
+    let swapped = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| write(0, 1500));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut bytes = std::fs::read(&source).expect("read");
+        bytes.extend_from_slice(&[0x00, 0x06, 0x03, b'd', b'e', b'v', b'v', b'2']);
+        std::fs::write(&source, &bytes).expect("edit");
+        let swapped = dev.wait_for("swapped:");
+        writer.join().expect("writer");
+        swapped
+    });
+    let digest = swapped
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .expect("a digest")
+        .to_owned();
+
+    // A broken build fails its tests; the step keeps its component.
+    std::fs::write(&source, b"not a component").expect("break");
+    dev.wait_for("tests failed");
+    dev.wait_for("step dedupe of pipeline devp keeps running the component it had");
+    // Repeats of keys seen before and after the swap: all dropped.
+    write(1500, 1800);
+
+    // Done when the segment has taken every event (its lag is 0) and the
+    // 500 first sightings are stored; read once more after a pause, so a
+    // repeat wrongly passed would show.
+    let read_kept = || -> Vec<serde_json::Value> {
+        flow(&["read", "kept.devp.example.com", "--from-start"], "")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let described = flow(&["describe", "pipeline", "devp"], "");
+        let drained = described
+            .lines()
+            .find(|l| l.starts_with("step=pass "))
+            .is_some_and(|l| l.contains(" lag=0 "));
+        if (drained && read_kept().len() >= 500) || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let kept = read_kept();
+    let mut keys: Vec<u64> = kept
+        .iter()
+        .map(|e| e["data"]["k"].as_u64().expect("k"))
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        (0..500).collect::<Vec<u64>>(),
+        "each key exactly once"
+    );
+    let ids: Vec<&str> = kept
+        .iter()
+        .map(|e| e["id"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(ids.first(), Some(&"o-0"), "{ids:?}");
+
+    let described: serde_json::Value =
+        serde_json::from_str(&flow(&["describe", "pipeline", "devp", "-o", "json"], ""))
+            .expect("JSON");
+    let step = described["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["step"] == "dedupe"))
+        .expect("step dedupe");
+    assert_eq!(
+        step["component"],
+        digest.as_str(),
+        "runs the swapped build: {step}"
+    );
+    // The manifest as applied keeps the author's comments around the swap.
+    assert!(
+        described["manifest"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("component: {digest}   # the released build"))),
+        "{}",
+        described["manifest"]
     );
 }
 
@@ -1196,7 +1395,7 @@ fn new_project(work: &std::path::Path, lang: &str, kind: &str) -> String {
 /// repository: each project builds with its own toolchain alone (the SDK is
 /// in the project), passes its own `flow test` case and fails it once its
 /// expectation is changed; the Rust ones run on a host as a processor of
-/// each kind, the Python and JavaScript bridges too.
+/// each kind, the Python, JavaScript, C and Go bridges too.
 #[test]
 fn flow_new_projects_build_pass_their_tests_and_run_on_a_host() {
     let work = tempfile::tempdir().expect("tempdir");
@@ -1204,7 +1403,9 @@ fn flow_new_projects_build_pass_their_tests_and_run_on_a_host() {
     let _host = serve(state.path(), support::free_port());
     let flow = |args: &[&str], stdin: &str| flow_on(state.path(), args, stdin);
     flow(&["create", "namespace", "new.example.com"], "");
-    for name in ["a", "b", "c", "d", "e", "g", "created", "other", "counts"] {
+    for name in [
+        "a", "b", "c", "d", "e", "g", "h", "i", "created", "other", "counts",
+    ] {
         flow(&["create", "flow", &format!("{name}.new.example.com")], "");
     }
     let kinds = ["bridge", "collector", "distributor", "signal"];
@@ -1219,6 +1420,14 @@ fn flow_new_projects_build_pass_their_tests_and_run_on_a_host() {
     let js: Vec<String> = kinds
         .iter()
         .map(|kind| new_project(work.path(), "js", kind))
+        .collect();
+    let c: Vec<String> = kinds
+        .iter()
+        .map(|kind| new_project(work.path(), "c", kind))
+        .collect();
+    let go: Vec<String> = kinds
+        .iter()
+        .map(|kind| new_project(work.path(), "go", kind))
         .collect();
 
     let sample = |prefix: &str| {
@@ -1314,6 +1523,14 @@ fn flow_new_projects_build_pass_their_tests_and_run_on_a_host() {
         ],
         "",
     );
+    flow(
+        &["replicate", &f("a"), &f("h"), "-c", &c[0], "--id", "cb"],
+        "",
+    );
+    flow(
+        &["replicate", &f("a"), &f("i"), "-c", &go[0], "--id", "gb"],
+        "",
+    );
     flow(&["write", &f("a")], &sample("a"));
     flow(&["write", &f("d")], &sample("d"));
     // a -> bridge -> b; b and d -> collector -> c (8 events, ids distinct:
@@ -1350,12 +1567,21 @@ fn flow_new_projects_build_pass_their_tests_and_run_on_a_host() {
         "the JavaScript bridge's count per type: {:?}",
         g[2]
     );
-    let c = read("c", 8);
-    assert_eq!(c.len(), 8, "{c:?}");
+    for (flow_name, lang) in [("h", "C"), ("i", "Go")] {
+        let out = read(flow_name, 4);
+        assert_eq!(out.len(), 4, "{lang}: {out:?}");
+        assert_eq!(
+            out[2]["seen"], 2,
+            "the {lang} bridge's count per type: {:?}",
+            out[2]
+        );
+    }
+    let merged = read("c", 8);
+    assert_eq!(merged.len(), 8, "{merged:?}");
     assert_eq!(
-        c.iter().filter(|e| e["input"] == f("b")).count(),
+        merged.iter().filter(|e| e["input"] == f("b")).count(),
         4,
-        "{c:?}"
+        "{merged:?}"
     );
     assert_eq!(read("created", 4).len(), 4);
     assert_eq!(read("other", 4).len(), 4);

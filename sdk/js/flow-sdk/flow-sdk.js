@@ -6,7 +6,7 @@
  * returns the exports componentize-js expects, which the entry module
  * re-exports:
  *
- *     import * as flow from '../../sdk/js/flow-sdk.js';
+ *     import * as flow from '@flowd/flow-sdk';   // in this repository: '../../sdk/js/flow-sdk/flow-sdk.js'
  *
  *     class KeepInvoices {
  *       constructor(setup) { setup.config.rejectUnknown([]); }  // init(setup)
@@ -51,10 +51,15 @@
  * under plain Node.
  */
 
+/** Words per event in a batch's `events` table (docs/wit.md). */
 export const EVENT_WORDS = 18;
+/** Words per extension in a batch's `extensions` table. */
 export const EXTENSION_WORDS = 5;
+/** The data offset of an event without data. */
 export const NO_DATA = 0xffffffff;
+/** Bit 31 of an emit: the index is into the created batch, not the input. */
 export const CREATED = 0x80000000;
+/** The CloudEvents type of an extension value. */
 export const STRING = 0, BOOLEAN = 1, INTEGER = 2;
 
 const ID = 0, SOURCE = 2, TYPE = 4, SUBJECT = 6, TIME = 8, DCT = 10, SCHEMA = 12,
@@ -65,11 +70,13 @@ const encoder = new TextEncoder();
 
 // ------------------------------------------------------------------ errors
 
+/** What a processor throws to fail in a way the host understands (the three below). */
 export class FlowError extends Error {}
 /** The configuration is not acceptable; the message names the key. */
 export class ConfigError extends FlowError {}
 /** Input event `index` of the batch cannot be processed. */
 export class EventError extends FlowError {
+  /** `index` is the event's position in the batch (Event.index). */
   constructor(index, message) { super(message); this.index = index; }
 }
 /** The call failed as a whole. */
@@ -87,6 +94,7 @@ function toWitError(e) {
 
 /** Ordered `key=value` pairs as the user gave them; keys may repeat. */
 export class Config {
+  /** From `[key, value]` pairs (the SDK makes one from the setup). */
   constructor(pairs) { this.pairs = pairs.map(([k, v]) => [k, v]); }
   /** The last value given for `key`, or undefined. */
   get(key) {
@@ -95,6 +103,7 @@ export class Config {
   }
   /** Every value given for `key`, in order. */
   getAll(key) { return this.pairs.filter(([k]) => k === key).map(([, v]) => v); }
+  /** The last value given for `key`; ConfigError naming the key when it is missing. */
   require(key) {
     const v = this.get(key);
     if (v === undefined) throw new ConfigError(`missing required key \`${key}\``);
@@ -115,6 +124,7 @@ export class Config {
 
 /** What the host tells a fresh instance: config and port names. */
 export class Setup {
+  /** From a Config (or its pairs) and the input and output port names. */
   constructor(config, inputs, outputs) {
     this.config = config instanceof Config ? config : new Config(config);
     this.inputs = [...inputs];
@@ -129,6 +139,7 @@ export class Setup {
     this.outputs.forEach((o, i) => { if (o.split('.')[0] === name) hits.push(i); });
     return hits.length === 1 ? hits[0] : undefined;
   }
+  /** The port of output `name`, the value of configuration `key`; ConfigError naming the key when there is no such output. */
   requireOutput(key, name) {
     const port = this.output(name);
     if (port === undefined) {
@@ -142,12 +153,15 @@ export class Setup {
 
 /** A packed batch of input events; iterable, `get(i)` for one Event. */
 export class Batch {
+  /** From the WIT batch record (`bytes`, `events`, `extensions`), as the host passes it. */
   constructor(raw) {
     this.bytes = raw.bytes;
     this.events = raw.events;
     this.extensions = raw.extensions;
   }
+  /** The number of events. */
   get length() { return Math.floor(this.events.length / EVENT_WORDS); }
+  /** Event `index`; RangeError outside the batch. */
   get(index) {
     if (!(index >= 0 && index < this.length)) throw new RangeError(`no event ${index}`);
     return new Event(this, index);
@@ -162,19 +176,30 @@ export class Batch {
  * batch (what Output.forward and EventError take).
  */
 export class Event {
+  /** Event `index` of `batch` (Batch.get and iteration make them). */
   constructor(batch, index) { this.batch = batch; this.index = index; this.base = index * EVENT_WORDS; }
+  /** @internal */
   text(word) {
     const w = this.batch.events, off = w[this.base + word];
     return decoder.decode(this.batch.bytes.subarray(off, off + w[this.base + word + 1]));
   }
+  /** @internal */
   optional(word) { return this.text(word) || undefined; }
+  /** The `id` attribute. */
   get id() { return this.text(ID); }
+  /** The `source` attribute. */
   get source() { return this.text(SOURCE); }
+  /** The `type` attribute. */
   get type() { return this.text(TYPE); }
+  /** The `subject` attribute, or undefined. */
   get subject() { return this.optional(SUBJECT); }
+  /** The `time` attribute, or undefined. */
   get time() { return this.optional(TIME); }
+  /** The `datacontenttype` attribute, or undefined. */
   get datacontenttype() { return this.optional(DCT); }
+  /** The `dataschema` attribute, or undefined. */
   get dataschema() { return this.optional(SCHEMA); }
+  /** The payload as a Uint8Array view into the batch, or undefined. */
   get data() {
     const w = this.batch.events, off = w[this.base + DATA];
     if (off === NO_DATA) return undefined;
@@ -204,6 +229,7 @@ export class Event {
     }
     return out;
   }
+  /** The extension attribute `name`, or undefined. */
   extension(name) { return this.extensions[name]; }
   /** A core attribute (`id`, `type`, ..., `specversion`) or an extension. */
   attribute(name) {
@@ -227,6 +253,7 @@ export class Event {
  * Boolean and Integer types).
  */
 export class NewEvent {
+  /** `optional` may set subject, time, datacontenttype, dataschema, data and extensions. */
   constructor(id, source, type, optional = {}) {
     this.id = id; this.source = source; this.type = type;
     this.subject = optional.subject; this.time = optional.time;
@@ -283,21 +310,29 @@ const indexOf = (event) => (typeof event === 'number' ? event : event.index);
 
 /** What a bridge or collector emits, in order, to its one output. */
 export class Output {
+  /** An empty output (the SDK makes one per call). */
   constructor() { this.created = new Packer(); this.emits = []; }
   /** Emits input event `event` (an Event or its index) unchanged. */
   forward(event) { this.emits.push(indexOf(event) & 0x7fffffff); }
   /** Emits a NewEvent. */
   emit(newEvent) { this.emits.push((this.created.pack(newEvent) | CREATED) >>> 0); }
+  /** How many events have been emitted so far. */
   get length() { return this.emits.length; }
+  /** @internal */
   toWit() { return { created: this.created.toWit(), emits: new Uint32Array(this.emits) }; }
 }
 
 /** What a distributor or signal emits, each event to an output port. */
 export class RoutedOutput {
+  /** An empty output (the SDK makes one per call). */
   constructor() { this.created = new Packer(); this.emits = []; this.ports = []; }
+  /** Emits input event `event` (an Event or its index) unchanged, to output `port`. */
   forwardTo(port, event) { this.emits.push(indexOf(event) & 0x7fffffff); this.ports.push(port); }
+  /** Emits a NewEvent to output `port`. */
   emitTo(port, newEvent) { this.emits.push((this.created.pack(newEvent) | CREATED) >>> 0); this.ports.push(port); }
+  /** How many events have been emitted so far. */
   get length() { return this.emits.length; }
+  /** @internal */
   toWit() {
     return { created: this.created.toWit(), emits: new Uint32Array(this.emits), ports: new Uint32Array(this.ports) };
   }

@@ -134,6 +134,7 @@ class Config:
         return [v for k, v in self.pairs if k == key]
 
     def require(self, key):
+        """The last value given for `key`; ConfigError naming the key when it is missing."""
         value = self.get(key)
         if value is None:
             raise ConfigError(f"missing required key `{key}`")
@@ -169,6 +170,7 @@ class Setup:
         return hits[0] if len(hits) == 1 else None
 
     def require_output(self, key, name):
+        """The port of output `name` (the value of configuration `key`); ConfigError naming the key when there is no such output."""
         port = self.output(name)
         if port is None:
             raise ConfigError(
@@ -234,6 +236,7 @@ class Event:
 
     @property
     def data(self):
+        """The payload's bytes, or None when the event has no data."""
         w = self.batch.events
         off = w[self._base + _DATA]
         if off == NO_DATA:
@@ -271,6 +274,7 @@ class Event:
         return out
 
     def extension(self, name):
+        """The extension attribute `name`, or None."""
         return self.extensions.get(name)
 
     def attribute(self, name):
@@ -345,7 +349,7 @@ class _Packer:
         self.events.extend(words)
         return len(self.events) // EVENT_WORDS - 1
 
-    def to_wit(self, types):
+    def _to_wit(self, types):
         return types.Batch(bytes(self.bytes), self.events, self.extensions)
 
 
@@ -371,8 +375,8 @@ class Output:
     def __len__(self):
         return len(self.emits)
 
-    def to_wit(self, types):
-        return types.Output(self.created.to_wit(types), self.emits)
+    def _to_wit(self, types):
+        return types.Output(self.created._to_wit(types), self.emits)
 
 
 class RoutedOutput:
@@ -384,18 +388,20 @@ class RoutedOutput:
         self.ports = []
 
     def forward_to(self, port, event):
+        """Emits input event `event` (an Event or its index) unchanged, to output `port`."""
         self.emits.append(_index(event) & ~CREATED)
         self.ports.append(port)
 
     def emit_to(self, port, new_event):
+        """Emits a NewEvent to output `port`."""
         self.emits.append(self.created.pack(new_event) | CREATED)
         self.ports.append(port)
 
     def __len__(self):
         return len(self.emits)
 
-    def to_wit(self, types):
-        return types.RoutedOutput(self.created.to_wit(types), self.emits, self.ports)
+    def _to_wit(self, types):
+        return types.RoutedOutput(self.created._to_wit(types), self.emits, self.ports)
 
 
 # ---------------------------------------------------------------- JSON helpers
@@ -457,21 +463,25 @@ def now_ms():
 
 
 def state_get(key):
+    """The value (bytes) stored under `key`, or None. Writes of a call commit when it succeeds and roll back when it fails."""
     _bindings()
     return _state.get(key)
 
 
 def state_set(key, value):
+    """Stores `value` (bytes) under `key`."""
     _bindings()
     _state.set(key, bytes(value))
 
 
 def state_delete(key):
+    """Removes `key`."""
     _bindings()
     _state.delete(key)
 
 
 def state_keys(prefix=""):
+    """The keys that start with `prefix`, in byte order."""
     _bindings()
     return _state.keys(prefix)
 
@@ -537,7 +547,7 @@ def _glue(cls, kind):
 
     def run(out, method, *args):
         call(lambda: getattr(processor(), method)(*args, out))
-        return out.to_wit(types)
+        return out._to_wit(types)
 
     if kind == "bridge":
         class Kind:

@@ -336,6 +336,56 @@ pub fn parse(text: &str) -> Result<Manifest, Vec<Diagnostic>> {
     }
 }
 
+/// The manifest with step `step` pointed at component `component`, every
+/// other byte as written (comments and layout kept): how `flow dev` swaps a
+/// development build into a pipeline that runs, by applying it again.
+pub fn with_step_component(text: &str, step: &str, component: &str) -> Result<String, String> {
+    let manifest = parse(text).map_err(|errors| {
+        errors
+            .iter()
+            .map(|d| format!("{}: {}", d.at, d.message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
+    let Some(found) = manifest.steps.iter().find(|s| *s.name == step) else {
+        let names: Vec<&str> = manifest.steps.iter().map(|s| s.name.as_str()).collect();
+        return Err(format!(
+            "pipeline `{}` has no step `{step}` (its steps: {})",
+            *manifest.name,
+            names.join(", ")
+        ));
+    };
+    let Location { line, column } = at(&found.component);
+    let value = found.component.as_str();
+    // The line's byte range and the value's first byte in it (columns count
+    // characters).
+    let start_of_line = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum::<usize>();
+    let line_text = text[start_of_line..].split('\n').next().unwrap_or_default();
+    let offset = line_text
+        .char_indices()
+        .nth(column.saturating_sub(1))
+        .map(|(i, _)| i)
+        .ok_or_else(|| format!("step `{step}`: the component is not where the manifest says"))?;
+    let rest = &line_text[offset..];
+    let len = if rest.starts_with(value) {
+        value.len()
+    } else if let Some(quote) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') {
+        rest[1..].find(quote).map(|end| end + 2).ok_or_else(|| {
+            format!("step `{step}`: the component's quotes do not close on its line")
+        })?
+    } else {
+        return Err(format!(
+            "step `{step}`: the component is not written on one line; write `component: {value}` to swap it"
+        ));
+    };
+    let at = start_of_line + offset;
+    Ok(format!("{}{component}{}", &text[..at], &text[at + len..]))
+}
+
 fn location(mark: marked_yaml::Marker) -> Location {
     Location {
         line: mark.line(),
@@ -387,6 +437,34 @@ fn remove_key_at(node: &mut marked_yaml::Node, at: Location) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_component_is_swapped_in_place_keeping_the_rest() {
+        let text = "name: p\ninputs: {a: flow://a.x.example.com}\noutputs: {}\nsteps:\n  - name: one   # first\n    component: filter@1.0.0   # released\n    from: a\n  - {name: two, component: \"filter@1.0.0\", from: one}\n";
+        let one = with_step_component(text, "one", "sha256:ab").expect("swapped");
+        assert_eq!(
+            one,
+            text.replace(
+                "component: filter@1.0.0   # released",
+                "component: sha256:ab   # released"
+            )
+        );
+        let two = with_step_component(text, "two", "sha256:cd").expect("swapped");
+        assert!(
+            two.contains("{name: two, component: sha256:cd, from: one}"),
+            "{two}"
+        );
+        assert!(
+            two.contains("component: filter@1.0.0   # released"),
+            "{two}"
+        );
+        let err = with_step_component(text, "three", "sha256:ef").expect_err("no such step");
+        assert!(
+            err.contains("no step `three`") && err.contains("one, two"),
+            "{err}"
+        );
+        assert!(with_step_component("name: [", "one", "x").is_err());
+    }
 
     const EXAMPLE: &str = "\
 name: invoices

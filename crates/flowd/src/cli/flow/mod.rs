@@ -131,7 +131,7 @@ enum Command {
         /// bridge, collector, distributor or signal.
         #[arg(long, short = 'k')]
         kind: crate::scaffold::Kind,
-        /// The language (rust).
+        /// The language: rust, python, js, c or go.
         #[arg(long, short = 'l', default_value = "rust")]
         lang: crate::scaffold::Lang,
         /// Where to create it (default: ./<name>).
@@ -163,8 +163,21 @@ enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
         /// The processor to swap the component into.
-        #[arg(long, short = 'p')]
-        processor: String,
+        #[arg(
+            long,
+            short = 'p',
+            required_unless_present = "pipeline",
+            conflicts_with = "pipeline"
+        )]
+        processor: Option<String>,
+        /// Or the pipeline whose step (--step) gets the component: the
+        /// applied manifest is applied again with the step pointed at the
+        /// build's digest.
+        #[arg(long, requires = "step")]
+        pipeline: Option<String>,
+        /// The step of --pipeline.
+        #[arg(long, requires = "pipeline")]
+        step: Option<String>,
         /// How often the files are looked at, in milliseconds.
         #[arg(long, default_value_t = 500)]
         interval_ms: u64,
@@ -665,17 +678,29 @@ async fn run(cli: Cli) -> Result<()> {
     if let Err(Command::Dev {
         dir,
         processor,
+        pipeline,
+        step,
         interval_ms,
         once,
     }) = &management
     {
+        let target = match (processor, pipeline, step) {
+            (Some(id), _, _) => DevTarget::Processor(id.clone()),
+            (None, Some(pipeline), Some(step)) => DevTarget::Step {
+                pipeline: pipeline.clone(),
+                step: step.clone(),
+            },
+            _ => bail!("flow dev: give -p <processor>, or --pipeline <name> --step <step>"),
+        };
         let session = || user_agent::connect(entry, &state_dir, &overrides);
+        let api = || user_agent::api_client(entry, &state_dir, &overrides, cli.api.as_deref());
         return dev(
             dir,
-            processor,
+            &target,
             Duration::from_millis((*interval_ms).max(50)),
             *once,
             session,
+            api,
         )
         .await;
     }
@@ -1130,22 +1155,40 @@ async fn create(
 
 /// `flow dev`: build, test and swap at the start and after every change of
 /// the project's files, until interrupted.
-async fn dev<F, Fut>(
+/// What `flow dev` swaps its builds into.
+enum DevTarget {
+    Processor(String),
+    Step { pipeline: String, step: String },
+}
+
+impl std::fmt::Display for DevTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DevTarget::Processor(id) => write!(f, "processor {id}"),
+            DevTarget::Step { pipeline, step } => write!(f, "step {step} of pipeline {pipeline}"),
+        }
+    }
+}
+
+async fn dev<F, Fut, A, AFut>(
     dir: &std::path::Path,
-    id: &str,
+    target: &DevTarget,
     interval: Duration,
     once: bool,
     session: F,
+    api: A,
 ) -> Result<()>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<Client, user_agent::UserAgentError>>,
+    A: Fn() -> AFut,
+    AFut: std::future::Future<Output = Result<crate::api::client::ApiClient>>,
 {
     let project = crate::testing::project(dir)?;
     let component = dir.join(&project.processor.component);
     let mut watch = crate::dev::Watch::new(dir, vec![component.clone()])?;
     println!(
-        "flow dev: watching {}; a change is built, tested and swapped into processor {id}",
+        "flow dev: watching {}; a change is built, tested and swapped into {target}",
         dir.display()
     );
     let mut running: Option<String> = None;
@@ -1154,13 +1197,18 @@ where
         let built = tokio::task::spawn_blocking(move || dev_build_and_test(&owned))
             .await
             .unwrap_or_else(|e| Err(format!("the build and test stopped: {e}")));
-        let outcome = match built {
-            Ok(bytes) => dev_swap(&session, id, &bytes, &mut running).await,
-            Err(why) => Err(why),
+        let outcome = match (built, target) {
+            (Ok(bytes), DevTarget::Processor(id)) => {
+                dev_swap(&session, id, &bytes, &mut running).await
+            }
+            (Ok(bytes), DevTarget::Step { pipeline, step }) => {
+                dev_swap_step(&session, &api, pipeline, step, &bytes, &mut running).await
+            }
+            (Err(why), _) => Err(why),
         };
         if let Err(why) = &outcome {
             println!("{why}");
-            println!("{id} keeps running the component it had");
+            println!("{target} keeps running the component it had");
         }
         if once {
             return outcome.map_err(|_| anyhow::anyhow!("flow dev --once: nothing swapped"));
@@ -1215,6 +1263,71 @@ fn dev_build_and_test(dir: &std::path::Path) -> Result<Vec<u8>, String> {
     }
     let component = dir.join(&project.processor.component);
     std::fs::read(&component).map_err(|e| format!("{}: {e}", component.display()))
+}
+
+/// Uploads the component and applies the pipeline's manifest again with
+/// the step pointed at its digest (the rest of the manifest as applied):
+/// the host updates that step in place between two batches, keeping its
+/// position and keyed state. `flow apply -f` of the released manifest puts
+/// the released component back.
+async fn dev_swap_step<F, Fut, A, AFut>(
+    session: &F,
+    api: &A,
+    pipeline: &str,
+    step: &str,
+    bytes: &[u8],
+    running: &mut Option<String>,
+) -> Result<(), String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Client, user_agent::UserAgentError>>,
+    A: Fn() -> AFut,
+    AFut: std::future::Future<Output = Result<crate::api::client::ApiClient>>,
+{
+    use crate::api::proto;
+    let swap = async {
+        let mut client = session().await?;
+        let digest = client.put_component(bytes).await?;
+        let _ = client.quit().await;
+        if running.as_deref() == Some(digest.as_str()) {
+            return Ok::<_, anyhow::Error>((digest, false));
+        }
+        let api = api().await?;
+        let applied = api
+            .pipelines()
+            .get(proto::PipelineRef {
+                name: pipeline.to_owned(),
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("pipeline {pipeline}: {}", e.message()))?
+            .into_inner();
+        let manifest =
+            crate::pipeline::manifest::with_step_component(&applied.manifest, step, &digest)
+                .map_err(|e| anyhow::anyhow!("pipeline {pipeline}: {e}"))?;
+        let report = api
+            .pipelines()
+            .apply(proto::ApplyRequest {
+                manifest,
+                dry_run: false,
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("pipeline {pipeline}: {}", e.message()))?
+            .into_inner();
+        Ok((digest, report.updated.iter().any(|s| s == step)))
+    };
+    match swap.await {
+        Ok((digest, true)) => {
+            println!("swapped: step {step} of pipeline {pipeline} runs {digest}");
+            *running = Some(digest);
+            Ok(())
+        }
+        Ok((digest, false)) => {
+            println!("unchanged: step {step} of pipeline {pipeline} runs {digest} already");
+            *running = Some(digest);
+            Ok(())
+        }
+        Err(e) => Err(format!("swap failed: {e:#}")),
+    }
 }
 
 /// Uploads the component and points the processor at it, unless it runs
