@@ -252,7 +252,7 @@ fn components_of_every_language_import_only_wasi_without_sockets_or_http() {
 /// the timings; run with `--nocapture` to see them next to the Rust
 /// filter's and transform's.
 #[test]
-fn python_javascript_and_c_run_under_tight_limits() {
+fn python_javascript_c_and_go_run_under_tight_limits() {
     let tight = Limits {
         memory: 16 << 20,
         ..Limits::default()
@@ -269,7 +269,7 @@ fn python_javascript_and_c_run_under_tight_limits() {
         .collect();
     /// (component, configuration, events expected out).
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], usize);
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         (
             "flow_filter",
             &[("where", "type == created.invoice")],
@@ -283,6 +283,8 @@ fn python_javascript_and_c_run_under_tight_limits() {
             &[("every", "2"), ("key", "type"), ("stamp", "nth")],
             5_000,
         ),
+        // Every amount once, but the first call saw amount 0 already.
+        (GO, &[("key", "data.amount")], 9_999),
     ];
     for (name, config, expected) in cases {
         host()
