@@ -198,153 +198,6 @@ component = "target/wasm32-wasip2/release/CRATE.wasm"
 build = "cargo build --release --target wasm32-wasip2"
 "#;
 
-const BRIDGE: &str = r#"//! NAME (bridge): counts the events of each type in keyed state and
-//! stamps every event with its type's count so far, in the extension
-//! `seen` (configurable with `extension=<name>`).
-
-use flow_sdk::host::state;
-use flow_sdk::{Batch, Bridge, Error, ExtensionValue, Output, Processor, Setup};
-
-pub struct Processor_ {
-    extension: String,
-}
-
-impl Processor for Processor_ {
-    fn init(setup: &Setup) -> Result<Self, Error> {
-        setup.config.reject_unknown(&["extension"], &[])?;
-        Ok(Processor_ {
-            extension: setup.config.get("extension").unwrap_or("seen").to_owned(),
-        })
-    }
-}
-
-impl Bridge for Processor_ {
-    fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<(), Error> {
-        for event in batch.iter() {
-            let key = format!("count/{}", event.ty());
-            let count = state::get_json::<i64>(&key).unwrap_or(0) + 1;
-            state::set_json(&key, &count);
-            let mut new = event.to_new();
-            new.set_extension(&self.extension, ExtensionValue::Integer(count));
-            out.emit(&new);
-        }
-        Ok(())
-    }
-}
-
-#[cfg(target_arch = "wasm32")]
-flow_sdk::bridge!(Processor_);
-"#;
-
-const COLLECTOR: &str = r#"//! NAME (collector): merges its inputs into one output, each event tagged
-//! with the input it came from in the extension `input`.
-
-use flow_sdk::{Batch, Collector, Error, ExtensionValue, Output, Processor, Setup};
-
-pub struct Processor_ {
-    inputs: Vec<String>,
-}
-
-impl Processor for Processor_ {
-    fn init(setup: &Setup) -> Result<Self, Error> {
-        setup.config.reject_unknown(&[], &[])?;
-        Ok(Processor_ {
-            inputs: setup.inputs.clone(),
-        })
-    }
-}
-
-impl Collector for Processor_ {
-    fn process(&mut self, input: u32, batch: &Batch, out: &mut Output) -> Result<(), Error> {
-        let name = self.inputs.get(input as usize).cloned().unwrap_or_default();
-        for event in batch.iter() {
-            let mut new = event.to_new();
-            new.set_extension("input", ExtensionValue::String(name.clone()));
-            out.emit(&new);
-        }
-        Ok(())
-    }
-}
-
-#[cfg(target_arch = "wasm32")]
-flow_sdk::collector!(Processor_);
-"#;
-
-const DISTRIBUTOR: &str = r#"//! NAME (distributor): events whose type starts with `prefix=` (default
-//! `created.`) go to the first output, the others to the second.
-
-use flow_sdk::{Batch, Distributor, Error, Processor, RoutedOutput, Setup};
-
-pub struct Processor_ {
-    prefix: String,
-}
-
-impl Processor for Processor_ {
-    fn init(setup: &Setup) -> Result<Self, Error> {
-        setup.config.reject_unknown(&["prefix"], &[])?;
-        if setup.outputs.len() != 2 {
-            return Err(Error::config("two outputs: matching, then the others"));
-        }
-        Ok(Processor_ {
-            prefix: setup.config.get("prefix").unwrap_or("created.").to_owned(),
-        })
-    }
-}
-
-impl Distributor for Processor_ {
-    fn process(&mut self, batch: &Batch, out: &mut RoutedOutput) -> Result<(), Error> {
-        for event in batch.iter() {
-            let port = if event.ty().starts_with(&self.prefix) { 0 } else { 1 };
-            out.forward_to(port, &event);
-        }
-        Ok(())
-    }
-}
-
-#[cfg(target_arch = "wasm32")]
-flow_sdk::distributor!(Processor_);
-"#;
-
-const SIGNAL: &str = r#"//! NAME (signal): counts the events it reads in keyed state and, on every
-//! tick, emits the count since the last tick (`{"count": n, "at_ms": t}`) on
-//! its first output, then starts again.
-
-use flow_sdk::host::state;
-use flow_sdk::{Batch, Error, NewEvent, Processor, RoutedOutput, Setup, Signal};
-
-pub struct Processor_;
-
-impl Processor for Processor_ {
-    fn init(setup: &Setup) -> Result<Self, Error> {
-        setup.config.reject_unknown(&[], &[])?;
-        Ok(Processor_)
-    }
-}
-
-impl Signal for Processor_ {
-    fn process(&mut self, _input: u32, batch: &Batch, _out: &mut RoutedOutput) -> Result<(), Error> {
-        let count = state::get_json::<u64>("count").unwrap_or(0) + batch.len() as u64;
-        state::set_json("count", &count);
-        Ok(())
-    }
-
-    fn tick(&mut self, now_ms: u64, out: &mut RoutedOutput) -> Result<(), Error> {
-        let count = state::get_json::<u64>("count").unwrap_or(0);
-        if count == 0 {
-            return Ok(());
-        }
-        let event = NewEvent::new(format!("count-{now_ms}"), "urn:NAME", "NAME.count")
-            .with_json(&flow_sdk::serde_json::json!({"count": count, "at_ms": now_ms}))?;
-        out.emit_to(0, &event);
-        state::set_json("count", &0u64);
-        Ok(())
-    }
-}
-
-#[cfg(target_arch = "wasm32")]
-flow_sdk::signal!(Processor_);
-"#;
-
 /// The Python SDK and its build script, laid out as in a checkout so that
 /// the script finds `wit/` and `sdk/python/` next to itself.
 const VENDORED_PYTHON: &[(&str, &str)] = &[
@@ -374,110 +227,6 @@ build = "bash vendor/sdk/python/build-component . MODULE WORLD build/MODULE.wasm
 
 [test]
 deadline-ms = 2000   # the first calls of a Python component warm it up
-"#;
-
-const PYTHON_BRIDGE: &str = r#""""NAME (bridge): counts the events of each type in keyed state and stamps
-every event with its type's count so far, in the extension `seen`
-(configurable with `extension=<name>`)."""
-
-import json
-
-import flow_sdk
-
-
-class Processor:
-    def __init__(self, setup):
-        setup.config.reject_unknown(["extension"])
-        self.extension = setup.config.get("extension", "seen")
-
-    def process(self, batch, out):
-        for event in batch:
-            key = f"count/{event.type}"
-            stored = flow_sdk.state_get(key)
-            count = (json.loads(stored) if stored else 0) + 1
-            flow_sdk.state_set(key, json.dumps(count).encode())
-            new = event.to_new()
-            new.extensions[self.extension] = count
-            out.emit(new)
-
-
-WitWorld, Bridge = flow_sdk.bridge(Processor)
-"#;
-
-const PYTHON_COLLECTOR: &str = r#""""NAME (collector): merges its inputs into one output, each event tagged
-with the input it came from in the extension `input`."""
-
-import flow_sdk
-
-
-class Processor:
-    def __init__(self, setup):
-        setup.config.reject_unknown([])
-        self.inputs = list(setup.inputs)
-
-    def process(self, input, batch, out):
-        name = self.inputs[input] if input < len(self.inputs) else ""
-        for event in batch:
-            new = event.to_new()
-            new.extensions["input"] = name
-            out.emit(new)
-
-
-WitWorld, Collector = flow_sdk.collector(Processor)
-"#;
-
-const PYTHON_DISTRIBUTOR: &str = r#""""NAME (distributor): events whose type starts with `prefix=` (default
-`created.`) go to the first output, the others to the second."""
-
-import flow_sdk
-
-
-class Processor:
-    def __init__(self, setup):
-        setup.config.reject_unknown(["prefix"])
-        if len(setup.outputs) != 2:
-            raise flow_sdk.ConfigError("two outputs: matching, then the others")
-        self.prefix = setup.config.get("prefix", "created.")
-
-    def process(self, batch, out):
-        for event in batch:
-            out.forward_to(0 if event.type.startswith(self.prefix) else 1, event)
-
-
-WitWorld, Distributor = flow_sdk.distributor(Processor)
-"#;
-
-const PYTHON_SIGNAL: &str = r#""""NAME (signal): counts the events it reads in keyed state and, on every
-tick, emits the count since the last tick (`{"count": n, "at_ms": t}`) on its
-first output, then starts again."""
-
-import json
-
-import flow_sdk
-
-
-def _count():
-    stored = flow_sdk.state_get("count")
-    return json.loads(stored) if stored else 0
-
-
-class Processor:
-    def __init__(self, setup):
-        setup.config.reject_unknown([])
-
-    def process(self, input, batch, out):
-        flow_sdk.state_set("count", json.dumps(_count() + len(batch)).encode())
-
-    def tick(self, now_ms, out):
-        count = _count()
-        if count == 0:
-            return
-        event = flow_sdk.NewEvent(f"count-{now_ms}", "urn:NAME", "NAME.count")
-        out.emit_to(0, event.set_json({"count": count, "at_ms": now_ms}))
-        flow_sdk.state_set("count", b"0")
-
-
-WitWorld, Signal = flow_sdk.signal(Processor)
 "#;
 
 const PYTHON_README: &str = r#"# NAME
@@ -538,122 +287,6 @@ build = "test -x vendor/sdk/js/node_modules/.bin/componentize-js || npm ci --pre
 
 [test]
 deadline-ms = 2000   # the first calls of a JavaScript component warm it up
-"#;
-
-const JS_STATE: &str = r#"import { get, set } from 'eson:flow/state@0.1.0';
-
-const decoder = new TextDecoder();
-const encoder = new TextEncoder();
-const load = (key) => {
-  const stored = get(key);
-  return stored ? JSON.parse(decoder.decode(stored)) : 0;
-};
-const store = (key, value) => set(key, encoder.encode(JSON.stringify(value)));
-"#;
-
-const JS_BRIDGE: &str = r#"/**
- * NAME (bridge): counts the events of each type in keyed state and stamps
- * every event with its type's count so far, in the extension `seen`
- * (configurable with `extension=<name>`).
- */
-import * as flow from '@flowd/flow-sdk';
-STATE
-class Processor {
-  constructor(setup) {
-    setup.config.rejectUnknown(['extension']);
-    this.extension = setup.config.get('extension') ?? 'seen';
-  }
-
-  process(batch, out) {
-    for (const event of batch) {
-      const key = `count/${event.type}`;
-      const count = load(key) + 1;
-      store(key, count);
-      const next = event.toNew();
-      next.extensions[this.extension] = count;
-      out.emit(next);
-    }
-  }
-}
-
-export const { init, update, teardown, bridge } = flow.bridge(Processor);
-"#;
-
-const JS_COLLECTOR: &str = r#"/**
- * NAME (collector): merges its inputs into one output, each event tagged
- * with the input it came from in the extension `input`.
- */
-import * as flow from '@flowd/flow-sdk';
-
-class Processor {
-  constructor(setup) {
-    setup.config.rejectUnknown([]);
-    this.inputs = setup.inputs;
-  }
-
-  process(input, batch, out) {
-    const name = this.inputs[input] ?? '';
-    for (const event of batch) {
-      const next = event.toNew();
-      next.extensions.input = name;
-      out.emit(next);
-    }
-  }
-}
-
-export const { init, update, teardown, collector } = flow.collector(Processor);
-"#;
-
-const JS_DISTRIBUTOR: &str = r#"/**
- * NAME (distributor): events whose type starts with `prefix=` (default
- * `created.`) go to the first output, the others to the second.
- */
-import * as flow from '@flowd/flow-sdk';
-
-class Processor {
-  constructor(setup) {
-    setup.config.rejectUnknown(['prefix']);
-    if (setup.outputs.length !== 2) throw new flow.ConfigError('two outputs: matching, then the others');
-    this.prefix = setup.config.get('prefix') ?? 'created.';
-  }
-
-  process(batch, out) {
-    for (const event of batch) {
-      out.forwardTo(event.type.startsWith(this.prefix) ? 0 : 1, event);
-    }
-  }
-}
-
-export const { init, update, teardown, distributor } = flow.distributor(Processor);
-"#;
-
-const JS_SIGNAL: &str = r#"/**
- * NAME (signal): counts the events it reads in keyed state and, on every
- * tick, emits the count since the last tick (`{"count": n, "at_ms": t}`) on
- * its first output, then starts again.
- */
-import * as flow from '@flowd/flow-sdk';
-STATE
-class Processor {
-  constructor(setup) {
-    setup.config.rejectUnknown([]);
-  }
-
-  process(input, batch, out) {
-    store('count', load('count') + batch.length);
-  }
-
-  tick(nowMs, out) {
-    const count = load('count');
-    if (count === 0) return;
-    const at = Number(nowMs);
-    const event = new flow.NewEvent(`count-${at}`, 'urn:NAME', 'NAME.count');
-    out.emitTo(0, event.setJson({ count, at_ms: at }));
-    store('count', 0);
-  }
-}
-
-export const { init, update, teardown, signal } = flow.signal(Processor);
 "#;
 
 const JS_README: &str = r#"# NAME
@@ -825,12 +458,7 @@ fn kind_name(kind: Kind) -> &'static str {
 fn rust_files(name: &str, kind: Kind) -> Vec<(String, String)> {
     let krate = name.replace('-', "_");
     let version = env!("CARGO_PKG_VERSION");
-    let skeleton = match kind {
-        Kind::Bridge => BRIDGE,
-        Kind::Collector => COLLECTOR,
-        Kind::Distributor => DISTRIBUTOR,
-        Kind::Signal => SIGNAL,
-    };
+    let skeleton = skeleton(Lang::Rust, kind);
     let type_name = pascal(name);
     let component = format!("target/wasm32-wasip2/release/{krate}.wasm");
     let mut files: Vec<(String, String)> = vec![
@@ -868,15 +496,9 @@ fn rust_files(name: &str, kind: Kind) -> Vec<(String, String)> {
 fn js_files(name: &str, kind: Kind) -> Vec<(String, String)> {
     let module = name.replace('-', "_");
     let world = format!("{}-processor", kind_name(kind));
-    let skeleton = match kind {
-        Kind::Bridge => JS_BRIDGE,
-        Kind::Collector => JS_COLLECTOR,
-        Kind::Distributor => JS_DISTRIBUTOR,
-        Kind::Signal => JS_SIGNAL,
-    };
+    let skeleton = skeleton(Lang::Js, kind);
     let fill = |text: &str| {
-        text.replace("STATE", JS_STATE)
-            .replace("NAME", name)
+        text.replace("NAME", name)
             .replace("MODULE", &module)
             .replace("WORLD", &world)
             .replace("KIND", kind_name(kind))
@@ -912,12 +534,7 @@ fn js_package(name: &str) -> String {
 fn python_files(name: &str, kind: Kind) -> Vec<(String, String)> {
     let module = name.replace('-', "_");
     let world = format!("{}-processor", kind_name(kind));
-    let skeleton = match kind {
-        Kind::Bridge => PYTHON_BRIDGE,
-        Kind::Collector => PYTHON_COLLECTOR,
-        Kind::Distributor => PYTHON_DISTRIBUTOR,
-        Kind::Signal => PYTHON_SIGNAL,
-    };
+    let skeleton = skeleton(Lang::Python, kind);
     let fill = |text: &str| {
         text.replace("NAME", name)
             .replace("MODULE", &module)
@@ -1061,12 +678,7 @@ docs/go.md of flowd.
 
 fn c_files(name: &str, kind: Kind) -> Vec<(String, String)> {
     let module = name.replace('-', "_");
-    let skeleton = match kind {
-        Kind::Bridge => include_str!("../templates/c/bridge.c"),
-        Kind::Collector => include_str!("../templates/c/collector.c"),
-        Kind::Distributor => include_str!("../templates/c/distributor.c"),
-        Kind::Signal => include_str!("../templates/c/signal.c"),
-    };
+    let skeleton = skeleton(Lang::C, kind);
     let fill = |text: &str| {
         text.replace("NAME", name)
             .replace("MODULE", &module)
@@ -1084,12 +696,7 @@ fn c_files(name: &str, kind: Kind) -> Vec<(String, String)> {
 fn go_files(name: &str, kind: Kind) -> Vec<(String, String)> {
     let module = name.replace('-', "_");
     let world = format!("{}-processor", kind_name(kind));
-    let skeleton = match kind {
-        Kind::Bridge => include_str!("../templates/go/bridge.go"),
-        Kind::Collector => include_str!("../templates/go/collector.go"),
-        Kind::Distributor => include_str!("../templates/go/distributor.go"),
-        Kind::Signal => include_str!("../templates/go/signal.go"),
-    };
+    let skeleton = skeleton(Lang::Go, kind);
     let fill = |text: &str| {
         text.replace("NAME", name)
             .replace("MODULE", &module)
@@ -1107,6 +714,35 @@ fn go_files(name: &str, kind: Kind) -> Vec<(String, String)> {
     ];
     files.extend(vendored(VENDORED_GO, "flowd/wit"));
     files
+}
+
+/// The kind's skeleton in a language: a processor that does something
+/// small (the same in every language, so one fixture tests them all), with
+/// `NAME` (and in Rust `Processor_`) to fill in. They live in `templates/`,
+/// where `scripts/sdk-reference` shows them as each SDK's examples.
+fn skeleton(lang: Lang, kind: Kind) -> &'static str {
+    match (lang, kind) {
+        (Lang::Rust, Kind::Bridge) => include_str!("../templates/rust/bridge.rs"),
+        (Lang::Rust, Kind::Collector) => include_str!("../templates/rust/collector.rs"),
+        (Lang::Rust, Kind::Distributor) => include_str!("../templates/rust/distributor.rs"),
+        (Lang::Rust, Kind::Signal) => include_str!("../templates/rust/signal.rs"),
+        (Lang::Python, Kind::Bridge) => include_str!("../templates/python/bridge.py"),
+        (Lang::Python, Kind::Collector) => include_str!("../templates/python/collector.py"),
+        (Lang::Python, Kind::Distributor) => include_str!("../templates/python/distributor.py"),
+        (Lang::Python, Kind::Signal) => include_str!("../templates/python/signal.py"),
+        (Lang::Js, Kind::Bridge) => include_str!("../templates/js/bridge.js"),
+        (Lang::Js, Kind::Collector) => include_str!("../templates/js/collector.js"),
+        (Lang::Js, Kind::Distributor) => include_str!("../templates/js/distributor.js"),
+        (Lang::Js, Kind::Signal) => include_str!("../templates/js/signal.js"),
+        (Lang::C, Kind::Bridge) => include_str!("../templates/c/bridge.c"),
+        (Lang::C, Kind::Collector) => include_str!("../templates/c/collector.c"),
+        (Lang::C, Kind::Distributor) => include_str!("../templates/c/distributor.c"),
+        (Lang::C, Kind::Signal) => include_str!("../templates/c/signal.c"),
+        (Lang::Go, Kind::Bridge) => include_str!("../templates/go/bridge.go"),
+        (Lang::Go, Kind::Collector) => include_str!("../templates/go/collector.go"),
+        (Lang::Go, Kind::Distributor) => include_str!("../templates/go/distributor.go"),
+        (Lang::Go, Kind::Signal) => include_str!("../templates/go/signal.go"),
+    }
 }
 
 /// `my-dedupe` -> `MyDedupe`: the processor's type name.
