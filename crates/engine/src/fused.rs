@@ -16,7 +16,6 @@
 use super::spec::Port;
 use flow_abi::{Emit, Packer, View};
 use flowd_core::event::packed::{self, PackError};
-use flowd_wasm::state::KeyedState;
 use flowd_wasm::wit::types;
 use flowd_wasm::{CallError, GuestError, Outcome, Processor};
 
@@ -182,10 +181,16 @@ impl Chain {
         &mut self,
         run: impl FnOnce(&mut Chain, &mut Collector) -> Result<(), CallError>,
     ) -> Result<Outcome, CallError> {
-        let snapshot: Vec<(KeyedState, u64, u64)> = self
+        // Each step's state under a savepoint (not a copy: only what the
+        // calls change is kept), settled by the runner once the segment's
+        // outputs are accepted, or put back here when a step fails.
+        let counters: Vec<(u64, u64)> = self
             .links
             .iter_mut()
-            .map(|l| (l.processor.state().clone(), l.events_in, l.events_out))
+            .map(|l| {
+                l.processor.state().savepoint();
+                (l.events_in, l.events_out)
+            })
             .collect();
         self.failed = None;
         self.calls.clear();
@@ -193,8 +198,8 @@ impl Chain {
         match run(self, &mut out) {
             Ok(()) => Ok(out.finish()),
             Err(e) => {
-                for (link, (state, events_in, events_out)) in self.links.iter_mut().zip(snapshot) {
-                    *link.processor.state() = state;
+                for (link, (events_in, events_out)) in self.links.iter_mut().zip(counters) {
+                    link.processor.state().revert();
                     link.events_in = events_in;
                     link.events_out = events_out;
                 }

@@ -199,17 +199,44 @@ enum Work {
 }
 
 impl Work {
+    /// One call. Its keyed-state writes are committed under a savepoint:
+    /// the caller [`Work::settle`]s them once it knows whether the outputs
+    /// are acceptable.
     fn process(&mut self, port: u32, batch: &flowd_wasm::Batch) -> Result<Outcome, CallError> {
         match self {
-            Work::Single(p) => p.process(port, batch),
+            Work::Single(p) => {
+                p.state().savepoint();
+                p.process(port, batch)
+            }
             Work::Chain(c) => c.process(port, batch),
         }
     }
 
     fn tick(&mut self, now_ms: u64) -> Result<Outcome, CallError> {
         match self {
-            Work::Single(p) => p.tick(now_ms),
+            Work::Single(p) => {
+                p.state().savepoint();
+                p.tick(now_ms)
+            }
             Work::Chain(c) => c.tick(now_ms),
+        }
+    }
+
+    /// Ends the last call's savepoint: its state stays when its outputs
+    /// were accepted, and is put back otherwise (a retried batch then sees
+    /// the state it saw the first time, and a dead-lettered one leaves none
+    /// behind).
+    fn settle(&mut self, accepted: bool) {
+        let settle = |state: &mut flowd_wasm::state::KeyedState| {
+            if accepted {
+                state.release();
+            } else {
+                state.revert();
+            }
+        };
+        match self {
+            Work::Single(p) => settle(p.state()),
+            Work::Chain(c) => c.links.iter_mut().for_each(|l| settle(l.processor.state())),
         }
     }
 
@@ -1154,11 +1181,13 @@ impl Runner {
             }
             let packer = Self::pack(inputs, group);
             let (packer, result) = self.call(Some(port), packer).await?;
-            let failure = match result {
-                Ok(outcome) => match self.outgoing(&outcome, Some((inputs, group, &packer))) {
-                    Ok(out) => return Ok(Ok(out)),
-                    Err(e) => CallError::InvalidOutput(e),
-                },
+            let checked = result.and_then(|outcome| {
+                self.outgoing(&outcome, Some((inputs, group, &packer)))
+                    .map_err(CallError::InvalidOutput)
+            });
+            self.settle(checked.is_ok());
+            let failure = match checked {
+                Ok(out) => return Ok(Ok(out)),
                 Err(e) => e,
             };
             self.ctx.metrics.errors.get_or_create(&self.label).inc();
@@ -1209,10 +1238,11 @@ impl Runner {
         // State is persisted in call order: the batches' first.
         self.drain(status).await?;
         let (_, result) = self.call(None, Packer::default()).await?;
-        match result
+        let checked = result
             .map_err(|e| e.to_string())
-            .and_then(|o| self.outgoing(&o, None).map_err(|e| e.to_string()))
-        {
+            .and_then(|o| self.outgoing(&o, None).map_err(|e| e.to_string()));
+        self.settle(checked.is_ok());
+        match checked {
             Ok(out) => {
                 let n = out.len() as u64;
                 self.store(out).await?;
@@ -1232,6 +1262,13 @@ impl Runner {
             }
         }
         Ok(())
+    }
+
+    /// Settles the last call's keyed state (see [`Work::settle`]).
+    fn settle(&mut self, accepted: bool) {
+        if let Some(work) = self.work.as_mut() {
+            work.settle(accepted);
+        }
     }
 
     /// The messages that store what a call emitted, in order.

@@ -434,6 +434,58 @@ async fn failing_events_go_to_the_dead_letter_flow_and_the_rest_flows_on() {
     host.shutdown().await;
 }
 
+/// A call that succeeds but whose outputs the host refuses (an emitted
+/// event with a bad `time`) changes no state: its retries see the state
+/// the first attempt saw, and when the event is dead-lettered its writes
+/// are gone. The counting events around it count 1, 2, 3... without a gap
+/// or a repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_outputs_leave_no_state_behind() {
+    let (_nats, _state, host, agent) = world(&["in", "out"]).await;
+    let retries = RunLimits {
+        max_attempts: 3,
+        ..limits()
+    };
+    processor(
+        &agent,
+        "c",
+        Kind::Bridge,
+        "guest_hostile",
+        &[],
+        (&["in"], &["out"]),
+        retries,
+    )
+    .await;
+    let events: Vec<Event> = (0..400)
+        .map(|i| match i % 40 {
+            13 => typed(i, "test.badout"),
+            _ => typed(i, "test.count"),
+        })
+        .collect();
+    write(&agent, "in", &events).await;
+    wait_count(&agent, "out", 390, Duration::from_secs(60)).await;
+    wait_count(&agent, "c-dead", 10, Duration::from_secs(30)).await;
+    let counts: Vec<i64> = read_all(&agent, "out")
+        .await
+        .iter()
+        .map(|e| {
+            e.extension("count")
+                .and_then(|v| v.to_string().parse().ok())
+                .unwrap_or(-1)
+        })
+        .collect();
+    assert_eq!(counts, (1..=390).collect::<Vec<i64>>());
+    let dead = read_all(&agent, "c-dead").await;
+    assert!(dead.iter().all(|e| e.ty() == "test.badout"), "{dead:?}");
+    assert!(
+        dead.iter().all(|e| e
+            .extension("deadlettererror")
+            .is_some_and(|v| v.to_string().contains("RFC 3339"))),
+        "{dead:?}"
+    );
+    host.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signal_state_survives_a_host_restart() {
     let nats = Nats::start();

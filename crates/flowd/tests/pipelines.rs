@@ -792,6 +792,72 @@ limits: {deadline-ms: 2000, max-attempts: 2}
     );
 }
 
+/// A step's created events are checked as they leave it: when the host
+/// refuses one (a bad `time` from the last step), the keyed state of every
+/// step goes back to its savepoint before the batch, so the retries and the
+/// events around the dead-lettered one count 1, 2, 3... without a gap or a
+/// repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_segment_outputs_leave_no_state_behind() {
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let _host = Flowd::start(&nats.url(), state.path());
+    let api = api(state.path()).await;
+    let agent = Agent::connect(&[nats.url()]).await.expect("agent");
+    create_flows(&agent, &["raw", "done"]).await;
+    push_file(&api, "transform", "flow_transform").await;
+    push_file(&api, "hostile", "guest_hostile").await;
+    let manifest = "\
+name: tally
+inputs: {raw: flow://raw.pipe.example.com}
+outputs: {done: flow://done.pipe.example.com}
+steps:
+  - name: mark
+    component: transform@1.0.0
+    from: raw
+    config: {set.data.marked: true}
+  - name: count
+    component: hostile@1.0.0
+    from: mark
+    to: done
+limits: {deadline-ms: 2000, max-attempts: 3}
+";
+    api.pipelines()
+        .apply(proto::ApplyRequest {
+            manifest: manifest.into(),
+            dry_run: false,
+        })
+        .await
+        .expect("applied");
+    let events: Vec<Event> = (0..300)
+        .map(|i| {
+            EventBuilderV10::new()
+                .id(format!("t-{i}"))
+                .source("urn:test")
+                .ty(if i % 30 == 11 {
+                    "test.badout"
+                } else {
+                    "test.count"
+                })
+                .data("application/json", json!({"n": i}))
+                .build()
+                .expect("event")
+        })
+        .collect();
+    write(&agent, "raw", &events).await;
+    wait_count(&agent, "done", 290, Duration::from_secs(120)).await;
+    let counts: Vec<i64> = read_all(&agent, "done")
+        .await
+        .iter()
+        .map(|e| {
+            e.extension("count")
+                .and_then(|v| v.to_string().parse().ok())
+                .unwrap_or(-1)
+        })
+        .collect();
+    assert_eq!(counts, (1..=290).collect::<Vec<i64>>());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fused_pipeline_killed_mid_run_delivers_every_event_once() {
     let nats = Nats::start();

@@ -4,6 +4,12 @@
 //! commits them, a call that fails or traps rolls them back. A retried batch
 //! therefore sees exactly the state it saw the first time, and a poisoned
 //! instance cannot leave half-written state behind.
+//!
+//! A call that returned `ok` may still be refused afterwards (its outputs
+//! do not resolve, or another step of its fused segment fails): a
+//! savepoint taken before the call keeps the previous values of what its
+//! commits changed, so [`KeyedState::revert`] puts the state back without
+//! copying all of it.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +25,16 @@ pub struct KeyedState {
     size: usize,
     committed_size: usize,
     quota: usize,
+    /// Since [`KeyedState::savepoint`]: what the commits replaced.
+    undo: Option<Savepoint>,
+}
+
+/// What [`KeyedState::revert`] needs to put the state back.
+#[derive(Debug, Clone, Default)]
+struct Savepoint {
+    /// `(key, value before)` of every commit since, oldest first.
+    replaced: Vec<(String, Option<Vec<u8>>)>,
+    committed_size: usize,
 }
 
 /// The state write exceeded the quota.
@@ -102,11 +118,46 @@ impl KeyedState {
         keys
     }
 
-    /// Makes the writes of the current call permanent.
+    /// Makes the writes of the current call permanent (until a
+    /// [`KeyedState::revert`] to a savepoint taken before it).
     pub fn commit(&mut self) {
         for (key, value) in std::mem::take(&mut self.journal) {
             self.dirty.insert(key.clone(), ());
-            match value {
+            let old = match value {
+                Some(v) => self.committed.insert(key.clone(), v),
+                None => self.committed.remove(&key),
+            };
+            if let Some(undo) = &mut self.undo {
+                undo.replaced.push((key, old));
+            }
+        }
+        self.committed_size = self.size;
+    }
+
+    /// Starts keeping what the following commits replace, so that they can
+    /// be reverted together; replaces an earlier savepoint.
+    pub fn savepoint(&mut self) {
+        self.undo = Some(Savepoint {
+            replaced: Vec::new(),
+            committed_size: self.committed_size,
+        });
+    }
+
+    /// The commits since the savepoint are final: forgets their undo.
+    pub fn release(&mut self) {
+        self.undo = None;
+    }
+
+    /// Puts the committed state back as it was at the savepoint (and drops
+    /// any uncommitted write). Without a savepoint it only rolls back.
+    pub fn revert(&mut self) {
+        self.rollback();
+        let Some(undo) = self.undo.take() else {
+            return;
+        };
+        for (key, old) in undo.replaced.into_iter().rev() {
+            // The key stays dirty: what is persisted next is the value put back.
+            match old {
                 Some(v) => {
                     self.committed.insert(key, v);
                 }
@@ -115,7 +166,8 @@ impl KeyedState {
                 }
             }
         }
-        self.committed_size = self.size;
+        self.committed_size = undo.committed_size;
+        self.size = undo.committed_size;
     }
 
     /// Forgets the writes of the current call.
@@ -145,6 +197,46 @@ impl KeyedState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_savepoint_reverts_several_commits_and_what_they_persist() {
+        let mut s = KeyedState::restore([("a".to_owned(), b"1".to_vec())], 100);
+        let _ = s.take_changes();
+        s.savepoint();
+        s.set("a", b"2".to_vec()).expect("fits");
+        s.set("b", b"x".to_vec()).expect("fits");
+        s.commit();
+        s.set("a", b"3".to_vec()).expect("fits");
+        s.delete("b");
+        s.set("c", b"yy".to_vec()).expect("fits");
+        s.commit();
+        assert_eq!(s.get("a"), Some(&b"3"[..]));
+        s.revert();
+        assert_eq!(
+            (s.get("a"), s.get("b"), s.get("c")),
+            (Some(&b"1"[..]), None, None)
+        );
+        assert_eq!(s.size(), 2, "the size at the savepoint");
+        // What changed and went back is persisted as it is now.
+        let mut changes = s.take_changes();
+        changes.sort();
+        assert_eq!(
+            changes,
+            [
+                ("a".to_owned(), Some(b"1".to_vec())),
+                ("b".to_owned(), None),
+                ("c".to_owned(), None)
+            ]
+        );
+        // Released commits stay; a revert without a savepoint only rolls back.
+        s.savepoint();
+        s.set("a", b"4".to_vec()).expect("fits");
+        s.commit();
+        s.release();
+        s.set("a", b"5".to_vec()).expect("fits");
+        s.revert();
+        assert_eq!(s.get("a"), Some(&b"4"[..]));
+    }
 
     #[test]
     fn commit_rollback_and_keys() {

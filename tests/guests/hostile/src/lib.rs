@@ -3,7 +3,9 @@
 //! By event `type`: `test.spin` loops forever, `test.hog` allocates without
 //! bound, `test.trap` panics (a trap), `test.fail` returns an event error,
 //! `test.count` increments keyed state `count` and emits its value in the
-//! `count` extension, `test.log` forwards the event after a `log` call,
+//! `count` extension, `test.badout` does the same but emits an event the
+//! host refuses (a time that is not one), `test.log` forwards the event
+//! after a `log` call,
 //! a stdout line and a stderr line naming it, `test.chatter` forwards it
 //! after writing 64 KiB to stderr. Anything else is forwarded. Config `init=spin|trap|fail`
 //! misbehaves in `init` instead.
@@ -53,6 +55,16 @@ impl Bridge for Hostile {
                     state::set_json("count", &count);
                     let mut new = event.to_new();
                     new.set_extension("count", ExtensionValue::Integer(count));
+                    out.emit(&new);
+                }
+                "test.badout" => {
+                    // Counts like test.count, then emits an event the host
+                    // refuses (its time is not a timestamp): the call
+                    // succeeds, its outputs do not.
+                    let count = state::get_json::<i64>("count").unwrap_or(0) + 1;
+                    state::set_json("count", &count);
+                    let mut new = event.to_new();
+                    new.time = Some("not a time".into());
                     out.emit(&new);
                 }
                 "test.log" => {
