@@ -266,6 +266,7 @@ impl Daemon {
                 pipelines,
                 state_dir: state_dir.clone(),
                 defaults: config.limits.defaults.clone(),
+                long_reads: Default::default(),
             })
         } else {
             None

@@ -1193,6 +1193,28 @@ async fn dead_letters_are_listed_replayed_once_fixed_and_discarded() {
         }
     })
     .await;
+    // A message in the dead-letter flow that is not an event (a binary-mode
+    // CloudEvent whose `time` is not one, written there by someone with
+    // broker access) is left out; the letters are still listed.
+    let nats_client = async_nats::connect(nats.url()).await.expect("broker");
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "forged-0"),
+        ("ce-source", "urn:attacker"),
+        ("ce-type", "test.ok"),
+        ("ce-time", "not a time"),
+        ("ce-deadletterprocessor", "fragile"),
+    ] {
+        headers.insert(name, value);
+    }
+    async_nats::jetstream::new(nats_client)
+        .publish_with_headers(format!("flow.{}", letters[0].flow), headers, "{}".into())
+        .await
+        .expect("published")
+        .await
+        .expect("stored");
+    let letters = list(letters_api.clone()).await;
     let by_id: BTreeMap<&str, &proto::DeadLetter> =
         letters.iter().map(|l| (l.event_id.as_str(), l)).collect();
     assert_eq!(
@@ -1346,6 +1368,31 @@ async fn dead_letters_are_listed_replayed_once_fixed_and_discarded() {
     let kinds = |kind: &str| records.iter().filter(|r| r.kind == kind).count();
     assert_eq!(kinds("replay"), 3, "{records:#?}");
     assert_eq!(kinds("discard"), 1, "{records:#?}");
+
+    // Long reads are counted per principal: eight log follows open at
+    // once, the ninth refused until one ends.
+    let follow = || async {
+        api.logs()
+            .read(proto::ReadLogsRequest {
+                name: "fragile".into(),
+                follow: true,
+                since_ms: 0,
+            })
+            .await
+    };
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        open.push(follow().await.expect("a follow").into_inner());
+    }
+    let refused = follow().await.expect_err("a ninth");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    assert!(refused.message().contains("8 log follows"), "{refused}");
+    drop(open.pop());
+    let again = eventually(Duration::from_secs(10), "a turn given back", || async {
+        follow().await.ok()
+    })
+    .await;
+    drop((open, again));
 
     // A forged dead letter (whoever may write the dead-letter flow can put
     // one there) naming a flow that is no input of the processor is not

@@ -110,12 +110,21 @@ impl Agent {
             };
             let mut scanned = 0;
             while scanned < MAX_SCANNED && found.len() < limit.min(MAX_LISTED) {
-                let batch = reader.next(256, Duration::from_millis(200)).await?;
+                let batch = reader.next_each(256, Duration::from_millis(200)).await?;
                 if batch.is_empty() {
                     break;
                 }
                 scanned += batch.len();
-                for (sequence, mut event) in batch {
+                for (sequence, event) in batch {
+                    // Not an event: no dead letter of the engine's, and no
+                    // reason to hide the others.
+                    let mut event = match event {
+                        Ok(event) => event,
+                        Err(e) => {
+                            tracing::warn!(%flow, sequence, "not a dead letter (left out): {e}");
+                            continue;
+                        }
+                    };
                     let Some(processor) = text(&event, "deadletterprocessor") else {
                         continue;
                     };

@@ -186,6 +186,27 @@ impl FlowReader {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<(u64, Event)>, AgentError> {
+        let flow = self.flow.clone();
+        self.next_each(max, wait)
+            .await?
+            .into_iter()
+            .map(|(sequence, event)| {
+                event
+                    .map(|e| (sequence, e))
+                    .map_err(|e| AgentError::Invalid(format!("event {sequence} of {flow}: {e}")))
+            })
+            .collect()
+    }
+
+    /// As [`FlowReader::next`], but a stored message that is not an event
+    /// is handed over as its error instead of failing the batch: for flows
+    /// whose writers are not all the engine (a dead-letter flow holds what
+    /// anyone allowed to write to it put there).
+    pub async fn next_each(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<(u64, Result<Event, String>)>, AgentError> {
         let flow = &self.flow;
         let mut batch = self
             .consumer
@@ -200,9 +221,7 @@ impl FlowReader {
             let message =
                 message.map_err(|e| AgentError::Unavailable(format!("reading {flow}: {e}")))?;
             let (sequence, event) = codec::stored_event(&message, &self.stream);
-            let event = event
-                .map_err(|e| AgentError::Invalid(format!("event {sequence} of {flow}: {e}")))?;
-            events.push((sequence, event));
+            events.push((sequence, event.map_err(|e| e.to_string())));
         }
         Ok(events)
     }

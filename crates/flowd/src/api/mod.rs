@@ -12,6 +12,7 @@
 pub mod client;
 mod convert;
 mod services;
+pub mod turns;
 
 pub(crate) use services::{chosen_letters, read_logs};
 
@@ -38,6 +39,8 @@ pub struct ApiContext {
     pub pipelines: Pipelines,
     pub state_dir: PathBuf,
     pub defaults: RunLimits,
+    /// Log follows and dead-letter scans in progress, per principal.
+    pub long_reads: Arc<turns::LongReads>,
 }
 
 /// A running API server.

@@ -582,6 +582,12 @@ pub(crate) async fn read_logs(
     r: proto::ReadLogsRequest,
 ) -> Result<futures::stream::BoxStream<'static, Result<proto::LogRecord, Status>>, Status> {
     use flowd_broker::logs::{Logs, Retention, Since};
+    // A follow holds its turn for as long as its stream lives.
+    let turn = if r.follow {
+        Some(ctx.long_reads.follow(who)?)
+    } else {
+        None
+    };
     let processors = named(ctx, who, &r.name).await?.ids();
     let logs = Logs::open(ctx.agent.broker(), Retention::default())
         .await
@@ -595,7 +601,8 @@ pub(crate) async fn read_logs(
         .await
         .map_err(|e| Status::unavailable(format!("processor log: {e}")))?;
     Ok(records
-        .map(|record| {
+        .map(move |record| {
+            let _turn = &turn;
             record
                 .map(|r| proto::LogRecord {
                     time_ms: r.time_ms,
@@ -651,6 +658,7 @@ pub(crate) async fn chosen_letters(
     Status,
 > {
     use crate::agent::deadletters::Which;
+    let _turn = ctx.long_reads.scan(who)?;
     let which = if !r.sequences.is_empty() {
         Which::Sequences(r.sequences.iter().copied().collect())
     } else if r.all || !must_choose {
