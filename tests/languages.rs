@@ -394,10 +394,15 @@ fn go_dedupe_sweeps_expired_sightings_from_its_state() {
 
 /// A first call far larger than the allocator's reserve (4 MiB of
 /// arguments against 256 KiB): the host's lowering takes Go heap memory
-/// while the collector is held off, then the reserve grows.
+/// while the collector is held off, then the reserve grows. (The deadline
+/// is raised: the batch takes about 60 ms, more on a loaded machine.)
 #[test]
 fn go_dedupe_takes_a_first_batch_larger_than_its_reserve() {
-    let mut p = bridge(GO, &[("key", "data.k")]).expect("creates");
+    let limits = Limits {
+        deadline: std::time::Duration::from_secs(5),
+        ..Limits::default()
+    };
+    let mut p = processor(GO, &[("key", "data.k")], &["in"], &["out"], limits).expect("creates");
     let pad = "y".repeat(2000);
     let batch: Vec<Event> = (0..2000)
         .map(|i| event(&format!("e{i}"), "t", json!({ "k": i % 1500, "pad": pad })))
@@ -461,6 +466,18 @@ fn go_dedupe_refuses_bad_configuration_and_updates_in_place() {
 
 fn typed(id: &str, ty: &str) -> Event {
     event(id, ty, json!({ "id": id }))
+}
+
+/// A log line longer than the SDK's 1 KiB buffer is cut without splitting
+/// a UTF-8 sequence (the host takes UTF-8 only: a split one trapped).
+#[test]
+fn c_sample_logs_long_keys_cut_at_a_character() {
+    let mut p = bridge(C, &[("every", "1"), ("key", "type")]).expect("creates");
+    let long: String = "é".repeat(700);
+    for ty in [long.clone(), format!("x{long}")] {
+        let out = call1(&mut p, &[typed("1", &ty)]).expect("no trap");
+        assert_eq!(ids(&out), ["1"]);
+    }
 }
 
 #[test]

@@ -75,6 +75,9 @@ bool flow_process(const flow_batch *batch, flow_output *out, flow_error *err) {
         flow_state_set(name, (flow_str){text, (size_t)n});
         free(slot);
         if (seen % every != 0) continue;
+        flow_str id = flow_id(batch, i);
+        flow_log(FLOW_DEBUG, "keeps %.*s, number %s of key `%.*s`", (int)id.len, id.ptr, text, (int)value.len,
+                 value.ptr);
         if (!stamp[0]) {
             flow_forward(out, i);
             continue;

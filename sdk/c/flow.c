@@ -515,6 +515,39 @@ void flow_state_delete(flow_str key) {
     eson_flow_state_delete(&k);
 }
 
+/* Copies src to dst (at least 3 * len bytes), each byte that does not
+ * start a complete, valid UTF-8 sequence replaced by U+FFFD; returns the
+ * length written. */
+static size_t utf8_clean(const unsigned char *src, size_t len, char *dst) {
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        unsigned char c = src[i];
+        size_t need = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+        bool ok = need > 0 && i + need <= len;
+        for (size_t k = 1; ok && k < need; k++) ok = (src[i + k] & 0xc0) == 0x80;
+        if (ok && need == 2) ok = c >= 0xc2;
+        if (ok && need == 3) {
+            uint32_t cp = ((c & 0x0fu) << 12) | ((src[i + 1] & 0x3fu) << 6) | (src[i + 2] & 0x3fu);
+            ok = cp >= 0x800 && (cp < 0xd800 || cp > 0xdfff);
+        }
+        if (ok && need == 4) {
+            uint32_t cp = ((c & 0x07u) << 18) | ((src[i + 1] & 0x3fu) << 12) | ((src[i + 2] & 0x3fu) << 6) |
+                          (src[i + 3] & 0x3fu);
+            ok = cp >= 0x10000 && cp <= 0x10ffff;
+        }
+        if (ok) {
+            memcpy(dst + o, src + i, need);
+            o += need;
+            i += need;
+        } else {
+            memcpy(dst + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i += 1;
+        }
+    }
+    return o;
+}
+
 void flow_log(flow_level level, const char *format, ...) {
     char line[1024];
     va_list args;
@@ -523,11 +556,11 @@ void flow_log(flow_level level, const char *format, ...) {
     va_end(args);
     if (n < 0) return;
     size_t len = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
-    /* Truncation must not split a UTF-8 sequence: back up over its continuation bytes. */
-    if ((size_t)n >= sizeof line) {
-        while (len > 0 && ((unsigned char)line[len] & 0xc0) == 0x80) len--;
-    }
-    W(string_t) message = {(uint8_t *)line, len};
+    /* The host takes UTF-8 only: anything else (a cut sequence at the end,
+     * or invalid bytes from event data) becomes U+FFFD. */
+    static char text[3 * sizeof line];
+    size_t out = utf8_clean((const unsigned char *)line, len, text);
+    W(string_t) message = {(uint8_t *)text, out};
     eson_flow_log_log((eson_flow_log_level_t)level, &message);
 }
 

@@ -14,7 +14,8 @@
  *                bool flow_tick(uint64_t now_ms, flow_output *out, flow_error *err);
  *
  * and may define flow_update (default: flow_init again with the new
- * configuration) and flow_teardown (default: nothing). A function returns
+ * configuration, so flow_init checks everything before it keeps anything:
+ * a refused configuration is freed) and flow_teardown (default: nothing). A function returns
  * true on success, or the false that flow_invalid_config, flow_event_failed
  * or flow_failed return after filling `err`.
  *

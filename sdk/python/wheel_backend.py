@@ -8,16 +8,27 @@ building it needs no setuptools and no download. `pip wheel sdk/python`
 
 import base64
 import hashlib
-import tomllib
+import io
+import re
+import tarfile
 import zipfile
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the [project] strings are read by hand
+    tomllib = None
 
 HERE = Path(__file__).resolve().parent
 PACKAGE = "flow_sdk"
 
 
 def _project():
-    return tomllib.loads((HERE / "pyproject.toml").read_text())["project"]
+    text = (HERE / "pyproject.toml").read_text()
+    if tomllib is not None:
+        return tomllib.loads(text)["project"]
+    section = text.split("[project]", 1)[1].split("\n[", 1)[0]
+    return dict(re.findall(r'^([\w-]+)\s*=\s*"([^"]*)"', section, re.M))
 
 
 def _dist(project):
@@ -26,11 +37,11 @@ def _dist(project):
 
 def _metadata(project):
     lines = [
-        "Metadata-Version: 2.1",
+        "Metadata-Version: 2.4",
         f"Name: {project['name']}",
         f"Version: {project['version']}",
         f"Summary: {project['description']}",
-        f"License: {project['license']}",
+        f"License-Expression: {project['license']}",
         f"Requires-Python: {project['requires-python']}",
     ]
     return "\n".join(lines) + "\n"
@@ -61,6 +72,33 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     wheel = f"{name}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(Path(wheel_directory) / wheel, "w", zipfile.ZIP_DEFLATED) as zf:
         for n, d in files:
-            # A fixed time: the same sources make the same wheel.
-            zf.writestr(zipfile.ZipInfo(n, date_time=(2020, 1, 1, 0, 0, 0)), d, zipfile.ZIP_DEFLATED)
+            # Fixed time, system and mode: the same sources make the same wheel.
+            info = zipfile.ZipInfo(n, date_time=(2020, 1, 1, 0, 0, 0))
+            info.create_system = 3
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, d, zipfile.ZIP_DEFLATED)
     return wheel
+
+
+def get_requires_for_build_sdist(config_settings=None):
+    return []
+
+
+def build_sdist(sdist_directory, config_settings=None):
+    """The sources as `<name>-<version>.tar.gz`: pyproject.toml, this
+    backend and the package, with PKG-INFO."""
+    project = _project()
+    name, version = _dist(project)
+    root = f"{name}-{version}"
+    files = [("pyproject.toml", (HERE / "pyproject.toml").read_bytes()),
+             ("wheel_backend.py", (HERE / "wheel_backend.py").read_bytes()),
+             ("PKG-INFO", _metadata(project).encode())]
+    for path in sorted((HERE / PACKAGE).rglob("*.py")):
+        files.append((path.relative_to(HERE).as_posix(), path.read_bytes()))
+    sdist = f"{root}.tar.gz"
+    with tarfile.open(Path(sdist_directory) / sdist, "w:gz", format=tarfile.PAX_FORMAT) as tf:
+        for n, d in files:
+            info = tarfile.TarInfo(f"{root}/{n}")
+            info.size, info.mtime, info.mode = len(d), 1577836800, 0o644
+            tf.addfile(info, io.BytesIO(d))
+    return sdist

@@ -181,6 +181,18 @@ impl Chain {
         &mut self,
         run: impl FnOnce(&mut Chain, &mut Collector) -> Result<(), CallError>,
     ) -> Result<Outcome, CallError> {
+        self.failed = None;
+        self.calls.clear();
+        // Instances made first: what `init` writes is not the call's.
+        for at in 0..self.links.len() {
+            let link = &mut self.links[at];
+            if let Err(e) = link.processor.ready() {
+                link.errors += 1;
+                let e = locate(&link.id, e, &[]);
+                self.failed = Some(at);
+                return Err(e);
+            }
+        }
         // Each step's state under a savepoint (not a copy: only what the
         // calls change is kept), settled by the runner once the segment's
         // outputs are accepted, or put back here when a step fails.
@@ -192,8 +204,6 @@ impl Chain {
                 (l.events_in, l.events_out)
             })
             .collect();
-        self.failed = None;
-        self.calls.clear();
         let mut out = Collector::default();
         match run(self, &mut out) {
             Ok(()) => Ok(out.finish()),
@@ -246,6 +256,7 @@ impl Chain {
             }
         };
         record.events_out = outcome.emits.len() as u64;
+        let record_at = self.calls.len();
         self.calls.push(record);
         link.events_out += outcome.emits.len() as u64;
         let ports = link.ports.clone();
@@ -264,24 +275,34 @@ impl Chain {
         if let Some(p) = &outcome.ports
             && p.len() != outcome.emits.len()
         {
-            return Err(CallError::InvalidOutput(PackError::PortsMismatch {
-                emits: outcome.emits.len(),
-                ports: p.len(),
-            }));
+            return Err(self.blame(
+                at,
+                record_at,
+                CallError::InvalidOutput(PackError::PortsMismatch {
+                    emits: outcome.emits.len(),
+                    ports: p.len(),
+                }),
+            ));
         }
         let mut by_port: Vec<Vec<Emit>> = vec![Vec::new(); ports.len()];
         for (i, word) in outcome.emits.iter().enumerate() {
             let port = outcome.ports.as_ref().map_or(0, |p| p[i]);
-            let slot = by_port
-                .get_mut(port as usize)
-                .ok_or(CallError::InvalidOutput(PackError::PortOutOfRange {
-                    port,
-                    ports: ports.len(),
-                }))?;
+            let Some(slot) = by_port.get_mut(port as usize) else {
+                return Err(self.blame(
+                    at,
+                    record_at,
+                    CallError::InvalidOutput(PackError::PortOutOfRange {
+                        port,
+                        ports: ports.len(),
+                    }),
+                ));
+            };
             let emit = Emit::from_word(*word);
-            if let Emit::Created(j) = emit {
+            if let Emit::Created(j) = emit
                 // Validates every attribute before it goes anywhere.
-                packed::unpack_view(&created, j).map_err(CallError::InvalidOutput)?;
+                && let Err(e) = packed::unpack_view(&created, j)
+            {
+                return Err(self.blame(at, record_at, CallError::InvalidOutput(e)));
             }
             slot.push(emit);
         }
@@ -292,13 +313,19 @@ impl Chain {
             match ports[port] {
                 Port::Flow(k) => {
                     for emit in emits {
-                        match emit {
+                        let copied = match emit {
                             Emit::Forward(j) => match origins.get(j as usize) {
-                                Some(Some(origin)) => out.forward(*origin, k),
-                                Some(None) => out.copy(&input, j, k)?,
-                                None => return Err(out_of_range(j, origins.len())),
+                                Some(Some(origin)) => {
+                                    out.forward(*origin, k);
+                                    Ok(())
+                                }
+                                Some(None) => out.copy(&input, j, k),
+                                None => Err(out_of_range(j, origins.len())),
                             },
-                            Emit::Created(j) => out.copy(&created, j, k)?,
+                            Emit::Created(j) => out.copy(&created, j, k),
+                        };
+                        if let Err(e) = copied {
+                            return Err(self.blame(at, record_at, e));
                         }
                     }
                 }
@@ -307,18 +334,23 @@ impl Chain {
                     let mut child_origins = Vec::with_capacity(emits.len());
                     for emit in emits {
                         let (view, j, origin) = match emit {
-                            Emit::Forward(j) => (
-                                &input,
-                                j,
-                                *origins
-                                    .get(j as usize)
-                                    .ok_or_else(|| out_of_range(j, origins.len()))?,
-                            ),
+                            Emit::Forward(j) => match origins.get(j as usize) {
+                                Some(origin) => (&input, j, *origin),
+                                None => {
+                                    let e = out_of_range(j, origins.len());
+                                    return Err(self.blame(at, record_at, e));
+                                }
+                            },
                             Emit::Created(j) => (&created, j, None),
                         };
-                        view.event(j as usize)
+                        if view
+                            .event(j as usize)
                             .and_then(|spans| batch.copy_from(view, &spans))
-                            .ok_or_else(|| out_of_range(j, view.len()))?;
+                            .is_none()
+                        {
+                            let e = out_of_range(j, view.len());
+                            return Err(self.blame(at, record_at, e));
+                        }
                         child_origins.push(origin);
                     }
                     let batch = types::Batch {
@@ -331,6 +363,17 @@ impl Chain {
             }
         }
         Ok(())
+    }
+
+    /// An error in what link `at` emitted (its call itself succeeded): the
+    /// step is named as the failing one, as for an error it returned.
+    fn blame(&mut self, at: usize, record_at: usize, e: CallError) -> CallError {
+        self.links[at].errors += 1;
+        if let Some(record) = self.calls.get_mut(record_at) {
+            record.error = Some(e.to_string());
+        }
+        self.failed = Some(at);
+        e
     }
 
     /// Keyed-state changes since the last call, with the step they belong to.

@@ -205,6 +205,7 @@ impl Work {
     fn process(&mut self, port: u32, batch: &flowd_wasm::Batch) -> Result<Outcome, CallError> {
         match self {
             Work::Single(p) => {
+                p.ready()?;
                 p.state().savepoint();
                 p.process(port, batch)
             }
@@ -215,6 +216,7 @@ impl Work {
     fn tick(&mut self, now_ms: u64) -> Result<Outcome, CallError> {
         match self {
             Work::Single(p) => {
+                p.ready()?;
                 p.state().savepoint();
                 p.tick(now_ms)
             }

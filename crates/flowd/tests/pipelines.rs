@@ -856,6 +856,26 @@ limits: {deadline-ms: 2000, max-attempts: 3}
         })
         .collect();
     assert_eq!(counts, (1..=290).collect::<Vec<i64>>());
+    // The refused events are dead-lettered as the step's, not the
+    // segment's first step's.
+    let dead = FlowName::parse("deadletter.tally.pipelines.flowd").expect("flow");
+    let mut letters = Vec::new();
+    agent
+        .read(&dead, true, None, false, Duration::from_millis(500), |e| {
+            letters.push(e);
+            Ok(())
+        })
+        .await
+        .expect("dead letters");
+    assert_eq!(letters.len(), 10, "{letters:?}");
+    for letter in &letters {
+        let attribute = |name: &str| letter.extension(name).map(|v| v.to_string());
+        assert_eq!(attribute("deadletterstep").as_deref(), Some("tally-count"));
+        assert!(
+            attribute("deadlettererror").is_some_and(|e| e.contains("RFC 3339")),
+            "{letter:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1369,8 +1389,8 @@ async fn dead_letters_are_listed_replayed_once_fixed_and_discarded() {
     assert_eq!(kinds("replay"), 3, "{records:#?}");
     assert_eq!(kinds("discard"), 1, "{records:#?}");
 
-    // Long reads are counted per principal: eight log follows open at
-    // once, the ninth refused until one ends.
+    // Long reads are counted per principal: eight log reads (here follows)
+    // open at once, the ninth refused until one ends.
     let follow = || async {
         api.logs()
             .read(proto::ReadLogsRequest {
@@ -1386,7 +1406,7 @@ async fn dead_letters_are_listed_replayed_once_fixed_and_discarded() {
     }
     let refused = follow().await.expect_err("a ninth");
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
-    assert!(refused.message().contains("8 log follows"), "{refused}");
+    assert!(refused.message().contains("8 log reads"), "{refused}");
     drop(open.pop());
     let again = eventually(Duration::from_secs(10), "a turn given back", || async {
         follow().await.ok()

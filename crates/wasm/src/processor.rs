@@ -380,6 +380,13 @@ impl Processor {
         self.recycled += 1;
     }
 
+    /// Makes sure an instance is live (instantiated and initialised), so
+    /// that what `init` writes to the state is committed before a call's
+    /// savepoint is taken: reverting the call must not undo it.
+    pub fn ready(&mut self) -> Result<(), CallError> {
+        self.ensure_live()
+    }
+
     /// Makes sure an instance is live: instantiates and initialises a fresh
     /// one if the last was discarded.
     fn ensure_live(&mut self) -> Result<(), CallError> {

@@ -34,6 +34,10 @@ pub struct KeyedState {
 struct Savepoint {
     /// `(key, value before)` of every commit since, oldest first.
     replaced: Vec<(String, Option<Vec<u8>>)>,
+    /// Keys the commits since made dirty: after a revert they are as they
+    /// were, nothing to persist (a stale write or a tombstone for a key
+    /// never persisted would otherwise go to the broker).
+    newly_dirty: Vec<String>,
     committed_size: usize,
 }
 
@@ -122,7 +126,12 @@ impl KeyedState {
     /// [`KeyedState::revert`] to a savepoint taken before it).
     pub fn commit(&mut self) {
         for (key, value) in std::mem::take(&mut self.journal) {
-            self.dirty.insert(key.clone(), ());
+            let was_dirty = self.dirty.insert(key.clone(), ()).is_some();
+            if let Some(undo) = &mut self.undo
+                && !was_dirty
+            {
+                undo.newly_dirty.push(key.clone());
+            }
             let old = match value {
                 Some(v) => self.committed.insert(key.clone(), v),
                 None => self.committed.remove(&key),
@@ -139,6 +148,7 @@ impl KeyedState {
     pub fn savepoint(&mut self) {
         self.undo = Some(Savepoint {
             replaced: Vec::new(),
+            newly_dirty: Vec::new(),
             committed_size: self.committed_size,
         });
     }
@@ -155,8 +165,12 @@ impl KeyedState {
         let Some(undo) = self.undo.take() else {
             return;
         };
+        for key in &undo.newly_dirty {
+            self.dirty.remove(key);
+        }
         for (key, old) in undo.replaced.into_iter().rev() {
-            // The key stays dirty: what is persisted next is the value put back.
+            // A key dirty before the savepoint stays so: its value put back
+            // is what is persisted next.
             match old {
                 Some(v) => {
                     self.committed.insert(key, v);
@@ -217,17 +231,17 @@ mod tests {
             (Some(&b"1"[..]), None, None)
         );
         assert_eq!(s.size(), 2, "the size at the savepoint");
-        // What changed and went back is persisted as it is now.
-        let mut changes = s.take_changes();
-        changes.sort();
-        assert_eq!(
-            changes,
-            [
-                ("a".to_owned(), Some(b"1".to_vec())),
-                ("b".to_owned(), None),
-                ("c".to_owned(), None)
-            ]
-        );
+        // What went back as it was is not persisted again (no tombstones
+        // for keys never persisted, no stale values).
+        assert_eq!(s.take_changes(), []);
+        // A key dirty before the savepoint stays dirty, with its value then.
+        s.set("a", b"9".to_vec()).expect("fits");
+        s.commit();
+        s.savepoint();
+        s.set("a", b"10".to_vec()).expect("fits");
+        s.commit();
+        s.revert();
+        assert_eq!(s.take_changes(), [("a".to_owned(), Some(b"9".to_vec()))]);
         // Released commits stay; a revert without a savepoint only rolls back.
         s.savepoint();
         s.set("a", b"4".to_vec()).expect("fits");
@@ -236,6 +250,7 @@ mod tests {
         s.set("a", b"5".to_vec()).expect("fits");
         s.revert();
         assert_eq!(s.get("a"), Some(&b"4"[..]));
+        assert_eq!(s.take_changes(), [("a".to_owned(), Some(b"4".to_vec()))]);
     }
 
     #[test]

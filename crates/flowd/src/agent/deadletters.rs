@@ -109,6 +109,7 @@ impl Agent {
                 Err(e) => return Err(e),
             };
             let mut scanned = 0;
+            let (mut unreadable, mut first_unreadable) = (0usize, String::new());
             while scanned < MAX_SCANNED && found.len() < limit.min(MAX_LISTED) {
                 let batch = reader.next_each(256, Duration::from_millis(200)).await?;
                 if batch.is_empty() {
@@ -121,7 +122,10 @@ impl Agent {
                     let mut event = match event {
                         Ok(event) => event,
                         Err(e) => {
-                            tracing::warn!(%flow, sequence, "not a dead letter (left out): {e}");
+                            if unreadable == 0 {
+                                first_unreadable = format!("#{sequence}: {e}");
+                            }
+                            unreadable += 1;
                             continue;
                         }
                     };
@@ -154,6 +158,12 @@ impl Agent {
                         break;
                     }
                 }
+            }
+            if unreadable > 0 {
+                tracing::warn!(
+                    %flow,
+                    "{unreadable} messages are not events, left out of the listing (the first {first_unreadable})"
+                );
             }
         }
         Ok(found)

@@ -582,12 +582,9 @@ pub(crate) async fn read_logs(
     r: proto::ReadLogsRequest,
 ) -> Result<futures::stream::BoxStream<'static, Result<proto::LogRecord, Status>>, Status> {
     use flowd_broker::logs::{Logs, Retention, Since};
-    // A follow holds its turn for as long as its stream lives.
-    let turn = if r.follow {
-        Some(ctx.long_reads.follow(who)?)
-    } else {
-        None
-    };
+    // A read holds a broker consumer, and its turn, for as long as its
+    // stream lives (a follow until the caller ends it).
+    let turn = ctx.long_reads.log_read(who)?;
     let processors = named(ctx, who, &r.name).await?.ids();
     let logs = Logs::open(ctx.agent.broker(), Retention::default())
         .await
@@ -622,11 +619,13 @@ pub(crate) async fn read_logs(
 
 pub(super) struct DeadLettersService(pub Arc<ApiContext>);
 
-/// A dead-letter request's principal, processors and chosen letters.
+/// A dead-letter request's principal, processors and chosen letters, and
+/// the principal's scan turn, held until the request is done.
 type Chosen = (
     Principal,
     Vec<flowd_engine::ProcessorSpec>,
     Vec<crate::agent::deadletters::DeadLetter>,
+    super::turns::Turn,
 );
 
 impl DeadLettersService {
@@ -636,15 +635,17 @@ impl DeadLettersService {
         must_choose: bool,
     ) -> Result<Chosen, Status> {
         let who = principal(&self.0, request).await?;
-        let (specs, letters) =
+        let (specs, letters, turn) =
             chosen_letters(&self.0, &who, request.get_ref(), must_choose).await?;
-        Ok((who, specs, letters))
+        Ok((who, specs, letters, turn))
     }
 }
 
 /// The processors `r.name` stands for and the dead letters `r` chooses, as
 /// `who` may see them. A replay or discard (`must_choose`) needs the letters
-/// named by sequence or `all`; a listing takes all up to `r.limit`.
+/// named by sequence or `all`; a listing takes all up to `r.limit`. The
+/// principal's scan turn comes with them: keep it while replaying or
+/// discarding.
 pub(crate) async fn chosen_letters(
     ctx: &ApiContext,
     who: &Principal,
@@ -654,11 +655,12 @@ pub(crate) async fn chosen_letters(
     (
         Vec<flowd_engine::ProcessorSpec>,
         Vec<crate::agent::deadletters::DeadLetter>,
+        super::turns::Turn,
     ),
     Status,
 > {
     use crate::agent::deadletters::Which;
-    let _turn = ctx.long_reads.scan(who)?;
+    let turn = ctx.long_reads.scan(who)?;
     let which = if !r.sequences.is_empty() {
         Which::Sequences(r.sequences.iter().copied().collect())
     } else if r.all || !must_choose {
@@ -680,7 +682,7 @@ pub(crate) async fn chosen_letters(
         .dead_letters(&named.specs, &steps, &which, limit)
         .await
         .map_err(convert::agent_status)?;
-    Ok((named.specs, letters))
+    Ok((named.specs, letters, turn))
 }
 
 fn handled(done: Vec<crate::agent::deadletters::Handled>) -> proto::HandledResponse {
@@ -703,7 +705,7 @@ impl dead_letters_server::DeadLetters for DeadLettersService {
         request: Request<proto::DeadLettersRequest>,
     ) -> Reply<proto::DeadLettersResponse> {
         use cloudevents::AttributesReader;
-        let (_, _, letters) = self.chosen(&request, false).await?;
+        let (_, _, letters, _turn) = self.chosen(&request, false).await?;
         Ok(Response::new(proto::DeadLettersResponse {
             letters: letters
                 .into_iter()
@@ -727,7 +729,7 @@ impl dead_letters_server::DeadLetters for DeadLettersService {
         &self,
         request: Request<proto::DeadLettersRequest>,
     ) -> Reply<proto::HandledResponse> {
-        let (who, specs, letters) = self.chosen(&request, true).await?;
+        let (who, specs, letters, _turn) = self.chosen(&request, true).await?;
         let done = self
             .0
             .agent
@@ -741,7 +743,7 @@ impl dead_letters_server::DeadLetters for DeadLettersService {
         &self,
         request: Request<proto::DeadLettersRequest>,
     ) -> Reply<proto::HandledResponse> {
-        let (who, _, letters) = self.chosen(&request, true).await?;
+        let (who, _, letters, _turn) = self.chosen(&request, true).await?;
         let done = self
             .0
             .agent

@@ -1,6 +1,6 @@
-//! Long reads per principal: a log follow holds a broker consumer and a
-//! stream for as long as the caller keeps it open, and a dead-letter scan
-//! reads up to 100 000 messages. One account opening many of them at once
+//! Long reads per principal: a log read holds a broker consumer and a
+//! stream for as long as the caller keeps it open (a follow until it ends
+//! it), and a dead-letter scan reads up to 100 000 messages. One account opening many of them at once
 //! would take the host's broker connections and memory from everyone, so
 //! each principal gets a few of each at a time; beyond that a call is
 //! refused with `RESOURCE_EXHAUSTED` (retry once one has ended).
@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tonic::Status;
 
-/// Log follows one principal may hold open at once.
-pub const FOLLOWS_PER_PRINCIPAL: usize = 8;
+/// Log reads (follows or not) one principal may hold open at once.
+pub const LOG_READS_PER_PRINCIPAL: usize = 8;
 /// Dead-letter scans (listings, replays, discards) one principal may run
 /// at once.
 pub const SCANS_PER_PRINCIPAL: usize = 2;
@@ -19,17 +19,20 @@ pub const SCANS_PER_PRINCIPAL: usize = 2;
 /// The long reads of each principal in progress.
 #[derive(Debug, Default)]
 pub struct LongReads {
-    follows: Turns,
+    log_reads: Turns,
     scans: Turns,
 }
 
 impl LongReads {
-    /// A turn for a log follow, held until the stream ends.
-    pub fn follow(&self, who: &Principal) -> Result<Turn, Status> {
-        self.follows.take(who, FOLLOWS_PER_PRINCIPAL, "log follows")
+    /// A turn for a log read (a follow or not), held until its stream
+    /// ends.
+    pub fn log_read(&self, who: &Principal) -> Result<Turn, Status> {
+        self.log_reads
+            .take(who, LOG_READS_PER_PRINCIPAL, "log reads")
     }
 
-    /// A turn for a dead-letter scan, held while it runs.
+    /// A turn for a dead-letter scan, held while it and the replay or
+    /// discard that follows run.
     pub fn scan(&self, who: &Principal) -> Result<Turn, Status> {
         self.scans
             .take(who, SCANS_PER_PRINCIPAL, "dead-letter scans")
@@ -97,9 +100,9 @@ mod tests {
                 .message()
                 .contains("2 dead-letter scans of the host")
         );
-        // Another principal is not held up, and follows are counted apart.
+        // Another principal is not held up, and log reads are counted apart.
         let _theirs = reads.scan(&Principal::Anonymous).expect("theirs");
-        let _follow = reads.follow(&host).expect("a follow");
+        let _read = reads.log_read(&host).expect("a log read");
         drop(first);
         let _again = reads.scan(&host).expect("a turn came back");
     }

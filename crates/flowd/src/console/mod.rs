@@ -153,6 +153,7 @@ impl From<tonic::Status> for Failure {
             tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
             tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
             tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         Failure(code, s.message().to_owned())
@@ -535,7 +536,7 @@ async fn dead_letters(
         limit: 200,
         ..Default::default()
     };
-    let (_, letters) = crate::api::chosen_letters(&c.ctx, &who, &request, false).await?;
+    let (_, letters, _turn) = crate::api::chosen_letters(&c.ctx, &who, &request, false).await?;
     Ok(Json(Value::Array(
         letters
             .iter()
@@ -583,7 +584,7 @@ async fn handle_dead_letters(
         all: form.all,
         limit: 0,
     };
-    let (specs, letters) = crate::api::chosen_letters(&c.ctx, &who, &request, true).await?;
+    let (specs, letters, _turn) = crate::api::chosen_letters(&c.ctx, &who, &request, true).await?;
     let done = if replay {
         c.ctx
             .agent

@@ -340,6 +340,48 @@ pub fn parse(text: &str) -> Result<Manifest, Vec<Diagnostic>> {
 /// other byte as written (comments and layout kept): how `flow dev` swaps a
 /// development build into a pipeline that runs, by applying it again.
 pub fn with_step_component(text: &str, step: &str, component: &str) -> Result<String, String> {
+    if component.is_empty()
+        || !component
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "@:._-".contains(c))
+    {
+        return Err(format!("`{component}` is not a component reference"));
+    }
+    // Lines are counted on `\n` below; YAML also breaks on a lone `\r`.
+    if text.replace("\r\n", "\n").contains('\r') {
+        return Err("the manifest breaks lines with a lone carriage return".into());
+    }
+    let edited = edit_step_component(text, step, component)?;
+    // Whatever the edit met (quotes, escapes, a decoy at the same place),
+    // the result must be the manifest with only that value changed.
+    let components = |m: &Manifest| -> Vec<(String, String)> {
+        m.steps
+            .iter()
+            .map(|s| (s.name.to_string(), s.component.to_string()))
+            .collect()
+    };
+    if let (Ok(before), Ok(after)) = (parse(text), parse(&edited)) {
+        let expected: Vec<(String, String)> = components(&before)
+            .into_iter()
+            .map(|(name, c)| {
+                let c = if name == step {
+                    component.to_owned()
+                } else {
+                    c
+                };
+                (name, c)
+            })
+            .collect();
+        if components(&after) == expected {
+            return Ok(edited);
+        }
+    }
+    Err(format!(
+        "step `{step}`: its component cannot be changed in place; write it as `component: <reference>` on a line of its own"
+    ))
+}
+
+fn edit_step_component(text: &str, step: &str, component: &str) -> Result<String, String> {
     let manifest = parse(text).map_err(|errors| {
         errors
             .iter()
@@ -464,6 +506,14 @@ mod tests {
             "{err}"
         );
         assert!(with_step_component("name: [", "one", "x").is_err());
+        // A reference that would change the YAML is refused.
+        assert!(with_step_component(text, "one", "a: b").is_err());
+        // Escaped quotes, a lone carriage return: refused, not misplaced.
+        let quoted = text.replace("filter@1.0.0   # released", "'fil''ter@1.0.0'");
+        let err = with_step_component(&quoted, "one", "sha256:ab").expect_err("escapes");
+        assert!(err.contains("cannot be changed in place"), "{err}");
+        let cr = text.replace("steps:", "# note\rsteps:");
+        assert!(with_step_component(&cr, "one", "sha256:ab").is_err());
     }
 
     const EXAMPLE: &str = "\

@@ -18,8 +18,12 @@ func newProcessor(setup flow.Setup) (bridge.Processor, error) {
 		return nil, err
 	}
 	extension := setup.Config.GetOr("extension", "seen")
-	if extension == "" {
-		return nil, flow.InvalidConfig("`extension`: empty name")
+	valid := len(extension) > 0 && len(extension) <= 20
+	for _, c := range extension {
+		valid = valid && (c >= 'a' && c <= 'z' || c >= '0' && c <= '9')
+	}
+	if !valid {
+		return nil, flow.InvalidConfig("`extension=%s`: 1 to 20 lower-case letters or digits", extension)
 	}
 	return &processor{extension: extension}, nil
 }

@@ -30,7 +30,8 @@ func count() uint64 {
 func store(n uint64) { flow.State.Set("count", []byte(strconv.FormatUint(n, 10))) }
 
 func (processor) Process(input int, batch flow.Batch, out *flow.RoutedOutput) error {
-	store(count() + uint64(batch.Len()))
+	n := count()
+	store(n + min(uint64(batch.Len()), ^uint64(0)-n)) // saturates at the maximum
 	return nil
 }
 

@@ -31,8 +31,14 @@ var (
 	spill   [][]uint64
 )
 
-// percent is the collector's setting while Go code runs (Go's default).
-var percent = 100
+var (
+	// held counts the Hold calls not yet resumed: windows nest (an import
+	// made while the collector is held, e.g. from a package init).
+	held int
+	// percent is the collector's setting to go back to: the processor's own
+	// (GOGC, debug.SetGCPercent), as it was when the outermost Hold began.
+	percent int
+)
 
 func init() {
 	grow(minReserve)
@@ -47,10 +53,24 @@ var keep byte
 
 // Hold stops the collector from starting, for a window in which the host
 // calls the allocator.
-func Hold() { debug.SetGCPercent(-1) }
+func Hold() {
+	if held == 0 {
+		percent = debug.SetGCPercent(-1)
+	}
+	held++
+}
 
-// Resume lets the collector run again.
-func Resume() { debug.SetGCPercent(percent) }
+// Resume ends the window of the matching Hold; the outermost one lets the
+// collector run again, with the setting it had before.
+func Resume() {
+	if held == 0 {
+		return
+	}
+	held--
+	if held == 0 {
+		debug.SetGCPercent(percent)
+	}
+}
 
 // Realloc is the canonical ABI allocator: never collects while the reserve
 // suffices; beyond it, it allocates from the Go heap (which may collect).
