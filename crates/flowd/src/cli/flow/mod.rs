@@ -1194,9 +1194,20 @@ where
     let mut running: Option<String> = None;
     loop {
         let owned = dir.to_path_buf();
-        let built = tokio::task::spawn_blocking(move || dev_build_and_test(&owned))
+        let built = tokio::task::spawn_blocking(move || dev_build(&owned))
             .await
-            .unwrap_or_else(|e| Err(format!("the build and test stopped: {e}")));
+            .unwrap_or_else(|e| Err(format!("the build stopped: {e}")));
+        // What the build wrote is not a change to build again; an edit from
+        // here on is (made while the tests run or the component is swapped,
+        // it starts the next round).
+        let _ = watch.changed()?;
+        let owned = dir.to_path_buf();
+        let built = match built {
+            Ok(()) => tokio::task::spawn_blocking(move || dev_test(&owned))
+                .await
+                .unwrap_or_else(|e| Err(format!("the tests stopped: {e}"))),
+            Err(why) => Err(why),
+        };
         let outcome = match (built, target) {
             (Ok(bytes), DevTarget::Processor(id)) => {
                 dev_swap(&session, id, &bytes, &mut running).await
@@ -1213,8 +1224,6 @@ where
         if once {
             return outcome.map_err(|_| anyhow::anyhow!("flow dev --once: nothing swapped"));
         }
-        // What the build wrote is not a change to build again.
-        let _ = watch.changed()?;
         loop {
             tokio::time::sleep(interval).await;
             if watch.changed()? {
@@ -1228,14 +1237,20 @@ where
     }
 }
 
-/// Builds the project and runs its tests: the component's bytes, or why
-/// not (printed by the caller).
-fn dev_build_and_test(dir: &std::path::Path) -> Result<Vec<u8>, String> {
+/// Builds the project, or says why not (printed by the caller).
+fn dev_build(dir: &std::path::Path) -> Result<(), String> {
     let project = crate::testing::project(dir).map_err(|e| format!("{e:#}"))?;
     if let Some(command) = &project.processor.build {
         let took = crate::dev::build(dir, command).map_err(|e| format!("build failed: {e}"))?;
         println!("built in {:.1}s", took.as_secs_f64());
     }
+    Ok(())
+}
+
+/// Runs the project's tests on what it built: the component's bytes, or
+/// why not (printed by the caller).
+fn dev_test(dir: &std::path::Path) -> Result<Vec<u8>, String> {
+    let project = crate::testing::project(dir).map_err(|e| format!("{e:#}"))?;
     if dir.join("tests").is_dir() {
         let options = crate::testing::Options {
             cache_dir: crate::cli::default_cache_dir(),
