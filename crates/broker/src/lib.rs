@@ -15,7 +15,9 @@
 //! - [`operator`]: the same credentials on an operator-run NATS (JWTs);
 //! - [`jwt`]: the NATS JWTs the host mints for that;
 //! - [`cluster`]: several hosts on one broker: heartbeats, placement of
-//!   processor instances and their leases.
+//!   processor instances and their leases;
+//! - [`partitions`]: keyed steps' partition streams, consumers and state
+//!   records.
 
 #![warn(missing_docs)]
 
@@ -26,6 +28,7 @@ pub mod grants;
 pub mod jwt;
 pub mod logs;
 pub mod operator;
+pub mod partitions;
 pub mod records;
 
 pub use flowd_core::naming::{FlowName, MAX_FLOW_NAME, NameError, NamespaceName};

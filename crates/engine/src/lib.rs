@@ -19,6 +19,7 @@
 //! - [`store_component`], [`read_component`]: component bytes in the
 //!   object store, by digest;
 //! - [`spec`]: processor specs and statuses as stored in the broker;
+//! - [`keyed`]: keyed steps' keys and their partitioner;
 //! - [`registry`]: uploaded components, named and versioned;
 //! - [`artifacts`]: compiled components shared by the participant's hosts;
 //! - [`metrics`]: Prometheus metrics per processor;
@@ -29,6 +30,7 @@
 
 pub mod artifacts;
 mod fused;
+pub mod keyed;
 mod logbook;
 pub mod metrics;
 pub mod registry;
@@ -78,6 +80,10 @@ pub(crate) struct Context {
     host_id: Arc<str>,
     /// Where spans go (nowhere unless `[telemetry]` exports them).
     traces: traces::Traces,
+    /// This host's membership, for the leases of keyed partitions.
+    membership: Membership,
+    /// How often leases are renewed.
+    heartbeat: Duration,
 }
 
 impl Context {
@@ -306,6 +312,8 @@ impl Engine {
             },
             host_id: host_id.into(),
             traces,
+            membership: membership.clone(),
+            heartbeat: cluster.heartbeat(),
         };
         let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
         let record = Arc::new(std::sync::Mutex::new(AgentRecord {
@@ -689,6 +697,20 @@ async fn destroy(ctx: &Context, id: &str, spec: Option<ProcessorSpec>, in_use: &
             }
         }
         owners.extend(spec.fused.iter().map(|s| s.id.clone()));
+        if let Some(keying) = &spec.key
+            && !in_use.contains(id)
+        {
+            // Its partitions: the events not yet processed, and the state.
+            if let Err(e) = ctx.broker.delete_partition_stream(id).await {
+                tracing::warn!(processor = id, "partition stream not removed: {e}");
+            }
+            for p in 0..keying.partitions {
+                let _ = ctx
+                    .state
+                    .delete(flowd_broker::partitions::record_key(id, p))
+                    .await;
+            }
+        }
     }
     owners.retain(|owner| !in_use.contains(owner));
     for owner in &owners {

@@ -4,6 +4,8 @@
 //! replays the batch; output message ids derived from each event's
 //! `source`+`id` make the replay a no-op in the output streams.
 
+mod partitions;
+
 use super::Context;
 use super::fused::{Chain, Link};
 use super::logbook::{Entry, Logbook};
@@ -159,6 +161,10 @@ struct Runner {
     batch_span: Option<opentelemetry::trace::SpanContext>,
     /// When the last call started and ended.
     last_call: (std::time::SystemTime, std::time::SystemTime),
+    /// A keyed step's partitions, owned by this instance.
+    keyed: Option<partitions::Partitions>,
+    /// A keyed step's partitioner (instance 0 runs it).
+    partitioner: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The keyed-state changes of a call: (owner step, key, value or removal).
@@ -175,6 +181,9 @@ struct InFlight {
         Option<tokio::task::JoinHandle<Result<flowd_broker::Published, flowd_broker::BrokerError>>>,
     /// Keyed state as the batch left it, persisted before the ack.
     state: StateChanges,
+    /// A keyed step's partition and its record as the batch left it,
+    /// written (compare-and-set) before the ack.
+    commit: Option<(u32, u64, Vec<u8>)>,
     /// The input messages to acknowledge: the last one (a cumulative ack)
     /// or, for instances sharing a consumer, every one.
     acks: Vec<jetstream::Message>,
@@ -395,8 +404,15 @@ async fn fused_link(ctx: &Context, step: &FusedStep) -> Result<Link> {
 /// One stored input message, with what is needed to pack and acknowledge it.
 struct Input {
     message: jetstream::Message,
+    /// The stream and sequence of the event in its flow (for a keyed
+    /// step's copy, its input flow's, from [`super::keyed::ORIGIN`]).
     stream: String,
     sequence: u64,
+    /// The subject it was published on in its flow, when not the
+    /// message's own (a keyed step's copy).
+    subject: Option<String>,
+    /// The message's sequence in the stream it was pulled from.
+    position: u64,
 }
 
 impl Input {
@@ -431,7 +447,7 @@ impl Input {
             Origin {
                 stream: &self.stream,
                 sequence: self.sequence,
-                subject: &self.message.subject,
+                subject: self.subject.as_deref().unwrap_or(&self.message.subject),
             },
         )
     }
@@ -487,9 +503,18 @@ impl Runner {
                 .saturating_mul(IN_FLIGHT_BATCHES + 2),
         )
         .unwrap_or(i64::MAX);
-        for (port, flow) in spec.inputs.iter().enumerate() {
+        let keyed = match &spec.key {
+            Some(keying) => Some(partitions::Partitions::new(ctx, spec, keying)?),
+            None => None,
+        };
+        let inputs = if keyed.is_some() {
+            &[][..]
+        } else {
+            &spec.inputs[..]
+        };
+        for (port, flow) in inputs.iter().enumerate() {
             let (name, previous) = (spec.consumer(port), spec.other_consumer(port));
-            let consumer = if spec.parallelism > 1 {
+            let consumer = if spec.shares_inputs() {
                 let pending = pending.saturating_mul(i64::from(spec.parallelism));
                 ctx.broker
                     .shared_consumer(flow, &name, pending, Some(&previous))
@@ -510,6 +535,15 @@ impl Runner {
         ctx.write_status(&spec.id, status).await;
         tracing::info!(processor = spec.id, kind = %spec.kind, "processor running");
         let baseline = work.as_ref().is_some_and(Work::runs_baseline);
+        let partitioner = match &spec.key {
+            Some(keying) if ctx.instance == 0 => Some(tokio::spawn(super::keyed::run_partitioner(
+                ctx.clone(),
+                spec.clone(),
+                keying.clone(),
+                stopped.clone(),
+            ))),
+            _ => None,
+        };
         Ok(Runner {
             ctx: ctx.clone(),
             spec: spec.clone(),
@@ -527,6 +561,8 @@ impl Runner {
             logbook: Logbook::new(ctx.logs.clone(), ctx.host_id.clone(), ctx.instance),
             batch_span: None,
             last_call: (std::time::SystemTime::now(), std::time::SystemTime::now()),
+            keyed,
+            partitioner,
         })
     }
 
@@ -599,6 +635,9 @@ impl Runner {
     fn finish(&mut self) {
         for fetch in self.prefetch.iter_mut().filter_map(Option::take) {
             fetch.abort();
+        }
+        if let Some(partitioner) = self.partitioner.take() {
+            partitioner.abort();
         }
         self.in_flight.clear();
         match self.work.take() {
@@ -753,6 +792,27 @@ impl Runner {
             if self.baseline {
                 self.upgrade(status).await?;
             }
+            if self.keyed.is_some() {
+                let idle = self.keyed_round(status).await?;
+                if self.spec.kind == Kind::Signal && Instant::now() >= next_tick {
+                    next_tick = Instant::now() + tick;
+                    self.keyed_tick(status).await?;
+                }
+                if self.last_status.elapsed() > Duration::from_millis(500) {
+                    self.last_status = Instant::now();
+                    self.write_own_status(status).await;
+                }
+                if idle {
+                    tokio::select! {
+                        _ = tokio::time::sleep(idle_wait) => {}
+                        _ = stopped.changed() => {}
+                    }
+                    idle_wait = (idle_wait * 2).min(Duration::from_millis(20));
+                } else {
+                    idle_wait = Duration::from_millis(1);
+                }
+                continue;
+            }
             let mut idle = true;
             for port in 0..self.consumers.len() {
                 let inputs = self.next_batch(port).await?;
@@ -800,6 +860,7 @@ impl Runner {
             }
         }
         self.drain(status).await?;
+        self.release_partitions().await;
         status.phase = Phase::Paused;
         self.write_own_status(status).await;
         self.write_link_statuses(Phase::Paused).await;
@@ -835,38 +896,7 @@ impl Runner {
         wait: Option<Duration>,
     ) -> impl std::future::Future<Output = Result<Vec<Input>>> + Send + 'static + use<> {
         let (flow, consumer) = self.consumers[port].clone();
-        let max = max.max(1);
-        async move {
-            let pull = async {
-                let requested = match wait {
-                    Some(expires) => {
-                        consumer
-                            .batch()
-                            .max_messages(max)
-                            .expires(expires)
-                            .messages()
-                            .await
-                    }
-                    None => consumer.fetch().max_messages(max).messages().await,
-                };
-                let mut batch = requested.map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
-                let mut inputs = Vec::new();
-                while let Some(message) = batch.next().await {
-                    let message = message.map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
-                    let info = message.info().map_err(|e| anyhow!("message info: {e}"))?;
-                    let (stream, sequence) = (info.stream.to_owned(), info.stream_sequence);
-                    inputs.push(Input {
-                        message,
-                        stream,
-                        sequence,
-                    });
-                }
-                Ok(inputs)
-            };
-            tokio::time::timeout(FETCH_LIMIT, pull)
-                .await
-                .map_err(|_| anyhow!("fetching from {flow}: no answer within {FETCH_LIMIT:?}"))?
-        }
+        fetch_from(flow.to_string(), consumer, max, wait)
     }
 
     fn pack(inputs: &[Input], group: &[usize]) -> Packer {
@@ -939,6 +969,20 @@ impl Runner {
     /// and isolation of failing events), store outputs and dead letters,
     /// persist state, acknowledge.
     async fn handle(&mut self, port: u32, inputs: Vec<Input>, status: &mut Status) -> Result<()> {
+        self.handle_in(port, inputs, status, None).await
+    }
+
+    /// [`Runner::handle`], for a keyed step's partition with `keyed`: the
+    /// partition and the position its record takes (the state is the
+    /// partition's, swapped in; nothing is acknowledged: the record is the
+    /// position).
+    async fn handle_in(
+        &mut self,
+        port: u32,
+        inputs: Vec<Input>,
+        status: &mut Status,
+        keyed: Option<(u32, u64)>,
+    ) -> Result<()> {
         let started = Instant::now();
         let n = inputs.len();
         self.ctx
@@ -1032,11 +1076,36 @@ impl Runner {
                 .await;
         }
         let written = outgoing.len() as u64 - dead_count;
-        let state = self.take_state_changes();
+        let mut state = self.take_state_changes();
+        let mut commit = None;
+        if let Some((partition, last)) = keyed {
+            // The partition's whole record is written, not the changes.
+            state.clear();
+            commit = Some((partition, last, self.partition_record(last)));
+            let bytes = outgoing.iter().map(|m| m.payload.len()).sum();
+            return self
+                .send(
+                    InFlight {
+                        messages: outgoing,
+                        bytes,
+                        stored: None,
+                        state,
+                        commit,
+                        acks: Vec::new(),
+                        events_in: n as u64,
+                        written,
+                        dead_lettered: dead_count,
+                        started,
+                        span,
+                    },
+                    status,
+                )
+                .await;
+        }
         // A single instance's consumer acknowledges cumulatively: the last
         // event acknowledges the batch. Instances sharing a consumer
         // acknowledge each event (see `Broker::shared_consumer`).
-        let acks = if self.spec.parallelism > 1 {
+        let acks = if self.spec.shares_inputs() {
             inputs.into_iter().map(|i| i.message).collect()
         } else {
             inputs
@@ -1053,6 +1122,7 @@ impl Runner {
                 bytes,
                 stored: None,
                 state,
+                commit,
                 acks,
                 events_in: n as u64,
                 written,
@@ -1133,6 +1203,9 @@ impl Runner {
             }
         }
         self.persist_state(batch.state).await?;
+        if let Some((partition, last, record)) = batch.commit {
+            self.commit_partition(partition, last, record).await?;
+        }
         // A lost ack only means a redelivery, which the output message ids
         // turn into a no-op.
         for message in &batch.acks {
@@ -1598,4 +1671,48 @@ fn identity(scope: &str, port: u32, view: &View<'_>, spans: &EventSpans) -> Stri
     let source = view.slice(spans.source).unwrap_or_default();
     let id = view.slice(spans.id).unwrap_or_default();
     codec::message_id(scope, port, source, id)
+}
+
+/// One batch pulled from `consumer` (named `flow` in errors): up to `max`
+/// events; with `wait`, the broker holds the request that long for them.
+fn fetch_from(
+    flow: String,
+    consumer: PullConsumer,
+    max: usize,
+    wait: Option<Duration>,
+) -> impl std::future::Future<Output = Result<Vec<Input>>> + Send + 'static {
+    let max = max.max(1);
+    async move {
+        let pull = async {
+            let requested = match wait {
+                Some(expires) => {
+                    consumer
+                        .batch()
+                        .max_messages(max)
+                        .expires(expires)
+                        .messages()
+                        .await
+                }
+                None => consumer.fetch().max_messages(max).messages().await,
+            };
+            let mut batch = requested.map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
+            let mut inputs = Vec::new();
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
+                let info = message.info().map_err(|e| anyhow!("message info: {e}"))?;
+                let (stream, sequence) = (info.stream.to_owned(), info.stream_sequence);
+                inputs.push(Input {
+                    message,
+                    stream,
+                    sequence,
+                    subject: None,
+                    position: sequence,
+                });
+            }
+            Ok(inputs)
+        };
+        tokio::time::timeout(FETCH_LIMIT, pull)
+            .await
+            .map_err(|_| anyhow!("fetching from {flow}: no answer within {FETCH_LIMIT:?}"))?
+    }
 }

@@ -114,6 +114,21 @@ pub struct ProcessorSpec {
     /// sharing one durable consumer per input (see [`flowd_broker::cluster`]).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub parallelism: u32,
+    /// Keyed: events are partitioned by key, each partition (and its
+    /// keyed state) owned by one instance at a time (see
+    /// [`flowd_broker::partitions`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Keying>,
+}
+
+/// How a keyed step partitions its events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keying {
+    /// What the key is ([`crate::keyed::KeySelector`]): `data.<path>` or an
+    /// attribute.
+    pub selector: String,
+    /// Fixed number of partitions (at least the largest parallelism).
+    pub partitions: u32,
 }
 
 fn consumer_name(id: &str, port: usize, shared: bool) -> String {
@@ -223,6 +238,7 @@ impl ProcessorSpec {
             && self.dead_letter == other.dead_letter
             && self.limits == other.limits
             && self.parallelism == other.parallelism
+            && self.key == other.key
     }
 
     /// Whether `other` only changes components, configurations or limits of
@@ -239,6 +255,7 @@ impl ProcessorSpec {
             && self.output_names == other.output_names
             && self.paused == other.paused
             && self.parallelism == other.parallelism
+            && self.key == other.key
             && self.limits.batch == other.limits.batch
             && self.fused.len() == other.fused.len()
             && self
@@ -257,14 +274,22 @@ impl ProcessorSpec {
     /// instance (cumulative acknowledgement), another for instances that
     /// share it (one acknowledgement per event), since a consumer's
     /// acknowledgement policy cannot change.
+    ///
+    /// A keyed step's inputs have one reader whatever its parallelism (its
+    /// partitioner), so its consumers are a single instance's.
     pub fn consumer(&self, port: usize) -> String {
-        consumer_name(&self.id, port, self.parallelism > 1)
+        consumer_name(&self.id, port, self.shares_inputs())
     }
 
     /// The consumer of input `port` under the other parallelism (replaced
     /// when the parallelism changes between 1 and more).
     pub fn other_consumer(&self, port: usize) -> String {
-        consumer_name(&self.id, port, self.parallelism <= 1)
+        consumer_name(&self.id, port, !self.shares_inputs())
+    }
+
+    /// Whether instances share the input consumers (parallel, not keyed).
+    pub fn shares_inputs(&self) -> bool {
+        self.parallelism > 1 && self.key.is_none()
     }
 }
 

@@ -393,3 +393,196 @@ steps:
     .await;
     drop(nodes);
 }
+
+/// Who holds each partition lease of a keyed step: partition -> host.
+async fn partition_leases(
+    broker: &Broker,
+    processor: &str,
+    partitions: u32,
+) -> BTreeMap<u32, String> {
+    let Ok(bucket) = broker
+        .jetstream()
+        .get_key_value(flowd_core::buckets::LEASES)
+        .await
+    else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for p in 0..partitions {
+        let key = flowd_broker::partitions::lease_key(processor, p);
+        if let Ok(Some(v)) = bucket.get(&key).await {
+            out.insert(p, String::from_utf8_lossy(&v).into_owned());
+        }
+    }
+    out
+}
+
+fn keyed_event(i: usize, keys: usize) -> Event {
+    EventBuilderV10::new()
+        .id(format!("k-{i}"))
+        .source("urn:test:keys")
+        .ty("test.keycount")
+        .subject(format!("k{}", i % keys))
+        .data("application/json", json!({"n": i}))
+        .build()
+        .expect("valid event")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_step_counts_exactly_in_order_through_rescaling_a_killed_host_and_a_lost_node() {
+    const KEYS: usize = 10_000;
+    const N: usize = 200_000;
+    const PARTITIONS: u32 = 64;
+    let mut nats = NatsCluster::start(3);
+    let urls = nats.urls();
+    let mut nodes: Vec<Node> = (0..3).map(|i| Node::start(i, &urls)).collect();
+    for node in &nodes {
+        node.host().await;
+    }
+    let broker = Broker::connect(&urls, "test")
+        .await
+        .expect("broker")
+        .with_replicas(3);
+    let agent = Agent::new(broker.clone()).await.expect("agent");
+    for name in ["keys", "counted"] {
+        flows::create(&agent, &flow(name)).await;
+    }
+    let api = nodes[0].api().await;
+    let bytes = std::fs::read(component("guest_hostile")).expect("component built");
+    api.push("hostile", "1.0.0", bytes, |_| {})
+        .await
+        .expect("pushed");
+    let apply = |parallelism: u32| {
+        let api = api.clone();
+        async move {
+            let manifest = format!(
+                "name: keyed
+inputs: {{keys: flow://keys.scale.example.com}}
+outputs: {{counted: flow://counted.scale.example.com}}
+steps:
+  - name: count
+    component: hostile@1.0.0
+    from: keys
+    to: counted
+    key: subject
+    partitions: {PARTITIONS}
+    parallelism: {parallelism}
+"
+            );
+            api.pipelines()
+                .apply(proto::ApplyRequest {
+                    manifest,
+                    dry_run: false,
+                })
+                .await
+                .expect("applied");
+        }
+    };
+    apply(1).await;
+    let writer = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let events: Vec<Event> = (0..N).map(|i| keyed_event(i, KEYS)).collect();
+            for chunk in events.chunks(2000) {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while let Err(e) = agent.write(&flow("keys"), chunk).await {
+                    assert!(Instant::now() < deadline, "writes keep failing: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        })
+    };
+    let reached = |share: usize| {
+        let agent = agent.clone();
+        async move {
+            eventually(
+                Duration::from_secs(180),
+                &format!("{share}% counted"),
+                || async {
+                    (flows::count(&agent, &flow("counted")).await >= (N * share / 100) as u64)
+                        .then_some(())
+                },
+            )
+            .await
+        }
+    };
+    reached(10).await;
+    apply(4).await;
+    // Four instances over three hosts hold every partition.
+    let spread = eventually(Duration::from_secs(60), "the partitions spread", || async {
+        let held = partition_leases(&broker, "keyed-count", PARTITIONS).await;
+        let hosts: BTreeSet<String> = held.values().cloned().collect();
+        (held.len() == PARTITIONS as usize && hosts.len() == 3).then_some(held)
+    })
+    .await;
+    reached(30).await;
+
+    // A host holding partitions dies.
+    let victim = spread
+        .values()
+        .find(|h| *h != "host-0")
+        .cloned()
+        .expect("partitions on another host");
+    let victim_index: usize = victim
+        .trim_start_matches("host-")
+        .parse()
+        .expect("host index");
+    let before = flows::count(&agent, &flow("counted")).await;
+    let killed_at = Instant::now();
+    if let Some(process) = nodes[victim_index].process.take() {
+        process.kill9();
+    }
+    let moved = eventually(Duration::from_secs(60), "the partitions move", || async {
+        let held = partition_leases(&broker, "keyed-count", PARTITIONS).await;
+        (held.len() == PARTITIONS as usize && held.values().all(|h| *h != victim))
+            .then_some(killed_at.elapsed())
+    })
+    .await;
+    let resumed = eventually(Duration::from_secs(60), "counting resumes", || async {
+        (flows::count(&agent, &flow("counted")).await >= before + 2000)
+            .then_some(killed_at.elapsed())
+    })
+    .await;
+    eprintln!(
+        "{victim} killed: its partitions moved after {moved:?}, counting went on after {resumed:?}"
+    );
+
+    reached(50).await;
+    apply(2).await;
+    reached(60).await;
+    // Then a broker node dies.
+    nats.kill(2);
+    writer.await.expect("writer");
+    flows::wait_count(&agent, &flow("counted"), N as u64, Duration::from_secs(300)).await;
+
+    // Every key counted 1, 2, ... in input order, each event once.
+    let out = flows::read_all(&agent, &flow("counted")).await;
+    let mut counts: BTreeMap<String, Vec<(i64, u64)>> = BTreeMap::new();
+    let mut ids = BTreeSet::new();
+    for e in &out {
+        assert!(ids.insert(e.id().to_owned()), "{} twice", e.id());
+        let count = match e.extension("count") {
+            Some(cloudevents::event::ExtensionValue::Integer(n)) => *n,
+            other => panic!("{}: count {other:?}", e.id()),
+        };
+        let n = data(e)["n"].as_u64().expect("n");
+        counts
+            .entry(e.subject().unwrap_or_default().to_owned())
+            .or_default()
+            .push((count, n));
+    }
+    assert_eq!(out.len(), N);
+    assert_eq!(counts.len(), KEYS);
+    for (key, seen) in &counts {
+        let numbers: Vec<i64> = seen.iter().map(|(c, _)| *c).collect();
+        assert!(
+            numbers.iter().copied().eq(1..=(N / KEYS) as i64),
+            "{key}: counts {numbers:?}"
+        );
+        assert!(
+            seen.windows(2).all(|w| w[0].1 < w[1].1),
+            "{key}: out of input order: {seen:?}"
+        );
+    }
+    drop(nodes);
+}

@@ -1007,6 +1007,138 @@ steps:
     assert_eq!(seen.len(), total);
 }
 
+/// An event for key `k<i % keys>`, counted by the hostile guest's
+/// `test.keycount`.
+fn keyed(i: usize, keys: usize) -> Event {
+    EventBuilderV10::new()
+        .id(format!("k-{i}"))
+        .source("urn:test:keys")
+        .ty("test.keycount")
+        .subject(format!("k{}", i % keys))
+        .data("application/json", json!({"n": i}))
+        .build()
+        .expect("valid event")
+}
+
+/// Every key's outputs count 1, 2, ... up to its number of events, in
+/// input order: no update lost or applied twice, no event out of order.
+fn assert_counted_in_order(out: &[Event], total: usize, keys: usize) {
+    let mut counts: BTreeMap<String, Vec<(i64, u64)>> = BTreeMap::new();
+    let mut ids = BTreeSet::new();
+    for e in out {
+        assert!(ids.insert(e.id().to_owned()), "{} twice", e.id());
+        let count = match e.extension("count") {
+            Some(cloudevents::event::ExtensionValue::Integer(n)) => *n,
+            other => panic!("{}: count {other:?}", e.id()),
+        };
+        let n = data(e)["n"].as_u64().expect("n");
+        counts
+            .entry(e.subject().unwrap_or_default().to_owned())
+            .or_default()
+            .push((count, n));
+    }
+    assert_eq!(ids.len(), total, "each event once");
+    assert_eq!(counts.len(), keys);
+    for (key, seen) in counts {
+        let expected = (0..total)
+            .filter(|i| format!("k{}", i % keys) == key)
+            .count();
+        let numbers: Vec<i64> = seen.iter().map(|(c, _)| *c).collect();
+        assert!(
+            numbers.iter().copied().eq(1..=expected as i64),
+            "{key}: counts {:?}..",
+            &numbers[..numbers.len().min(20)]
+        );
+        assert!(
+            seen.windows(2).all(|w| w[0].1 < w[1].1),
+            "{key}: outputs out of input order"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_step_counts_every_key_exactly_in_order_while_its_parallelism_changes() {
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let _host = Flowd::start(&nats.url(), state.path());
+    let api = api(state.path()).await;
+    let agent = Agent::connect(&[nats.url()]).await.expect("agent");
+    create_flows(&agent, &["keys-in", "keys-out"]).await;
+    push_file(&api, "hostile", "guest_hostile").await;
+    let manifest = |parallelism: u32, extra: &str| {
+        format!(
+            "name: keys
+inputs: {{in: flow://keys-in.pipe.example.com}}
+outputs: {{out: flow://keys-out.pipe.example.com}}
+steps:
+  - name: count
+    component: hostile@1.0.0
+    from: in
+    to: out
+    key: subject
+    partitions: 16
+    parallelism: {parallelism}
+{extra}"
+        )
+    };
+    let apply = |text: String| {
+        let api = api.clone();
+        async move {
+            api.pipelines()
+                .apply(proto::ApplyRequest {
+                    manifest: text,
+                    dry_run: false,
+                })
+                .await
+        }
+    };
+    let refused = apply(manifest(32, ""))
+        .await
+        .expect_err("more instances than partitions");
+    assert!(
+        refused
+            .message()
+            .contains("parallelism 32 exceeds its 16 partitions"),
+        "{}",
+        refused.message()
+    );
+    let refused = apply(manifest(1, "").replace("key: subject", "key: data.")).await;
+    assert!(
+        refused
+            .expect_err("bad key")
+            .message()
+            .contains("key `data.`")
+    );
+    apply(manifest(1, "")).await.expect("applied");
+
+    const KEYS: usize = 300;
+    const TOTAL: usize = 24_000;
+    let events: Vec<Event> = (0..TOTAL).map(|i| keyed(i, KEYS)).collect();
+    write(&agent, "keys-in", &events[..8_000]).await;
+    eventually(Duration::from_secs(60), "some counted", || async {
+        (count(&agent, "keys-out").await > 1000).then_some(())
+    })
+    .await;
+    apply(manifest(4, "")).await.expect("to four instances");
+    write(&agent, "keys-in", &events[8_000..16_000]).await;
+    eventually(Duration::from_secs(60), "more counted", || async {
+        (count(&agent, "keys-out").await > 10_000).then_some(())
+    })
+    .await;
+    let refused = apply(manifest(2, "").replace("partitions: 16", "partitions: 32")).await;
+    assert!(
+        refused
+            .expect_err("partitions are fixed")
+            .message()
+            .contains("its key and partitions are fixed"),
+    );
+    apply(manifest(2, "")).await.expect("to two instances");
+    write(&agent, "keys-in", &events[16_000..]).await;
+    wait_count(&agent, "keys-out", TOTAL as u64, Duration::from_secs(180)).await;
+    let out = read_all(&agent, "keys-out").await;
+    assert_counted_in_order(&out, TOTAL, KEYS);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_speaks_tls_with_the_hosts_certificate() {
     let nats = Nats::start();

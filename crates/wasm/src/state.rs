@@ -202,6 +202,14 @@ impl KeyedState {
             .collect()
     }
 
+    /// The committed entries, in key order (a whole snapshot, e.g. of one
+    /// partition of a keyed step).
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.committed
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
     /// Bytes held (keys plus values), including uncommitted writes.
     pub fn size(&self) -> usize {
         self.size

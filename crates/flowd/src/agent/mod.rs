@@ -743,6 +743,7 @@ impl Agent {
             input_names: Vec::new(),
             output_names: Vec::new(),
             parallelism: 1,
+            key: None,
         };
         self.put(&spec).await?;
         Ok(spec)

@@ -84,6 +84,15 @@ pub struct Step {
     /// sharing its input (default 1).
     #[serde(default)]
     pub parallelism: Option<Spanned<u32>>,
+    /// Partitions the step's events by this key (`data.<path>` or an
+    /// attribute): the events of one key go to one instance at a time, in
+    /// order, and its keyed state is per partition.
+    #[serde(default)]
+    pub key: Option<Spanned<String>>,
+    /// Partitions of a keyed step (default 64): at least the largest
+    /// parallelism it will run, fixed once it has state.
+    #[serde(default)]
+    pub partitions: Option<Spanned<u32>>,
 }
 
 impl Step {

@@ -465,6 +465,7 @@ impl Pipelines {
                 input_names: Vec::new(),
                 output_names: Vec::new(),
                 parallelism: runner.parallelism,
+                key: None,
             };
             let status = self.agent.status(&fused.id).await;
             steps.push((step.name.clone(), spec, status));

@@ -12,11 +12,11 @@
 //! the manifest location it is about.
 
 pub use super::manifest::Diagnostic;
-use super::manifest::{self, Location, Manifest, StepLimits, at};
+use super::manifest::{self, Location, Manifest, Step, StepLimits, at};
 use crate::agent::Agent;
-use flowd_broker::FlowName;
+use flowd_broker::{FlowName, partitions};
 use flowd_engine::registry::{ComponentRef, Registry};
-use flowd_engine::spec::{FusedStep, Port, ProcessorSpec, RunLimits};
+use flowd_engine::spec::{FusedStep, Keying, Port, ProcessorSpec, RunLimits};
 use flowd_wasm::ProcessorSetup;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -306,8 +306,15 @@ impl Checker<'_> {
                 }
             };
             let parallelism = step.parallelism();
+            let key = match self.keying(step, step_name, &name).await {
+                Ok(key) => key,
+                Err(diagnostic) => {
+                    errors.push(diagnostic);
+                    continue;
+                }
+            };
             if !(1..=MAX_PARALLELISM).contains(&parallelism)
-                || (parallelism > 1 && record.kind == flowd_wasm::Kind::Signal)
+                || (parallelism > 1 && record.kind == flowd_wasm::Kind::Signal && key.is_none())
             {
                 let at = step.parallelism.as_ref().map_or(at(&step.name), at);
                 errors.push(Diagnostic {
@@ -346,6 +353,7 @@ impl Checker<'_> {
                 input_names: step.from.0.iter().map(|e| e.as_str().to_owned()).collect(),
                 output_names: to.clone(),
                 parallelism,
+                key,
             };
             if let Err(message) = self.check_config(&spec).await {
                 errors.push(Diagnostic {
@@ -396,6 +404,74 @@ impl Checker<'_> {
 
     /// Instantiates the step's component with its configuration, as the
     /// host will.
+    /// A step's `key:` and `partitions:`, checked: a valid selector, a
+    /// partition count within bounds and at least the parallelism, and
+    /// the same as the running step's (its state is partitioned by them).
+    async fn keying(
+        &self,
+        step: &Step,
+        step_name: &str,
+        pipeline: &str,
+    ) -> Result<Option<Keying>, Diagnostic> {
+        let Some(selector) = &step.key else {
+            if let Some(partitions) = &step.partitions {
+                return Err(Diagnostic {
+                    at: at(partitions),
+                    message: format!("step `{step_name}`: `partitions` needs a `key`"),
+                });
+            }
+            return Ok(None);
+        };
+        flowd_engine::keyed::KeySelector::parse(selector).map_err(|e| Diagnostic {
+            at: at(selector),
+            message: format!("step `{step_name}`: {e}"),
+        })?;
+        let partitions = step
+            .partitions
+            .as_ref()
+            .map_or(partitions::DEFAULT_PARTITIONS, |p| **p);
+        let place = step.partitions.as_ref().map_or(at(selector), at);
+        if !(1..=partitions::MAX_PARTITIONS).contains(&partitions) {
+            return Err(Diagnostic {
+                at: place,
+                message: format!(
+                    "step `{step_name}`: partitions must be 1 to {}",
+                    partitions::MAX_PARTITIONS
+                ),
+            });
+        }
+        if step.parallelism() > partitions {
+            return Err(Diagnostic {
+                at: place,
+                message: format!(
+                    "step `{step_name}`: parallelism {} exceeds its {partitions} partitions",
+                    step.parallelism()
+                ),
+            });
+        }
+        let keying = Keying {
+            selector: selector.as_str().to_owned(),
+            partitions,
+        };
+        if let Ok((running, _)) = self
+            .agent
+            .processor(&processor_id(pipeline, step_name))
+            .await
+            && let Some(old) = running.key
+            && old != keying
+        {
+            return Err(Diagnostic {
+                at: place,
+                message: format!(
+                    "step `{step_name}`: its key and partitions are fixed (`{}`, {}): its state \
+                     is partitioned by them; name a new step to change them",
+                    old.selector, old.partitions
+                ),
+            });
+        }
+        Ok(Some(keying))
+    }
+
     async fn check_config(&self, spec: &ProcessorSpec) -> Result<(), String> {
         let bytes = self
             .registry
@@ -688,6 +764,8 @@ fn structure(m: &Manifest, errors: &mut Vec<Diagnostic>) -> Structure {
             || m.outputs.contains_key(edge)
             || readers.get(edge) != Some(&1)
             || step.parallelism() != m.steps[*p].parallelism()
+            || step.key.is_some()
+            || m.steps[*p].key.is_some()
         {
             continue;
         }

@@ -3,7 +3,8 @@
 //! By event `type`: `test.spin` loops forever, `test.hog` allocates without
 //! bound, `test.trap` panics (a trap), `test.fail` returns an event error,
 //! `test.count` increments keyed state `count` and emits its value in the
-//! `count` extension, `test.badout` does the same but emits an event the
+//! `count` extension, `test.keycount` counts per `subject` (state
+//! `count/<subject>`) and emits the count the same way, `test.badout` does the same but emits an event the
 //! host refuses (a time that is not one), `test.log` forwards the event
 //! after a `log` call,
 //! a stdout line and a stderr line naming it, `test.chatter` forwards it
@@ -53,6 +54,15 @@ impl Bridge for Hostile {
                 "test.count" => {
                     let count = state::get_json::<i64>("count").unwrap_or(0) + 1;
                     state::set_json("count", &count);
+                    let mut new = event.to_new();
+                    new.set_extension("count", ExtensionValue::Integer(count));
+                    out.emit(&new);
+                }
+                "test.keycount" => {
+                    // A count per subject, in state `count/<subject>`.
+                    let key = format!("count/{}", event.subject().unwrap_or_default());
+                    let count = state::get_json::<i64>(&key).unwrap_or(0) + 1;
+                    state::set_json(&key, &count);
                     let mut new = event.to_new();
                     new.set_extension("count", ExtensionValue::Integer(count));
                     out.emit(&new);
