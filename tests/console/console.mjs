@@ -66,6 +66,8 @@ try {
         return e && !e.textContent.startsWith("0.0/s");
       }, null, { timeout: 20000 });
       await page.getByTestId("counts-" + failing).filter({ hasNotText: "dead 0" }).waitFor({ timeout: 20000 });
+      // The keyed step's partitions, all four held by this host's instance.
+      await page.getByTestId("partitions-" + failing).locator("td").filter({ hasText: /^0-3$/ }).waitFor({ timeout: 20000 });
     });
     await step("logs", async () => {
       await page.goto(url + "/#logs");

@@ -249,6 +249,16 @@ impl Membership {
         }
     }
 
+    /// The host holding a lease, if any.
+    pub async fn holder(&self, key: &str) -> Result<Option<String>, BrokerError> {
+        Ok(self
+            .leases
+            .get(key)
+            .await
+            .map_err(unavailable)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
     /// Gives a lease back (if still held at `revision`).
     pub async fn release(&self, key: &str, revision: u64) {
         let _ = self

@@ -610,6 +610,14 @@ impl Broker {
             .map_err(request)
     }
 
+    /// Events a durable consumer of a flow has yet to be delivered or to
+    /// have acknowledged.
+    pub async fn consumer_lag(&self, flow: &FlowName, durable: &str) -> Result<u64, BrokerError> {
+        let stream = self.stream(flow).await?;
+        let info = stream.consumer_info(durable).await.map_err(request)?;
+        Ok(info.num_pending.saturating_add(info.num_ack_pending as u64))
+    }
+
     /// Removes a durable consumer of a flow, and with it its position.
     pub async fn delete_consumer(&self, flow: &FlowName, durable: &str) -> Result<(), BrokerError> {
         let stream = self.stream(flow).await?;

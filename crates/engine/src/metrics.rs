@@ -1,5 +1,6 @@
 //! Prometheus metrics of the processor engine, per processor: events in and
-//! out, errors, dead-lettered events, batch latency, lag.
+//! out, errors, dead-lettered events, batch latency, lag; for keyed steps,
+//! the partitions each instance holds and the lag of each partition.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,6 +15,24 @@ use std::sync::Arc;
 pub struct ProcessorLabel {
     /// The processor's id.
     pub processor: String,
+}
+
+/// A keyed step's partition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    /// The step's processor id.
+    pub processor: String,
+    /// The partition.
+    pub partition: u32,
+}
+
+/// An instance of a processor.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabel {
+    /// The processor's id.
+    pub processor: String,
+    /// The instance.
+    pub instance: u32,
 }
 
 /// The engine's metrics; cheap to clone (shared counters).
@@ -33,6 +52,11 @@ pub struct Metrics {
     /// Events waiting at the processor's inputs: stored and not yet
     /// acknowledged (consumer lag).
     pub lag: Family<ProcessorLabel, Gauge>,
+    /// Events stored in a keyed step's partition, not yet purged (reported
+    /// by the host running the step's instance 0).
+    pub partition_lag: Family<PartitionLabel, Gauge>,
+    /// Partitions of a keyed step an instance on this host holds.
+    pub partitions_held: Family<InstanceLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -72,8 +96,22 @@ impl Default for Metrics {
             "Events waiting at the processor's inputs (stored, not yet acknowledged)",
             lag.clone(),
         );
+        let partition_lag = Family::<PartitionLabel, Gauge>::default();
+        registry.register(
+            "partition_lag",
+            "Events stored in a keyed step's partition and not yet purged",
+            partition_lag.clone(),
+        );
+        let partitions_held = Family::<InstanceLabel, Gauge>::default();
+        registry.register(
+            "partitions_held",
+            "Partitions of a keyed step an instance on this host holds",
+            partitions_held.clone(),
+        );
         Metrics {
             lag,
+            partition_lag,
+            partitions_held,
             registry: Arc::new(registry),
             events_in,
             events_out,

@@ -706,6 +706,13 @@ impl Runner {
     /// counters are that step's own (what it emitted, its errors and dead
     /// letters), not the segment's.
     async fn write_own_status(&mut self, status: &mut Status) {
+        if self.keyed.is_some() {
+            self.report_partitions(status).await;
+            if self.ctx.instance == 0 {
+                self.ctx.write_status(&self.spec.id, status).await;
+            }
+            return;
+        }
         let mut lag = 0u64;
         let mut known = !self.consumers.is_empty();
         for (_, consumer) in &self.consumers {
@@ -762,6 +769,7 @@ impl Runner {
                         updated_ms: 0,
                         code: Some(Work::code_of(&link.processor)),
                         lag: None,
+                        partitions: Vec::new(),
                     },
                 )
             })

@@ -342,6 +342,22 @@ pub struct Status {
     /// or when the broker did not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<u64>,
+    /// A keyed step's partitions: who holds each and what waits in it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// One partition of a keyed step, as its status reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStatus {
+    /// The partition.
+    pub partition: u32,
+    /// The host whose instance holds it (`None`: no one right now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Events stored in it and not yet purged: waiting, plus those
+    /// processed since the last purge (once a heartbeat).
+    pub lag: u64,
 }
 
 /// Which compiler's code a processor runs.
@@ -380,6 +396,7 @@ impl Status {
             updated_ms: 0,
             code: None,
             lag: None,
+            partitions: Vec::new(),
         }
     }
 }

@@ -1139,6 +1139,85 @@ steps:
     assert_counted_in_order(&out, TOTAL, KEYS);
 }
 
+/// A keyed signal ticks once per partition, on that partition's state:
+/// with two instances, every sensor's readings are counted in its windows
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_signal_ticks_each_partition_on_its_own_state() {
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let _host = Flowd::start(&nats.url(), state.path());
+    let api = api(state.path()).await;
+    let agent = Agent::connect(&[nats.url()]).await.expect("agent");
+    create_flows(&agent, &["readings", "alerts", "windows"]).await;
+    push_file(&api, "threshold", "flow_threshold").await;
+    api.pipelines()
+        .apply(proto::ApplyRequest {
+            manifest: "name: sensors
+inputs: {in: flow://readings.pipe.example.com}
+outputs: {alerts: flow://alerts.pipe.example.com, windows: flow://windows.pipe.example.com}
+steps:
+  - name: watch
+    component: threshold@1.0.0
+    from: in
+    to: [alerts, windows]
+    key: data.sensor
+    partitions: 8
+    parallelism: 2
+    config: {field: data.value, above: '1000', key: data.sensor}
+limits: {tick-ms: 200}
+"
+            .into(),
+            dry_run: false,
+        })
+        .await
+        .expect("a keyed signal may run several instances");
+    const SENSORS: usize = 40;
+    const READINGS: usize = 4_000;
+    let events: Vec<Event> = (0..READINGS)
+        .map(|i| {
+            EventBuilderV10::new()
+                .id(format!("r-{i}"))
+                .source("urn:test:sensors")
+                .ty("reading")
+                .data(
+                    "application/json",
+                    json!({"sensor": format!("s{}", i % SENSORS), "value": i % 100}),
+                )
+                .build()
+                .expect("event")
+        })
+        .collect();
+    write(&agent, "readings", &events).await;
+    let windows = eventually(
+        Duration::from_secs(90),
+        "every reading in a window",
+        || async {
+            let windows = read_all(&agent, "windows").await;
+            let counted: u64 = windows
+                .iter()
+                .map(|w| data(w)["count"].as_u64().unwrap_or(0))
+                .sum();
+            (counted >= READINGS as u64).then_some(windows)
+        },
+    )
+    .await;
+    let mut per_sensor: BTreeMap<String, u64> = BTreeMap::new();
+    for w in &windows {
+        *per_sensor
+            .entry(data(w)["key"].as_str().unwrap_or_default().to_owned())
+            .or_default() += data(w)["count"].as_u64().unwrap_or(0);
+    }
+    assert_eq!(per_sensor.len(), SENSORS);
+    assert!(
+        per_sensor
+            .values()
+            .all(|&n| n == (READINGS / SENSORS) as u64),
+        "{per_sensor:?}"
+    );
+    assert_eq!(count(&agent, "alerts").await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_speaks_tls_with_the_hosts_certificate() {
     let nats = Nats::start();
@@ -1615,7 +1694,7 @@ async fn the_console_shows_a_live_pipeline_its_logs_and_replays_a_dead_letter() 
              outputs: {{out: flow://watched-out.pipe.example.com}}\n\
              steps:\n\
              \x20 - name: mark\n    component: transform@1.0.0\n    from: in\n    config: {{set.data.marked: true}}\n\
-             \x20 - name: risky\n    component: {risky}\n    from: mark\n    to: out\n\
+             \x20 - name: risky\n    component: {risky}\n    from: mark\n    to: out\n    key: data.n\n    partitions: 4\n\
              limits: {{deadline-ms: 2000, max-attempts: 1}}\n"
         )
     };

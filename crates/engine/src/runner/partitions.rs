@@ -13,7 +13,7 @@
 use super::{Input, Runner, Work};
 use crate::Context;
 use crate::keyed::{KeySelector, ORIGIN, parse_origin};
-use crate::spec::{Keying, ProcessorSpec, Status};
+use crate::spec::{Keying, PartitionStatus, ProcessorSpec, Status};
 use anyhow::{Result, anyhow, bail};
 use async_nats::jetstream::{consumer::PullConsumer, kv};
 use flow_abi::Packer;
@@ -38,6 +38,8 @@ pub(super) struct Partitions {
     every: Duration,
     /// Keyed-state quota of one partition.
     quota: usize,
+    /// When instance 0 next reports the partitions in the status.
+    next_report: Instant,
 }
 
 /// A partition this instance holds.
@@ -86,6 +88,7 @@ impl Partitions {
             next_check: Instant::now(),
             every: ctx.heartbeat,
             quota,
+            next_report: Instant::now(),
         })
     }
 
@@ -181,6 +184,14 @@ impl Runner {
         }
         let held = k.held();
         k.consumer = None;
+        self.ctx
+            .metrics
+            .partitions_held
+            .get_or_create(&crate::metrics::InstanceLabel {
+                processor: id.clone(),
+                instance: self.ctx.instance,
+            })
+            .set(held.len() as i64);
         if !held.is_empty() {
             let consumer = self
                 .ctx
@@ -222,6 +233,73 @@ impl Runner {
         }
     }
 
+    /// Instance 0 puts in the status who holds each partition and what
+    /// waits in it, and the step's lag: what the partitioner has yet to
+    /// copy plus what waits in the partitions (every few seconds: it reads
+    /// a lease per partition).
+    pub(super) async fn report_partitions(&mut self, status: &mut Status) {
+        let Some(k) = self.keyed.as_mut() else {
+            return;
+        };
+        if self.ctx.instance != 0 || Instant::now() < k.next_report {
+            return;
+        }
+        k.next_report = Instant::now() + (k.every * 3).max(Duration::from_secs(2));
+        let id = &self.spec.id;
+        let Some(keying) = &self.spec.key else {
+            return;
+        };
+        let backlog = match self.ctx.broker.partition_backlog(id).await {
+            Ok(backlog) => backlog,
+            Err(e) => {
+                tracing::debug!(processor = id, "partition backlog: {e}");
+                return;
+            }
+        };
+        let mut report = Vec::with_capacity(keying.partitions as usize);
+        for p in 0..keying.partitions {
+            let host = self
+                .ctx
+                .membership
+                .holder(&partitions::lease_key(id, p))
+                .await
+                .unwrap_or_default();
+            report.push(PartitionStatus {
+                partition: p,
+                host,
+                lag: backlog.get(&p).copied().unwrap_or(0),
+            });
+        }
+        for r in &report {
+            self.ctx
+                .metrics
+                .partition_lag
+                .get_or_create(&crate::metrics::PartitionLabel {
+                    processor: id.clone(),
+                    partition: r.partition,
+                })
+                .set(i64::try_from(r.lag).unwrap_or(i64::MAX));
+        }
+        let mut lag: u64 = report.iter().map(|r| r.lag).sum();
+        for (port, flow) in self.spec.inputs.iter().enumerate() {
+            if let Ok(waiting) = self
+                .ctx
+                .broker
+                .consumer_lag(flow, &self.spec.consumer(port))
+                .await
+            {
+                lag = lag.saturating_add(waiting);
+            }
+        }
+        status.partitions = report;
+        status.lag = Some(lag);
+        self.ctx
+            .metrics
+            .lag
+            .get_or_create(&self.label)
+            .set(i64::try_from(lag).unwrap_or(i64::MAX));
+    }
+
     /// Gives the partitions' leases back (after the last batch is
     /// committed), so that their next owner takes them at once.
     pub(super) async fn release_partitions(&mut self) {
@@ -229,6 +307,14 @@ impl Runner {
             return;
         };
         k.consumer = None;
+        self.ctx
+            .metrics
+            .partitions_held
+            .get_or_create(&crate::metrics::InstanceLabel {
+                processor: self.spec.id.clone(),
+                instance: self.ctx.instance,
+            })
+            .set(0);
         for (p, owned) in std::mem::take(&mut k.owned) {
             self.ctx
                 .membership

@@ -149,6 +149,15 @@ pub(super) fn status(s: &Status) -> proto::ProcessorStatus {
         updated_ms: s.updated_ms,
         code: s.code.map(|c| c.as_str().to_owned()).unwrap_or_default(),
         lag: s.lag,
+        partitions: s
+            .partitions
+            .iter()
+            .map(|p| proto::PartitionStatus {
+                partition: p.partition,
+                host: p.host.clone().unwrap_or_default(),
+                lag: p.lag,
+            })
+            .collect(),
     }
 }
 
@@ -167,6 +176,13 @@ pub(super) fn processor(spec: &ProcessorSpec, st: Option<&Status>) -> proto::Pro
         owner: spec.owner.clone().unwrap_or_default(),
         pipeline: spec.pipeline.clone().unwrap_or_default(),
         status: st.map(status),
+        parallelism: spec.parallelism,
+        key: spec
+            .key
+            .as_ref()
+            .map(|k| k.selector.clone())
+            .unwrap_or_default(),
+        partitions: spec.key.as_ref().map_or(0, |k| k.partitions),
     }
 }
 

@@ -154,7 +154,69 @@ fn step_json(s: &proto::Step) -> serde_json::Value {
         "dead_lettered": st.dead_lettered, "last_error": st.last_error, "rate": s.rate,
         "code": st.code, "lag": st.lag,
         "inputs": p.inputs, "outputs": p.outputs,
+        "parallelism": p.parallelism, "key": p.key,
+        "partitions": st.partitions.iter().map(|q| serde_json::json!({
+            "partition": q.partition, "host": q.host, "lag": q.lag,
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// A keyed step's partitions, one line per host: which it holds (as
+/// ranges) and what waits in them.
+fn partition_lines(proc: &proto::Processor, st: &proto::ProcessorStatus) -> Vec<String> {
+    if proc.key.is_empty() {
+        return Vec::new();
+    }
+    let mut by_host: std::collections::BTreeMap<&str, Vec<&proto::PartitionStatus>> =
+        std::collections::BTreeMap::new();
+    for p in &st.partitions {
+        let host = if p.host.is_empty() {
+            "-"
+        } else {
+            p.host.as_str()
+        };
+        by_host.entry(host).or_default().push(p);
+    }
+    let head = format!(
+        "  key={} partitions={} parallelism={}",
+        proc.key, proc.partitions, proc.parallelism
+    );
+    std::iter::once(head)
+        .chain(by_host.into_iter().map(|(host, parts)| {
+            let mut ranges: Vec<(u32, u32)> = Vec::new();
+            for p in &parts {
+                match ranges.last_mut() {
+                    Some((_, end)) if *end + 1 == p.partition => *end = p.partition,
+                    _ => ranges.push((p.partition, p.partition)),
+                }
+            }
+            let ranges: Vec<String> = ranges
+                .iter()
+                .map(|(a, b)| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}-{b}")
+                    }
+                })
+                .collect();
+            let lags: Vec<String> = parts
+                .iter()
+                .filter(|p| p.lag > 0)
+                .map(|p| format!("{}:{}", p.partition, p.lag))
+                .collect();
+            format!(
+                "  partitions host={host} held={} count={} lag={}",
+                ranges.join(","),
+                parts.len(),
+                if lags.is_empty() {
+                    "0".to_owned()
+                } else {
+                    lags.join(",")
+                }
+            )
+        }))
+        .collect()
 }
 
 fn print_component(c: &proto::Component) {
@@ -387,6 +449,9 @@ pub(crate) async fn execute(client: &ApiClient, action: Action, json: bool) -> R
                         format!(" code={}", st.code)
                     }
                 );
+                for line in partition_lines(&proc, &st) {
+                    println!("{line}");
+                }
             }
         }
         Action::DeletePipeline(name) => {

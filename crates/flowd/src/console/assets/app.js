@@ -149,6 +149,33 @@ function pipelineGraph(p) {
   return root;
 }
 
+// A keyed step's partitions by host: which it holds (as ranges) and what
+// waits in them.
+function partitionTable(s) {
+  const parts = (s.status && s.status.partitions) || [];
+  if (!parts.length) return [];
+  const byHost = new Map();
+  for (const q of parts) {
+    const h = q.host || "-";
+    if (!byHost.has(h)) byHost.set(h, []);
+    byHost.get(h).push(q);
+  }
+  const ranges = (ns) => {
+    const out = [];
+    for (const n of ns) {
+      const last = out[out.length - 1];
+      if (last && last[1] + 1 === n) last[1] = n; else out.push([n, n]);
+    }
+    return out.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`)).join(",");
+  };
+  return [el("h3", {}, `Partitions of ${s.name}`),
+    el("table", { "data-testid": "partitions-" + s.name },
+      el("tr", {}, ...["host", "partitions", "held", "lag"].map((h) => el("th", {}, h))),
+      ...[...byHost].map(([h, qs]) => el("tr", { "data-testid": "partitions-" + s.name + "-" + h },
+        el("td", {}, h), el("td", {}, ranges(qs.map((q) => q.partition))), el("td", {}, qs.length),
+        el("td", {}, qs.reduce((a, q) => a + q.lag, 0)))))];
+}
+
 const views = {
   pipelines() {
     const o = state.overview;
@@ -161,6 +188,7 @@ const views = {
           phaseCell(s.status, false), el("td", {}, s.status.events_in ?? 0), el("td", {}, s.status.events_out ?? 0),
           el("td", {}, s.status.errors ?? 0), el("td", {}, s.status.dead_lettered ?? 0), el("td", {}, s.status.lag ?? "-"),
           el("td", {}, rate(s.processor))))),
+      ...p.steps.flatMap(partitionTable),
     ]);
   },
   processors() {
