@@ -86,9 +86,13 @@ pub fn owned_by(instance: u32, parallelism: u32, partitions: u32) -> Vec<u32> {
         .collect()
 }
 
-/// The name of instance `instance`'s consumer of `step`'s partitions.
-pub fn consumer_name(step: &str, instance: u32) -> String {
-    format!("keyed-{step}-i{instance}")
+/// The stem of instance `instance`'s consumers of `step`'s partitions; each
+/// consumer adds a nonce, so that a runner never pulls from a consumer
+/// made for another (a stale runner of the same instance, still pulling,
+/// would take events its successor then never sees: the consumer takes no
+/// acknowledgements).
+pub fn consumer_stem(step: &str, instance: u32) -> String {
+    format!("keyed-{step}-i{instance}-")
 }
 
 /// A partition's keyed state and position, as stored.
@@ -170,7 +174,12 @@ impl Broker {
                 retention: stream::RetentionPolicy::Limits,
                 storage: stream::StorageType::File,
                 num_replicas: self.replicas,
-                duplicate_window: Duration::from_secs(120),
+                // A chunk copied again (its input's acknowledgement lost)
+                // is stored once if it comes within this window.
+                duplicate_window: Duration::from_secs(600),
+                // Bounded: past it, copies wait (the partitioner retries).
+                max_bytes: 1 << 30,
+                discard: stream::DiscardPolicy::New,
                 description: Some(format!("partitions of keyed step {step}")),
                 ..Default::default()
             })
@@ -203,7 +212,8 @@ impl Broker {
         partitions: &[u32],
     ) -> Result<consumer::PullConsumer, BrokerError> {
         let stream = self.partition_stream(step).await?;
-        let name = consumer_name(step, instance);
+        let stem = consumer_stem(step, instance);
+        let name = format!("{stem}{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let filters: Vec<String> = partitions
             .iter()
             .map(|&p| partition_filter(step, p))
@@ -216,7 +226,7 @@ impl Broker {
             if !info.config.filter_subject.is_empty() {
                 theirs.push(info.config.filter_subject.clone());
             }
-            if info.name == name || theirs.iter().any(|f| filters.contains(f)) {
+            if info.name.starts_with(&stem) || theirs.iter().any(|f| filters.contains(f)) {
                 stale.push(info.name.clone());
             }
         }

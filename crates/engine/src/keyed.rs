@@ -341,8 +341,12 @@ async fn copy_chunk(
             }
         }
     }
-    // Cumulative: the chunk's last event acknowledges it.
-    let _ = last.ack().await;
+    // Cumulative, and confirmed: the chunk's last event acknowledges it
+    // before the next chunk is taken (a lost acknowledgement would have the
+    // chunk copied again).
+    last.double_ack()
+        .await
+        .map_err(|e| anyhow!("acknowledging {flow}: {e}"))?;
     Ok(copies.len())
 }
 

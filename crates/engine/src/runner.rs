@@ -413,6 +413,8 @@ struct Input {
     subject: Option<String>,
     /// The message's sequence in the stream it was pulled from.
     position: u64,
+    /// Its delivery sequence in the consumer it was pulled through.
+    delivery: u64,
 }
 
 impl Input {
@@ -868,6 +870,11 @@ impl Runner {
             }
         }
         self.drain(status).await?;
+        // The partitioner finishes the chunk it copies (stored and
+        // acknowledged) rather than being cut off between the two.
+        if let Some(partitioner) = self.partitioner.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), partitioner).await;
+        }
         self.release_partitions().await;
         status.phase = Phase::Paused;
         self.write_own_status(status).await;
@@ -1709,12 +1716,14 @@ fn fetch_from(
                 let message = message.map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
                 let info = message.info().map_err(|e| anyhow!("message info: {e}"))?;
                 let (stream, sequence) = (info.stream.to_owned(), info.stream_sequence);
+                let delivery = info.consumer_sequence;
                 inputs.push(Input {
                     message,
                     stream,
                     sequence,
                     subject: None,
                     position: sequence,
+                    delivery,
                 });
             }
             Ok(inputs)

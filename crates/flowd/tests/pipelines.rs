@@ -1137,6 +1137,14 @@ steps:
     wait_count(&agent, "keys-out", TOTAL as u64, Duration::from_secs(180)).await;
     let out = read_all(&agent, "keys-out").await;
     assert_counted_in_order(&out, TOTAL, KEYS);
+    let unkeyed = manifest(2, "").replace("    key: subject\n    partitions: 16\n", "");
+    assert!(!unkeyed.contains("key:"));
+    let refused = apply(unkeyed).await.expect_err("a keyed step stays keyed");
+    assert!(
+        refused.message().contains("cannot stop being keyed"),
+        "{}",
+        refused.message()
+    );
 }
 
 /// A keyed signal ticks once per partition, on that partition's state:

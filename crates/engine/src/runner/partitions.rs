@@ -33,6 +33,10 @@ pub(super) struct Partitions {
     owned: BTreeMap<u32, Owned>,
     /// Its consumer of the partitions it holds.
     consumer: Option<PullConsumer>,
+    /// The delivery sequence the consumer's next event must have: the
+    /// consumer takes no acknowledgements, so a delivery lost on the way
+    /// (a connection dropped mid-pull) would never come again.
+    next_delivery: u64,
     /// When leases are next renewed (and missing ones tried).
     next_check: Instant,
     every: Duration,
@@ -79,12 +83,15 @@ impl Partitions {
         }
         // The step's quota is shared by its partitions; one partition's
         // record stays well under the broker's largest message (1 MiB).
+        // At most half the largest message, so that a record (8 bytes more
+        // per entry than the quota counts) still fits in one.
         let quota =
-            (spec.limits.wasm().state / keying.partitions as usize).clamp(64 << 10, 960 << 10);
+            (spec.limits.wasm().state / keying.partitions as usize).clamp(4 << 10, 480 << 10);
         Ok(Partitions {
             wanted: partitions::owned_by(ctx.instance, spec.parallelism, keying.partitions),
             owned: BTreeMap::new(),
             consumer: None,
+            next_delivery: 1,
             next_check: Instant::now(),
             every: ctx.heartbeat,
             quota,
@@ -200,6 +207,7 @@ impl Runner {
                 .await?;
             if let Some(k) = self.keyed.as_mut() {
                 k.consumer = Some(consumer);
+                k.next_delivery = 1;
             }
         }
         tracing::info!(
@@ -208,6 +216,33 @@ impl Runner {
             partitions = held.len(),
             "partitions taken"
         );
+        Ok(())
+    }
+
+    /// Renews the held partitions' leases when a heartbeat has passed
+    /// since the last renewal; a lease lost means another instance may
+    /// hold the partition now: this runner stops and starts again from
+    /// the records.
+    async fn renew_if_due(&mut self) -> Result<()> {
+        let membership = self.ctx.membership.clone();
+        let id = self.spec.id.clone();
+        let Some(k) = self.keyed.as_mut() else {
+            return Ok(());
+        };
+        if Instant::now() < k.next_check {
+            return Ok(());
+        }
+        k.next_check = Instant::now() + k.every;
+        for (&p, owned) in k.owned.iter_mut() {
+            match membership
+                .keep(&partitions::lease_key(&id, p), owned.lease)
+                .await
+            {
+                Ok(Some(lease)) => owned.lease = lease,
+                Ok(None) => bail!("partition {p}: lease lost during a round"),
+                Err(e) => tracing::debug!(processor = id, partition = p, "lease: {e}"),
+            }
+        }
         Ok(())
     }
 
@@ -364,10 +399,19 @@ impl Runner {
         let ports = self.spec.inputs.len();
         let mut by_partition: BTreeMap<u32, Vec<(u32, Input)>> = BTreeMap::new();
         {
-            let Some(k) = self.keyed.as_ref() else {
+            let Some(k) = self.keyed.as_mut() else {
                 bail!("not a keyed step");
             };
             for mut input in inputs {
+                if input.delivery != k.next_delivery {
+                    bail!(
+                        "delivery {} from the partitions came after {}: one was lost on the \
+                         way; reading the partitions again from their records",
+                        input.delivery,
+                        k.next_delivery.saturating_sub(1)
+                    );
+                }
+                k.next_delivery += 1;
                 let Some((p, port)) = partitions::parse_subject(&id, &input.message.subject) else {
                     bail!(
                         "unexpected subject {} in {id}'s partitions",
@@ -404,6 +448,9 @@ impl Runner {
             }
         }
         for (p, port, run) in runs {
+            // A long round keeps its leases: an owner whose lease ran out
+            // stops before it sends or commits anything more.
+            self.renew_if_due().await?;
             let last = run.last().map_or(0, |input| input.position);
             self.swap_partition(p)?;
             if let Some(owned) = self.keyed.as_mut().and_then(|k| k.owned.get_mut(&p)) {
@@ -485,6 +532,11 @@ impl Runner {
                 Err((true, _)) => bail!(
                     "partition {p}: its record changed under this instance (taken over); \
                      starting again from the stored records"
+                ),
+                Err((false, e)) if e.contains("maximum payload") => bail!(
+                    "partition {p}: its record ({} bytes) is larger than the broker takes: \
+                     the step keeps too many small entries per partition",
+                    record.len()
                 ),
                 Err((false, e)) => {
                     if *self.stopped.borrow() {

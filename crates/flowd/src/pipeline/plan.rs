@@ -413,7 +413,31 @@ impl Checker<'_> {
         step_name: &str,
         pipeline: &str,
     ) -> Result<Option<Keying>, Diagnostic> {
+        let running = match self
+            .agent
+            .processor(&processor_id(pipeline, step_name))
+            .await
+        {
+            Ok((spec, _)) => spec.key,
+            Err(crate::agent::AgentError::NotFound { .. }) => None,
+            Err(e) => {
+                return Err(Diagnostic {
+                    at: at(&step.name),
+                    message: format!("step `{step_name}`: its running spec cannot be read: {e}"),
+                });
+            }
+        };
         let Some(selector) = &step.key else {
+            if let Some(old) = running {
+                return Err(Diagnostic {
+                    at: at(&step.name),
+                    message: format!(
+                        "step `{step_name}`: it is keyed (`{}`, {} partitions) and its state is \
+                         partitioned: it cannot stop being keyed; name a new step instead",
+                        old.selector, old.partitions
+                    ),
+                });
+            }
             if let Some(partitions) = &step.partitions {
                 return Err(Diagnostic {
                     at: at(partitions),
@@ -453,11 +477,7 @@ impl Checker<'_> {
             selector: selector.as_str().to_owned(),
             partitions,
         };
-        if let Ok((running, _)) = self
-            .agent
-            .processor(&processor_id(pipeline, step_name))
-            .await
-            && let Some(old) = running.key
+        if let Some(old) = running
             && old != keying
         {
             return Err(Diagnostic {
