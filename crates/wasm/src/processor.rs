@@ -387,6 +387,12 @@ impl Processor {
         self.ensure_live()
     }
 
+    /// Whether an instance is live (`false` after a trap or limit hit
+    /// discarded it: the next call instantiates and initialises another).
+    pub fn is_live(&self) -> bool {
+        self.live.is_some()
+    }
+
     /// Makes sure an instance is live: instantiates and initialises a fresh
     /// one if the last was discarded.
     fn ensure_live(&mut self) -> Result<(), CallError> {

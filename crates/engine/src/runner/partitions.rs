@@ -451,6 +451,7 @@ impl Runner {
             // A long round keeps its leases: an owner whose lease ran out
             // stops before it sends or commits anything more.
             self.renew_if_due().await?;
+            self.init_outside_partitions().await?;
             let last = run.last().map_or(0, |input| input.position);
             self.swap_partition(p)?;
             if let Some(owned) = self.keyed.as_mut().and_then(|k| k.owned.get_mut(&p)) {
@@ -460,6 +461,30 @@ impl Runner {
             self.swap_partition(p)?;
             handled?;
         }
+        Ok(())
+    }
+
+    /// After a trap discarded the instance, the next one is initialised
+    /// before a partition's state is swapped in: `init`'s writes go to the
+    /// step's own state, never into a partition.
+    async fn init_outside_partitions(&mut self) -> Result<()> {
+        if !matches!(&self.work, Some(Work::Single(p)) if !p.is_live()) {
+            return Ok(());
+        }
+        let Some(mut work) = self.work.take() else {
+            bail!("processor instance lost");
+        };
+        let work = tokio::task::spawn_blocking(move || {
+            if let Work::Single(p) = &mut work {
+                // A failing init fails the call that follows, as usual.
+                let _ = p.ready();
+                p.state().take_changes();
+            }
+            work
+        })
+        .await
+        .map_err(|e| anyhow!("initialising: {e}"))?;
+        self.work = Some(work);
         Ok(())
     }
 
@@ -533,7 +558,7 @@ impl Runner {
                     "partition {p}: its record changed under this instance (taken over); \
                      starting again from the stored records"
                 ),
-                Err((false, e)) if e.contains("maximum payload") => bail!(
+                Err((false, e)) if e.to_ascii_lowercase().contains("payload") => bail!(
                     "partition {p}: its record ({} bytes) is larger than the broker takes: \
                      the step keeps too many small entries per partition",
                     record.len()
