@@ -417,17 +417,6 @@ async fn partition_leases(
     out
 }
 
-fn keyed_event(i: usize, keys: usize) -> Event {
-    EventBuilderV10::new()
-        .id(format!("k-{i}"))
-        .source("urn:test:keys")
-        .ty("test.keycount")
-        .subject(format!("k{}", i % keys))
-        .data("application/json", json!({"n": i}))
-        .build()
-        .expect("valid event")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyed_step_counts_exactly_in_order_through_rescaling_a_killed_host_and_a_lost_node() {
     const KEYS: usize = 10_000;
@@ -482,7 +471,7 @@ steps:
     let writer = {
         let agent = agent.clone();
         tokio::spawn(async move {
-            let events: Vec<Event> = (0..N).map(|i| keyed_event(i, KEYS)).collect();
+            let events: Vec<Event> = (0..N).map(|i| flows::keyed_event(i, KEYS)).collect();
             for chunk in events.chunks(2000) {
                 let deadline = Instant::now() + Duration::from_secs(60);
                 while let Err(e) = agent.write(&flow("keys"), chunk).await {
@@ -557,32 +546,6 @@ steps:
 
     // Every key counted 1, 2, ... in input order, each event once.
     let out = flows::read_all(&agent, &flow("counted")).await;
-    let mut counts: BTreeMap<String, Vec<(i64, u64)>> = BTreeMap::new();
-    let mut ids = BTreeSet::new();
-    for e in &out {
-        assert!(ids.insert(e.id().to_owned()), "{} twice", e.id());
-        let count = match e.extension("count") {
-            Some(cloudevents::event::ExtensionValue::Integer(n)) => *n,
-            other => panic!("{}: count {other:?}", e.id()),
-        };
-        let n = data(e)["n"].as_u64().expect("n");
-        counts
-            .entry(e.subject().unwrap_or_default().to_owned())
-            .or_default()
-            .push((count, n));
-    }
-    assert_eq!(out.len(), N);
-    assert_eq!(counts.len(), KEYS);
-    for (key, seen) in &counts {
-        let numbers: Vec<i64> = seen.iter().map(|(c, _)| *c).collect();
-        assert!(
-            numbers.iter().copied().eq(1..=(N / KEYS) as i64),
-            "{key}: counts {numbers:?}"
-        );
-        assert!(
-            seen.windows(2).all(|w| w[0].1 < w[1].1),
-            "{key}: out of input order: {seen:?}"
-        );
-    }
+    flows::assert_counted_in_order(&out, N, KEYS);
     drop(nodes);
 }

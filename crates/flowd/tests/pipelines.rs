@@ -1007,55 +1007,6 @@ steps:
     assert_eq!(seen.len(), total);
 }
 
-/// An event for key `k<i % keys>`, counted by the hostile guest's
-/// `test.keycount`.
-fn keyed(i: usize, keys: usize) -> Event {
-    EventBuilderV10::new()
-        .id(format!("k-{i}"))
-        .source("urn:test:keys")
-        .ty("test.keycount")
-        .subject(format!("k{}", i % keys))
-        .data("application/json", json!({"n": i}))
-        .build()
-        .expect("valid event")
-}
-
-/// Every key's outputs count 1, 2, ... up to its number of events, in
-/// input order: no update lost or applied twice, no event out of order.
-fn assert_counted_in_order(out: &[Event], total: usize, keys: usize) {
-    let mut counts: BTreeMap<String, Vec<(i64, u64)>> = BTreeMap::new();
-    let mut ids = BTreeSet::new();
-    for e in out {
-        assert!(ids.insert(e.id().to_owned()), "{} twice", e.id());
-        let count = match e.extension("count") {
-            Some(cloudevents::event::ExtensionValue::Integer(n)) => *n,
-            other => panic!("{}: count {other:?}", e.id()),
-        };
-        let n = data(e)["n"].as_u64().expect("n");
-        counts
-            .entry(e.subject().unwrap_or_default().to_owned())
-            .or_default()
-            .push((count, n));
-    }
-    assert_eq!(ids.len(), total, "each event once");
-    assert_eq!(counts.len(), keys);
-    for (key, seen) in counts {
-        let expected = (0..total)
-            .filter(|i| format!("k{}", i % keys) == key)
-            .count();
-        let numbers: Vec<i64> = seen.iter().map(|(c, _)| *c).collect();
-        assert!(
-            numbers.iter().copied().eq(1..=expected as i64),
-            "{key}: counts {:?}..",
-            &numbers[..numbers.len().min(20)]
-        );
-        assert!(
-            seen.windows(2).all(|w| w[0].1 < w[1].1),
-            "{key}: outputs out of input order"
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyed_step_counts_every_key_exactly_in_order_while_its_parallelism_changes() {
     let nats = Nats::start();
@@ -1113,7 +1064,7 @@ steps:
 
     const KEYS: usize = 300;
     const TOTAL: usize = 24_000;
-    let events: Vec<Event> = (0..TOTAL).map(|i| keyed(i, KEYS)).collect();
+    let events: Vec<Event> = (0..TOTAL).map(|i| flows::keyed_event(i, KEYS)).collect();
     write(&agent, "keys-in", &events[..8_000]).await;
     eventually(Duration::from_secs(60), "some counted", || async {
         (count(&agent, "keys-out").await > 1000).then_some(())
@@ -1136,7 +1087,7 @@ steps:
     write(&agent, "keys-in", &events[16_000..]).await;
     wait_count(&agent, "keys-out", TOTAL as u64, Duration::from_secs(180)).await;
     let out = read_all(&agent, "keys-out").await;
-    assert_counted_in_order(&out, TOTAL, KEYS);
+    flows::assert_counted_in_order(&out, TOTAL, KEYS);
     let unkeyed = manifest(2, "").replace("    key: subject\n    partitions: 16\n", "");
     assert!(!unkeyed.contains("key:"));
     let refused = apply(unkeyed).await.expect_err("a keyed step stays keyed");

@@ -1,7 +1,7 @@
 //! Flows seen from a test: write, count, wait for and read events through
 //! an [`Agent`] on the test's broker.
 
-use cloudevents::Event;
+use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
 use flowd::agent::Agent;
 use flowd_broker::{FlowName, FlowSettings};
 use serde_json::Value;
@@ -65,5 +65,55 @@ pub(crate) fn data(e: &Event) -> Value {
     match e.data() {
         Some(cloudevents::Data::Json(v)) => v.clone(),
         _ => Value::Null,
+    }
+}
+
+/// Event `i` for key `k<i % keys>` (its `subject`), counted by the hostile
+/// guest's `test.keycount`.
+pub(crate) fn keyed_event(i: usize, keys: usize) -> Event {
+    EventBuilderV10::new()
+        .id(format!("k-{i}"))
+        .source("urn:test:keys")
+        .ty("test.keycount")
+        .subject(format!("k{}", i % keys))
+        .data("application/json", serde_json::json!({"n": i}))
+        .build()
+        .expect("valid event")
+}
+
+/// The outputs of `test.keycount` over events `0..total` of
+/// [`keyed_event`]: each event once, and every key's counts 1, 2, ... up
+/// to its number of events, in input order (no update lost or applied
+/// twice, no event of a key out of order).
+pub(crate) fn assert_counted_in_order(out: &[Event], total: usize, keys: usize) {
+    let mut counts: std::collections::BTreeMap<String, Vec<(i64, u64)>> = Default::default();
+    let mut ids = std::collections::BTreeSet::new();
+    for e in out {
+        assert!(ids.insert(e.id().to_owned()), "{} twice", e.id());
+        let count = match e.extension("count") {
+            Some(cloudevents::event::ExtensionValue::Integer(n)) => *n,
+            other => panic!("{}: count {other:?}", e.id()),
+        };
+        let n = data(e)["n"].as_u64().expect("n");
+        counts
+            .entry(e.subject().unwrap_or_default().to_owned())
+            .or_default()
+            .push((count, n));
+    }
+    assert_eq!(ids.len(), total, "each event once");
+    assert_eq!(counts.len(), keys.min(total));
+    for (key, seen) in counts {
+        let k: usize = key.trim_start_matches('k').parse().expect("a key k<n>");
+        let expected = total / keys + usize::from(k < total % keys);
+        let numbers: Vec<i64> = seen.iter().map(|(c, _)| *c).collect();
+        assert!(
+            numbers.iter().copied().eq(1..=expected as i64),
+            "{key}: counts {:?}..",
+            &numbers[..numbers.len().min(20)]
+        );
+        assert!(
+            seen.windows(2).all(|w| w[0].1 < w[1].1),
+            "{key}: outputs out of input order"
+        );
     }
 }
