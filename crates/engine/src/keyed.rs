@@ -5,8 +5,13 @@
 //! flow through the step's durable consumer, in order, and copies every
 //! event to its partition's subject in the step's partition stream
 //! ([`flowd_broker::partitions`]), pipelined, acknowledging the input once
-//! the copies are stored. Copies have the input's stream and sequence as
-//! their message id, so a batch copied again after a crash is stored once,
+//! the copies are stored. Each copy expects its predecessor to be the
+//! partition stream's last message (`Nats-Expected-Last-Msg-Id`): a copy
+//! whose predecessor was lost on the way (a leader change in the middle of
+//! a pipelined chunk) is refused instead of being stored ahead of it, and
+//! the chunk sent again stores what is missing, in order. Copies have the
+//! input's stream and sequence as their message id, so a batch copied
+//! again after a crash is stored once,
 //! and carry the input's origin ([`ORIGIN`]), so a raw message keeps the
 //! id and source it had in its flow. It stops copying while the partition
 //! stream holds more than [`BACKLOG`] events: a stuck or slow step holds its
@@ -26,6 +31,9 @@ use tokio::sync::watch;
 /// Header of a partitioned copy: `<stream> <sequence> <subject>` of the
 /// event in its input flow.
 pub(crate) const ORIGIN: &str = "Flowd-Origin";
+
+/// The header that chains a copy to the one before it.
+const EXPECTED_LAST: &str = "Nats-Expected-Last-Msg-Id";
 
 /// Events the partition stream may hold before the partitioner waits.
 const BACKLOG: u64 = 50_000;
@@ -247,6 +255,9 @@ async fn partition_rounds(
         consumers.push((flow.clone(), consumer));
     }
     let mut idle_wait = Duration::from_millis(1);
+    // The message id of the last copy stored (unknown at first: the first
+    // copy expects nothing).
+    let mut previous: Option<String> = None;
     while !*stopped.borrow() {
         // Held back while the partitions are behind.
         let mut info = stream.clone();
@@ -260,7 +271,15 @@ async fn partition_rounds(
         }
         let mut copied = 0;
         for (port, (flow, consumer)) in consumers.iter().enumerate() {
-            copied += copy_chunk(ctx, spec, keying, &selector, port as u32, flow, consumer).await?;
+            copied += copy_chunk(
+                ctx,
+                spec,
+                keying,
+                &selector,
+                (port as u32, flow, consumer),
+                &mut previous,
+            )
+            .await?;
         }
         if copied == 0 {
             tokio::select! {
@@ -281,9 +300,12 @@ async fn copy_chunk(
     spec: &ProcessorSpec,
     keying: &Keying,
     selector: &KeySelector,
-    port: u32,
-    flow: &FlowName,
-    consumer: &async_nats::jetstream::consumer::PullConsumer,
+    (port, flow, consumer): (
+        u32,
+        &FlowName,
+        &async_nats::jetstream::consumer::PullConsumer,
+    ),
+    previous: &mut Option<String>,
 ) -> Result<usize> {
     let mut batch = consumer
         .fetch()
@@ -293,6 +315,7 @@ async fn copy_chunk(
         .map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
     let mut copies = Vec::new();
     let mut last = None;
+    let mut chain = previous.clone();
     let fetched = async {
         while let Some(message) = batch.next().await {
             let message = message.map_err(|e| anyhow!("fetching from {flow}: {e}"))?;
@@ -305,11 +328,16 @@ async fn copy_chunk(
             };
             let partition = partition_of_message(selector, keying.partitions, &message, origin);
             let origin = format!("{stream} {sequence} {}", message.subject);
+            let mut headers = copy_headers(message.headers.as_ref(), &origin);
+            let message_id = format!("{stream}:{sequence}");
+            if let Some(before) = chain.replace(message_id.clone()) {
+                headers.insert(EXPECTED_LAST, before.as_str());
+            }
             copies.push(Outgoing {
                 subject: partitions::subject(&spec.id, partition, port),
-                headers: copy_headers(message.headers.as_ref(), &origin),
+                headers,
                 payload: message.payload.clone(),
-                message_id: format!("{stream}:{sequence}"),
+                message_id,
             });
             last = Some(message);
         }
@@ -321,9 +349,11 @@ async fn copy_chunk(
     let Some(last) = last else {
         return Ok(0);
     };
-    // Stored in order (one connection, pipelined); a failure sends the
-    // whole chunk again, its message ids keeping each copy once.
+    // Pipelined; a failure sends the whole chunk again: copies stored are
+    // duplicates, the first missing one follows its stored predecessor and
+    // the rest follow it.
     let mut backoff = Duration::from_millis(50);
+    let mut refused = 0;
     loop {
         let stored = match ctx.broker.send(&copies).await {
             Ok(sending) => sending.stored().await,
@@ -332,6 +362,28 @@ async fn copy_chunk(
         match stored {
             Ok(_) => break,
             Err(e) => {
+                // The stream's last message is not the one this chunk
+                // follows (another partitioner copied meanwhile, or the
+                // chain started before a restart of this one): after a few
+                // refusals the chunk's first copy stops expecting.
+                if e.to_string().to_ascii_lowercase().contains("last msg") {
+                    refused += 1;
+                    if refused >= 3
+                        && let Some(first) = copies.first_mut()
+                    {
+                        first.headers = {
+                            let mut h = HeaderMap::new();
+                            for (name, values) in first.headers.iter() {
+                                if name.to_string() != EXPECTED_LAST {
+                                    for v in values {
+                                        h.append(name.clone(), v.as_str());
+                                    }
+                                }
+                            }
+                            h
+                        };
+                    }
+                }
                 tracing::warn!(
                     processor = spec.id,
                     "partitioning: {e}; retrying in {backoff:?}"
@@ -341,6 +393,7 @@ async fn copy_chunk(
             }
         }
     }
+    *previous = chain;
     // Cumulative, and confirmed: the chunk's last event acknowledges it
     // before the next chunk is taken (a lost acknowledgement would have the
     // chunk copied again).

@@ -715,3 +715,79 @@ async fn components_start_on_baseline_code_until_the_optimised_code_is_ready() {
         .expect("loads");
     assert_eq!((source, c.is_optimised()), (Source::Compiled, true));
 }
+
+/// What the keyed steps' partitioner relies on to keep copies in order:
+/// each copy expects the one before it to be the partition stream's last
+/// message (`Nats-Expected-Last-Msg-Id`), so a copy whose predecessor was
+/// not stored is refused rather than stored ahead of it; a chunk sent again
+/// stores only what is missing, in order (copies already stored are
+/// duplicates, answered before the expectation is checked); and the
+/// expectation still holds after the broker restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chained_copies_keep_their_order_through_gaps_resends_and_a_broker_restart() {
+    use async_nats::HeaderMap;
+    use flowd_broker::{Outgoing, partitions};
+    let mut nats = Nats::start();
+    let broker = flowd_broker::Broker::connect(&[nats.url()], "test")
+        .await
+        .expect("broker");
+    broker.partition_stream("chain").await.expect("stream");
+    let copy = |i: u32, expect: Option<u32>| {
+        let mut headers = HeaderMap::new();
+        if let Some(previous) = expect {
+            headers.insert("Nats-Expected-Last-Msg-Id", format!("c{previous}").as_str());
+        }
+        Outgoing {
+            subject: partitions::subject("chain", i % 4, 0),
+            headers,
+            payload: format!("{i}").into(),
+            message_id: format!("c{i}"),
+        }
+    };
+    let chain = |range: std::ops::Range<u32>| -> Vec<Outgoing> {
+        range.map(|i| copy(i, i.checked_sub(1))).collect()
+    };
+    let stored = |messages: Vec<Outgoing>| {
+        let broker = broker.clone();
+        async move {
+            let mut results = Vec::new();
+            for m in messages {
+                results.push(broker.publish([m]).await.is_ok());
+            }
+            results
+        }
+    };
+    // c0..c4 stored; c5 lost on the way: c6..c9 are refused, not stored
+    // ahead of it.
+    assert!(stored(chain(0..5)).await.iter().all(|ok| *ok));
+    assert!(stored(chain(6..10)).await.iter().all(|ok| !ok));
+    // The whole chunk again: c0..c4 are duplicates, c5..c9 stored in order.
+    assert!(stored(chain(0..10)).await.iter().all(|ok| *ok));
+    // After a restart the chain goes on.
+    nats.restart(Duration::from_millis(300));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let result = broker.publish([copy(10, Some(9))]).await;
+        if result.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after the restart: {result:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(stored(vec![copy(12, Some(11))]).await == vec![false]);
+    let stream = broker
+        .jetstream()
+        .get_stream(partitions::stream_name("chain"))
+        .await
+        .expect("stream");
+    let mut order = Vec::new();
+    for seq in 1..=11 {
+        let m = stream.get_raw_message(seq).await.expect("stored");
+        order.push(String::from_utf8_lossy(&m.payload).into_owned());
+    }
+    let expected: Vec<String> = (0..11).map(|i| i.to_string()).collect();
+    assert_eq!(order, expected, "stored once each, in order");
+}
