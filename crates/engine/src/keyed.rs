@@ -197,6 +197,27 @@ fn copy_headers(input: Option<&HeaderMap>, origin: &str) -> HeaderMap {
     out
 }
 
+/// The headers of the event a partitioned copy carries: the copy's without
+/// what the partitioner added (its origin, its message id and the chain's
+/// expectation, which a forwarded output would otherwise carry into its
+/// own flow and be refused for).
+pub(crate) fn event_headers(copy: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, values) in copy.iter() {
+        let text = name.to_string();
+        let directive = text
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("nats-"));
+        if directive || text.eq_ignore_ascii_case(ORIGIN) {
+            continue;
+        }
+        for value in values {
+            out.append(name.clone(), value.as_str());
+        }
+    }
+    out
+}
+
 /// The origin a partitioned copy carries: stream, sequence, subject.
 pub(crate) fn parse_origin(value: &str) -> Option<(String, u64, String)> {
     let mut parts = value.splitn(3, ' ');

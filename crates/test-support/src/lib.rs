@@ -138,13 +138,34 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
+    /// `n` nodes in one cluster, every one JetStream-healthy. A start that
+    /// does not become healthy (a node that could not bind a port picked
+    /// for it, on a busy machine) is thrown away and made again on other
+    /// ports, up to three times.
     pub fn start(n: usize) -> NatsCluster {
+        for _ in 0..2 {
+            if let Some(cluster) = NatsCluster::try_start(n, Duration::from_secs(40)) {
+                return cluster;
+            }
+        }
+        NatsCluster::try_start(n, Duration::from_secs(60))
+            .expect("the NATS cluster never became healthy")
+    }
+
+    fn try_start(n: usize, within: Duration) -> Option<NatsCluster> {
         let tmp = tempfile::tempdir().expect("tempdir");
         let binary = flowd_broker::embedded::find_binary(None)
             .expect("nats-server installed by scripts/setup");
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let monitors: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        // 3n distinct ports (a port handed back by the system may come
+        // again).
+        let mut picked = std::collections::BTreeSet::new();
+        while picked.len() < 3 * n {
+            picked.insert(free_port());
+        }
+        let picked: Vec<u16> = picked.into_iter().collect();
+        let ports: Vec<u16> = picked[..n].to_vec();
+        let routes: Vec<u16> = picked[n..2 * n].to_vec();
+        let monitors: Vec<u16> = picked[2 * n..].to_vec();
         let mut nodes = Vec::new();
         for i in 0..n {
             let others: Vec<String> = (0..n)
@@ -166,27 +187,26 @@ impl NatsCluster {
                 .expect("nats-server starts");
             nodes.push(Some(child));
         }
-        // Ready when every node reports JetStream healthy (a meta leader
-        // is elected).
-        let deadline = Instant::now() + Duration::from_secs(60);
-        for port in &monitors {
-            loop {
-                let healthy = http_ok(*port, "/healthz");
-                if healthy {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the NATS cluster never became healthy"
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        NatsCluster {
+        let mut cluster = NatsCluster {
             nodes,
             ports,
             _tmp: tmp,
+        };
+        // Ready when every node reports JetStream healthy (a meta leader
+        // is elected).
+        let deadline = Instant::now() + within;
+        for port in &monitors {
+            while !http_ok(*port, "/healthz") {
+                if Instant::now() >= deadline {
+                    for i in 0..n {
+                        cluster.kill(i);
+                    }
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
+        Some(cluster)
     }
 
     pub fn urls(&self) -> Vec<String> {

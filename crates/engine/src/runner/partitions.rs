@@ -12,7 +12,7 @@
 
 use super::{Input, Runner, Work};
 use crate::Context;
-use crate::keyed::{KeySelector, ORIGIN, parse_origin};
+use crate::keyed::{KeySelector, ORIGIN, event_headers, parse_origin};
 use crate::spec::{Keying, PartitionStatus, ProcessorSpec, Status};
 use anyhow::{Result, anyhow, bail};
 use async_nats::jetstream::{consumer::PullConsumer, kv};
@@ -433,6 +433,9 @@ impl Runner {
                     input.stream = stream;
                     input.sequence = sequence;
                     input.subject = Some(subject);
+                }
+                if let Some(headers) = &input.message.message.headers {
+                    input.message.message.headers = Some(event_headers(headers));
                 }
                 by_partition.entry(p).or_default().push((port, input));
             }
