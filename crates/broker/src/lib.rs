@@ -34,7 +34,7 @@ pub mod records;
 pub use flowd_core::naming::{FlowName, MAX_FLOW_NAME, NameError, NamespaceName};
 pub use records::{RecordError, Records};
 
-use async_nats::jetstream::{self, consumer, kv, object_store, stream};
+use async_nats::jetstream::{self, consumer, context, kv, object_store, stream};
 use async_nats::{HeaderMap, header::NATS_MESSAGE_ID};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -82,6 +82,42 @@ pub enum BrokerAuth<'a> {
 
 fn request<E: std::fmt::Display>(e: E) -> BrokerError {
     BrokerError::Request(e.to_string())
+}
+
+/// Makes a stream with `create`, trying again while the cluster cannot place
+/// it yet: a node that has just started, or a meta group that has just
+/// elected a leader, is for a moment seen offline ("no suitable peers",
+/// 10005) or the meta group unavailable (10008). Bounded: six tries over
+/// about six seconds, then the last error.
+async fn placed<F, Fut>(mut create: F) -> Result<stream::Stream, BrokerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<stream::Stream, context::CreateStreamError>>,
+{
+    let mut pause = Duration::from_millis(250);
+    for _ in 1..6 {
+        match create().await {
+            Err(e) if placement_pending(&e) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            done => return done.map_err(request),
+        }
+    }
+    create().await.map_err(request)
+}
+
+/// Whether a stream was refused only because the cluster is not ready to
+/// place it yet (see [`placed`]).
+fn placement_pending(e: &context::CreateStreamError) -> bool {
+    match e.kind() {
+        context::CreateStreamErrorKind::JetStream(js) => {
+            let code = js.error_code();
+            code == jetstream::ErrorCode::CLUSTER_NO_PEERS
+                || code == jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE
+        }
+        _ => false,
+    }
 }
 
 /// Per-flow settings (retention and de-duplication), with the defaults a
@@ -318,7 +354,7 @@ impl Broker {
         if self.js.get_stream(flow.stream()).await.is_ok() {
             return Err(BrokerError::FlowExists(flow.clone()));
         }
-        self.js.create_stream(config).await.map_err(request)?;
+        placed(|| self.js.create_stream(config.clone())).await?;
         self.flow_info(flow).await
     }
 
@@ -329,10 +365,7 @@ impl Broker {
         settings: &FlowSettings,
     ) -> Result<(), BrokerError> {
         let config = self.stream_config(flow, settings)?;
-        self.js
-            .get_or_create_stream(config)
-            .await
-            .map_err(request)?;
+        placed(|| self.js.get_or_create_stream(config.clone())).await?;
         Ok(())
     }
 

@@ -9,7 +9,7 @@
 //! worth less than the events, so a slow broker drops log records rather
 //! than slowing the runner.
 
-use crate::{Broker, BrokerError, request};
+use crate::{Broker, BrokerError, placed, request};
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -128,7 +128,7 @@ impl Logs {
     /// Opens the log, creating its stream if missing.
     pub async fn open(broker: &Broker, retention: Retention) -> Result<Logs, BrokerError> {
         let js = broker.jetstream().clone();
-        js.get_or_create_stream(stream::Config {
+        let config = stream::Config {
             name: STREAM.to_owned(),
             subjects: vec![format!("{SUBJECT_PREFIX}.>")],
             max_age: retention.max_age,
@@ -139,9 +139,8 @@ impl Logs {
             discard: stream::DiscardPolicy::Old,
             num_replicas: broker.replicas,
             ..Default::default()
-        })
-        .await
-        .map_err(request)?;
+        };
+        placed(|| js.get_or_create_stream(config.clone())).await?;
         Ok(Logs {
             js,
             client: broker.client().clone(),

@@ -21,7 +21,7 @@
 //! skipped, so no update is lost or applied twice. Events a record includes
 //! are then purged from the stream ([`Broker::purge_partition`]).
 
-use crate::{Broker, BrokerError, request};
+use crate::{Broker, BrokerError, placed, request};
 use async_nats::jetstream::{consumer, stream};
 use futures::StreamExt;
 use std::collections::BTreeMap;
@@ -167,24 +167,22 @@ impl Broker {
     /// The partition stream of `step`, created if missing. Events stay
     /// until their partition's owner purges them ([`Broker::purge_partition`]).
     pub async fn partition_stream(&self, step: &str) -> Result<stream::Stream, BrokerError> {
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: stream_name(step),
-                subjects: vec![format!("keyed.{step}.>")],
-                retention: stream::RetentionPolicy::Limits,
-                storage: stream::StorageType::File,
-                num_replicas: self.replicas,
-                // A chunk copied again (its input's acknowledgement lost)
-                // is stored once if it comes within this window.
-                duplicate_window: Duration::from_secs(600),
-                // Bounded: past it, copies wait (the partitioner retries).
-                max_bytes: 1 << 30,
-                discard: stream::DiscardPolicy::New,
-                description: Some(format!("partitions of keyed step {step}")),
-                ..Default::default()
-            })
-            .await
-            .map_err(request)
+        let config = stream::Config {
+            name: stream_name(step),
+            subjects: vec![format!("keyed.{step}.>")],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            // A chunk copied again (its input's acknowledgement lost)
+            // is stored once if it comes within this window.
+            duplicate_window: Duration::from_secs(600),
+            // Bounded: past it, copies wait (the partitioner retries).
+            max_bytes: 1 << 30,
+            discard: stream::DiscardPolicy::New,
+            description: Some(format!("partitions of keyed step {step}")),
+            ..Default::default()
+        };
+        placed(|| self.js.get_or_create_stream(config.clone())).await
     }
 
     /// Removes a keyed step's partition stream (gone already is fine).

@@ -134,6 +134,7 @@ impl Drop for Nats {
 pub struct NatsCluster {
     nodes: Vec<Option<Child>>,
     pub ports: Vec<u16>,
+    monitors: Vec<u16>,
     _tmp: tempfile::TempDir,
 }
 
@@ -190,23 +191,56 @@ impl NatsCluster {
         let mut cluster = NatsCluster {
             nodes,
             ports,
+            monitors,
             _tmp: tmp,
         };
-        // Ready when every node reports JetStream healthy (a meta leader
-        // is elected).
+        // Ready when every node reports JetStream healthy and the meta
+        // leader sees every other node current: a node healthy on its own
+        // but not yet current with the leader makes an R3 stream's
+        // placement fail ("no suitable peers").
         let deadline = Instant::now() + within;
-        for port in &monitors {
+        let healthy = cluster.monitors.iter().all(|port| {
             while !http_ok(*port, "/healthz") {
                 if Instant::now() >= deadline {
-                    for i in 0..n {
-                        cluster.kill(i);
-                    }
-                    return None;
+                    return false;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
+            true
+        });
+        if !healthy || !cluster.meta_current_by(deadline) {
+            for i in 0..n {
+                cluster.kill(i);
+            }
+            return None;
         }
         Some(cluster)
+    }
+
+    /// Whether, before `deadline`, a running node reports a meta leader
+    /// whose replicas include every other running node as current and
+    /// online (`/jsz`'s `meta_cluster`).
+    fn meta_current_by(&self, deadline: Instant) -> bool {
+        let running: Vec<String> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_some())
+            .map(|i| format!("n{i}"))
+            .collect();
+        loop {
+            let current = self
+                .nodes
+                .iter()
+                .zip(&self.monitors)
+                .filter(|(node, _)| node.is_some())
+                .filter_map(|(_, port)| http_get(*port, "/jsz"))
+                .any(|body| meta_group_current(&body, &running));
+            if current {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn urls(&self) -> Vec<String> {
@@ -227,17 +261,49 @@ impl NatsCluster {
 
 /// Whether `GET path` on a loopback port answers 200.
 fn http_ok(port: u16, path: &str) -> bool {
+    http_get(port, path).is_some()
+}
+
+/// The body of `GET path` on a loopback port, if it answers 200.
+fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
-        return false;
-    };
+    let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
+    stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
+    if !(response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")) {
+        return None;
+    }
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    Some(body.to_owned())
+}
+
+/// Whether a `/jsz` answer names a meta leader among `running` and lists
+/// every other running node as a current, online replica.
+fn meta_group_current(jsz: &str, running: &[String]) -> bool {
+    let Ok(jsz) = serde_json::from_str::<serde_json::Value>(jsz) else {
+        return false;
+    };
+    let meta = &jsz["meta_cluster"];
+    let Some(leader) = meta["leader"].as_str() else {
+        return false;
+    };
+    if !running.iter().any(|name| name == leader) {
+        return false;
+    }
+    let replicas = meta["replicas"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    running.iter().filter(|name| *name != leader).all(|name| {
+        replicas.iter().any(|replica| {
+            replica["name"].as_str() == Some(name)
+                && replica["current"].as_bool() == Some(true)
+                && replica["offline"].as_bool() != Some(true)
+        })
+    })
 }
 
 impl Drop for NatsCluster {
