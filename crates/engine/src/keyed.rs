@@ -178,21 +178,7 @@ fn partition_of_message(
 /// directives (a stored `Nats-Expected-*` header would make every copy
 /// fail) or a forged origin, with the input's origin.
 fn copy_headers(input: Option<&HeaderMap>, origin: &str) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    if let Some(input) = input {
-        for (name, values) in input.iter() {
-            let text = name.to_string();
-            let directive = text
-                .get(..5)
-                .is_some_and(|p| p.eq_ignore_ascii_case("nats-"));
-            if directive || text.eq_ignore_ascii_case(ORIGIN) {
-                continue;
-            }
-            for value in values {
-                out.append(name.clone(), value.as_str());
-            }
-        }
-    }
+    let mut out = input.map(event_headers).unwrap_or_default();
     out.insert(ORIGIN, origin);
     out
 }
