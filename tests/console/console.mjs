@@ -1,12 +1,17 @@
 // Drives the flowd web console in Debian's chromium (headless), as a user
 // would. Run by crates/flowd/tests/pipelines.rs against a real host, in two
 // phases (the test changes the pipeline between them):
-//   PHASE=watch   log in; the pipeline's graph with rates moving; a step's
+//   PHASE=watch   log in; the pipeline's graph with rates moving; a flow's
+//                 live tail; a processor's placement and rate history; a
+//                 component's users; subscriptions both ways; a step's
 //                 log with a trap's message; pause and resume a processor;
 //   PHASE=replay  replay a dead letter from its page.
 // Environment: CONSOLE_URL, TOKEN, PIPELINE, STEP (the failing step),
-// RUNNER (a processor to pause), EVENT (a dead letter's event id), SHOTS
-// (screenshot directory). Exits non-zero, with the reason, on any failure.
+// RUNNER (a processor to pause), COMPONENT (the runner's component, as
+// name@version), HOST (the host's id), OUTPUT (the pipeline's output flow),
+// COPY (a local flow subscribed to OUTPUT), EVENT (a dead letter's event
+// id), SHOTS (screenshot directory). Exits non-zero, with the reason, on any
+// failure.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -68,6 +73,34 @@ try {
       await page.getByTestId("counts-" + failing).filter({ hasNotText: "dead 0" }).waitFor({ timeout: 20000 });
       // The keyed step's partitions, all four held by this host's instance.
       await page.getByTestId("partitions-" + failing).locator("td").filter({ hasText: /^0-3$/ }).waitFor({ timeout: 20000 });
+    });
+    await step("tail", async () => {
+      await page.goto(url + "/#flows");
+      await page.getByTestId("tail-" + env("OUTPUT")).click();
+      // Events come out of the pipeline marked by its first step.
+      await page.getByTestId("tail-event").filter({ hasText: '"marked"' }).first().waitFor({ timeout: 15000 });
+      await page.getByTestId("tail-status").filter({ hasText: "up to sequence" }).waitFor({ timeout: 5000 });
+      await page.getByTestId("tail-stop").click();
+      await page.getByTestId("tail").waitFor({ state: "detached", timeout: 5000 });
+    });
+    await step("placement", async () => {
+      await page.goto(url + "/#processors");
+      const row = page.getByTestId("processor-" + runner);
+      await row.getByTestId("placement").filter({ hasText: "0: " + env("HOST") }).waitFor({ timeout: 10000 });
+      // A rate history of several seconds by now (one sample a second).
+      await page.waitForFunction((id) => {
+        const e = document.querySelector(`[data-testid="history-${id}"]`);
+        return e && Number(e.getAttribute("data-samples")) >= 3;
+      }, runner, { timeout: 20000 });
+    });
+    await step("components", async () => {
+      await page.goto(url + "/#components");
+      await page.getByTestId("component-" + env("COMPONENT")).getByTestId("used-by").filter({ hasText: runner }).waitFor({ timeout: 10000 });
+    });
+    await step("subscriptions", async () => {
+      await page.goto(url + "/#subscriptions");
+      await page.getByTestId("subscription-" + env("COPY")).filter({ hasText: env("OUTPUT") }).waitFor({ timeout: 10000 });
+      await page.getByTestId("subscriber-" + env("OUTPUT")).filter({ hasText: "host" }).waitFor({ timeout: 10000 });
     });
     await step("logs", async () => {
       await page.goto(url + "/#logs");

@@ -186,16 +186,19 @@ impl Default for ApiConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsoleConfig {
-    /// Address of the console; `None` disables it. Loopback by default:
-    /// it speaks plain HTTP (put a TLS proxy in front to serve it further).
+    /// Address of the console; `None` disables it. Loopback by default;
+    /// serve it further only with `tls`.
     #[serde(with = "address_or_off")]
     pub listen: Option<SocketAddr>,
+    /// Serve HTTPS with the FNAP certificate ([fnap.tls]), like the API.
+    pub tls: bool,
 }
 
 impl Default for ConsoleConfig {
     fn default() -> Self {
         ConsoleConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 61003))),
+            tls: false,
         }
     }
 }
@@ -376,9 +379,11 @@ pub struct HostFile {
     pub api: Option<SocketAddr>,
     #[serde(default)]
     pub api_tls: bool,
-    /// The web console.
+    /// The web console, and whether it speaks TLS.
     #[serde(default)]
     pub console: Option<SocketAddr>,
+    #[serde(default)]
+    pub console_tls: bool,
     /// The certificate the FNAP server presents (PEM file).
     #[serde(default)]
     pub tls_cert: Option<PathBuf>,

@@ -293,7 +293,19 @@ impl Daemon {
             _ => None,
         };
         let console = match (config.console.listen, context) {
-            (Some(addr), Some(ctx)) => Some(ConsoleServer::start(addr, ctx).await?),
+            (Some(addr), Some(ctx)) => {
+                let tls = if config.console.tls {
+                    let (server, _) = crate::tls::server_config(
+                        &config.fnap.tls,
+                        &state_dir,
+                        &config.participant.fqdn,
+                    )?;
+                    Some(server)
+                } else {
+                    None
+                };
+                Some(ConsoleServer::start(addr, ctx, tls).await?)
+            }
             _ => None,
         };
 
@@ -341,6 +353,7 @@ impl Daemon {
             fns: fns.as_ref().map(|f| f.addr),
             api: api.as_ref().map(|a| a.addr),
             api_tls: config.api.tls,
+            console_tls: config.console.tls,
             console: console.as_ref().map(|c| c.addr),
             tls_cert: tls.map(|(_, cert)| cert),
             pid: std::process::id(),

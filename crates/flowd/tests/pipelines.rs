@@ -1233,6 +1233,113 @@ async fn the_api_speaks_tls_with_the_hosts_certificate() {
     host.shutdown().await;
 }
 
+/// The console over TLS (`[console] tls = true`): its page and a log-in
+/// over HTTPS with the host's certificate, the session cookie `Secure`.
+/// The attacker's side: clients that connect and never finish a handshake
+/// hold up no one else, and plain HTTP on that port gets no page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_speaks_tls_and_silent_clients_hold_up_no_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut config = flowd::config::Config::default();
+    config.participant.state_dir = state.path().to_owned();
+    config.nats.urls = vec![nats.url()];
+    config.metrics.listen = None;
+    config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
+    config.fnap.tls_listen = None;
+    config.fns.listen = None;
+    config.api.listen = None;
+    config.console.listen = Some(([127, 0, 0, 1], 0).into());
+    config.console.tls = true;
+    let host = flowd::daemon::Daemon::start(config)
+        .await
+        .expect("host starts");
+    let addr = host.console_addr().expect("console");
+    let file = HostFile::read(state.path()).expect("host.json");
+    assert!(file.console_tls);
+    let cert = file.tls_cert.expect("certificate");
+    let tls = std::sync::Arc::new(
+        flowd::tls::pinned_client_config(&cert).expect("the host's certificate"),
+    );
+    let token = std::fs::read_to_string(flowd::user_agent::local_token_path(state.path()))
+        .expect("token")
+        .trim()
+        .to_owned();
+    // Silent clients: each holds a connection open and never says a word
+    // (a handshake waited for on the accept path would hold the page up
+    // for its whole 10 s deadline).
+    let mut silent = Vec::new();
+    for _ in 0..16 {
+        silent.push(
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("connects"),
+        );
+    }
+    let https = |request: String| {
+        let tls = tls.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("connects");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let mut stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await
+                .expect("TLS handshake with the host's certificate");
+            stream.write_all(request.as_bytes()).await.expect("sent");
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    let page = tokio::time::timeout(
+        Duration::from_secs(5),
+        https("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()),
+    )
+    .await
+    .expect("served while silent clients wait");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("<title>flowd console</title>"), "{page}");
+    let login = format!("{{\"token\":\"{token}\"}}");
+    let answer = https(format!(
+        "POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nx-flowd-console: 1\r\nContent-Length: {}\r\n\r\n{login}",
+        login.len()
+    ))
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let cookie = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .expect("a session cookie")
+        .to_owned();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    let session = cookie.split(';').next().expect("cookie").to_owned();
+    let overview = https(format!(
+        "GET /api/overview HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {session}\r\n\r\n"
+    ))
+    .await;
+    assert!(overview.starts_with("HTTP/1.1 200"), "{overview}");
+    drop(silent);
+    // Plain HTTP on the TLS port: no page, whatever comes back.
+    let mut plain = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("sent");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), plain.read_to_end(&mut answer)).await;
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("flowd console"),
+        "plain HTTP is not served on the TLS port"
+    );
+    host.shutdown().await;
+}
+
 /// The 18 MB Python component, pushed and used at once: its step starts on
 /// the baseline compiler's code (`code=baseline`), moves to the optimised
 /// code when the background compile is done, and every event on either
@@ -1642,7 +1749,7 @@ async fn the_console_shows_a_live_pipeline_its_logs_and_replays_a_dead_letter() 
     })
     .await;
     let agent = Agent::connect(&[nats.url()]).await.expect("agent");
-    create_flows(&agent, &["watched-in", "watched-out"]).await;
+    create_flows(&agent, &["watched-in", "watched-out", "watched-copy"]).await;
     push_file(&api, "transform", "flow_transform").await;
     push_file(&api, "hostile", "guest_hostile").await;
     push_file(&api, "passthrough", "flow_passthrough").await;
@@ -1687,6 +1794,31 @@ async fn the_console_shows_a_live_pipeline_its_logs_and_replays_a_dead_letter() 
             }
         })
     };
+    // The output subscribed into a local copy: subscriptions both ways
+    // (a subscription's source lies in a namespace the host serves).
+    agent
+        .create_namespace_as(
+            &flowd::agent::Principal::Host,
+            &"pipe.example.com".parse().expect("namespace"),
+            None,
+            false,
+        )
+        .await
+        .expect("namespace");
+    agent
+        .subscribe_as(
+            &flowd::agent::Principal::Host,
+            None,
+            &flow("watched-out"),
+            Some(&flow("watched-copy")),
+            false,
+        )
+        .await
+        .expect("subscribed");
+    let host_id = std::fs::read_to_string(state.path().join("host-id"))
+        .expect("host id")
+        .trim()
+        .to_owned();
     let token = std::fs::read_to_string(flowd::user_agent::local_token_path(state.path()))
         .expect("token")
         .trim()
@@ -1722,13 +1854,26 @@ async fn the_console_shows_a_live_pipeline_its_logs_and_replays_a_dead_letter() 
                 &[
                     ("STEP", "risky".to_owned()),
                     ("RUNNER", "watched-mark".to_owned()),
+                    ("COMPONENT", "transform@1.0.0".to_owned()),
+                    ("HOST", host_id),
+                    ("OUTPUT", flow("watched-out").to_string()),
+                    ("COPY", flow("watched-copy").to_string()),
                 ],
             )
         }
     })
     .await
     .expect("joined");
-    for part in ["graph", "logs", "pause", "resume"] {
+    for part in [
+        "graph",
+        "tail",
+        "placement",
+        "components",
+        "subscriptions",
+        "logs",
+        "pause",
+        "resume",
+    ] {
         assert!(watched.contains(&format!("ok watch {part}")), "{watched}");
     }
     writing.abort();
@@ -1838,8 +1983,32 @@ async fn the_console_refuses_strangers_forged_sessions_and_cross_site_changes() 
     let get = |path: &str, extra: &str| {
         format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n")
     };
+    // A private flow the host subscribes to itself, for the account below.
+    let agent = Agent::connect(&[nats.url()]).await.expect("agent");
+    let host = flowd::agent::Principal::Host;
+    agent
+        .create_namespace_as(&host, &"pipe.example.com".parse().expect("ns"), None, false)
+        .await
+        .expect("namespace");
+    let private = flow("private-one").to_string();
+    create_flows(&agent, &["private-one", "private-copy"]).await;
+    agent
+        .subscribe_as(
+            &host,
+            None,
+            &flow("private-one"),
+            Some(&flow("private-copy")),
+            false,
+        )
+        .await
+        .expect("subscribed");
+    let state_dir = state.path().to_owned();
     tokio::task::spawn_blocking(move || {
         assert_eq!(http(console, &get("/api/overview", "")).0, 401);
+        // No flow's events and no subscriptions without a session either.
+        let tail = "/api/tail?name=watched-out.pipe.example.com";
+        assert_eq!(http(console, &get(tail, "")).0, 401);
+        assert_eq!(http(console, &get("/api/subscriptions", "")).0, 401);
         assert_eq!(
             http(
                 console,
@@ -1867,6 +2036,13 @@ async fn the_console_refuses_strangers_forged_sessions_and_cross_site_changes() 
         assert!(answer.to_lowercase().contains("httponly") && answer.contains("SameSite=Strict"));
         let with = format!("Cookie: {cookie}\r\n");
         assert_eq!(http(console, &get("/api/overview", &with)).0, 200);
+        let (status, theirs) = http(console, &get("/api/subscriptions", &with));
+        assert_eq!(status, 200, "{theirs}");
+        assert!(
+            theirs.contains("\"local\":\"private-copy.pipe.example.com\"")
+                && theirs.contains("\"source\":\"private-one.pipe.example.com\""),
+            "the administrator sees the subscription both ways: {theirs}"
+        );
         let cross_site = http(console, &post("/api/processors/any/pause", "", &with));
         assert_eq!(cross_site.0, 403, "{}", cross_site.1);
         let letters = http(
@@ -1878,6 +2054,45 @@ async fn the_console_refuses_strangers_forged_sessions_and_cross_site_changes() 
             ),
         );
         assert_eq!(letters.0, 403, "{}", letters.1);
+
+        // An account without a right on a flow: its tail is refused (as a
+        // flow that does not exist is), and it sees none of the host's
+        // subscriptions.
+        let mut add = std::process::Command::new(env!("CARGO_BIN_EXE_flowd"))
+            .args(["account", "add", "guest", "--state-dir"])
+            .arg(&state_dir)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("flowd account");
+        if let Some(mut stdin) = add.stdin.take() {
+            use std::io::Write;
+            stdin.write_all(b"not-a-reader\n").expect("password");
+        }
+        assert!(add.wait().expect("exits").success(), "account added");
+        let guest_login = "{\"user\":\"guest\",\"password\":\"not-a-reader\"}";
+        let (status, answer) = http(
+            console,
+            &post("/login", guest_login, "x-flowd-console: 1\r\n"),
+        );
+        assert_eq!(status, 200, "{answer}");
+        let guest = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .and_then(|c| c.split(';').next())
+            .expect("a session cookie")
+            .to_owned();
+        let guest = format!("Cookie: {guest}\r\n");
+        for name in [private.as_str(), "nowhere.pipe.example.com"] {
+            let refused = http(console, &get(&format!("/api/tail?name={name}"), &guest));
+            assert_eq!(refused.0, 403, "{name}: {}", refused.1);
+        }
+        let (status, subscriptions) = http(console, &get("/api/subscriptions", &guest));
+        assert_eq!(status, 200, "{subscriptions}");
+        assert!(
+            subscriptions.contains("\"in\":[]") && subscriptions.contains("\"out\":[]"),
+            "{subscriptions}"
+        );
     })
     .await
     .expect("joined");

@@ -10,7 +10,13 @@
 //! API, with the caller's rights; `/api/live` streams the overview every
 //! second (server-sent events), from which the pages draw rates.
 //!
+//! With `[console] tls = true` it serves HTTPS with the host's certificate
+//! (the FNAP one, like the API), its cookie marked `Secure`
+//! ([`listener`]).
+//!
 //! [`Agent`]: crate::agent::Agent
+
+mod listener;
 
 use crate::agent::Principal;
 use crate::api::ApiContext;
@@ -21,6 +27,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
 use axum::{Json, Router};
 use cloudevents::AttributesReader;
 use flowd_engine::spec::Port;
@@ -46,8 +53,14 @@ const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 const MAX_SESSIONS: usize = 1024;
 /// Log records one page read returns at most.
 const MAX_LOG_RECORDS: usize = 2000;
-/// Live streams open at once (each reads the overview every second).
+/// Live streams open at once (each reads the overview, or a flow's
+/// newest events, every second).
 const MAX_LIVE: usize = 64;
+/// Events a flow's live tail shows per second at most (the newest; what
+/// came between is counted as skipped).
+const TAIL_EVENTS: usize = 20;
+/// The characters of an event's data a tail shows.
+const TAIL_DATA: usize = 512;
 
 struct Session {
     principal: Principal,
@@ -56,6 +69,8 @@ struct Session {
 
 struct Console {
     ctx: ApiContext,
+    /// Served over TLS: the session cookie is `Secure`.
+    secure: bool,
     sessions: Mutex<HashMap<String, Session>>,
     /// Room for live streams ([`MAX_LIVE`]).
     live: Arc<tokio::sync::Semaphore>,
@@ -68,25 +83,42 @@ pub struct ConsoleServer {
 }
 
 impl ConsoleServer {
-    /// Binds `addr` and serves the console.
-    pub async fn start(addr: SocketAddr, ctx: ApiContext) -> Result<ConsoleServer> {
+    /// Binds `addr` and serves the console; over TLS with `tls`.
+    pub async fn start(
+        addr: SocketAddr,
+        ctx: ApiContext,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<ConsoleServer> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("console {addr}"))?;
         let addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let console = Arc::new(Console {
             ctx,
+            secure: tls.is_some(),
             sessions: Mutex::new(HashMap::new()),
             live: Arc::new(tokio::sync::Semaphore::new(MAX_LIVE)),
         });
-        let app = router(console);
-        let task = tokio::spawn(async move {
-            let service = app.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(listener, service).await {
-                tracing::error!("console stopped: {e}");
+        let service = router(console).into_make_service_with_connect_info::<SocketAddr>();
+        let task = match tls {
+            None => tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, service).await {
+                    tracing::error!("console stopped: {e}");
+                }
+            }),
+            Some(config) => {
+                // `tap_io` makes axum hand the listener's own address type
+                // (the peer's `SocketAddr`) to `ConnectInfo`, as for TCP.
+                let listener = listener::TlsListener::new(listener, config)?.tap_io(|_| {});
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, service).await {
+                        tracing::error!("console stopped: {e}");
+                    }
+                })
             }
-        });
-        tracing::info!(%addr, "console listening");
+        };
+        tracing::info!(%addr, %scheme, "console listening");
         Ok(ConsoleServer { addr, task })
     }
 
@@ -105,6 +137,8 @@ fn router(console: Arc<Console>) -> Router {
         .route("/api/me", get(me))
         .route("/api/overview", get(overview))
         .route("/api/live", get(live))
+        .route("/api/tail", get(tail))
+        .route("/api/subscriptions", get(subscriptions))
         .route("/api/logs", get(logs))
         .route("/api/deadletters", get(dead_letters))
         .route("/api/deadletters/{action}", post(handle_dead_letters))
@@ -265,8 +299,9 @@ async fn login(
         );
     }
     let cookie = format!(
-        "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        SESSION_TTL.as_secs()
+        "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        SESSION_TTL.as_secs(),
+        if c.secure { "; Secure" } else { "" }
     );
     Ok((
         [(header::SET_COOKIE, cookie)],
@@ -350,12 +385,20 @@ fn step_edges(spec: &ProcessorSpec, processor: &str) -> (Vec<String>, Vec<String
 
 async fn overview_of(c: &Console, who: &Principal) -> Result<Value, Failure> {
     let agent = &c.ctx.agent;
+    let hosts_records = agent.list_agents_as(who).await.unwrap_or_default();
+    let live_hosts: Vec<String> = hosts_records.iter().map(|h| h.id.clone()).collect();
     let processors: Vec<Value> = agent
         .list_processors_as(who)
         .await?
         .iter()
         .map(|(spec, status)| {
+            // Where its instances run: the same rendezvous placement every
+            // host computes over the live hosts.
+            let placement: Vec<Option<&str>> = (0..spec.parallelism.max(1))
+                .map(|i| flowd_broker::cluster::owner(&spec.id, i, &live_hosts))
+                .collect();
             json!({
+                "placement": placement,
                 "id": spec.id, "kind": spec.kind.to_string(), "paused": spec.paused,
                 "pipeline": spec.pipeline, "owner": spec.owner,
                 "component": spec.component, "parallelism": spec.parallelism,
@@ -412,19 +455,16 @@ async fn overview_of(c: &Console, who: &Principal) -> Result<Value, Failure> {
             })
         })
         .collect();
-    let hosts: Vec<Value> = match agent.list_agents_as(who).await {
-        Ok(hosts) => hosts
-            .iter()
-            .map(|h| {
-                json!({
-                    "id": h.id, "fqdn": h.fqdn, "fnap": h.fnap, "api": h.api,
-                    "started_ms": h.started_ms, "heartbeat_ms": h.heartbeat_ms,
-                    "instances": h.instances, "events_in": h.events_in, "rate": h.rate,
-                })
+    let hosts: Vec<Value> = hosts_records
+        .iter()
+        .map(|h| {
+            json!({
+                "id": h.id, "fqdn": h.fqdn, "fnap": h.fnap, "api": h.api,
+                "started_ms": h.started_ms, "heartbeat_ms": h.heartbeat_ms,
+                "instances": h.instances, "events_in": h.events_in, "rate": h.rate,
             })
-            .collect(),
-        Err(_) => Vec::new(),
-    };
+        })
+        .collect();
     let components: Vec<Value> = c
         .ctx
         .registry
@@ -524,6 +564,130 @@ async fn logs(
 #[derive(Deserialize)]
 struct NameQuery {
     name: String,
+}
+
+/// A flow's newest events, every second, as server-sent events (`events`:
+/// `{last, skipped, events}`), while the session lasts and its read right
+/// holds; counted among the live views.
+async fn tail(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(q): Query<NameQuery>,
+) -> Result<Sse<impl futures::Stream<Item = Result<SseEvent, std::convert::Infallible>>>, Failure> {
+    let who = c.who(&headers)?;
+    let flow = flowd_broker::FlowName::parse(&q.name)
+        .map_err(|e| Failure(StatusCode::BAD_REQUEST, format!("flow {}: {e}", q.name)))?;
+    // Refused at once rather than as a stream that ends.
+    c.ctx.agent.check_read(&who, &flow).await?;
+    let permit = c.live.clone().try_acquire_owned().map_err(|_| {
+        Failure(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{MAX_LIVE} live views are open: close one"),
+        )
+    })?;
+    let stream = futures::stream::unfold(
+        (c, headers, flow, None::<u64>, true, permit),
+        |(c, headers, flow, after, first, permit)| async move {
+            if !first {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let who = c.who(&headers).ok()?;
+            let (event, next) = match c.ctx.agent.tail_as(&who, &flow, after, TAIL_EVENTS).await {
+                Ok(tail) => {
+                    let events: Vec<Value> = tail
+                        .events
+                        .iter()
+                        .map(|(sequence, event)| tail_event(*sequence, event))
+                        .collect();
+                    let data = json!({
+                        "last": tail.last_sequence, "skipped": tail.skipped, "events": events,
+                    });
+                    (
+                        SseEvent::default().event("events").data(data.to_string()),
+                        Some(tail.last_sequence),
+                    )
+                }
+                // The right taken away, or the flow deleted: the tail ends.
+                Err(
+                    e @ (crate::agent::AgentError::Forbidden(_)
+                    | crate::agent::AgentError::NotFound { .. }),
+                ) => {
+                    tracing::debug!(%flow, "console tail ends: {e}");
+                    return None;
+                }
+                Err(e) => (
+                    SseEvent::default().event("trouble").data(e.to_string()),
+                    after,
+                ),
+            };
+            Some((Ok(event), (c, headers, flow, next, false, permit)))
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// One event of a tail: its attributes and the start of its data.
+fn tail_event(sequence: u64, event: &Result<cloudevents::Event, String>) -> Value {
+    let event = match event {
+        Ok(event) => event,
+        Err(e) => return json!({ "sequence": sequence, "error": e }),
+    };
+    let data = match event.data() {
+        Some(cloudevents::Data::Json(v)) => v.to_string(),
+        Some(cloudevents::Data::String(s)) => s.clone(),
+        Some(cloudevents::Data::Binary(b)) => String::from_utf8_lossy(b).into_owned(),
+        None => String::new(),
+    };
+    let shown: String = data.chars().take(TAIL_DATA).collect();
+    let cut = shown.len() < data.len();
+    json!({
+        "sequence": sequence, "id": event.id(), "type": event.ty(),
+        "source": event.source().to_string(), "subject": event.subject(),
+        "time": event.time().map(|t| t.to_rfc3339()),
+        "data": shown, "cut": cut,
+    })
+}
+
+/// Subscriptions both ways: the caller's own (local flows fed from another
+/// flow, here or on another participant's host), and the subscribers of the
+/// flows the caller may write to.
+async fn subscriptions(State(c): State<Arc<Console>>, headers: HeaderMap) -> Answer {
+    let who = c.who(&headers)?;
+    let agent = &c.ctx.agent;
+    let out: Vec<Value> = agent
+        .list_subscriptions_as(&who)
+        .await?
+        .iter()
+        .map(|s| {
+            json!({
+                "local": s.local.to_string(), "remote": s.remote.to_string(),
+                "agent": s.agent, "processor": s.processor, "created": s.created,
+                "paused": s.paused, "revoked": s.revoked, "failing": s.failing,
+            })
+        })
+        .collect();
+    // A subscriber is shown to those who may write to its source (as
+    // `flow subscribers` does), each source checked once.
+    let mut writable: HashMap<flowd_broker::FlowName, bool> = HashMap::new();
+    let mut incoming = Vec::new();
+    for s in agent.subscribers().await? {
+        let allowed = match writable.get(&s.source) {
+            Some(allowed) => *allowed,
+            None => {
+                let allowed = agent.check_write(&who, &s.source).await.is_ok();
+                writable.insert(s.source.clone(), allowed);
+                allowed
+            }
+        };
+        if allowed {
+            incoming.push(json!({
+                "source": s.source.to_string(), "copy": s.copy.to_string(),
+                "user": s.user.as_deref().unwrap_or(if s.host { "host" } else { "anonymous" }),
+                "processor": s.processor, "created": s.created,
+            }));
+        }
+    }
+    Ok(Json(json!({ "out": out, "in": incoming })))
 }
 
 async fn dead_letters(

@@ -3,7 +3,12 @@
 // build step: this file is served as it is from inside the binary.
 "use strict";
 
-const state = { overview: null, previous: null, rates: {}, logs: [], logName: "", letters: [], lettersName: "", lettersResult: "" };
+const state = { overview: null, previous: null, rates: {}, history: {}, logs: [], logName: "", letters: [], lettersName: "", lettersResult: "",
+  tail: null, subscriptions: null };
+// Rate samples kept per processor and step: one a second, five minutes.
+const HISTORY = 300;
+// Events a flow's tail keeps on the page.
+const TAIL_KEPT = 100;
 const CHANGE = { "x-flowd-console": "1", "content-type": "application/json" };
 
 function el(tag, attrs = {}, ...children) {
@@ -71,7 +76,21 @@ function updateRates(now, before) {
     // Smoothed, so that a rate shows between two status updates.
     const r = state.rates[id] || { in: 0, out: 0 };
     state.rates[id] = { in: r.in * 0.5 + rin * 0.5, out: r.out * 0.5 + rout * 0.5 };
+    const h = state.history[id] || (state.history[id] = []);
+    h.push(rout);
+    if (h.length > HISTORY) h.splice(0, h.length - HISTORY);
   }
+}
+
+// The last five minutes of a processor's or step's output rate, as a line.
+function sparkline(id) {
+  const h = state.history[id] || [];
+  const W = 150, H = 24;
+  const top = Math.max(1, ...h);
+  const points = h.map((v, i) => `${(W * (i + HISTORY - h.length)) / (HISTORY - 1)},${H - 1 - ((H - 2) * v) / top}`).join(" ");
+  return svg("svg", { width: W, height: H, class: "spark", "data-testid": "history-" + id, "data-samples": h.length },
+    svg("title", {}, `events out per second, last ${h.length} s (peak ${top.toFixed(1)})`),
+    svg("polyline", { points }));
 }
 
 function rate(id) {
@@ -183,11 +202,11 @@ const views = {
     return o.pipelines.flatMap((p) => [
       el("h2", {}, `Pipeline ${p.name}`),
       pipelineGraph(p),
-      el("table", {}, el("tr", {}, ...["step", "processor", "runner", "phase", "in", "out", "errors", "dead", "lag", "rate/s"].map((h) => el("th", {}, h))),
+      el("table", {}, el("tr", {}, ...["step", "processor", "runner", "phase", "in", "out", "errors", "dead", "lag", "rate/s", "last 5 min"].map((h) => el("th", {}, h))),
         ...p.steps.map((s) => el("tr", {}, el("td", {}, s.name), el("td", {}, s.processor), el("td", {}, s.runner),
           phaseCell(s.status, false), el("td", {}, s.status.events_in ?? 0), el("td", {}, s.status.events_out ?? 0),
           el("td", {}, s.status.errors ?? 0), el("td", {}, s.status.dead_lettered ?? 0), el("td", {}, s.status.lag ?? "-"),
-          el("td", {}, rate(s.processor))))),
+          el("td", {}, rate(s.processor)), el("td", {}, sparkline(s.processor))))),
       ...p.steps.flatMap(partitionTable),
     ]);
   },
@@ -195,16 +214,42 @@ const views = {
     const rows = state.overview.processors.map((p) => el("tr", { "data-testid": "processor-" + p.id },
       el("td", {}, p.id), el("td", {}, p.kind), phaseCell(p.status, p.paused), el("td", {}, p.status.generation ?? ""),
       el("td", {}, p.status.events_in ?? 0), el("td", {}, p.status.events_out ?? 0), el("td", {}, p.status.dead_lettered ?? 0),
-      el("td", {}, p.status.lag ?? "-"), el("td", {}, rate(p.id)), el("td", {}, p.status.last_error ?? ""),
+      el("td", {}, p.status.lag ?? "-"), el("td", {}, rate(p.id)), el("td", {}, sparkline(p.id)),
+      el("td", { "data-testid": "placement" }, (p.placement || []).map((h, i) => `${i}: ${h ?? "-"}`).join(", ")),
+      el("td", {}, p.status.last_error ?? ""),
       el("td", {}, el("button", { "data-testid": (p.paused ? "resume-" : "pause-") + p.id, onclick: () => pauseResume(p.id, !p.paused) }, p.paused ? "Resume" : "Pause"),
         " ", el("button", { onclick: () => { state.logName = p.id; location.hash = "logs"; } }, "Logs"),
         " ", el("button", { onclick: () => { state.lettersName = p.id; location.hash = "deadletters"; } }, "Dead letters"))));
-    return [el("table", {}, el("tr", {}, ...["id", "kind", "phase", "generation", "in", "out", "dead", "lag", "rate/s", "last error", ""].map((h) => el("th", {}, h))), ...rows)];
+    return [el("table", {}, el("tr", {}, ...["id", "kind", "phase", "generation", "in", "out", "dead", "lag", "rate/s", "last 5 min", "instances on hosts", "last error", ""].map((h) => el("th", {}, h))), ...rows)];
   },
   flows() {
-    return [el("table", {}, el("tr", {}, ...["flow", "events", "bytes", "first", "last", "retention (s)", "public"].map((h) => el("th", {}, h))),
+    const table = el("table", {}, el("tr", {}, ...["flow", "events", "bytes", "first", "last", "retention (s)", "public", ""].map((h) => el("th", {}, h))),
       ...state.overview.flows.map((f) => el("tr", {}, el("td", {}, f.name), el("td", {}, f.events), el("td", {}, f.bytes),
-        el("td", {}, f.first_sequence), el("td", {}, f.last_sequence), el("td", {}, f.max_age_secs || "forever"), el("td", {}, f.public ? "yes" : "no"))))];
+        el("td", {}, f.first_sequence), el("td", {}, f.last_sequence), el("td", {}, f.max_age_secs || "forever"), el("td", {}, f.public ? "yes" : "no"),
+        el("td", {}, el("button", { "data-testid": "tail-" + f.name, onclick: () => openTail(f.name) }, "Tail")))));
+    const t = state.tail;
+    if (!t) return [table];
+    const rows = t.events.slice().reverse().map((e) => el("tr", { "data-testid": "tail-event" },
+      el("td", {}, e.sequence), el("td", {}, e.id ?? ""), el("td", {}, e.type ?? ""), el("td", {}, e.time ?? ""),
+      el("td", { class: "data" }, e.error ? `not an event: ${e.error}` : e.data + (e.cut ? " …" : ""))));
+    return [table,
+      el("h2", {}, `Live tail of ${t.name}`),
+      el("div", { class: "toolbar" }, el("span", { "data-testid": "tail-status" }, t.status),
+        " ", el("button", { "data-testid": "tail-stop", onclick: () => closeTail() }, "Stop")),
+      el("table", { "data-testid": "tail" }, el("tr", {}, ...["seq", "id", "type", "time", "data"].map((h) => el("th", {}, h))), ...rows)];
+  },
+  subscriptions() {
+    const s = state.subscriptions;
+    if (!s) return [el("p", {}, "Loading…")];
+    if (s.error) return [el("p", { class: "error" }, s.error)];
+    return [el("h2", {}, "Subscriptions of this account"),
+      el("table", { "data-testid": "subscriptions-out" }, el("tr", {}, ...["local flow", "fed from", "remote host", "state", "since"].map((h) => el("th", {}, h))),
+        ...s.out.map((x) => el("tr", { "data-testid": "subscription-" + x.local }, el("td", {}, x.local), el("td", {}, x.remote), el("td", {}, x.agent ?? "this host"),
+          el("td", {}, x.revoked ? "revoked" : x.paused ? "paused" : x.failing ? `failing: ${x.failing}` : "running"), el("td", {}, x.created)))),
+      el("h2", {}, "Subscribers of flows this account writes"),
+      el("table", { "data-testid": "subscriptions-in" }, el("tr", {}, ...["flow", "copy", "subscriber", "since"].map((h) => el("th", {}, h))),
+        ...s.in.map((x) => el("tr", { "data-testid": "subscriber-" + x.source }, el("td", {}, x.source), el("td", {}, x.copy), el("td", {}, x.user),
+          el("td", {}, x.created))))];
   },
   logs() {
     const input = el("input", { id: "log-name", "data-testid": "log-name", value: state.logName, placeholder: "processor, step or pipeline" });
@@ -230,9 +275,10 @@ const views = {
       el("table", {}, el("tr", {}, ...["seq", "event", "type", "failed at", "from", "error", ""].map((h) => el("th", {}, h))), ...rows)];
   },
   components() {
-    return [el("table", {}, el("tr", {}, ...["name", "version", "kind", "size", "digest"].map((h) => el("th", {}, h))),
-      ...state.overview.components.map((c) => el("tr", {}, el("td", {}, c.name), el("td", {}, c.version), el("td", {}, c.kind),
-        el("td", {}, c.size), el("td", {}, c.digest))))];
+    const users = (digest) => state.overview.processors.filter((p) => p.component === digest).map((p) => p.id);
+    return [el("table", {}, el("tr", {}, ...["name", "version", "kind", "size", "digest", "used by"].map((h) => el("th", {}, h))),
+      ...state.overview.components.map((c) => el("tr", { "data-testid": `component-${c.name}@${c.version}` }, el("td", {}, c.name), el("td", {}, c.version), el("td", {}, c.kind),
+        el("td", {}, c.size), el("td", {}, c.digest), el("td", { "data-testid": "used-by" }, users(c.digest).join(", ") || "-"))))];
   },
   hosts() {
     const now = state.overview.now_ms;
@@ -286,6 +332,39 @@ async function letters(action, sequences, all = false) {
   } catch (e) { state.lettersResult = e.message; render(); }
 }
 
+// A flow's live tail: its newest events every second (/api/tail).
+let tailSource = null;
+function openTail(name) {
+  closeTail();
+  state.tail = { name, events: [], status: "connecting…" };
+  tailSource = new EventSource(`/api/tail?name=${encodeURIComponent(name)}`);
+  tailSource.addEventListener("events", (event) => {
+    const t = state.tail;
+    if (!t || t.name !== name) return;
+    const batch = JSON.parse(event.data);
+    t.events.push(...batch.events);
+    if (t.events.length > TAIL_KEPT) t.events.splice(0, t.events.length - TAIL_KEPT);
+    t.skipped = (t.skipped || 0) + batch.skipped;
+    t.status = `up to sequence ${batch.last}` + (t.skipped ? `, ${t.skipped} skipped (more than ${20}/s)` : "");
+    render();
+  });
+  tailSource.addEventListener("trouble", (event) => { if (state.tail) { state.tail.status = event.data; render(); } });
+  tailSource.onerror = () => { if (state.tail) { state.tail.status = "disconnected"; closeTail(true); render(); } };
+  render();
+}
+function closeTail(keep = false) {
+  if (tailSource) tailSource.close();
+  tailSource = null;
+  if (!keep) state.tail = null;
+  render();
+}
+
+async function refreshSubscriptions() {
+  try { state.subscriptions = await call("/api/subscriptions"); }
+  catch (e) { state.subscriptions = { error: e.message }; }
+  if ((location.hash || "").slice(1) === "subscriptions") render();
+}
+
 let live = null;
 async function start() {
   let me;
@@ -306,12 +385,16 @@ async function start() {
     const view = (location.hash || "").slice(1);
     if (view === "logs") refreshLogs();
     if (view === "deadletters") refreshLetters();
+    if (view === "subscriptions") refreshSubscriptions();
   }, 2000);
 }
 
 window.addEventListener("hashchange", () => {
+  // A tail is for the flows page: leaving it closes the stream.
+  if (location.hash !== "#flows" && tailSource) closeTail();
   render();
   if (location.hash === "#logs") refreshLogs();
   if (location.hash === "#deadletters") refreshLetters();
+  if (location.hash === "#subscriptions") refreshSubscriptions();
 });
 call("/api/me").then(start, () => showLogin());
