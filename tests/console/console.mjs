@@ -8,7 +8,7 @@
 //   PHASE=replay  replay a dead letter from its page.
 // Environment: CONSOLE_URL, TOKEN, PIPELINE, STEP (the failing step),
 // RUNNER (a processor to pause), COMPONENT (the runner's component, as
-// name@version), HOST (the host's id), OUTPUT (the pipeline's output flow),
+// name@version), HOST (the host's id), INPUT and OUTPUT (the pipeline's flows),
 // COPY (a local flow subscribed to OUTPUT), EVENT (a dead letter's event
 // id), SHOTS (screenshot directory). Exits non-zero, with the reason, on any
 // failure.
@@ -71,11 +71,23 @@ try {
         return e && !e.textContent.startsWith("0.0/s");
       }, null, { timeout: 20000 });
       await page.getByTestId("counts-" + failing).filter({ hasNotText: "dead 0" }).waitFor({ timeout: 20000 });
+      // The edge into the first step carries its rate and lag.
+      await page.waitForFunction((input) => {
+        const e = document.querySelector(`[data-testid="edge-${input}-mark"]`);
+        return e && /^[0-9.]+\/s lag [0-9]+$/.test(e.textContent) && !e.textContent.startsWith("0.0/s");
+      }, env("INPUT"), { timeout: 20000 });
       // The keyed step's partitions, all four held by this host's instance.
       await page.getByTestId("partitions-" + failing).locator("td").filter({ hasText: /^0-3$/ }).waitFor({ timeout: 20000 });
     });
     await step("tail", async () => {
       await page.goto(url + "/#flows");
+      // The output's row: events stored per second, and its one subscriber.
+      const output = page.getByTestId("flow-" + env("OUTPUT"));
+      await output.getByTestId("subscribers").filter({ hasText: /^1$/ }).waitFor({ timeout: 10000 });
+      await page.waitForFunction((name) => {
+        const e = document.querySelector(`[data-testid="flow-${name}"] [data-testid="flow-rate"]`);
+        return e && e.textContent !== "0.0";
+      }, env("OUTPUT"), { timeout: 10000 });
       await page.getByTestId("tail-" + env("OUTPUT")).click();
       // Events come out of the pipeline marked by its first step.
       await page.getByTestId("tail-event").filter({ hasText: '"marked"' }).first().waitFor({ timeout: 15000 });
@@ -87,6 +99,7 @@ try {
       await page.goto(url + "/#processors");
       const row = page.getByTestId("processor-" + runner);
       await row.getByTestId("placement").filter({ hasText: "0: " + env("HOST") }).waitFor({ timeout: 10000 });
+      await row.getByTestId("restarts").filter({ hasText: /^0$/ }).waitFor({ timeout: 5000 });
       // A rate history of several seconds by now (one sample a second).
       await page.waitForFunction((id) => {
         const e = document.querySelector(`[data-testid="history-${id}"]`);

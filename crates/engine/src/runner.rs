@@ -114,6 +114,7 @@ async fn supervise(
             return;
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
+        status.restarts = status.restarts.saturating_add(1);
     }
 }
 
@@ -135,6 +136,8 @@ async fn fail(ctx: &Context, spec: &ProcessorSpec, status: &mut Status, e: &anyh
 struct Runner {
     ctx: Context,
     spec: ProcessorSpec,
+    /// Its restarts so far: a fused step restarts with its segment.
+    restarts: u64,
     /// Set when the runner is asked to stop.
     stopped: watch::Receiver<bool>,
     work: Option<Work>,
@@ -549,6 +552,7 @@ impl Runner {
         Ok(Runner {
             ctx: ctx.clone(),
             spec: spec.clone(),
+            restarts: status.restarts,
             stopped,
             work,
             consumers,
@@ -772,6 +776,7 @@ impl Runner {
                         code: Some(Work::code_of(&link.processor)),
                         lag: None,
                         partitions: Vec::new(),
+                        restarts: self.restarts,
                     },
                 )
             })

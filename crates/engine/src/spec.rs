@@ -345,6 +345,11 @@ pub struct Status {
     /// A keyed step's partitions: who holds each and what waits in it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<PartitionStatus>,
+    /// Times the host running it restarted it after a failure (a lost
+    /// broker, a component that would not load, an input gone), since it
+    /// took the processor up.
+    #[serde(default)]
+    pub restarts: u64,
 }
 
 /// One partition of a keyed step, as its status reports it.
@@ -397,6 +402,7 @@ impl Status {
             code: None,
             lag: None,
             partitions: Vec::new(),
+            restarts: 0,
         }
     }
 }

@@ -791,3 +791,54 @@ async fn chained_copies_keep_their_order_through_gaps_resends_and_a_broker_resta
     let expected: Vec<String> = (0..11).map(|i| i.to_string()).collect();
     assert_eq!(order, expected, "stored once each, in order");
 }
+
+/// A processor whose input flow is deleted under it fails, is restarted
+/// with back-off (its status counts the restarts and says why), and runs
+/// again once the flow is back, the count kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_that_loses_its_input_restarts_and_counts_its_restarts() {
+    let (_nats, _state, host, agent) = world(&["in", "out"]).await;
+    processor(
+        &agent,
+        "r",
+        Kind::Bridge,
+        "flow_passthrough",
+        &[],
+        (&["in"], &["out"]),
+        limits(),
+    )
+    .await;
+    write(&agent, "in", &[invoice(0)]).await;
+    wait_count(&agent, "out", 1, Duration::from_secs(60)).await;
+    let before = agent.status("r").await.expect("status");
+    assert_eq!(before.restarts, 0, "{before:?}");
+
+    agent.delete_flow(&flow("in")).await.expect("input deleted");
+    let failed = eventually(Duration::from_secs(60), "restarts counted", || async {
+        agent
+            .status("r")
+            .await
+            .filter(|s| s.restarts >= 2 && s.last_error.is_some())
+    })
+    .await;
+    assert!(
+        failed
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("in.test.example.com")),
+        "{failed:?}"
+    );
+
+    create_flows(&agent, &["in"]).await;
+    write(&agent, "in", &[invoice(1)]).await;
+    wait_count(&agent, "out", 2, Duration::from_secs(60)).await;
+    let running = eventually(Duration::from_secs(30), "running again", || async {
+        agent
+            .status("r")
+            .await
+            .filter(|s| s.phase == Phase::Running)
+    })
+    .await;
+    assert!(running.restarts >= failed.restarts, "{running:?}");
+    host.shutdown().await;
+}

@@ -1856,6 +1856,7 @@ async fn the_console_shows_a_live_pipeline_its_logs_and_replays_a_dead_letter() 
                     ("RUNNER", "watched-mark".to_owned()),
                     ("COMPONENT", "transform@1.0.0".to_owned()),
                     ("HOST", host_id),
+                    ("INPUT", flow("watched-in").to_string()),
                     ("OUTPUT", flow("watched-out").to_string()),
                     ("COPY", flow("watched-copy").to_string()),
                 ],

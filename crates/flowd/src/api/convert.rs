@@ -149,6 +149,7 @@ pub(super) fn status(s: &Status) -> proto::ProcessorStatus {
         updated_ms: s.updated_ms,
         code: s.code.map(|c| c.as_str().to_owned()).unwrap_or_default(),
         lag: s.lag,
+        restarts: s.restarts,
         partitions: s
             .partitions
             .iter()

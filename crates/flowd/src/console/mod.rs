@@ -336,7 +336,7 @@ fn status_json(status: Option<&Status>) -> Value {
             "events_out": s.events_out, "errors": s.errors, "dead_lettered": s.dead_lettered,
             "lag": s.lag, "last_error": s.last_error, "started_ms": s.started_ms,
             "updated_ms": s.updated_ms, "code": s.code.map(|c| c.as_str()),
-            "partitions": s.partitions,
+            "partitions": s.partitions, "restarts": s.restarts,
         }),
         None => json!({ "phase": "pending" }),
     }

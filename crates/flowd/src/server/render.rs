@@ -80,6 +80,7 @@ pub(super) fn describe_processor(
         lines.push(format!("events-out={}", s.events_out));
         lines.push(format!("errors={}", s.errors));
         lines.push(format!("dead-lettered={}", s.dead_lettered));
+        lines.push(format!("restarts={}", s.restarts));
         if let Some(lag) = s.lag {
             lines.push(format!("lag={lag}"));
         }

@@ -3,7 +3,7 @@
 // build step: this file is served as it is from inside the binary.
 "use strict";
 
-const state = { overview: null, previous: null, rates: {}, history: {}, logs: [], logName: "", letters: [], lettersName: "", lettersResult: "",
+const state = { overview: null, previous: null, rates: {}, history: {}, flowRates: {}, logs: [], logName: "", letters: [], lettersName: "", lettersResult: "",
   tail: null, subscriptions: null };
 // Rate samples kept per processor and step: one a second, five minutes.
 const HISTORY = 300;
@@ -80,6 +80,18 @@ function updateRates(now, before) {
     h.push(rout);
     if (h.length > HISTORY) h.splice(0, h.length - HISTORY);
   }
+  // A flow's rate: events stored per second (its last sequence moving).
+  const last = new Map(before.flows.map((f) => [f.name, f.last_sequence]));
+  for (const f of now.flows) {
+    if (!last.has(f.name)) continue;
+    const r = Math.max(0, (f.last_sequence - last.get(f.name)) / seconds);
+    state.flowRates[f.name] = (state.flowRates[f.name] || 0) * 0.5 + r * 0.5;
+  }
+}
+
+function rateIn(id) {
+  const r = state.rates[id];
+  return r ? r.in.toFixed(1) : "0.0";
 }
 
 // The last five minutes of a processor's or step's output rate, as a line.
@@ -114,11 +126,15 @@ function pipelineGraph(p) {
   for (const s of p.steps) {
     const id = "s:" + s.name;
     nodes.set(id, { kind: "step", step: s, inputs: s.inputs.map(flowNode) });
-    for (const i of s.inputs) edges.push({ from: "f:" + i, to: id, memory: s.fused });
+    // An input edge carries what the step takes in and what waits for it
+    // (a fused step's events wait in memory: no lag); an output edge what
+    // it writes.
+    const lag = s.fused ? "" : ` lag ${(s.status && s.status.lag) ?? "-"}`;
+    for (const i of s.inputs) edges.push({ from: "f:" + i, to: id, memory: s.fused, label: `${rateIn(s.processor)}/s${lag}`, test: `edge-${i}-${s.name}` });
     for (const o of s.outputs) {
       const f = flowNode(o);
       nodes.get(f).inputs.push(id);
-      edges.push({ from: id, to: f, memory: false });
+      edges.push({ from: id, to: f, memory: false, label: `${rate(s.processor)}/s`, test: `edge-${s.name}-${o}` });
     }
   }
   // Depth: the longest path from a source (bounded by the node count).
@@ -135,7 +151,7 @@ function pipelineGraph(p) {
     const d = depthOf(id);
     (columns[d] = columns[d] || []).push(id);
   }
-  const W = 190, H = 58, GX = 60, GY = 22;
+  const W = 190, H = 58, GX = 100, GY = 22;
   const pos = new Map();
   columns.forEach((col, x) => col.forEach((id, y) => pos.set(id, { x: 10 + x * (W + GX), y: 10 + y * (H + GY) })));
   const width = 20 + columns.length * (W + GX);
@@ -145,6 +161,7 @@ function pipelineGraph(p) {
     const a = pos.get(e.from), b = pos.get(e.to);
     if (!a || !b) continue;
     root.append(svg("line", { x1: a.x + W, y1: a.y + H / 2, x2: b.x, y2: b.y + H / 2, class: e.memory ? "memory" : "" }));
+    root.append(svg("text", { x: a.x + W + 4, y: (a.y + b.y + H) / 2 - 4, class: "edge", "data-testid": e.test }, e.label));
   }
   for (const [id, n] of nodes) {
     const { x, y } = pos.get(id);
@@ -153,7 +170,7 @@ function pipelineGraph(p) {
         svg("rect", { width: W, height: H, rx: 12 }),
         svg("text", { x: 8, y: 22 }, n.name.length > 30 ? n.name.slice(0, 29) + "…" : n.name));
       const flow = (state.overview.flows || []).find((f) => f.name === n.name);
-      g.append(svg("text", { x: 8, y: 42 }, flow ? `${flow.events} events` : "in memory"));
+      g.append(svg("text", { x: 8, y: 42 }, flow ? `${flow.events} events ${(state.flowRates[n.name] || 0).toFixed(1)}/s` : "in memory"));
       root.append(g);
     } else {
       const s = n.step, st = s.status || {};
@@ -214,18 +231,28 @@ const views = {
     const rows = state.overview.processors.map((p) => el("tr", { "data-testid": "processor-" + p.id },
       el("td", {}, p.id), el("td", {}, p.kind), phaseCell(p.status, p.paused), el("td", {}, p.status.generation ?? ""),
       el("td", {}, p.status.events_in ?? 0), el("td", {}, p.status.events_out ?? 0), el("td", {}, p.status.dead_lettered ?? 0),
+      el("td", { "data-testid": "restarts" }, p.status.restarts ?? 0),
       el("td", {}, p.status.lag ?? "-"), el("td", {}, rate(p.id)), el("td", {}, sparkline(p.id)),
       el("td", { "data-testid": "placement" }, (p.placement || []).map((h, i) => `${i}: ${h ?? "-"}`).join(", ")),
       el("td", {}, p.status.last_error ?? ""),
       el("td", {}, el("button", { "data-testid": (p.paused ? "resume-" : "pause-") + p.id, onclick: () => pauseResume(p.id, !p.paused) }, p.paused ? "Resume" : "Pause"),
         " ", el("button", { onclick: () => { state.logName = p.id; location.hash = "logs"; } }, "Logs"),
         " ", el("button", { onclick: () => { state.lettersName = p.id; location.hash = "deadletters"; } }, "Dead letters"))));
-    return [el("table", {}, el("tr", {}, ...["id", "kind", "phase", "generation", "in", "out", "dead", "lag", "rate/s", "last 5 min", "instances on hosts", "last error", ""].map((h) => el("th", {}, h))), ...rows)];
+    return [el("table", {}, el("tr", {}, ...["id", "kind", "phase", "generation", "in", "out", "dead", "restarts", "lag", "rate/s", "last 5 min", "instances on hosts", "last error", ""].map((h) => el("th", {}, h))), ...rows)];
   },
   flows() {
-    const table = el("table", {}, el("tr", {}, ...["flow", "events", "bytes", "first", "last", "retention (s)", "public", ""].map((h) => el("th", {}, h))),
-      ...state.overview.flows.map((f) => el("tr", {}, el("td", {}, f.name), el("td", {}, f.events), el("td", {}, f.bytes),
+    // Subscribers are listed to those who may write to the flow.
+    const subscribers = (name) => {
+      const s = state.subscriptions;
+      if (!s || s.error) return "-";
+      const n = s.in.filter((x) => x.source === name).length;
+      return n ? String(n) : "-";
+    };
+    const table = el("table", {}, el("tr", {}, ...["flow", "events", "bytes", "rate/s", "first", "last", "retention (s)", "public", "subscribers", ""].map((h) => el("th", {}, h))),
+      ...state.overview.flows.map((f) => el("tr", { "data-testid": "flow-" + f.name }, el("td", {}, f.name), el("td", {}, f.events), el("td", {}, f.bytes),
+        el("td", { "data-testid": "flow-rate" }, (state.flowRates[f.name] || 0).toFixed(1)),
         el("td", {}, f.first_sequence), el("td", {}, f.last_sequence), el("td", {}, f.max_age_secs || "forever"), el("td", {}, f.public ? "yes" : "no"),
+        el("td", { "data-testid": "subscribers" }, subscribers(f.name)),
         el("td", {}, el("button", { "data-testid": "tail-" + f.name, onclick: () => openTail(f.name) }, "Tail")))));
     const t = state.tail;
     if (!t) return [table];
@@ -362,7 +389,7 @@ function closeTail(keep = false) {
 async function refreshSubscriptions() {
   try { state.subscriptions = await call("/api/subscriptions"); }
   catch (e) { state.subscriptions = { error: e.message }; }
-  if ((location.hash || "").slice(1) === "subscriptions") render();
+  if (["subscriptions", "flows"].includes((location.hash || "").slice(1))) render();
 }
 
 let live = null;
@@ -385,7 +412,7 @@ async function start() {
     const view = (location.hash || "").slice(1);
     if (view === "logs") refreshLogs();
     if (view === "deadletters") refreshLetters();
-    if (view === "subscriptions") refreshSubscriptions();
+    if (view === "subscriptions" || view === "flows") refreshSubscriptions();
   }, 2000);
 }
 
@@ -395,6 +422,6 @@ window.addEventListener("hashchange", () => {
   render();
   if (location.hash === "#logs") refreshLogs();
   if (location.hash === "#deadletters") refreshLetters();
-  if (location.hash === "#subscriptions") refreshSubscriptions();
+  if (location.hash === "#subscriptions" || location.hash === "#flows") refreshSubscriptions();
 });
 call("/api/me").then(start, () => showLogin());
