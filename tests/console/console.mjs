@@ -5,7 +5,9 @@
 //                 live tail; a processor's placement and rate history; a
 //                 component's users; subscriptions both ways; a step's
 //                 log with a trap's message; pause and resume a processor;
-//   PHASE=replay  replay a dead letter from its page.
+//   PHASE=replay  replay a dead letter from its page;
+//   PHASE=remote  a pipeline's remote input drawn with the flow it comes
+//                 from (REMOTE).
 // Environment: CONSOLE_URL, TOKEN, PIPELINE, STEP (the failing step),
 // RUNNER (a processor to pause), COMPONENT (the runner's component, as
 // name@version), HOST (the host's id), INPUT and OUTPUT (the pipeline's flows),
@@ -142,6 +144,13 @@ try {
       await page.getByTestId("replay-" + event).click();
       await page.getByTestId("letters-result").filter({ hasText: "1 replayed" }).waitFor({ timeout: 15000 });
       await page.getByTestId("letter-" + event).waitFor({ state: "detached", timeout: 15000 });
+    });
+  } else if (phase === "remote") {
+    await step("remote", async () => {
+      await page.goto(url + "/#pipelines");
+      await page.getByTestId("graph-" + env("PIPELINE")).waitFor({ timeout: 10000 });
+      // The remote input drawn as such, with the flow it comes from.
+      await page.getByTestId("remote-from").filter({ hasText: "from " + env("REMOTE") }).waitFor({ timeout: 15000 });
     });
   } else {
     throw new Error(`unknown PHASE ${phase}`);

@@ -127,27 +127,37 @@ fn rank(processor: &str, instance: u32, host: &str) -> [u8; 32] {
 /// change; a single instance moves only if its host leaves or a host
 /// ranking higher for it joins.
 pub fn owner<'a>(processor: &str, instance: u32, hosts: &'a [String]) -> Option<&'a str> {
+    placement(processor, instance.saturating_add(1), hosts)
+        .pop()
+        .flatten()
+}
+
+/// The hosts of instances `0..instances` of `processor` among the live
+/// `hosts`, as [`owner`] places each, computed in one pass (`None` for
+/// each when there is no live host).
+pub fn placement<'a>(processor: &str, instances: u32, hosts: &'a [String]) -> Vec<Option<&'a str>> {
     let mut candidates: Vec<&String> = hosts.iter().collect();
     candidates.sort();
     candidates.dedup();
-    if candidates.is_empty() {
-        return None;
-    }
+    let Some(first) = candidates.first().copied() else {
+        return vec![None; instances as usize];
+    };
     let mut taken: Vec<&String> = Vec::new();
-    let mut chosen = candidates[0];
-    for i in 0..=instance {
+    let mut out = Vec::with_capacity(instances as usize);
+    for i in 0..instances {
         if taken.len() == candidates.len() {
             taken.clear();
         }
-        chosen = candidates
+        let chosen = candidates
             .iter()
             .filter(|h| !taken.contains(h))
             .max_by_key(|h| rank(processor, i, h))
             .copied()
-            .unwrap_or(candidates[0]);
+            .unwrap_or(first);
         taken.push(chosen);
+        out.push(Some(chosen.as_str()));
     }
-    Some(chosen.as_str())
+    out
 }
 
 /// The lease key of a processor instance.
@@ -287,6 +297,19 @@ mod tests {
 
     fn hosts(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn placing_more_instances_keeps_where_the_first_ones_went() {
+        let five = hosts(&["h-e", "h-a", "h-d", "h-b", "h-c"]);
+        for p in ["orders-enrich", "x"] {
+            let placed = placement(p, 12, &five);
+            assert_eq!(placed.len(), 12);
+            for (i, host) in placed.iter().enumerate() {
+                assert_eq!(*host, owner(p, i as u32, &five), "{p} instance {i}");
+            }
+        }
+        assert_eq!(placement("x", 3, &[]), vec![None, None, None]);
     }
 
     #[test]

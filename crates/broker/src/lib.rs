@@ -448,6 +448,28 @@ impl Broker {
         }
     }
 
+    /// The messages stored at sequences `from..=to` of a flow, oldest first
+    /// (those removed meanwhile left out), the stream looked up once. The
+    /// caller bounds the range: each is a request of its own.
+    pub async fn stored_range(
+        &self,
+        flow: &FlowName,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<async_nats::jetstream::message::StreamMessage>, BrokerError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let stream = self.stream(flow).await?;
+        let mut out = Vec::new();
+        for sequence in from..=to {
+            match stream.get_raw_message(sequence).await {
+                Ok(message) => out.push(message),
+                Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => {}
+                Err(e) => return Err(request(e)),
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes the message at `sequence` from a flow; `false` when there
     /// was none.
     pub async fn remove_stored(&self, flow: &FlowName, sequence: u64) -> Result<bool, BrokerError> {

@@ -1160,6 +1160,7 @@ async fn a_pipeline_reads_a_remote_flow_through_a_subscription() {
     let a = participant_with("fnaa.emiliano.ar", "flows.emiliano.ar", |c| {
         c.fns.nameserver = Some(dns(dns_b));
         c.api.listen = Some(([127, 0, 0, 1], 0).into());
+        c.console.listen = Some(([127, 0, 0, 1], 0).into());
     })
     .await;
     let mut admin_b = b.admin().await;
@@ -1234,6 +1235,22 @@ steps:
         .await
         .expect("read");
     assert_eq!(tagged, 200);
+    // The console draws the remote input as such, with where it comes from.
+    let console = a.daemon.console_addr().expect("console");
+    let said = tokio::task::spawn_blocking(move || {
+        support::browse(
+            console,
+            token.trim(),
+            "remote",
+            &[
+                ("PIPELINE", "weather".to_owned()),
+                ("REMOTE", "weather.flows.unix.ar".to_owned()),
+            ],
+        )
+    })
+    .await
+    .expect("joined");
+    assert!(said.contains("ok remote remote"), "{said}");
     // Applying again changes nothing and subscribes no second time.
     let again = api
         .pipelines()

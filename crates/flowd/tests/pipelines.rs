@@ -1268,7 +1268,7 @@ async fn the_console_speaks_tls_and_silent_clients_hold_up_no_one() {
         .to_owned();
     // Silent clients: each holds a connection open and never says a word
     // (a handshake waited for on the accept path would hold the page up
-    // for its whole 10 s deadline).
+    // for its whole 5 s deadline).
     let mut silent = Vec::new();
     for _ in 0..16 {
         silent.push(
@@ -1295,7 +1295,7 @@ async fn the_console_speaks_tls_and_silent_clients_hold_up_no_one() {
         }
     };
     let page = tokio::time::timeout(
-        Duration::from_secs(5),
+        Duration::from_secs(4),
         https("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()),
     )
     .await
@@ -1823,28 +1823,10 @@ async fn the_console_shows_a_live_pipeline_its_logs_and_replays_a_dead_letter() 
         .expect("token")
         .trim()
         .to_owned();
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let shots = root.join("target/console-screenshots");
     let browse = move |phase: &str, extra: &[(&str, String)]| {
-        let mut command = std::process::Command::new("node");
-        command
-            .arg(root.join("tests/console/console.mjs"))
-            .env("CONSOLE_URL", format!("http://{console}"))
-            .env("TOKEN", &token)
-            .env("PHASE", phase)
-            .env("PIPELINE", "watched")
-            .env("SHOTS", &shots);
-        for (k, v) in extra {
-            command.env(k, v);
-        }
-        let out = command.output().expect("node runs");
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "browser, {phase}: {said}");
-        said
+        let mut extra = extra.to_vec();
+        extra.push(("PIPELINE", "watched".to_owned()));
+        support::browse(console, &token, phase, &extra)
     };
     let watched = tokio::task::spawn_blocking({
         let browse = browse.clone();

@@ -212,18 +212,22 @@ pub struct Tail {
 
 impl Agent {
     /// The newest events of a flow the principal may read: at most `max`,
-    /// those stored after sequence `after` (`None`: the last `max`). Each is
-    /// read by its sequence, so a tail keeps up with any rate by skipping
-    /// what it cannot show; the read right is checked on every call.
+    /// those stored after sequence `after` (`None`, or a flow made again
+    /// since: the last `max`). Each is read by its sequence, so a tail keeps
+    /// up with any rate by skipping what it cannot show; the read right is
+    /// checked on every call. An event larger than `max_bytes` comes as an
+    /// error saying so, not decoded.
     pub async fn tail_as(
         &self,
         principal: &Principal,
         flow: &FlowName,
         after: Option<u64>,
         max: usize,
+        max_bytes: usize,
     ) -> Result<Tail, AgentError> {
         let info = self.check_read(principal, flow).await?;
         let last = info.last_sequence;
+        let after = after.filter(|a| *a <= last);
         let max = max.max(1) as u64;
         let from = after.map_or(1, |a| a.saturating_add(1));
         let start = from
@@ -234,10 +238,17 @@ impl Agent {
             skipped: after.map_or(0, |_| start.saturating_sub(from)),
             events: Vec::new(),
         };
-        for sequence in start..=last {
-            let Some(message) = self.broker.stored(flow, sequence).await? else {
-                continue; // removed meanwhile
-            };
+        if start > last {
+            return Ok(tail);
+        }
+        for message in self.broker.stored_range(flow, start, last).await? {
+            let sequence = message.sequence;
+            if message.payload.len() > max_bytes {
+                let size = message.payload.len();
+                tail.events
+                    .push((sequence, Err(format!("{size} bytes: too large to show"))));
+                continue;
+            }
             let event = flowd_broker::codec::event_from_message(
                 Some(&message.headers),
                 &message.payload,

@@ -3,29 +3,106 @@
 //! how many run at once, so a client that connects and then says nothing
 //! holds up no one else; a connection whose handshake fails or runs out of
 //! time is dropped (and logged at debug) without ever reaching the pages.
+//! Connections are bounded in number, and one that neither reads nor
+//! writes for [`IDLE_TIMEOUT`] is closed ([`Guarded`]): `axum::serve` sets
+//! no timeouts of its own.
 
 use axum::serve::Listener;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 /// How long a client has to finish its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Handshakes in progress at once; past it, new connections wait in the
 /// kernel's backlog until one finishes or times out.
 const MAX_HANDSHAKES: usize = 64;
+/// Connections open at once, handshaking or served; past it, new ones wait
+/// in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 512;
+/// A connection that neither reads nor writes this long is closed (a live
+/// view writes every second).
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// TLS connections, handshaken, for `axum::serve`.
 pub(crate) struct TlsListener {
     local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(Guarded<TlsStream<TcpStream>>, SocketAddr)>,
     accepting: JoinHandle<()>,
+}
+
+/// A served connection: counted among [`MAX_CONNECTIONS`] while open, and
+/// closed after [`IDLE_TIMEOUT`] without a byte either way.
+pub(crate) struct Guarded<T> {
+    io: T,
+    idle: Pin<Box<Sleep>>,
+    _room: OwnedSemaphorePermit,
+}
+
+impl<T> Guarded<T> {
+    fn new(io: T, room: OwnedSemaphorePermit) -> Guarded<T> {
+        Guarded {
+            io,
+            idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+            _room: room,
+        }
+    }
+
+    fn active(&mut self) {
+        self.idle.as_mut().reset(Instant::now() + IDLE_TIMEOUT);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(done) => {
+                self.active();
+                Poll::Ready(done)
+            }
+            Poll::Pending if self.idle.as_mut().poll(cx).is_ready() => Poll::Ready(Err(
+                io::Error::new(io::ErrorKind::TimedOut, "console connection idle"),
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        if written.is_ready() {
+            self.active();
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 impl TlsListener {
@@ -38,8 +115,12 @@ impl TlsListener {
         let (done, ready) = mpsc::channel(MAX_HANDSHAKES);
         let acceptor = TlsAcceptor::from(config);
         let room = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let accepting = tokio::spawn(async move {
             loop {
+                let Ok(connection) = connections.clone().acquire_owned().await else {
+                    return;
+                };
                 let Ok(permit) = room.clone().acquire_owned().await else {
                     return;
                 };
@@ -59,7 +140,7 @@ impl TlsListener {
                     let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
-                            let _ = done.send((tls, peer)).await;
+                            let _ = done.send((Guarded::new(tls, connection), peer)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, "console TLS handshake: {e}"),
                         Err(_) => tracing::debug!(%peer, "console TLS handshake timed out"),
@@ -76,7 +157,7 @@ impl TlsListener {
 }
 
 impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Guarded<TlsStream<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -56,16 +56,28 @@ const MAX_LOG_RECORDS: usize = 2000;
 /// Live streams open at once (each reads the overview, or a flow's
 /// newest events, every second).
 const MAX_LIVE: usize = 64;
+/// Live streams one session holds at once (so one cannot take them all).
+const MAX_LIVE_PER_SESSION: usize = 4;
 /// Events a flow's live tail shows per second at most (the newest; what
 /// came between is counted as skipped).
 const TAIL_EVENTS: usize = 20;
+/// An event larger than this is shown by a tail as its size alone.
+const TAIL_MAX_EVENT: usize = 64 * 1024;
 /// The characters of an event's data a tail shows.
 const TAIL_DATA: usize = 512;
 
 struct Session {
     principal: Principal,
     expires: Instant,
+    /// Room for its own live streams ([`MAX_LIVE_PER_SESSION`]).
+    live: Arc<tokio::sync::Semaphore>,
 }
+
+/// A live stream's places: in its session's share, and in the console's.
+type LiveRoom = (
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::OwnedSemaphorePermit,
+);
 
 struct Console {
     ctx: ApiContext,
@@ -213,6 +225,29 @@ impl Console {
         }
     }
 
+    /// Room for one more live stream of the session: its own share and the
+    /// console's, both held for as long as the stream lives.
+    fn live_room(&self, headers: &HeaderMap) -> Result<LiveRoom, Failure> {
+        let busy = |what: String| Failure(StatusCode::TOO_MANY_REQUESTS, what);
+        let session = session_token(headers)
+            .and_then(|token| {
+                let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                sessions.get(token).map(|s| s.live.clone())
+            })
+            .ok_or_else(|| Failure(StatusCode::UNAUTHORIZED, "log in first".into()))?;
+        let own = session.try_acquire_owned().map_err(|_| {
+            busy(format!(
+                "this session has {MAX_LIVE_PER_SESSION} live views open: close one"
+            ))
+        })?;
+        let all = self
+            .live
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy(format!("{MAX_LIVE} live views are open: close one")))?;
+        Ok((own, all))
+    }
+
     /// The principal, for a change: also needs the change header.
     fn who_changes(&self, headers: &HeaderMap) -> Result<Principal, Failure> {
         if headers.get(CHANGE_HEADER).is_none() {
@@ -295,6 +330,7 @@ async fn login(
             Session {
                 principal: Principal::User(identity),
                 expires: now + SESSION_TTL,
+                live: Arc::new(tokio::sync::Semaphore::new(MAX_LIVE_PER_SESSION)),
             },
         );
     }
@@ -394,9 +430,11 @@ async fn overview_of(c: &Console, who: &Principal) -> Result<Value, Failure> {
         .map(|(spec, status)| {
             // Where its instances run: the same rendezvous placement every
             // host computes over the live hosts.
-            let placement: Vec<Option<&str>> = (0..spec.parallelism.max(1))
-                .map(|i| flowd_broker::cluster::owner(&spec.id, i, &live_hosts))
-                .collect();
+            let placement = if spec.paused {
+                Vec::new()
+            } else {
+                flowd_broker::cluster::placement(&spec.id, spec.parallelism.max(1), &live_hosts)
+            };
             json!({
                 "placement": placement,
                 "id": spec.id, "kind": spec.kind.to_string(), "paused": spec.paused,
@@ -497,12 +535,7 @@ async fn live(
 ) -> Result<Sse<impl futures::Stream<Item = Result<SseEvent, std::convert::Infallible>>>, Failure> {
     c.who(&headers)?;
     // Held for as long as the stream lives.
-    let permit = c.live.clone().try_acquire_owned().map_err(|_| {
-        Failure(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("{MAX_LIVE} live views are open: close one"),
-        )
-    })?;
+    let permit = c.live_room(&headers)?;
     let stream = futures::stream::unfold(
         (c, headers, true, permit),
         |(c, headers, first, permit)| async move {
@@ -579,12 +612,7 @@ async fn tail(
         .map_err(|e| Failure(StatusCode::BAD_REQUEST, format!("flow {}: {e}", q.name)))?;
     // Refused at once rather than as a stream that ends.
     c.ctx.agent.check_read(&who, &flow).await?;
-    let permit = c.live.clone().try_acquire_owned().map_err(|_| {
-        Failure(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("{MAX_LIVE} live views are open: close one"),
-        )
-    })?;
+    let permit = c.live_room(&headers)?;
     let stream = futures::stream::unfold(
         (c, headers, flow, None::<u64>, true, permit),
         |(c, headers, flow, after, first, permit)| async move {
@@ -592,7 +620,12 @@ async fn tail(
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             let who = c.who(&headers).ok()?;
-            let (event, next) = match c.ctx.agent.tail_as(&who, &flow, after, TAIL_EVENTS).await {
+            let (event, next) = match c
+                .ctx
+                .agent
+                .tail_as(&who, &flow, after, TAIL_EVENTS, TAIL_MAX_EVENT)
+                .await
+            {
                 Ok(tail) => {
                     let events: Vec<Value> = tail
                         .events
@@ -680,8 +713,11 @@ async fn subscriptions(State(c): State<Arc<Console>>, headers: HeaderMap) -> Ans
             }
         };
         if allowed {
+            // A copy's name holds its subscriber's token: shown to the
+            // host's administrators alone.
+            let copy = who.is_admin().then(|| s.copy.to_string());
             incoming.push(json!({
-                "source": s.source.to_string(), "copy": s.copy.to_string(),
+                "source": s.source.to_string(), "copy": copy,
                 "user": s.user.as_deref().unwrap_or(if s.host { "host" } else { "anonymous" }),
                 "processor": s.processor, "created": s.created,
             }));

@@ -103,3 +103,35 @@ pub(crate) async fn api(state: &Path) -> flowd::api::client::ApiClient {
     .await
     .expect("API connects")
 }
+
+/// Runs `tests/console/console.mjs` (npm `playwright-core` driving Debian's
+/// chromium, headless) in `phase` against the console at `console`,
+/// logged in with the administrator `token`; returns what it said (an
+/// `ok <phase> <step>` line per step passed) and panics, with that, if it
+/// failed. Screenshots land in `target/console-screenshots/`.
+pub(crate) fn browse(
+    console: std::net::SocketAddr,
+    token: &str,
+    phase: &str,
+    extra: &[(&str, String)],
+) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut command = Command::new("node");
+    command
+        .arg(root.join("tests/console/console.mjs"))
+        .env("CONSOLE_URL", format!("http://{console}"))
+        .env("TOKEN", token)
+        .env("PHASE", phase)
+        .env("SHOTS", root.join("target/console-screenshots"));
+    for (k, v) in extra {
+        command.env(k, v);
+    }
+    let out = command.output().expect("node runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "browser, {phase}: {said}");
+    said
+}

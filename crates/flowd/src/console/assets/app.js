@@ -166,11 +166,18 @@ function pipelineGraph(p) {
   for (const [id, n] of nodes) {
     const { x, y } = pos.get(id);
     if (n.kind === "flow") {
-      const g = svg("g", { class: "flow", transform: `translate(${x},${y})` },
+      const cut = (name) => (name.length > 30 ? name.slice(0, 29) + "…" : name);
+      // A remote input: the local flow a subscription feeds, and the other
+      // participant's flow it comes from (as the subscriptions say).
+      const remote = (p.subscriptions || []).includes(n.name);
+      const from = remote && state.subscriptions && !state.subscriptions.error
+        ? (state.subscriptions.out.find((s) => s.local === n.name) || {}).remote : null;
+      const g = svg("g", { class: "flow" + (remote ? " remote" : ""), transform: `translate(${x},${y})`, "data-testid": "flow-node-" + n.name },
         svg("rect", { width: W, height: H, rx: 12 }),
-        svg("text", { x: 8, y: 22 }, n.name.length > 30 ? n.name.slice(0, 29) + "…" : n.name));
+        svg("text", { x: 8, y: remote ? 16 : 22 }, cut(n.name)));
       const flow = (state.overview.flows || []).find((f) => f.name === n.name);
-      g.append(svg("text", { x: 8, y: 42 }, flow ? `${flow.events} events ${(state.flowRates[n.name] || 0).toFixed(1)}/s` : "in memory"));
+      g.append(svg("text", { x: 8, y: remote ? 32 : 42 }, flow ? `${flow.events} events ${(state.flowRates[n.name] || 0).toFixed(1)}/s` : "in memory"));
+      if (remote) g.append(svg("text", { x: 8, y: 48, "data-testid": "remote-from" }, `from ${cut(from || "another participant")}`));
       root.append(g);
     } else {
       const s = n.step, st = s.status || {};
@@ -389,10 +396,11 @@ function closeTail(keep = false) {
 async function refreshSubscriptions() {
   try { state.subscriptions = await call("/api/subscriptions"); }
   catch (e) { state.subscriptions = { error: e.message }; }
-  if (["subscriptions", "flows"].includes((location.hash || "").slice(1))) render();
+  if (["subscriptions", "flows", "pipelines", ""].includes((location.hash || "").slice(1))) render();
 }
 
 let live = null;
+let ticking = null;
 async function start() {
   let me;
   try { me = await call("/api/me"); } catch (e) { return; }
@@ -408,11 +416,14 @@ async function start() {
     render();
   });
   live.onerror = () => { call("/api/me").catch(() => { live.close(); }); };
-  setInterval(() => {
+  refreshSubscriptions();
+  // One timer, however often the page logs in again.
+  if (ticking) clearInterval(ticking);
+  ticking = setInterval(() => {
     const view = (location.hash || "").slice(1);
     if (view === "logs") refreshLogs();
     if (view === "deadletters") refreshLetters();
-    if (view === "subscriptions" || view === "flows") refreshSubscriptions();
+    if (["subscriptions", "flows", "pipelines", ""].includes(view)) refreshSubscriptions();
   }, 2000);
 }
 
@@ -422,6 +433,6 @@ window.addEventListener("hashchange", () => {
   render();
   if (location.hash === "#logs") refreshLogs();
   if (location.hash === "#deadletters") refreshLetters();
-  if (location.hash === "#subscriptions" || location.hash === "#flows") refreshSubscriptions();
+  if (["#subscriptions", "#flows", "#pipelines", ""].includes(location.hash)) refreshSubscriptions();
 });
 call("/api/me").then(start, () => showLogin());
