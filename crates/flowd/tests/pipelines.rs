@@ -1177,19 +1177,27 @@ limits: {tick-ms: 200}
     assert_eq!(count(&agent, "alerts").await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_api_speaks_tls_with_the_hosts_certificate() {
-    let nats = Nats::start();
-    let state = tempfile::tempdir().expect("tempdir");
+/// An in-process host's configuration: FNAP on a free loopback port, the
+/// rest off (the test turns on what it looks at).
+fn quiet_config(nats: &Nats, state: &std::path::Path) -> flowd::config::Config {
     let mut config = flowd::config::Config::default();
-    config.participant.state_dir = state.path().to_owned();
+    config.participant.state_dir = state.to_owned();
     config.nats.urls = vec![nats.url()];
     config.metrics.listen = None;
     config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
     config.fnap.tls_listen = None;
     config.fns.listen = None;
-    config.api.listen = Some(([127, 0, 0, 1], 0).into());
+    config.api.listen = None;
     config.console.listen = None;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_speaks_tls_with_the_hosts_certificate() {
+    let nats = Nats::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut config = quiet_config(&nats, state.path());
+    config.api.listen = Some(([127, 0, 0, 1], 0).into());
     config.api.tls = true;
     let host = flowd::daemon::Daemon::start(config)
         .await
@@ -1242,14 +1250,7 @@ async fn the_console_speaks_tls_and_silent_clients_hold_up_no_one() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let nats = Nats::start();
     let state = tempfile::tempdir().expect("tempdir");
-    let mut config = flowd::config::Config::default();
-    config.participant.state_dir = state.path().to_owned();
-    config.nats.urls = vec![nats.url()];
-    config.metrics.listen = None;
-    config.fnap.listen = Some(([127, 0, 0, 1], 0).into());
-    config.fnap.tls_listen = None;
-    config.fns.listen = None;
-    config.api.listen = None;
+    let mut config = quiet_config(&nats, state.path());
     config.console.listen = Some(([127, 0, 0, 1], 0).into());
     config.console.tls = true;
     let host = flowd::daemon::Daemon::start(config)
