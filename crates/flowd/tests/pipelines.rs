@@ -1243,8 +1243,9 @@ async fn the_api_speaks_tls_with_the_hosts_certificate() {
 
 /// The console over TLS (`[console] tls = true`): its page and a log-in
 /// over HTTPS with the host's certificate, the session cookie `Secure`.
-/// The attacker's side: clients that connect and never finish a handshake
-/// hold up no one else, and plain HTTP on that port gets no page.
+/// The attacker's side: clients that connect and never finish a handshake,
+/// more of them from one address than handshakes may run at once, hold up
+/// no one else, and plain HTTP on that port gets no page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_speaks_tls_and_silent_clients_hold_up_no_one() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1267,16 +1268,17 @@ async fn the_console_speaks_tls_and_silent_clients_hold_up_no_one() {
         .expect("token")
         .trim()
         .to_owned();
-    // Silent clients: each holds a connection open and never says a word
-    // (a handshake waited for on the accept path would hold the page up
-    // for its whole 5 s deadline).
+    // Silent clients from another address: each holds a connection open
+    // and never says a word. A handshake waited for on the accept path, or
+    // 64 handshake slots taken by one address, would hold the page up for
+    // the whole 5 s deadline.
     let mut silent = Vec::new();
-    for _ in 0..16 {
-        silent.push(
-            tokio::net::TcpStream::connect(addr)
-                .await
-                .expect("connects"),
-        );
+    for _ in 0..70 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(([127, 0, 0, 2], 0).into())
+            .expect("bound to 127.0.0.2");
+        silent.push(socket.connect(addr).await.expect("connects"));
     }
     let https = |request: String| {
         let tls = tls.clone();

@@ -8,11 +8,12 @@
 //! no timeouts of its own.
 
 use axum::serve::Listener;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -28,6 +29,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Handshakes in progress at once; past it, new connections wait in the
 /// kernel's backlog until one finishes or times out.
 const MAX_HANDSHAKES: usize = 64;
+/// Handshakes in progress at once from one address group (an IPv4 address,
+/// an IPv6 /64); a connection past it is closed at once, so one client
+/// cannot fill [`MAX_HANDSHAKES`].
+const MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
 /// Connections open at once, handshaking or served; past it, new ones wait
 /// in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 512;
@@ -105,6 +110,44 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
     }
 }
 
+/// Handshakes in progress per address group.
+#[derive(Clone, Default)]
+struct Handshaking(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One handshake counted for its address group while alive.
+struct HandshakeSlot {
+    all: Handshaking,
+    group: IpAddr,
+}
+
+impl Handshaking {
+    fn admit(&self, peer: IpAddr) -> Option<HandshakeSlot> {
+        let group = flowd_fnap::session::address_group(peer);
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(group).or_insert(0);
+        if *count >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(HandshakeSlot {
+            all: self.clone(),
+            group,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut counts = self.all.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.group) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.group);
+            }
+        }
+    }
+}
+
 impl TlsListener {
     /// Accepts on `listener` and handshakes with `config`.
     pub(crate) fn new(
@@ -116,6 +159,7 @@ impl TlsListener {
         let acceptor = TlsAcceptor::from(config);
         let room = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let handshaking = Handshaking::default();
         let accepting = tokio::spawn(async move {
             loop {
                 let Ok(connection) = connections.clone().acquire_owned().await else {
@@ -134,10 +178,15 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let Some(slot) = handshaking.admit(peer.ip()) else {
+                    tracing::debug!(%peer, "console: too many handshakes from that address");
+                    continue; // dropped: the connection is closed
+                };
                 let acceptor = acceptor.clone();
                 let done = done.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
+                    let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
                             let _ = done.send((Guarded::new(tls, connection), peer)).await;
