@@ -439,13 +439,7 @@ impl Broker {
         flow: &FlowName,
         sequence: u64,
     ) -> Result<Option<async_nats::jetstream::message::StreamMessage>, BrokerError> {
-        use async_nats::jetstream::stream::LastRawMessageErrorKind;
-        let stream = self.stream(flow).await?;
-        match stream.get_raw_message(sequence).await {
-            Ok(message) => Ok(Some(message)),
-            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
-            Err(e) => Err(request(e)),
-        }
+        Ok(self.stored_range(flow, sequence, sequence).await?.pop())
     }
 
     /// The messages stored at sequences `from..=to` of a flow, oldest first
