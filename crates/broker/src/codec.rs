@@ -40,6 +40,10 @@ pub struct Origin<'a> {
 }
 
 fn decode(value: &str) -> Cow<'_, str> {
+    // Most values have nothing encoded; a header value is UTF-8 already.
+    if !value.as_bytes().contains(&b'%') {
+        return Cow::Borrowed(value);
+    }
     percent_decode_str(value).decode_utf8_lossy()
 }
 
@@ -74,10 +78,7 @@ pub fn pack_message(
     origin: Origin<'_>,
 ) -> u32 {
     if let Some(h) = headers {
-        if header(h, "ce-specversion").is_some()
-            && header(h, "ce-id").is_some()
-            && let Some(index) = pack_binary(p, h, payload)
-        {
+        if let Some(index) = pack_binary(p, h, payload) {
             return index;
         }
         let structured = header(h, "content-type").is_some_and(|c| {
@@ -91,27 +92,49 @@ pub fn pack_message(
     pack_raw(p, headers, payload, origin)
 }
 
-fn pack_binary(p: &mut Packer, h: &HeaderMap, payload: &[u8]) -> Option<u32> {
-    let types: Vec<(String, ExtensionKind)> = header(h, EXTENSION_TYPES)
-        .map(|t| {
-            t.split(',')
-                .filter_map(|pair| {
-                    let (name, kind) = pair.split_once('=')?;
-                    let kind = match kind.trim() {
-                        "integer" => ExtensionKind::Integer,
-                        "boolean" => ExtensionKind::Boolean,
-                        _ => ExtensionKind::String,
-                    };
-                    Some((name.trim().to_ascii_lowercase(), kind))
-                })
-                .collect()
+/// The type `Flowd-Ext-Types` gives extension `name` (the first entry
+/// naming it), else a string.
+fn extension_kind(types: Option<&str>, name: &[u8]) -> ExtensionKind {
+    types
+        .into_iter()
+        .flat_map(|t| t.split(','))
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(n, _)| n.trim().as_bytes().eq_ignore_ascii_case(name))
+        .map_or(ExtensionKind::String, |(_, kind)| match kind.trim() {
+            "integer" => ExtensionKind::Integer,
+            "boolean" => ExtensionKind::Boolean,
+            _ => ExtensionKind::String,
         })
-        .unwrap_or_default();
+}
+
+/// Packs a binary-mode CloudEvent (a `ce-specversion` header, and a
+/// non-empty id, source and type) in one pass over its headers; `None`,
+/// with nothing left in the batch, for any other message.
+///
+/// One pass, because the headers are a hash map: every look-up by name is
+/// a scan, and this runs for every event a processor reads.
+fn pack_binary(p: &mut Packer, h: &HeaderMap, payload: &[u8]) -> Option<u32> {
+    let (bytes_before, extensions_before) = (p.bytes.len(), p.extensions.len());
+    let packed = pack_binary_in(p, h, payload);
+    if packed.is_none() {
+        p.bytes.truncate(bytes_before);
+        p.extensions.truncate(extensions_before);
+    }
+    packed
+}
+
+fn pack_binary_in(p: &mut Packer, h: &HeaderMap, payload: &[u8]) -> Option<u32> {
+    let mut types: Option<&str> = None;
+    let mut specversion = false;
     let mut attrs: [Option<Cow<'_, str>>; 7] = Default::default();
     let extensions_first = p.next_extension();
     let mut extensions_count = 0;
     for (name, values) in h.iter() {
         let name: &str = name.as_ref();
+        if name.eq_ignore_ascii_case(EXTENSION_TYPES) {
+            types = types.or(values.first().map(|v| v.as_str()));
+            continue;
+        }
         let Some(attr) = name
             .get(..3)
             .filter(|prefix| prefix.eq_ignore_ascii_case("ce-"))
@@ -140,18 +163,18 @@ fn pack_binary(p: &mut Packer, h: &HeaderMap, payload: &[u8]) -> Option<u32> {
             "time" => 4,
             "datacontenttype" => 5,
             "dataschema" => 6,
-            "specversion" => continue,
+            "specversion" => {
+                specversion = true;
+                continue;
+            }
             ext => {
                 let valid = !ext.is_empty()
                     && ext
                         .bytes()
                         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
                 if valid {
-                    let kind = types
-                        .iter()
-                        .find(|(n, _)| n == ext)
-                        .map_or(ExtensionKind::String, |(_, k)| *k);
-                    p.extension(ext.as_bytes(), value.as_bytes(), kind);
+                    // Typed below, once `Flowd-Ext-Types` has been seen.
+                    p.extension(ext.as_bytes(), value.as_bytes(), ExtensionKind::String);
                     extensions_count += 1;
                 }
                 continue;
@@ -161,8 +184,16 @@ fn pack_binary(p: &mut Packer, h: &HeaderMap, payload: &[u8]) -> Option<u32> {
     }
     let [id, source, ty, subject, time, datacontenttype, dataschema] = attrs;
     let (id, source, ty) = (id?, source?, ty?);
-    if id.is_empty() || source.is_empty() || ty.is_empty() {
+    if !specversion || id.is_empty() || source.is_empty() || ty.is_empty() {
         return None;
+    }
+    if types.is_some() {
+        for k in extensions_first..extensions_first + extensions_count {
+            let at = k as usize * flow_abi::EXTENSION_WORDS;
+            let (offset, len) = (p.extensions[at] as usize, p.extensions[at + 1] as usize);
+            let kind = extension_kind(types, p.bytes.get(offset..offset + len)?);
+            p.extensions[at + 4] = kind as u32;
+        }
     }
     let mut text = |s: &Option<Cow<'_, str>>| p.bytes(s.as_deref().unwrap_or_default().as_bytes());
     let subject = text(&subject);
@@ -321,7 +352,16 @@ pub fn message_id(scope: &str, port: u32, source: &[u8], id: &[u8]) -> String {
     hash.update(source);
     hash.update([0]);
     hash.update(id);
-    hex::encode(&hash.finalize()[..16])
+    let digest = hash.finalize();
+    // Lower-case hex of the first 16 bytes, written in place (the `hex`
+    // crate's iterator costs as much as the hash here).
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(32);
+    for b in &digest[..16] {
+        id.push(DIGITS[usize::from(b >> 4)] as char);
+        id.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    id
 }
 
 #[cfg(test)]
@@ -396,5 +436,61 @@ mod tests {
         assert_ne!(a, message_id("p1", 1, b"urn:s", b"1"));
         assert_ne!(a, message_id("p2", 0, b"urn:s", b"1"));
         assert_ne!(a, message_id("p1", 0, b"urn:s", b"2"));
+        // The same ids as ever: a host upgraded while its outputs are in
+        // the duplicate window must not store them twice.
+        let mut hash = Sha256::new();
+        hash.update(b"p1\0");
+        hash.update(0u32.to_le_bytes());
+        hash.update(b"urn:s\01");
+        assert_eq!(a, hex::encode(&hash.finalize()[..16]));
+    }
+
+    #[test]
+    fn binary_mode_packs_in_one_pass_whatever_the_header_order() {
+        let binary = |specversion: bool| {
+            let mut headers = HeaderMap::new();
+            if specversion {
+                headers.insert("ce-specversion", "1.0");
+            }
+            headers.insert("ce-id", "a%20b");
+            headers.insert("ce-source", "urn:s");
+            headers.insert("ce-type", "t");
+            headers.insert("ce-count", "3");
+            headers.insert("ce-urgent", "true");
+            headers.insert("ce-tenant", "acme");
+            headers.insert(EXTENSION_TYPES, "count=integer, urgent=boolean");
+            headers
+        };
+        let headers = binary(true);
+        let mut p = Packer::default();
+        let i = pack_message(&mut p, Some(&headers), b"{}", ORIGIN);
+        let view = View::new(&p.bytes, &p.events, &p.extensions);
+        let event = packed::unpack_view(&view, i).expect("valid");
+        assert_eq!(cloudevents::AttributesReader::id(&event), "a b");
+        use cloudevents::event::ExtensionValue;
+        assert_eq!(event.extension("count"), Some(&ExtensionValue::Integer(3)));
+        assert_eq!(
+            event.extension("urgent"),
+            Some(&ExtensionValue::Boolean(true))
+        );
+        assert_eq!(
+            event.extension("tenant"),
+            Some(&ExtensionValue::String("acme".into()))
+        );
+
+        // Without `ce-specversion` it is a raw event, and nothing of the
+        // attempt to read it as binary mode is left in the batch.
+        let headers = binary(false);
+        let mut p = Packer::default();
+        let i = pack_message(&mut p, Some(&headers), b"{}", ORIGIN);
+        let view = View::new(&p.bytes, &p.events, &p.extensions);
+        let event = packed::unpack_view(&view, i).expect("valid");
+        assert_eq!(cloudevents::AttributesReader::ty(&event), RAW_TYPE);
+        assert_eq!(p.extensions.len(), 0);
+        assert!(
+            p.bytes.len() < 64,
+            "{} bytes left in the batch",
+            p.bytes.len()
+        );
     }
 }

@@ -208,8 +208,9 @@ pub struct FlowInfo {
 /// One event to store.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
-    /// The flow's subject ([`FlowName::subject`]).
-    pub subject: String,
+    /// The flow's subject ([`FlowName::subject`]); a `Subject` shares its
+    /// bytes, so one for every event of a batch costs no allocation.
+    pub subject: async_nats::Subject,
     /// The event's attributes as headers ([`codec`]).
     pub headers: HeaderMap,
     /// The event's data.

@@ -341,7 +341,7 @@ async fn copy_chunk(
                 headers.insert(EXPECTED_LAST, before.as_str());
             }
             copies.push(Outgoing {
-                subject: partitions::subject(&spec.id, partition, port),
+                subject: partitions::subject(&spec.id, partition, port).into(),
                 headers,
                 payload: message.payload.clone(),
                 message_id,

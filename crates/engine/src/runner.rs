@@ -143,7 +143,7 @@ struct Runner {
     work: Option<Work>,
     consumers: Vec<(FlowName, PullConsumer)>,
     /// The subject of each output flow.
-    subjects: Vec<String>,
+    subjects: Vec<async_nats::Subject>,
     label: super::metrics::ProcessorLabel,
     last_status: Instant,
     /// The next batch of each input, being fetched while the current one
@@ -556,7 +556,7 @@ impl Runner {
             stopped,
             work,
             consumers,
-            subjects: spec.outputs.iter().map(FlowName::subject).collect(),
+            subjects: spec.outputs.iter().map(|f| f.subject().into()).collect(),
             label: Metrics::label(&spec.id),
             last_status: Instant::now(),
             prefetch: spec.inputs.iter().map(|_| None).collect(),
@@ -920,7 +920,12 @@ impl Runner {
     }
 
     fn pack(inputs: &[Input], group: &[usize]) -> Packer {
-        let mut packer = Packer::with_capacity(group.len(), 256 * group.len());
+        // The data plus room for the attributes: one allocation.
+        let bytes = group
+            .iter()
+            .map(|&i| inputs[i].message.payload.len().saturating_add(256))
+            .fold(0usize, usize::saturating_add);
+        let mut packer = Packer::with_capacity(group.len(), bytes);
         for &i in group {
             inputs[i].pack_into(&mut packer);
         }
@@ -999,7 +1004,7 @@ impl Runner {
     async fn handle_in(
         &mut self,
         port: u32,
-        inputs: Vec<Input>,
+        mut inputs: Vec<Input>,
         status: &mut Status,
         keyed: Option<(u32, u64)>,
     ) -> Result<()> {
@@ -1030,7 +1035,7 @@ impl Runner {
             work.push_back(group);
         }
         while let Some(group) = work.pop_front() {
-            match self.attempt(port, &inputs, &group, status).await? {
+            match self.attempt(port, &mut inputs, &group, status).await? {
                 Ok(out) => outgoing.extend(out),
                 Err(e) => match e.event_index().map(|k| k as usize) {
                     Some(k) if k < group.len() && group.len() > 1 => {
@@ -1264,7 +1269,7 @@ impl Runner {
     async fn attempt(
         &mut self,
         port: u32,
-        inputs: &[Input],
+        inputs: &mut [Input],
         group: &[usize],
         status: &mut Status,
     ) -> Result<Result<Vec<Outgoing>, CallError>> {
@@ -1277,7 +1282,7 @@ impl Runner {
             let packer = Self::pack(inputs, group);
             let (packer, result) = self.call(Some(port), packer).await?;
             let checked = result.and_then(|outcome| {
-                self.outgoing(&outcome, Some((inputs, group, &packer)))
+                self.outgoing(&outcome, Some((&mut *inputs, group, &packer)))
                     .map_err(CallError::InvalidOutput)
             });
             self.settle(checked.is_ok());
@@ -1367,10 +1372,19 @@ impl Runner {
     }
 
     /// The messages that store what a call emitted, in order.
+    ///
+    /// A stored CloudEvent forwarded unchanged is stored again as it is:
+    /// its headers are moved out of the input (cloned only for all but
+    /// the last of several forwards of one input), since copying a header
+    /// map costs more than the rest of an event's way through the host.
+    /// They are moved only once every emit has been checked, so a call
+    /// whose output is refused leaves its inputs whole for the retry.
+    /// After this, a forwarded input has no headers: the runner only
+    /// acknowledges it.
     fn outgoing(
         &self,
         outcome: &Outcome,
-        inputs: Option<(&[Input], &[usize], &Packer)>,
+        mut inputs: Option<(&mut [Input], &[usize], &Packer)>,
     ) -> Result<Vec<Outgoing>, packed::PackError> {
         let created = View::new(
             &outcome.created.bytes,
@@ -1387,6 +1401,10 @@ impl Runner {
             });
         }
         let mut out = Vec::with_capacity(outcome.emits.len());
+        // Forwards stored as the input message: (output, input) indices,
+        // and how many of them each input has.
+        let mut moves: Vec<(usize, usize)> = Vec::new();
+        let mut uses: Vec<u32> = Vec::new();
         let mut created_in = CreatedIn::default();
         for (i, word) in outcome.emits.iter().enumerate() {
             let port = outcome.ports.as_ref().map_or(0, |p| p[i]);
@@ -1399,15 +1417,16 @@ impl Runner {
             let (headers, payload, view, spans) = match Emit::from_word(*word) {
                 Emit::Forward(j) => {
                     let (inputs, group, packer) =
-                        inputs.ok_or(packed::PackError::EmitOutOfRange {
+                        inputs.as_ref().ok_or(packed::PackError::EmitOutOfRange {
                             what: "input",
                             index: j,
                             len: 0,
                         })?;
+                    let group: &[usize] = group;
                     let view = View::new(&packer.bytes, &packer.events, &packer.extensions);
-                    let (spans, input) = view
+                    let (spans, (g, input)) = view
                         .event(j as usize)
-                        .zip(group.get(j as usize).map(|&g| &inputs[g]))
+                        .zip(group.get(j as usize).map(|&g| (g, &inputs[g])))
                         .ok_or(packed::PackError::EmitOutOfRange {
                             what: "input",
                             index: j,
@@ -1420,11 +1439,14 @@ impl Runner {
                         })
                     });
                     let (headers, payload) = if is_cloudevent {
-                        // Fast path: the stored message as it is.
-                        (
-                            message.headers.clone().unwrap_or_default(),
-                            message.payload.clone(),
-                        )
+                        // Fast path: the stored message as it is, its
+                        // headers filled in below.
+                        if uses.len() < inputs.len() {
+                            uses.resize(inputs.len(), 0);
+                        }
+                        uses[g] += 1;
+                        moves.push((i, g));
+                        (async_nats::HeaderMap::new(), message.payload.clone())
                     } else {
                         codec::message_for(&view, &spans)
                     };
@@ -1447,6 +1469,18 @@ impl Runner {
                 headers,
                 payload,
             });
+        }
+        if let Some((inputs, _, _)) = inputs.as_mut() {
+            for (k, g) in moves {
+                uses[g] -= 1;
+                let headers = &mut inputs[g].message.message.headers;
+                out[k].headers = if uses[g] == 0 {
+                    headers.take()
+                } else {
+                    headers.clone()
+                }
+                .unwrap_or_default();
+            }
         }
         Ok(out)
     }
@@ -1583,7 +1617,7 @@ impl Runner {
             None => format!("dead-letter:{}", self.spec.id),
         };
         Outgoing {
-            subject: self.spec.dead_letter.subject(),
+            subject: self.spec.dead_letter.subject().into(),
             message_id: identity(&scope, 0, &view, &spans),
             headers,
             payload,

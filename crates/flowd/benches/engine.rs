@@ -50,7 +50,7 @@ use support::{Nats, component};
 const EVENTS: usize = 100_000;
 /// Events per write-concurrent figure.
 const WRITTEN: usize = 50_000;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 fn flow(name: &str) -> FlowName {
     FlowName::parse(&format!("{name}.bench.example.com")).expect("valid")
@@ -284,6 +284,15 @@ async fn pipelined_relay(
     Ok(())
 }
 
+/// The batch limit of the processors the bench starts: the engine's
+/// default, or `FLOWD_BENCH_BATCH`.
+fn processor_batch() -> usize {
+    std::env::var("FLOWD_BENCH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(RunLimits::default().batch)
+}
+
 async fn stage(
     agent: &Agent,
     id: &str,
@@ -308,7 +317,10 @@ async fn stage(
             inputs: vec![flow(from)],
             outputs: to.iter().map(|t| flow(t)).collect(),
             dead_letter: None,
-            limits: RunLimits::default(),
+            limits: RunLimits {
+                batch: processor_batch(),
+                ..RunLimits::default()
+            },
             owner: None,
         })
         .await?;

@@ -486,6 +486,62 @@ async fn refused_outputs_leave_no_state_behind() {
     host.shutdown().await;
 }
 
+/// A forwarded event is stored as its input message, whose headers the
+/// runner moves into the output rather than copy. A call whose outputs are
+/// refused is retried and split; the events it forwarded must come out
+/// whole from the retries (a move done before the refusal would leave
+/// them without their attributes, stored as raw events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_forwarded_beside_a_refused_output_keep_their_attributes() {
+    let (_nats, _state, host, agent) = world(&["in", "out"]).await;
+    let retries = RunLimits {
+        max_attempts: 2,
+        ..limits()
+    };
+    processor(
+        &agent,
+        "f",
+        Kind::Bridge,
+        "guest_hostile",
+        &[],
+        (&["in"], &["out"]),
+        retries,
+    )
+    .await;
+    let events: Vec<Event> = (0..200)
+        .map(|i| match i % 50 {
+            25 => typed(i, "test.badout"),
+            _ => {
+                let mut e = typed(i, "test.plain");
+                e.set_extension("tenant", "acme");
+                e
+            }
+        })
+        .collect();
+    write(&agent, "in", &events).await;
+    wait_count(&agent, "out", 196, Duration::from_secs(60)).await;
+    wait_count(&agent, "f-dead", 4, Duration::from_secs(30)).await;
+    let out = read_all(&agent, "out").await;
+    let expected: Vec<String> = (0..200)
+        .filter(|i| i % 50 != 25)
+        .map(|i| format!("e-{i}"))
+        .collect();
+    assert_eq!(
+        out.iter().map(|e| e.id().to_owned()).collect::<Vec<_>>(),
+        expected
+    );
+    for e in &out {
+        assert_eq!(e.ty(), "test.plain", "{e:?}");
+        assert_eq!(e.source().as_str(), "urn:test", "{e:?}");
+        assert_eq!(
+            e.extension("tenant").map(|v| v.to_string()),
+            Some("acme".into()),
+            "{e:?}"
+        );
+    }
+    host.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signal_state_survives_a_host_restart() {
     let nats = Nats::start();
@@ -738,7 +794,7 @@ async fn chained_copies_keep_their_order_through_gaps_resends_and_a_broker_resta
             headers.insert("Nats-Expected-Last-Msg-Id", format!("c{previous}").as_str());
         }
         Outgoing {
-            subject: partitions::subject("chain", i % 4, 0),
+            subject: partitions::subject("chain", i % 4, 0).into(),
             headers,
             payload: format!("{i}").into(),
             message_id: format!("c{i}"),

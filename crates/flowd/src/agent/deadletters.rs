@@ -229,7 +229,7 @@ impl Agent {
             let (headers, payload) = codec::message_for_event(&event);
             self.broker
                 .publish([Outgoing {
-                    subject: input.subject(),
+                    subject: input.subject().into(),
                     message_id: format!("replay:{place}"),
                     headers,
                     payload,

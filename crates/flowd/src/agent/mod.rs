@@ -532,7 +532,7 @@ impl Agent {
             .map(|event| {
                 let (headers, payload) = codec::message_for_event(event);
                 Outgoing {
-                    subject: flow.subject(),
+                    subject: flow.subject().into(),
                     message_id: codec::message_id(
                         scope,
                         0,
