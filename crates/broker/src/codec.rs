@@ -12,7 +12,7 @@
 //! Messages are packed straight into processor batches and back, without
 //! building a `cloudevents::Event` on the hot path.
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 use flow_abi::{EventSpans, ExtensionKind, Packer, Span, View};
 use flowd_core::event::Event;
@@ -20,6 +20,7 @@ use flowd_core::event::packed::{self, PackError};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
+use std::str::FromStr;
 
 /// Characters the binding percent-encodes (besides non-ASCII).
 const ENCODE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
@@ -37,6 +38,12 @@ pub struct Origin<'a> {
     pub sequence: u64,
     /// The subject it was published on (a raw event's source).
     pub subject: &'a str,
+}
+
+/// `value` percent-encoded as the binding asks (borrowed when nothing
+/// needs it).
+fn encode(value: &str) -> Cow<'_, str> {
+    utf8_percent_encode(value, ENCODE).into()
 }
 
 fn decode(value: &str) -> Cow<'_, str> {
@@ -254,20 +261,30 @@ pub fn message_for(view: &View<'_>, spans: &EventSpans) -> (HeaderMap, Bytes) {
             .and_then(|b| std::str::from_utf8(b).ok())
             .unwrap_or_default()
     };
+    // Names made once (no parsing or allocation per event); a value with
+    // nothing to encode is copied as it is rather than formatted.
+    const SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+    const ID: HeaderName = HeaderName::from_static("ce-id");
+    const SOURCE: HeaderName = HeaderName::from_static("ce-source");
+    const TYPE: HeaderName = HeaderName::from_static("ce-type");
+    const SUBJECT: HeaderName = HeaderName::from_static("ce-subject");
+    const TIME: HeaderName = HeaderName::from_static("ce-time");
+    const DATACONTENTTYPE: HeaderName = HeaderName::from_static("ce-datacontenttype");
+    const DATASCHEMA: HeaderName = HeaderName::from_static("ce-dataschema");
     let mut h = HeaderMap::new();
-    let mut put = |name: &str, value: &str| {
+    let mut put = |name: HeaderName, value: &str| {
         if !value.is_empty() {
-            h.insert(name, utf8_percent_encode(value, ENCODE).to_string());
+            h.insert(name, encode(value).into_owned());
         }
     };
-    put("ce-specversion", "1.0");
-    put("ce-id", text(spans.id));
-    put("ce-source", text(spans.source));
-    put("ce-type", text(spans.ty));
-    put("ce-subject", text(spans.subject));
-    put("ce-time", text(spans.time));
-    put("ce-datacontenttype", text(spans.datacontenttype));
-    put("ce-dataschema", text(spans.dataschema));
+    put(SPECVERSION, "1.0");
+    put(ID, text(spans.id));
+    put(SOURCE, text(spans.source));
+    put(TYPE, text(spans.ty));
+    put(SUBJECT, text(spans.subject));
+    put(TIME, text(spans.time));
+    put(DATACONTENTTYPE, text(spans.datacontenttype));
+    put(DATASCHEMA, text(spans.dataschema));
     let mut typed = Vec::new();
     let first = spans.extensions_first as usize;
     for i in first..first + spans.extensions_count as usize {
@@ -282,7 +299,10 @@ pub fn message_for(view: &View<'_>, spans: &EventSpans) -> (HeaderMap, Bytes) {
         {
             continue;
         }
-        put(&format!("ce-{name}"), text(ext.value));
+        match HeaderName::from_str(&format!("ce-{name}")) {
+            Ok(header) => put(header, text(ext.value)),
+            Err(_) => continue,
+        }
         match ExtensionKind::from_word(ext.kind) {
             Some(ExtensionKind::Integer) => typed.push(format!("{name}=integer")),
             Some(ExtensionKind::Boolean) => typed.push(format!("{name}=boolean")),

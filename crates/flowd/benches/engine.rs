@@ -1,7 +1,7 @@
 //! Engine benchmark, in one run:
 //!
 //! **Relays of stored events** (the input flow is loaded first, so each
-//! figure is the relay alone), medians of three rounds:
+//! figure is the relay alone), medians of five rounds:
 //! - the best raw relay written against async-nats: a continuous pull,
 //!   publish acknowledgements pipelined in a window, cumulative input acks
 //!   (batch and window tuned: the best of the settings tried is the
@@ -24,7 +24,8 @@
 //! Knobs: `FLOWD_BENCH_RELAYS=100x2000,500x2000` (raw relay batch x
 //! window settings), `FLOWD_BENCH_RAW_ONLY` (the raw relays only),
 //! `FLOWD_BENCH_LATENCY=20000` (only the latency at that rate, for 4 s),
-//! `FLOWD_BENCH_TAIL` (when the events slower than 10 ms were written).
+//! `FLOWD_BENCH_TAIL` (when the events slower than 10 ms were written),
+//! `FLOWD_BENCH_BATCH=500` (the batch limit of the processors it starts).
 
 mod support;
 
