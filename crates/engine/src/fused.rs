@@ -300,7 +300,7 @@ impl Chain {
             let emit = Emit::from_word(*word);
             if let Emit::Created(j) = emit
                 // Validates every attribute before it goes anywhere.
-                && let Err(e) = packed::unpack_view(&created, j)
+                && let Err(e) = packed::check_view(&created, j)
             {
                 return Err(self.blame(at, record_at, CallError::InvalidOutput(e)));
             }

@@ -1454,7 +1454,7 @@ impl Runner {
                 }
                 Emit::Created(j) => {
                     // Validates every attribute before anything is stored.
-                    packed::unpack_view(&created, j)?;
+                    packed::check_view(&created, j)?;
                     let spans = created.event(j as usize).unwrap_or_default();
                     let (mut headers, payload) = codec::message_for(&created, &spans);
                     if self.ctx.traces.is_on() {

@@ -199,6 +199,20 @@ pub fn unpack(batch: &impl Packed, index: u32) -> Result<Event, PackError> {
 
 /// [`unpack`] over any packed lists.
 pub fn unpack_view(view: &View<'_>, index: u32) -> Result<Event, PackError> {
+    read_view(view, index, true).map(|event| event.unwrap_or_default())
+}
+
+/// Checks packed event `index` of `view` as [`unpack_view`] does, without
+/// building the event: the host checks every event a processor creates
+/// before storing it, and building one (its JSON data parsed into a tree)
+/// cost more than the rest of its way to the broker.
+pub fn check_view(view: &View<'_>, index: u32) -> Result<(), PackError> {
+    read_view(view, index, false).map(|_| ())
+}
+
+/// The one reading of a packed event: every check, and with `build` the
+/// event itself.
+fn read_view(view: &View<'_>, index: u32, build: bool) -> Result<Option<Event>, PackError> {
     let packed = view
         .event(index as usize)
         .ok_or(PackError::EmitOutOfRange {
@@ -229,11 +243,10 @@ pub fn unpack_view(view: &View<'_>, index: u32) -> Result<Event, PackError> {
         text(what, span).map(|s| (!s.is_empty()).then_some(s))
     };
 
-    let mut event = Event::default();
-    event.set_id(required("id", packed.id)?);
-    event.set_source(required("source", packed.source)?);
-    event.set_type(required("type", packed.ty)?);
-    event.set_subject(optional("subject", packed.subject)?);
+    let id = required("id", packed.id)?;
+    let source = required("source", packed.source)?;
+    let ty = required("type", packed.ty)?;
+    let subject = optional("subject", packed.subject)?;
     let time = optional("time", packed.time)?
         .map(|t| {
             DateTime::parse_from_rfc3339(t)
@@ -245,22 +258,19 @@ pub fn unpack_view(view: &View<'_>, index: u32) -> Result<Event, PackError> {
                 })
         })
         .transpose()?;
-    event.set_time(time);
     let content_type = optional("datacontenttype", packed.datacontenttype)?;
-    if let Some(schema) = optional("dataschema", packed.dataschema)? {
-        let url = schema
-            .parse::<url::Url>()
-            .map_err(|e| PackError::BadSchema {
-                index,
-                value: schema.to_owned(),
-                reason: e.to_string(),
-            })?;
-        event.set_dataschema(Some(url));
-    }
-    event.set_datacontenttype(content_type);
-    if let Some(span) = packed.data {
-        event.set_data_unchecked(data_from_bytes(content_type, bytes("data", span)?));
-    }
+    let schema = optional("dataschema", packed.dataschema)?
+        .map(|schema| {
+            schema
+                .parse::<url::Url>()
+                .map_err(|e| PackError::BadSchema {
+                    index,
+                    value: schema.to_owned(),
+                    reason: e.to_string(),
+                })
+        })
+        .transpose()?;
+    let data = packed.data.map(|span| bytes("data", span)).transpose()?;
 
     let first = packed.extensions_first;
     let count = packed.extensions_count;
@@ -274,7 +284,7 @@ pub fn unpack_view(view: &View<'_>, index: u32) -> Result<Event, PackError> {
         .checked_add(count as usize)
         .filter(|end| *end <= view.extensions_len())
         .ok_or(out_of_bounds.clone())?;
-    for i in first as usize..end {
+    let extension = |i: usize| -> Result<(&str, &str, Option<ExtensionKind>), PackError> {
         let ext = view.extension(i).ok_or(out_of_bounds.clone())?;
         let name = text("extension name", ext.name)?;
         let valid = !name.is_empty()
@@ -288,7 +298,29 @@ pub fn unpack_view(view: &View<'_>, index: u32) -> Result<Event, PackError> {
             });
         }
         let value = text("extension value", ext.value)?;
-        let value = match ExtensionKind::from_word(ext.kind) {
+        Ok((name, value, ExtensionKind::from_word(ext.kind)))
+    };
+    for i in first as usize..end {
+        extension(i)?;
+    }
+    if !build {
+        return Ok(None);
+    }
+
+    let mut event = Event::default();
+    event.set_id(id);
+    event.set_source(source);
+    event.set_type(ty);
+    event.set_subject(subject);
+    event.set_time(time);
+    event.set_dataschema(schema);
+    event.set_datacontenttype(content_type);
+    if let Some(data) = data {
+        event.set_data_unchecked(data_from_bytes(content_type, data));
+    }
+    for i in first as usize..end {
+        let (name, value, kind) = extension(i)?;
+        let value = match kind {
             Some(ExtensionKind::Boolean) if value == "true" => ExtensionValue::Boolean(true),
             Some(ExtensionKind::Boolean) if value == "false" => ExtensionValue::Boolean(false),
             Some(ExtensionKind::Integer) => match value.parse() {
@@ -299,7 +331,7 @@ pub fn unpack_view(view: &View<'_>, index: u32) -> Result<Event, PackError> {
         };
         event.set_extension(name, value);
     }
-    Ok(event)
+    Ok(Some(event))
 }
 
 fn is_core_attribute(name: &str) -> bool {
@@ -480,6 +512,39 @@ mod tests {
         let at = batch.events[word::TIME] as usize;
         batch.bytes[at] = b'X';
         assert!(matches!(unpack(&batch, 0), Err(PackError::BadTime { .. })));
+    }
+
+    #[test]
+    fn checking_an_event_refuses_what_unpacking_it_refuses() {
+        use flow_abi::word;
+        let verdicts = |batch: &Batch| {
+            let checked = check_view(&batch.view(), 0).err();
+            assert_eq!(checked, unpack(batch, 0).err());
+            checked
+        };
+        assert_eq!(verdicts(&pack(&[full_event()])), None);
+        let hostile: [&dyn Fn(&mut Batch); 6] = [
+            &|b| b.events[word::SUBJECT] = u32::MAX,
+            &|b| b.events[word::ID + 1] = 0,
+            &|b| b.events[word::EXTENSIONS_COUNT] = 99,
+            &|b| {
+                let at = b.events[word::TIME] as usize;
+                b.bytes[at] = b'X';
+            },
+            &|b| {
+                let at = b.events[word::DATASCHEMA] as usize;
+                b.bytes[at] = b':';
+            },
+            &|b| {
+                let at = b.extensions[0] as usize;
+                b.bytes[at] = b'-';
+            },
+        ];
+        for (k, spoil) in hostile.iter().enumerate() {
+            let mut batch = pack(&[full_event()]);
+            spoil(&mut batch);
+            assert!(verdicts(&batch).is_some(), "spoiled batch {k} passed");
+        }
     }
 
     #[test]
