@@ -99,19 +99,22 @@ pub fn pack_message(
     pack_raw(p, headers, payload, origin)
 }
 
-/// The type `Flowd-Ext-Types` gives extension `name` (the first entry
-/// naming it), else a string.
-fn extension_kind(types: Option<&str>, name: &[u8]) -> ExtensionKind {
-    types
-        .into_iter()
-        .flat_map(|t| t.split(','))
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(n, _)| n.trim().as_bytes().eq_ignore_ascii_case(name))
-        .map_or(ExtensionKind::String, |(_, kind)| match kind.trim() {
+/// The types `Flowd-Ext-Types` gives extensions, by lower-case name (the
+/// first entry naming one counts), read once per message: a hostile header
+/// can be long and name many extensions.
+fn extension_kinds(types: &str) -> std::collections::HashMap<String, ExtensionKind> {
+    let mut kinds = std::collections::HashMap::new();
+    for (name, kind) in types.split(',').filter_map(|pair| pair.split_once('=')) {
+        let kind = match kind.trim() {
             "integer" => ExtensionKind::Integer,
             "boolean" => ExtensionKind::Boolean,
             _ => ExtensionKind::String,
-        })
+        };
+        kinds
+            .entry(name.trim().to_ascii_lowercase())
+            .or_insert(kind);
+    }
+    kinds
 }
 
 /// Packs a binary-mode CloudEvent (a `ce-specversion` header, and a
@@ -194,12 +197,17 @@ fn pack_binary_in(p: &mut Packer, h: &HeaderMap, payload: &[u8]) -> Option<u32> 
     if !specversion || id.is_empty() || source.is_empty() || ty.is_empty() {
         return None;
     }
-    if types.is_some() {
+    if let Some(types) = types
+        && extensions_count > 0
+    {
+        let kinds = extension_kinds(types);
         for k in extensions_first..extensions_first + extensions_count {
             let at = k as usize * flow_abi::EXTENSION_WORDS;
             let (offset, len) = (p.extensions[at] as usize, p.extensions[at + 1] as usize);
-            let kind = extension_kind(types, p.bytes.get(offset..offset + len)?);
-            p.extensions[at + 4] = kind as u32;
+            let name = std::str::from_utf8(p.bytes.get(offset..offset + len)?).ok()?;
+            if let Some(kind) = kinds.get(name) {
+                p.extensions[at + 4] = *kind as u32;
+            }
         }
     }
     let mut text = |s: &Option<Cow<'_, str>>| p.bytes(s.as_deref().unwrap_or_default().as_bytes());
