@@ -559,11 +559,18 @@ steps:
     Ok(figures)
 }
 
+/// What carries the events in a latency figure.
+#[derive(Clone, Copy)]
+enum Through {
+    /// One passthrough processor.
+    Processor,
+    /// The pipelined raw relay: the same writer, machine and broker, so
+    /// what the broker allows.
+    RawRelay,
+}
+
 /// Write -> stored output latency at `rate` events/s for `secs` seconds,
-/// through one passthrough processor or, with `raw`, the pipelined raw
-/// relay (the same writer, machine and broker: what the broker allows):
-/// (p50, p99, p99.9) in ms.
-#[allow(clippy::too_many_arguments)]
+/// `through` a processor or the raw relay: (p50, p99, p99.9) in ms.
 async fn latency(
     agent: &Agent,
     url: &str,
@@ -571,24 +578,27 @@ async fn latency(
     id: &str,
     rate: f64,
     secs: f64,
-    raw: bool,
+    through: Through,
 ) -> Result<(f64, f64, f64)> {
     let (input, output) = (format!("{id}-in"), format!("{id}-out"));
     create_flows(agent, &[input.clone(), output.clone()]).await?;
     let n = (rate * secs) as usize;
-    let relay = if raw {
-        let broker = Broker::connect(&[url.to_owned()], "bench latency").await?;
-        Some(tokio::spawn(pipelined_relay(
-            broker,
-            flow(&input),
-            flow(&output),
-            100 + n,
-            100,
-            1000,
-        )))
-    } else {
-        stage(agent, id, "flow_passthrough", &[], &input, &[&output]).await?;
-        None
+    let relay = match through {
+        Through::RawRelay => {
+            let broker = Broker::connect(&[url.to_owned()], "bench latency").await?;
+            Some(tokio::spawn(pipelined_relay(
+                broker,
+                flow(&input),
+                flow(&output),
+                100 + n,
+                100,
+                1000,
+            )))
+        }
+        Through::Processor => {
+            stage(agent, id, "flow_passthrough", &[], &input, &[&output]).await?;
+            None
+        }
     };
     let client = async_nats::connect(url).await?;
     let mut outputs = client.subscribe(flow(&output).subject()).await?;
@@ -759,20 +769,18 @@ async fn main() -> Result<()> {
         .ok()
         .and_then(|r| r.parse::<f64>().ok())
     {
-        // The latency figure alone, at a given rate.
-        let (r50, r99, r999) = latency(&agent, &url, &events, "lat0r", rate, 4.0, true).await?;
-        println!(
-            "raw relay at {rate:.0} events/s: p50 {r50:.2} ms, p99 {r99:.2} ms, p99.9 {r999:.2} ms"
-        );
-        let (p50, p99, p999) = latency(&agent, &url, &events, "lat0", rate, 4.0, false).await?;
-        println!(
-            "processor at {rate:.0} events/s: p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms"
-        );
-        // The raw relay again: the machine's drift shows between the two.
-        let (r50, r99, r999) = latency(&agent, &url, &events, "lat0s", rate, 4.0, true).await?;
-        println!(
-            "raw relay at {rate:.0} events/s: p50 {r50:.2} ms, p99 {r99:.2} ms, p99.9 {r999:.2} ms"
-        );
+        // The latency figure alone, at a given rate: the processor between
+        // two raw relay runs, so that the machine's drift shows.
+        for (id, through, label) in [
+            ("lat0r", Through::RawRelay, "raw relay"),
+            ("lat0", Through::Processor, "processor"),
+            ("lat0s", Through::RawRelay, "raw relay"),
+        ] {
+            let (p50, p99, p999) = latency(&agent, &url, &events, id, rate, 4.0, through).await?;
+            println!(
+                "{label} at {rate:.0} events/s: p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms"
+            );
+        }
         daemon.shutdown().await;
         return Ok(());
     }
@@ -836,10 +844,21 @@ async fn main() -> Result<()> {
     // Latency at half the rate one processor keeps up with while events
     // are written (the writer shares the machine), and at a light load.
     let half = w_one / 2.0;
-    let (r50, r99, r999) = latency(&agent, &url, &events, "lat1r", half, 2.0, true).await?;
-    let (p50, p99, p999) = latency(&agent, &url, &events, "lat1", half, 2.0, false).await?;
+    let (r50, r99, r999) =
+        latency(&agent, &url, &events, "lat1r", half, 2.0, Through::RawRelay).await?;
+    let (p50, p99, p999) =
+        latency(&agent, &url, &events, "lat1", half, 2.0, Through::Processor).await?;
     let light = 1_000.0;
-    let (l50, l99, l999) = latency(&agent, &url, &events, "lat2", light, 2.0, false).await?;
+    let (l50, l99, l999) = latency(
+        &agent,
+        &url,
+        &events,
+        "lat2",
+        light,
+        2.0,
+        Through::Processor,
+    )
+    .await?;
 
     println!(
         "flowd engine benchmark: {EVENTS} stored events of ~330 bytes relayed, medians of {ROUNDS} rounds"
