@@ -521,4 +521,32 @@ mod tests {
             p.bytes.len()
         );
     }
+
+    #[test]
+    fn the_first_type_given_an_extension_counts_whatever_its_case() {
+        let mut headers = HeaderMap::new();
+        headers.insert("ce-specversion", "1.0");
+        headers.insert("ce-id", "1");
+        headers.insert("ce-source", "urn:s");
+        headers.insert("ce-type", "t");
+        headers.insert("ce-count", "3");
+        headers.insert("ce-urgent", "true");
+        // A hostile header: many entries, the later ones contradicting the
+        // first, and entries that are not pairs at all.
+        let mut types = String::from("COUNT=integer,count=boolean,urgent=boolean,junk");
+        for i in 0..1000 {
+            types.push_str(&format!(",x{i}=integer,urgent=integer"));
+        }
+        headers.insert(EXTENSION_TYPES, types.as_str());
+        let mut p = Packer::default();
+        let i = pack_message(&mut p, Some(&headers), b"{}", ORIGIN);
+        let view = View::new(&p.bytes, &p.events, &p.extensions);
+        let event = packed::unpack_view(&view, i).expect("valid");
+        use cloudevents::event::ExtensionValue;
+        assert_eq!(event.extension("count"), Some(&ExtensionValue::Integer(3)));
+        assert_eq!(
+            event.extension("urgent"),
+            Some(&ExtensionValue::Boolean(true))
+        );
+    }
 }
