@@ -469,7 +469,8 @@ mod tests {
         let mut hash = Sha256::new();
         hash.update(b"p1\0");
         hash.update(0u32.to_le_bytes());
-        hash.update(b"urn:s\01");
+        hash.update(b"urn:s\0");
+        hash.update(b"1");
         assert_eq!(a, hex::encode(&hash.finalize()[..16]));
     }
 
